@@ -1,0 +1,45 @@
+# rtops: `make run` starts the suite, `make test` tests it. Both create .venv themselves.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export UV_PYTHON_DOWNLOADS := never
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install run test lint format schemas bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.synced: pyproject.toml uv.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "rtops needs Python 3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@# --inexact keeps uv itself, which the lock file does not list
+	$(BIN)/uv sync --frozen --inexact --quiet
+	@touch $@
+
+install: $(BIN)/.synced ## create .venv and install the locked dependencies
+
+run: install ## start NATS (embedded unless RTOPS_NATS_URL), migrate, run every service
+	$(BIN)/rtops run
+
+test: install ## run the whole test suite (DCMTK tests skip where storescu is absent)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install ## ruff, formatting and the import contracts
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+schemas: install ## export event JSON Schemas to docs/events/
+	$(BIN)/rtops schemas --out docs/events
+
+bench: install ## SCP benchmark against DCMTK's storescp (needs dcmtk)
+	$(BIN)/python -m bench.scp_bench
+
+clean: ## remove .venv and var/
+	rm -rf $(VENV) var

@@ -1,0 +1,40 @@
+"""Settings of the DICOM SCP (``RTOPS_SCP_*`` plus the shared ``RTOPS_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import RtopsSettings
+
+DEV_DEVICES = Path(__file__).with_name("devices.yaml")
+
+
+class ScpSettings(RtopsSettings):
+    model_config = SettingsConfigDict(env_prefix="RTOPS_", extra="ignore")
+
+    scp_ae_title: str = Field(default="RTOPS", description="our AE title; callers must use it")
+    scp_host: str = "0.0.0.0"
+    scp_port: int = Field(default=11112, description="DICOM port (104 behind a k8s Service)")
+    scp_http_host: str = "0.0.0.0"
+    scp_http_port: int = Field(default=8000, description="health, readiness and metrics")
+    scp_device_registry: Path = Field(
+        default=DEV_DEVICES, description="YAML: calling AE titles allowed to connect"
+    )
+    scp_object_store: Path | None = Field(
+        default=None, description="where objects are kept; default var_dir/objects"
+    )
+    scp_series_quiet_s: float = Field(
+        default=30.0, description="an image series is published once no instance arrived for "
+        "this long; a later instance re-publishes it"
+    )
+    scp_sweep_interval_s: float = Field(default=2.0, description="how often quiet series are "
+                                        "looked for")
+    scp_max_pdu: int = Field(default=0, description="maximum PDU we receive (0 = unlimited)")
+    scp_network_timeout_s: float = 60.0
+    scp_max_associations: int = Field(default=16, description="concurrent associations")
+
+    def object_store(self) -> Path:
+        return self.scp_object_store or self.var_dir / "objects"

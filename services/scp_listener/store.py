@@ -1,0 +1,58 @@
+"""Tables of the SCP: the object index, image series awaiting their event, and the outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import new_metadata
+from shared.outbox import OutboxMixin
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+class DicomObject(Base):
+    """One stored revision of one SOP instance. The same UID with other content is a new
+    revision; the same UID with the same content is the same row (re-sends change nothing)."""
+
+    __tablename__ = "dicom_object"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "revision"),
+        UniqueConstraint("sop_instance_uid", "sha256"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    sop_class_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(200))
+    size: Mapped[int] = mapped_column(BigInteger)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    approval: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ImageSeries(Base):
+    """An image series whose imaging event is (re)published once it has been quiet."""
+
+    __tablename__ = "image_series"
+    series_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    dirty: Mapped[bool] = mapped_column(Boolean, index=True)
+    published_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Outbox(OutboxMixin, Base):
+    pass

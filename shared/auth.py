@@ -1,0 +1,105 @@
+"""Bearer-token authentication with rtops roles.
+
+Production verifies JWTs from the hospital's OIDC issuer (JWKS URL, issuer and audience in
+settings). The embedded setup signs its own HS256 tokens with a key kept in ``var/jwt.key``;
+``rtops token --role ROLE --user NAME`` prints one that the running suite accepts.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from shared.errors import Forbidden, Unauthorized
+from shared.settings import ROLES, RtopsSettings
+
+DEV_ISSUER = "rtops-embedded"
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    roles: frozenset[str]
+
+
+def dev_signing_key(settings: RtopsSettings) -> str:
+    if settings.dev_signing_key:
+        return settings.dev_signing_key
+    path = settings.var_dir / "jwt.key"
+    if not path.exists():
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def issue_dev_token(settings: RtopsSettings, *, user: str, roles: list[str],
+                    ttl: timedelta = timedelta(hours=12)) -> str:
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown role(s) {sorted(unknown)}; choose from {', '.join(ROLES)}")
+    now = datetime.now(UTC)
+    claims = {"sub": user, "iss": DEV_ISSUER, "aud": settings.oidc_audience,
+              settings.roles_claim: roles, "iat": now, "exp": now + ttl}
+    return jwt.encode(claims, dev_signing_key(settings), algorithm="HS256")
+
+
+class Authenticator:
+    def __init__(self, settings: RtopsSettings) -> None:
+        self._settings = settings
+        self._jwks = jwt.PyJWKClient(settings.oidc_jwks_url) if settings.oidc_jwks_url else None
+
+    def verify(self, token: str) -> Principal:
+        s = self._settings
+        try:
+            if self._jwks is not None:
+                key = self._jwks.get_signing_key_from_jwt(token).key
+                claims = jwt.decode(token, key, algorithms=["RS256", "ES256", "PS256"],
+                                    audience=s.oidc_audience, issuer=s.oidc_issuer,
+                                    options={"require": ["exp", "sub"]})
+            else:
+                claims = jwt.decode(token, dev_signing_key(s), algorithms=["HS256"],
+                                    audience=s.oidc_audience, issuer=DEV_ISSUER,
+                                    options={"require": ["exp", "sub"]})
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid bearer token: {exc}") from exc
+        user = claims.get("preferred_username") or claims["sub"]
+        return Principal(user=str(user), roles=frozenset(_roles(claims, s.roles_claim)))
+
+
+def _roles(claims: dict[str, Any], claim: str) -> list[str]:
+    value: Any = claims
+    for part in claim.split("."):  # Keycloak keeps roles under e.g. realm_access.roles
+        value = value.get(part, []) if isinstance(value, dict) else []
+    return [r for r in value if r in ROLES] if isinstance(value, list) else []
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def current_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise Unauthorized("send 'Authorization: Bearer <token>'; `rtops token` prints one")
+    authenticator: Authenticator = request.app.state.authenticator
+    return authenticator.verify(credentials.credentials)
+
+
+def require_roles(*roles: str) -> Any:
+    """Dependency: the caller must hold one of ``roles``."""
+
+    def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if not principal.roles & set(roles):
+            raise Forbidden(f"this needs one of the roles {', '.join(roles)}; "
+                            f"{principal.user} has {', '.join(sorted(principal.roles)) or 'none'}")
+        return principal
+
+    return Depends(check)

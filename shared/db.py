@@ -1,0 +1,131 @@
+"""SQLAlchemy 2 engines and sessions, and Alembic migrations run from code.
+
+Every service owns its database: a SQLite file ``var/<service>.db`` by default, or its own
+schema (named after the service) inside the PostgreSQL database of ``RTOPS_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.settings import RtopsSettings
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_metadata() -> MetaData:
+    return MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def database_url(settings: RtopsSettings, service: str) -> str:
+    if settings.database_url:
+        return settings.database_url
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(settings.var_dir / f'{service}.db').resolve()}"
+
+
+def schema_name(settings: RtopsSettings, service: str) -> str:
+    name = settings.database_schema or service
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"database schema {name!r} must be lower-case letters, digits and _")
+    return name
+
+
+def make_engine(settings: RtopsSettings, service: str, **kwargs: Any) -> Engine:
+    url = database_url(settings, service)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets readers run during a write; FULL makes every commit durable, which the
+            # SCP relies on before it answers C-STORE success.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    schema = schema_name(settings, service)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={"options": f"-csearch_path={schema}"},
+        **kwargs,
+    )
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit once at the end, roll back on any error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def ensure_schema(engine: Engine, settings: RtopsSettings, service: str) -> None:
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema_name(settings, service)}"'))
+
+
+def drop_schema(engine: Engine, settings: RtopsSettings, service: str) -> None:
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(
+                text(f'DROP SCHEMA IF EXISTS "{schema_name(settings, service)}" CASCADE')
+            )
+
+
+def alembic_config(migrations_dir: Path, engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def migrate(engine: Engine, settings: RtopsSettings, service: str, migrations_dir: Path,
+            revision: str = "head") -> None:
+    """Bring the service's database to ``revision`` (idempotent; safe on every start)."""
+    ensure_schema(engine, settings, service)
+    command.upgrade(alembic_config(migrations_dir, engine), revision)
+
+
+def run_alembic_env(target_metadata: MetaData) -> None:
+    """Body of every service's ``migrations/env.py``: online migrations on the given engine."""
+    from alembic import context
+
+    engine: Engine = context.config.attributes["engine"]
+    with engine.begin() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()

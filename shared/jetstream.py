@@ -1,0 +1,234 @@
+"""The JetStream client every service uses: connect, ensure the stream, publish with an id,
+and a durable pull-consumer loop with explicit ack / nak with backoff / term to a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from shared.errors import TransientError
+from shared.events import SUBJECT_PREFIX, CloudEvent, InvalidEvent, parse_event
+from shared.settings import RtopsSettings
+
+log = structlog.get_logger(__name__)
+
+
+
+def subject_for(settings: RtopsSettings, event_type: str) -> str:
+    """The NATS subject of an event type under the configured prefix."""
+    return settings.subject_prefix + event_type.removeprefix(SUBJECT_PREFIX)
+
+
+async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> NATS:
+    """Connect and keep reconnecting forever; outages are logged, not fatal."""
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected", url=url)
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", url=url)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", error=str(exc))
+
+    return await nats.connect(
+        servers=[url], name=name, connect_timeout=connect_timeout,
+        allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=1.0,
+        disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, settings: RtopsSettings) -> None:
+    config = StreamConfig(
+        name=settings.stream_name,
+        subjects=[f"{settings.subject_prefix}.>"],
+        storage=StorageType.FILE,
+        num_replicas=settings.stream_replicas,
+        duplicate_window=settings.duplicate_window_s,
+    )
+    try:
+        await js.stream_info(settings.stream_name)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("stream created", stream=settings.stream_name)
+    else:
+        await js.update_stream(config)
+
+
+async def publish(js: JetStreamContext, subject: str, body: bytes, msg_id: str,
+                  *, timeout: float = 5.0) -> None:
+    """Publish and wait for the stream's ack; a duplicate id is acked without a second copy."""
+    ack = await js.publish(subject, body, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
+    if ack.duplicate:
+        log.debug("duplicate publish dropped by stream", subject=subject, msg_id=msg_id)
+
+
+class Poison(Exception):
+    """Raised by a handler for a message that will never succeed: term it to the dead letter."""
+
+
+Handler = Callable[[CloudEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConsumerPolicy:
+    max_deliver: int = 6
+    backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 60.0, 300.0)
+    ack_wait_s: float = 60.0
+    batch: int = 50
+    fetch_timeout_s: float = 1.0
+    stream: str = "RTOPS"
+
+
+async def consume(js: JetStreamContext, *, durable: str, filter_subject: str,
+                  handler: Handler, policy: ConsumerPolicy | None = None,
+                  stop: asyncio.Event | None = None,
+                  dead_letter_prefix: str = f"{SUBJECT_PREFIX}.deadletter") -> None:
+    """Run a durable pull consumer until ``stop`` is set (or the task is cancelled).
+
+    Outcomes: handler returns -> ack; ``InvalidEvent`` or ``Poison`` -> dead letter + term;
+    any other exception -> nak with backoff, and dead letter + term once ``max_deliver``
+    deliveries are used up. Replicas sharing ``durable`` share the work.
+    """
+    policy = policy or ConsumerPolicy()
+    stop = stop or asyncio.Event()
+    await js.add_consumer(policy.stream, ConsumerConfig(
+        durable_name=durable, filter_subject=filter_subject, ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL, max_deliver=policy.max_deliver,
+        ack_wait=policy.ack_wait_s,
+    ))
+    sub = await js.pull_subscribe_bind(durable=durable, stream=policy.stream)
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(policy.batch, timeout=policy.fetch_timeout_s)
+        except NatsTimeoutError:
+            continue
+        except Exception as exc:  # broker restarting: the client reconnects by itself
+            log.warning("fetch failed", durable=durable, error=str(exc))
+            await asyncio.sleep(policy.fetch_timeout_s)
+            continue
+        for msg in msgs:
+            await handle_message(js, msg, durable=durable, handler=handler, policy=policy,
+                                 dead_letter_prefix=dead_letter_prefix)
+
+
+async def handle_message(js: JetStreamContext, msg: Msg, *, durable: str, handler: Handler,
+                         policy: ConsumerPolicy,
+                         dead_letter_prefix: str = f"{SUBJECT_PREFIX}.deadletter") -> str:
+    """Apply the ack policy to one message; returns what was done (for tests and metrics)."""
+    delivered = msg.metadata.num_delivered
+    try:
+        event = parse_event(msg.data)
+        await handler(event)
+    except (InvalidEvent, Poison) as exc:
+        await _dead_letter(js, msg, durable, dead_letter_prefix, reason=str(exc))
+        return "term"
+    except Exception as exc:
+        if delivered >= policy.max_deliver:
+            await _dead_letter(js, msg, durable, dead_letter_prefix,
+                               reason=f"gave up after {delivered}: {exc}")
+            return "term"
+        delay = policy.backoff_s[min(delivered - 1, len(policy.backoff_s) - 1)]
+        log_fn = log.info if isinstance(exc, TransientError) else log.warning
+        log_fn("handler failed; redelivering", durable=durable, subject=msg.subject,
+               delivered=delivered, delay_s=delay, error=str(exc))
+        await msg.nak(delay=delay)
+        return "nak"
+    await msg.ack()
+    return "ack"
+
+
+async def _dead_letter(js: JetStreamContext, msg: Msg, durable: str, prefix: str, *,
+                       reason: str) -> None:
+    log.error("event dead-lettered", durable=durable, subject=msg.subject, reason=reason,
+              stream_seq=msg.metadata.sequence.stream)
+    headers = {
+        "Rtops-Dead-Letter-Reason": reason[:1000],
+        "Rtops-Original-Subject": msg.subject,
+        "Rtops-Original-Sequence": str(msg.metadata.sequence.stream),
+        "Nats-Msg-Id": f"dl:{durable}:{msg.metadata.sequence.stream}",
+    }
+    await js.publish(f"{prefix}.{durable}", msg.data, headers=headers)
+    await msg.term()
+
+
+class NatsLink:
+    """A connection that a service keeps up in the background: startup does not wait for NATS,
+    and while it is away ``publish`` raises so that the outbox keeps its rows."""
+
+    def __init__(self, settings: RtopsSettings, *, name: str) -> None:
+        self._settings = settings
+        self._name = name
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.ready = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected and self.js is not None
+
+    async def run(self) -> None:
+        url = self._settings.resolved_nats_url()
+        delay = 0.5
+        while self.nc is None:
+            try:
+                nc = await connect(url, name=self._name)
+                js = nc.jetstream()
+                await ensure_stream(js, self._settings)
+            except Exception as exc:
+                log.warning("NATS not reachable yet; retrying", url=url, error=str(exc),
+                            retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.nc, self.js = nc, js
+            self.ready.set()
+            log.info("connected to NATS", url=url)
+
+    async def check(self) -> None:
+        if not self.connected:
+            raise ConnectionError("not connected to NATS")
+
+    async def publish(self, event_type: str, body: bytes, msg_id: str) -> None:
+        """Publish under the configured prefix (the outbox stores event types as subjects)."""
+        await self.check()
+        assert self.js is not None
+        try:
+            await publish(self.js, subject_for(self._settings, event_type), body, msg_id)
+        except NoRespondersError:
+            # The stream is gone (a wiped server): recreate it; the outbox retries the row.
+            await ensure_stream(self.js, self._settings)
+            raise
+
+    async def consume(self, *, durable: str, event_filter: str, handler: Handler,
+                      policy: ConsumerPolicy | None = None,
+                      stop: asyncio.Event | None = None) -> None:
+        """The consumer loop of ``consume`` on this link once connected; ``event_filter`` is an
+        event-type pattern such as ``rtops.dicom.>``."""
+        await self.ready.wait()
+        assert self.js is not None
+        policy = policy or ConsumerPolicy(stream=self._settings.stream_name)
+        await consume(self.js, durable=durable,
+                      filter_subject=subject_for(self._settings, event_filter), handler=handler,
+                      policy=policy, stop=stop,
+                      dead_letter_prefix=subject_for(self._settings, "rtops.deadletter"))
+
+    async def close(self) -> None:
+        if self.nc is None or self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except Exception:  # reconnecting or already gone: nothing left to flush
+            await self.nc.close()

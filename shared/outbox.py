@@ -1,0 +1,160 @@
+"""Transactional outbox (publish side) and processed-event inbox (consume side).
+
+A service writes its state change and the outbox row in one transaction; the relay publishes
+rows in order with ``Nats-Msg-Id`` = event id and marks them sent after JetStream's ack. A crash
+between publish and mark re-publishes the same id, which JetStream's duplicate window drops and
+the consumers' inbox ignores beyond it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import DateTime, Integer, LargeBinary, String, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from shared.events import CloudEvent
+
+log = structlog.get_logger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class OutboxMixin:
+    """Mix into a service's declarative base: ``class Outbox(OutboxMixin, Base)``."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ProcessedEventMixin:
+    """Mix into a service's base: ``class ProcessedEvent(ProcessedEventMixin, Base)``."""
+
+    __tablename__ = "processed_event"
+    consumer: Mapped[str] = mapped_column(String(100), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def add_to_outbox(session: Session, model: type[OutboxMixin], event: CloudEvent) -> bool:
+    """Queue an event in the caller's transaction; False if that event id is already queued."""
+    table = model.__table__  # type: ignore[attr-defined]
+    values = {"event_id": event.id, "subject": event.nats_subject, "body": event.to_json(),
+              "created_at": utcnow(), "attempts": 0}
+    return _insert_ignore(session, table, values)
+
+
+def claim_event(session: Session, model: type[ProcessedEventMixin], consumer: str,
+                event_id: str) -> bool:
+    """Record that ``consumer`` handled ``event_id`` in the caller's transaction.
+
+    False means it was handled before: do nothing and ack.
+    """
+    table = model.__table__  # type: ignore[attr-defined]
+    return _insert_ignore(session, table,
+                          {"consumer": consumer, "event_id": event_id, "processed_at": utcnow()})
+
+
+def _insert_ignore(session: Session, table: object, values: dict[str, object]) -> bool:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table).values(**values).on_conflict_do_nothing()  # type: ignore[arg-type]
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
+
+def outbox_depth(factory: sessionmaker[Session], model: type[OutboxMixin]) -> int:
+    with factory() as session:
+        return session.scalar(
+            select(func.count()).select_from(model).where(model.sent_at.is_(None))
+        ) or 0
+
+
+Publish = Callable[[str, bytes, str], Awaitable[object]]
+
+
+class OutboxRelay:
+    """Publishes unsent outbox rows, oldest first, and marks each sent after its ack."""
+
+    def __init__(self, factory: sessionmaker[Session], model: type[OutboxMixin],
+                 publish: Publish, *, batch: int = 200, idle_poll_s: float = 1.0,
+                 retry_delay_s: float = 2.0, keep_sent: timedelta = timedelta(days=7)) -> None:
+        self._factory = factory
+        self._model = model
+        self._publish = publish
+        self._batch = batch
+        self._idle_poll_s = idle_poll_s
+        self._retry_delay_s = retry_delay_s
+        self._keep_sent = keep_sent
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Thread-safe nudge after a commit, so events leave without waiting for the poll."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sent = await self.drain_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker or database down: keep rows, retry later
+                log.warning("outbox publish failed; will retry", error=str(exc))
+                await asyncio.sleep(self._retry_delay_s)
+                continue
+            if sent == 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
+                except TimeoutError:
+                    await asyncio.to_thread(self._prune)
+
+    async def drain_once(self) -> int:
+        rows = await asyncio.to_thread(self._pending)
+        for row_id, event_id, subject, body in rows:
+            try:
+                await self._publish(subject, body, event_id)
+            except Exception:
+                await asyncio.to_thread(self._count_attempt, row_id)
+                raise
+            await asyncio.to_thread(self._mark_sent, row_id)
+        return len(rows)
+
+    def _pending(self) -> list[tuple[int, str, str, bytes]]:
+        m = self._model
+        with self._factory() as session:
+            rows = session.execute(
+                select(m.id, m.event_id, m.subject, m.body)
+                .where(m.sent_at.is_(None)).order_by(m.id).limit(self._batch)
+            ).all()
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def _mark_sent(self, row_id: int) -> None:
+        with self._factory.begin() as session:
+            session.execute(update(self._model).where(self._model.id == row_id)
+                            .values(sent_at=utcnow()))
+
+    def _count_attempt(self, row_id: int) -> None:
+        with self._factory.begin() as session:
+            session.execute(update(self._model).where(self._model.id == row_id)
+                            .values(attempts=self._model.attempts + 1))
+
+    def _prune(self) -> None:
+        with self._factory.begin() as session:
+            session.execute(delete(self._model).where(
+                self._model.sent_at.is_not(None),
+                self._model.sent_at < utcnow() - self._keep_sent))

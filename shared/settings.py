@@ -1,0 +1,74 @@
+"""Settings every rtops process shares, read from ``RTOPS_*`` environment variables.
+
+Nothing is instantiated at import time: each service builds its own settings object in its
+composition root, so tests can pass overrides without touching the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal[
+    "physician", "therapist", "physicist", "dosimetrist", "scheduler", "billing", "admin"
+]
+ROLES: tuple[str, ...] = (
+    "physician", "therapist", "physicist", "dosimetrist", "scheduler", "billing", "admin"
+)
+
+
+class RtopsSettings(BaseSettings):
+    """The settings every service understands; a service subclasses it for its own."""
+
+    model_config = SettingsConfigDict(env_prefix="RTOPS_", extra="ignore")
+
+    var_dir: Path = Field(default=Path("var"), description="runtime state: SQLite files, object "
+                          "store, embedded NATS store, development signing key")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; unset means one SQLite file per service under var_dir. "
+        "On PostgreSQL every service keeps its tables in its own schema.",
+    )
+    database_schema: str | None = Field(
+        default=None, description="PostgreSQL schema override (default: the service's name)"
+    )
+    nats_url: str | None = Field(
+        default=None, description="external NATS; unset means the embedded server of make run"
+    )
+    stream_name: str = "RTOPS"
+    subject_prefix: str = Field(
+        default="rtops", description="first token of every NATS subject; lets two suites "
+        "(say production and training) share one NATS"
+    )
+    stream_replicas: int = Field(default=1, description="3 on a production JetStream cluster")
+    duplicate_window_s: float = Field(
+        default=600.0, description="JetStream de-duplication window for Nats-Msg-Id"
+    )
+    clinic_timezone: str = Field(
+        default="America/New_York",
+        description="IANA zone for DICOM dates and times that carry no UTC offset",
+    )
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # Authentication. With oidc_jwks_url unset, tokens are HS256-signed with a key kept in
+    # var_dir (the embedded setup); `rtops token` signs with the same key.
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str = "rtops"
+    roles_claim: str = Field(default="roles", description="JWT claim listing rtops roles")
+    dev_signing_key: str | None = Field(
+        default=None, description="HS256 key for the embedded setup; default: var_dir/jwt.key"
+    )
+
+    def resolved_nats_url(self) -> str:
+        """The NATS URL: the setting, else what the embedded server wrote under var_dir."""
+        if self.nats_url:
+            return self.nats_url
+        url_file = self.var_dir / "nats" / "url"
+        if url_file.exists():
+            return url_file.read_text().strip()
+        return "nats://127.0.0.1:4222"

@@ -1,0 +1,120 @@
+"""FastAPI app factory: health, readiness, Prometheus metrics, RFC 9457 problem responses and
+bearer-token auth, the same for every service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.auth import Authenticator
+from shared.errors import RtopsError
+from shared.settings import RtopsSettings
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+def problem(status: int, title: str, detail: str | None = None, *, instance: str | None = None,
+            **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def create_app(
+    *,
+    title: str,
+    settings: RtopsSettings,
+    registry: CollectorRegistry,
+    readiness: dict[str, ReadinessCheck],
+    routers: Sequence[APIRouter] = (),
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    """``readiness`` maps a dependency name ("database", "nats") to a check that raises when
+    it is not usable; ``/readyz`` answers 503 naming each failing one."""
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.authenticator = Authenticator(settings)
+    app.state.registry = registry
+
+    requests = Counter("http_requests", "HTTP requests", ["method", "route", "status"],
+                       registry=registry)
+    latency = Histogram("http_request_seconds", "HTTP request latency", ["method", "route"],
+                        registry=registry)
+
+    @app.middleware("http")
+    async def _metrics(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        response: Response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        requests.labels(request.method, route, str(response.status_code)).inc()
+        latency.labels(request.method, route).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RtopsError)
+    async def _rtops_error(request: Request, exc: RtopsError) -> JSONResponse:
+        return problem(exc.status, exc.title, str(exc) or None, instance=request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+                  for e in exc.errors()]
+        log.info("request rejected", path=request.url.path, errors=errors)
+        return problem(422, "Invalid request", "the request does not match the API schema; "
+                       "see 'errors'", instance=request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, _reason(exc.status_code), str(exc.detail),
+                       instance=request.url.path)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> Response:
+        failing: dict[str, str] = {}
+        for name, check in readiness.items():
+            try:
+                await check()
+            except Exception as exc:
+                failing[name] = str(exc) or type(exc).__name__
+        if failing:
+            return problem(503, "Not ready", "; ".join(f"{k}: {v}" for k, v in failing.items()),
+                           checks={k: ("fail" if k in failing else "ok") for k in readiness})
+        return JSONResponse({"status": "ready", "checks": {k: "ok" for k in readiness}})
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

