@@ -63,14 +63,18 @@ def run(settings: RtopsSettings) -> int:
         for name in names:
             # Own session, so that Ctrl-C reaches only this supervisor, which stops the
             # services before the NATS server they drain into.
-            children[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"],
-                                              env=env, start_new_session=True)
+            children[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"], env=env, start_new_session=True
+            )
             print(f"rtops: started {name} (pid {children[name].pid})", flush=True)
         while not stopping:
             for name, proc in children.items():
                 if proc.poll() is not None:
-                    print(f"rtops: {name} exited with {proc.returncode}; stopping the suite",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"rtops: {name} exited with {proc.returncode}; stopping the suite",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     stopping, code = True, 1
             time.sleep(0.2)
     finally:
@@ -101,8 +105,11 @@ def write_schemas(out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rtops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="start the embedded NATS (unless RTOPS_NATS_URL), migrate, "
-                   "and run every service in the foreground; Ctrl-C stops all")
+    sub.add_parser(
+        "run",
+        help="start the embedded NATS (unless RTOPS_NATS_URL), migrate, "
+        "and run every service in the foreground; Ctrl-C stops all",
+    )
     sub.add_parser("migrate", help="bring every service's database to head")
     token = sub.add_parser("token", help="print a bearer token the embedded setup accepts")
     token.add_argument("--role", action="append", required=True, choices=ROLES)
@@ -119,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "token":
         from datetime import timedelta
 
-        print(issue_dev_token(settings, user=args.user, roles=args.role,
-                              ttl=timedelta(hours=args.hours)))
+        print(
+            issue_dev_token(
+                settings, user=args.user, roles=args.role, ttl=timedelta(hours=args.hours)
+            )
+        )
     elif args.command == "schemas":
         for path in write_schemas(args.out):
             print(path)

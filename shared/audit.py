@@ -26,13 +26,26 @@ class AuditMixin:
     patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
-def record_access(session: Session, model: type[AuditMixin], principal: Principal, *,
-                  action: str, resource: str, patient_ids: Iterable[str | None]) -> None:
+def record_access(
+    session: Session,
+    model: type[AuditMixin],
+    principal: Principal,
+    *,
+    action: str,
+    resource: str,
+    patient_ids: Iterable[str | None],
+) -> None:
     """One row per patient touched (a list endpoint touching none still leaves one row)."""
     now = datetime.now(UTC)
     ids = sorted({p for p in patient_ids if p}) or [None]
     session.add_all(
-        model(at=now, user=principal.user, roles=",".join(sorted(principal.roles)),
-              action=action, resource=resource[:500], patient_id=pid)  # type: ignore[call-arg]
+        model(
+            at=now,
+            user=principal.user,
+            roles=",".join(sorted(principal.roles)),
+            action=action,
+            resource=resource[:500],
+            patient_id=pid,
+        )  # type: ignore[call-arg]
         for pid in ids
     )

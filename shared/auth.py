@@ -39,14 +39,21 @@ def dev_signing_key(settings: RtopsSettings) -> str:
     return path.read_text().strip()
 
 
-def issue_dev_token(settings: RtopsSettings, *, user: str, roles: list[str],
-                    ttl: timedelta = timedelta(hours=12)) -> str:
+def issue_dev_token(
+    settings: RtopsSettings, *, user: str, roles: list[str], ttl: timedelta = timedelta(hours=12)
+) -> str:
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown role(s) {sorted(unknown)}; choose from {', '.join(ROLES)}")
     now = datetime.now(UTC)
-    claims = {"sub": user, "iss": DEV_ISSUER, "aud": settings.oidc_audience,
-              settings.roles_claim: roles, "iat": now, "exp": now + ttl}
+    claims = {
+        "sub": user,
+        "iss": DEV_ISSUER,
+        "aud": settings.oidc_audience,
+        settings.roles_claim: roles,
+        "iat": now,
+        "exp": now + ttl,
+    }
     return jwt.encode(claims, dev_signing_key(settings), algorithm="HS256")
 
 
@@ -60,13 +67,23 @@ class Authenticator:
         try:
             if self._jwks is not None:
                 key = self._jwks.get_signing_key_from_jwt(token).key
-                claims = jwt.decode(token, key, algorithms=["RS256", "ES256", "PS256"],
-                                    audience=s.oidc_audience, issuer=s.oidc_issuer,
-                                    options={"require": ["exp", "sub"]})
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=["RS256", "ES256", "PS256"],
+                    audience=s.oidc_audience,
+                    issuer=s.oidc_issuer,
+                    options={"require": ["exp", "sub"]},
+                )
             else:
-                claims = jwt.decode(token, dev_signing_key(s), algorithms=["HS256"],
-                                    audience=s.oidc_audience, issuer=DEV_ISSUER,
-                                    options={"require": ["exp", "sub"]})
+                claims = jwt.decode(
+                    token,
+                    dev_signing_key(s),
+                    algorithms=["HS256"],
+                    audience=s.oidc_audience,
+                    issuer=DEV_ISSUER,
+                    options={"require": ["exp", "sub"]},
+                )
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid bearer token: {exc}") from exc
         user = claims.get("preferred_username") or claims["sub"]
@@ -98,8 +115,10 @@ def require_roles(*roles: str) -> Any:
 
     def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if not principal.roles & set(roles):
-            raise Forbidden(f"this needs one of the roles {', '.join(roles)}; "
-                            f"{principal.user} has {', '.join(sorted(principal.roles)) or 'none'}")
+            raise Forbidden(
+                f"this needs one of the roles {', '.join(roles)}; "
+                f"{principal.user} has {', '.join(sorted(principal.roles)) or 'none'}"
+            )
         return principal
 
     return Depends(check)

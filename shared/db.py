@@ -96,9 +96,7 @@ def ensure_schema(engine: Engine, settings: RtopsSettings, service: str) -> None
 def drop_schema(engine: Engine, settings: RtopsSettings, service: str) -> None:
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
-            conn.execute(
-                text(f'DROP SCHEMA IF EXISTS "{schema_name(settings, service)}" CASCADE')
-            )
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema_name(settings, service)}" CASCADE'))
 
 
 def alembic_config(migrations_dir: Path, engine: Engine) -> Config:
@@ -108,8 +106,13 @@ def alembic_config(migrations_dir: Path, engine: Engine) -> Config:
     return cfg
 
 
-def migrate(engine: Engine, settings: RtopsSettings, service: str, migrations_dir: Path,
-            revision: str = "head") -> None:
+def migrate(
+    engine: Engine,
+    settings: RtopsSettings,
+    service: str,
+    migrations_dir: Path,
+    revision: str = "head",
+) -> None:
     """Bring the service's database to ``revision`` (idempotent; safe on every start)."""
     ensure_schema(engine, settings, service)
     command.upgrade(alembic_config(migrations_dir, engine), revision)

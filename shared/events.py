@@ -75,8 +75,9 @@ class DicomEvent(_Frozen):
 class PlanReference(_Frozen):
     sop_instance_uid: str
     relationship: str | None = Field(
-        default=None, description="RT Plan Relationship (300A,0055): PRIOR, ALTERNATIVE, "
-        "PREDECESSOR, VERIFIED_PLAN, CONCURRENT"
+        default=None,
+        description="RT Plan Relationship (300A,0055): PRIOR, ALTERNATIVE, "
+        "PREDECESSOR, VERIFIED_PLAN, CONCURRENT",
     )
 
 
@@ -170,7 +171,9 @@ class BeamDelivery(_Frozen):
     )
     radiation_type: str | None = None
     current_fraction_number: int | None = None
-    termination_status: str | None = Field(default=None, description="NORMAL/OPERATOR/MACHINE/UNKNOWN")
+    termination_status: str | None = Field(
+        default=None, description="NORMAL/OPERATOR/MACHINE/UNKNOWN"
+    )
     verification_status: str | None = None
     specified_meterset: float | None = None
     delivered_meterset: float | None = None
@@ -226,7 +229,8 @@ class TreatmentSummarized(DicomEvent):
     object: StoredObject
     plan_uid: str | None = None
     current_status: str | None = Field(
-        default=None, description="NOT_STARTED, ON_TREATMENT, ON_BREAK, SUSPENDED, STOPPED, COMPLETED"
+        default=None,
+        description="NOT_STARTED, ON_TREATMENT, ON_BREAK, SUSPENDED, STOPPED, COMPLETED",
     )
     first_treatment_date: date | None = None
     most_recent_treatment_date: date | None = None
@@ -261,8 +265,8 @@ class ImagingAcquired(DicomEvent):
     last_acquired_at: datetime | None = None
     frame_of_reference_uid: str | None = None
     machine: str | None = Field(
-        default=None, description="registry machine of the sender, else Station Name / "
-        "Radiation Machine Name"
+        default=None,
+        description="registry machine of the sender, else Station Name / Radiation Machine Name",
     )
     station_name: str | None = None
     manufacturer: str | None = None
@@ -310,8 +314,9 @@ class RegistrationReceived(DicomEvent):
         default=(), description="image series registered onto the reference (the CBCT)"
     )
     translation_mm: Vector3 | None = Field(
-        default=None, description="translation of the non-identity rigid matrix, patient "
-        "coordinates; not yet couch axes"
+        default=None,
+        description="translation of the non-identity rigid matrix, patient "
+        "coordinates; not yet couch axes",
     )
     rotation_deg: Vector3 | None = None
     couch_shift_mm: Vector3 | None = Field(
@@ -368,8 +373,9 @@ def event_id(type_: str, business_key: str) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, f"{type_}|{business_key}"))
 
 
-def envelope(payload: DicomEvent, *, source: str, subject: str | None = None,
-             time: datetime | None = None) -> CloudEvent:
+def envelope(
+    payload: DicomEvent, *, source: str, subject: str | None = None, time: datetime | None = None
+) -> CloudEvent:
     return CloudEvent(
         id=event_id(payload.type, payload.business_key()),
         source=source,

@@ -25,7 +25,6 @@ from shared.settings import RtopsSettings
 log = structlog.get_logger(__name__)
 
 
-
 def subject_for(settings: RtopsSettings, event_type: str) -> str:
     """The NATS subject of an event type under the configured prefix."""
     return settings.subject_prefix + event_type.removeprefix(SUBJECT_PREFIX)
@@ -44,9 +43,15 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> NATS:
         log.warning("nats error", error=str(exc))
 
     return await nats.connect(
-        servers=[url], name=name, connect_timeout=connect_timeout,
-        allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=1.0,
-        disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
+        servers=[url],
+        name=name,
+        connect_timeout=connect_timeout,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1.0,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
     )
 
 
@@ -67,10 +72,14 @@ async def ensure_stream(js: JetStreamContext, settings: RtopsSettings) -> None:
         await js.update_stream(config)
 
 
-async def publish(js: JetStreamContext, subject: str, body: bytes, msg_id: str,
-                  *, timeout: float = 5.0) -> None:
+PUBLISH_ACK_TIMEOUT_S = 5.0
+
+
+async def publish(js: JetStreamContext, subject: str, body: bytes, msg_id: str) -> None:
     """Publish and wait for the stream's ack; a duplicate id is acked without a second copy."""
-    ack = await js.publish(subject, body, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
+    ack = await js.publish(
+        subject, body, timeout=PUBLISH_ACK_TIMEOUT_S, headers={"Nats-Msg-Id": msg_id}
+    )
     if ack.duplicate:
         log.debug("duplicate publish dropped by stream", subject=subject, msg_id=msg_id)
 
@@ -92,10 +101,16 @@ class ConsumerPolicy:
     stream: str = "RTOPS"
 
 
-async def consume(js: JetStreamContext, *, durable: str, filter_subject: str,
-                  handler: Handler, policy: ConsumerPolicy | None = None,
-                  stop: asyncio.Event | None = None,
-                  dead_letter_prefix: str = f"{SUBJECT_PREFIX}.deadletter") -> None:
+async def consume(
+    js: JetStreamContext,
+    *,
+    durable: str,
+    filter_subject: str,
+    handler: Handler,
+    policy: ConsumerPolicy | None = None,
+    stop: asyncio.Event | None = None,
+    dead_letter_prefix: str = f"{SUBJECT_PREFIX}.deadletter",
+) -> None:
     """Run a durable pull consumer until ``stop`` is set (or the task is cancelled).
 
     Outcomes: handler returns -> ack; ``InvalidEvent`` or ``Poison`` -> dead letter + term;
@@ -104,11 +119,17 @@ async def consume(js: JetStreamContext, *, durable: str, filter_subject: str,
     """
     policy = policy or ConsumerPolicy()
     stop = stop or asyncio.Event()
-    await js.add_consumer(policy.stream, ConsumerConfig(
-        durable_name=durable, filter_subject=filter_subject, ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL, max_deliver=policy.max_deliver,
-        ack_wait=policy.ack_wait_s,
-    ))
+    await js.add_consumer(
+        policy.stream,
+        ConsumerConfig(
+            durable_name=durable,
+            filter_subject=filter_subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            max_deliver=policy.max_deliver,
+            ack_wait=policy.ack_wait_s,
+        ),
+    )
     sub = await js.pull_subscribe_bind(durable=durable, stream=policy.stream)
     while not stop.is_set():
         try:
@@ -120,13 +141,25 @@ async def consume(js: JetStreamContext, *, durable: str, filter_subject: str,
             await asyncio.sleep(policy.fetch_timeout_s)
             continue
         for msg in msgs:
-            await handle_message(js, msg, durable=durable, handler=handler, policy=policy,
-                                 dead_letter_prefix=dead_letter_prefix)
+            await handle_message(
+                js,
+                msg,
+                durable=durable,
+                handler=handler,
+                policy=policy,
+                dead_letter_prefix=dead_letter_prefix,
+            )
 
 
-async def handle_message(js: JetStreamContext, msg: Msg, *, durable: str, handler: Handler,
-                         policy: ConsumerPolicy,
-                         dead_letter_prefix: str = f"{SUBJECT_PREFIX}.deadletter") -> str:
+async def handle_message(
+    js: JetStreamContext,
+    msg: Msg,
+    *,
+    durable: str,
+    handler: Handler,
+    policy: ConsumerPolicy,
+    dead_letter_prefix: str = f"{SUBJECT_PREFIX}.deadletter",
+) -> str:
     """Apply the ack policy to one message; returns what was done (for tests and metrics)."""
     delivered = msg.metadata.num_delivered
     try:
@@ -137,23 +170,36 @@ async def handle_message(js: JetStreamContext, msg: Msg, *, durable: str, handle
         return "term"
     except Exception as exc:
         if delivered >= policy.max_deliver:
-            await _dead_letter(js, msg, durable, dead_letter_prefix,
-                               reason=f"gave up after {delivered}: {exc}")
+            await _dead_letter(
+                js, msg, durable, dead_letter_prefix, reason=f"gave up after {delivered}: {exc}"
+            )
             return "term"
         delay = policy.backoff_s[min(delivered - 1, len(policy.backoff_s) - 1)]
         log_fn = log.info if isinstance(exc, TransientError) else log.warning
-        log_fn("handler failed; redelivering", durable=durable, subject=msg.subject,
-               delivered=delivered, delay_s=delay, error=str(exc))
+        log_fn(
+            "handler failed; redelivering",
+            durable=durable,
+            subject=msg.subject,
+            delivered=delivered,
+            delay_s=delay,
+            error=str(exc),
+        )
         await msg.nak(delay=delay)
         return "nak"
     await msg.ack()
     return "ack"
 
 
-async def _dead_letter(js: JetStreamContext, msg: Msg, durable: str, prefix: str, *,
-                       reason: str) -> None:
-    log.error("event dead-lettered", durable=durable, subject=msg.subject, reason=reason,
-              stream_seq=msg.metadata.sequence.stream)
+async def _dead_letter(
+    js: JetStreamContext, msg: Msg, durable: str, prefix: str, *, reason: str
+) -> None:
+    log.error(
+        "event dead-lettered",
+        durable=durable,
+        subject=msg.subject,
+        reason=reason,
+        stream_seq=msg.metadata.sequence.stream,
+    )
     headers = {
         "Rtops-Dead-Letter-Reason": reason[:1000],
         "Rtops-Original-Subject": msg.subject,
@@ -188,8 +234,9 @@ class NatsLink:
                 js = nc.jetstream()
                 await ensure_stream(js, self._settings)
             except Exception as exc:
-                log.warning("NATS not reachable yet; retrying", url=url, error=str(exc),
-                            retry_in_s=delay)
+                log.warning(
+                    "NATS not reachable yet; retrying", url=url, error=str(exc), retry_in_s=delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
@@ -212,18 +259,29 @@ class NatsLink:
             await ensure_stream(self.js, self._settings)
             raise
 
-    async def consume(self, *, durable: str, event_filter: str, handler: Handler,
-                      policy: ConsumerPolicy | None = None,
-                      stop: asyncio.Event | None = None) -> None:
+    async def consume(
+        self,
+        *,
+        durable: str,
+        event_filter: str,
+        handler: Handler,
+        policy: ConsumerPolicy | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
         """The consumer loop of ``consume`` on this link once connected; ``event_filter`` is an
         event-type pattern such as ``rtops.dicom.>``."""
         await self.ready.wait()
         assert self.js is not None
         policy = policy or ConsumerPolicy(stream=self._settings.stream_name)
-        await consume(self.js, durable=durable,
-                      filter_subject=subject_for(self._settings, event_filter), handler=handler,
-                      policy=policy, stop=stop,
-                      dead_letter_prefix=subject_for(self._settings, "rtops.deadletter"))
+        await consume(
+            self.js,
+            durable=durable,
+            filter_subject=subject_for(self._settings, event_filter),
+            handler=handler,
+            policy=policy,
+            stop=stop,
+            dead_letter_prefix=subject_for(self._settings, "rtops.deadletter"),
+        )
 
     async def close(self) -> None:
         if self.nc is None or self.nc.is_closed:

@@ -57,17 +57,29 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log_file = (self.store_dir / "nats-server.log").open("ab")
         self.proc = subprocess.Popen(
-            [server_binary(), "-a", self.host, "-p", str(self.port), "-js",
-             "-sd", str(self.store_dir), "--no_advertise"],
-            stdout=log_file, stderr=subprocess.STDOUT,
+            [
+                server_binary(),
+                "-a",
+                self.host,
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.store_dir),
+                "--no_advertise",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             # Own session: a Ctrl-C reaches the supervisor, which stops NATS after the services.
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see "
-                                   f"{self.store_dir / 'nats-server.log'}")
+                raise RuntimeError(
+                    f"nats-server exited with {self.proc.returncode}; see "
+                    f"{self.store_dir / 'nats-server.log'}"
+                )
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     (self.store_dir / "url").write_text(self.url + "\n")

@@ -51,20 +51,27 @@ class ProcessedEventMixin:
 def add_to_outbox(session: Session, model: type[OutboxMixin], event: CloudEvent) -> bool:
     """Queue an event in the caller's transaction; False if that event id is already queued."""
     table = model.__table__  # type: ignore[attr-defined]
-    values = {"event_id": event.id, "subject": event.nats_subject, "body": event.to_json(),
-              "created_at": utcnow(), "attempts": 0}
+    values = {
+        "event_id": event.id,
+        "subject": event.nats_subject,
+        "body": event.to_json(),
+        "created_at": utcnow(),
+        "attempts": 0,
+    }
     return _insert_ignore(session, table, values)
 
 
-def claim_event(session: Session, model: type[ProcessedEventMixin], consumer: str,
-                event_id: str) -> bool:
+def claim_event(
+    session: Session, model: type[ProcessedEventMixin], consumer: str, event_id: str
+) -> bool:
     """Record that ``consumer`` handled ``event_id`` in the caller's transaction.
 
     False means it was handled before: do nothing and ack.
     """
     table = model.__table__  # type: ignore[attr-defined]
-    return _insert_ignore(session, table,
-                          {"consumer": consumer, "event_id": event_id, "processed_at": utcnow()})
+    return _insert_ignore(
+        session, table, {"consumer": consumer, "event_id": event_id, "processed_at": utcnow()}
+    )
 
 
 def _insert_ignore(session: Session, table: object, values: dict[str, object]) -> bool:
@@ -76,9 +83,10 @@ def _insert_ignore(session: Session, table: object, values: dict[str, object]) -
 
 def outbox_depth(factory: sessionmaker[Session], model: type[OutboxMixin]) -> int:
     with factory() as session:
-        return session.scalar(
-            select(func.count()).select_from(model).where(model.sent_at.is_(None))
-        ) or 0
+        return (
+            session.scalar(select(func.count()).select_from(model).where(model.sent_at.is_(None)))
+            or 0
+        )
 
 
 Publish = Callable[[str, bytes, str], Awaitable[object]]
@@ -87,9 +95,17 @@ Publish = Callable[[str, bytes, str], Awaitable[object]]
 class OutboxRelay:
     """Publishes unsent outbox rows, oldest first, and marks each sent after its ack."""
 
-    def __init__(self, factory: sessionmaker[Session], model: type[OutboxMixin],
-                 publish: Publish, *, batch: int = 200, idle_poll_s: float = 1.0,
-                 retry_delay_s: float = 2.0, keep_sent: timedelta = timedelta(days=7)) -> None:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        model: type[OutboxMixin],
+        publish: Publish,
+        *,
+        batch: int = 200,
+        idle_poll_s: float = 1.0,
+        retry_delay_s: float = 2.0,
+        keep_sent: timedelta = timedelta(days=7),
+    ) -> None:
         self._factory = factory
         self._model = model
         self._publish = publish
@@ -139,22 +155,31 @@ class OutboxRelay:
         with self._factory() as session:
             rows = session.execute(
                 select(m.id, m.event_id, m.subject, m.body)
-                .where(m.sent_at.is_(None)).order_by(m.id).limit(self._batch)
+                .where(m.sent_at.is_(None))
+                .order_by(m.id)
+                .limit(self._batch)
             ).all()
         return [tuple(r) for r in rows]  # type: ignore[misc]
 
     def _mark_sent(self, row_id: int) -> None:
         with self._factory.begin() as session:
-            session.execute(update(self._model).where(self._model.id == row_id)
-                            .values(sent_at=utcnow()))
+            session.execute(
+                update(self._model).where(self._model.id == row_id).values(sent_at=utcnow())
+            )
 
     def _count_attempt(self, row_id: int) -> None:
         with self._factory.begin() as session:
-            session.execute(update(self._model).where(self._model.id == row_id)
-                            .values(attempts=self._model.attempts + 1))
+            session.execute(
+                update(self._model)
+                .where(self._model.id == row_id)
+                .values(attempts=self._model.attempts + 1)
+            )
 
     def _prune(self) -> None:
         with self._factory.begin() as session:
-            session.execute(delete(self._model).where(
-                self._model.sent_at.is_not(None),
-                self._model.sent_at < utcnow() - self._keep_sent))
+            session.execute(
+                delete(self._model).where(
+                    self._model.sent_at.is_not(None),
+                    self._model.sent_at < utcnow() - self._keep_sent,
+                )
+            )

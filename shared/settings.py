@@ -16,7 +16,13 @@ Role = Literal[
     "physician", "therapist", "physicist", "dosimetrist", "scheduler", "billing", "admin"
 ]
 ROLES: tuple[str, ...] = (
-    "physician", "therapist", "physicist", "dosimetrist", "scheduler", "billing", "admin"
+    "physician",
+    "therapist",
+    "physicist",
+    "dosimetrist",
+    "scheduler",
+    "billing",
+    "admin",
 )
 
 
@@ -25,8 +31,11 @@ class RtopsSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RTOPS_", extra="ignore")
 
-    var_dir: Path = Field(default=Path("var"), description="runtime state: SQLite files, object "
-                          "store, embedded NATS store, development signing key")
+    var_dir: Path = Field(
+        default=Path("var"),
+        description="runtime state: SQLite files, object "
+        "store, embedded NATS store, development signing key",
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL; unset means one SQLite file per service under var_dir. "
@@ -40,8 +49,9 @@ class RtopsSettings(BaseSettings):
     )
     stream_name: str = "RTOPS"
     subject_prefix: str = Field(
-        default="rtops", description="first token of every NATS subject; lets two suites "
-        "(say production and training) share one NATS"
+        default="rtops",
+        description="first token of every NATS subject; lets two suites "
+        "(say production and training) share one NATS",
     )
     stream_replicas: int = Field(default=1, description="3 on a production JetStream cluster")
     duplicate_window_s: float = Field(

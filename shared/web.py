@@ -12,8 +12,13 @@ import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import Authenticator
@@ -26,8 +31,9 @@ PROBLEM_JSON = "application/problem+json"
 ReadinessCheck = Callable[[], Awaitable[None]]
 
 
-def problem(status: int, title: str, detail: str | None = None, *, instance: str | None = None,
-            **extra: Any) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str | None = None, *, instance: str | None = None, **extra: Any
+) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
@@ -54,10 +60,12 @@ def create_app(
     app.state.authenticator = Authenticator(settings)
     app.state.registry = registry
 
-    requests = Counter("http_requests", "HTTP requests", ["method", "route", "status"],
-                       registry=registry)
-    latency = Histogram("http_request_seconds", "HTTP request latency", ["method", "route"],
-                        registry=registry)
+    requests = Counter(
+        "http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+    )
+    latency = Histogram(
+        "http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry
+    )
 
     @app.middleware("http")
     async def _metrics(request: Request, call_next: Any) -> Response:
@@ -74,16 +82,24 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-                  for e in exc.errors()]
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
         log.info("request rejected", path=request.url.path, errors=errors)
-        return problem(422, "Invalid request", "the request does not match the API schema; "
-                       "see 'errors'", instance=request.url.path, errors=errors)
+        return problem(
+            422,
+            "Invalid request",
+            "the request does not match the API schema; see 'errors'",
+            instance=request.url.path,
+            errors=errors,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, _reason(exc.status_code), str(exc.detail),
-                       instance=request.url.path)
+        return problem(
+            exc.status_code, _reason(exc.status_code), str(exc.detail), instance=request.url.path
+        )
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -98,8 +114,12 @@ def create_app(
             except Exception as exc:
                 failing[name] = str(exc) or type(exc).__name__
         if failing:
-            return problem(503, "Not ready", "; ".join(f"{k}: {v}" for k, v in failing.items()),
-                           checks={k: ("fail" if k in failing else "ok") for k in readiness})
+            return problem(
+                503,
+                "Not ready",
+                "; ".join(f"{k}: {v}" for k, v in failing.items()),
+                checks={k: ("fail" if k in failing else "ok") for k in readiness},
+            )
         return JSONResponse({"status": "ready", "checks": {k: "ok" for k in readiness}})
 
     @app.get("/metrics", tags=["operations"])

@@ -35,8 +35,7 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def isolation() -> dict[str, str]:
     """Names unique to this test: PostgreSQL schema, JetStream stream, subject prefix."""
     tag = uuid.uuid4().hex[:10]
-    return {"database_schema": f"t_{tag}", "stream_name": f"T_{tag}",
-            "subject_prefix": f"t{tag}"}
+    return {"database_schema": f"t_{tag}", "stream_name": f"T_{tag}", "subject_prefix": f"t{tag}"}
 
 
 @pytest.fixture

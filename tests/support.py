@@ -28,8 +28,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 MIGRATIONS = REPO / "services" / "scp_listener" / "migrations"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -49,8 +53,9 @@ class RunningScp:
         migrate(engine, settings, SERVICE, MIGRATIONS)
         engine.dispose()
         self.app = create_app(settings)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0,
-                                                    log_config=None, lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.started, message="SCP app startup")
@@ -79,9 +84,14 @@ class RunningScp:
 
 
 def scp_settings(base: dict[str, object], **overrides: object) -> ScpSettings:
-    values: dict[str, object] = {"scp_port": 0, "scp_host": "127.0.0.1",
-                                 "scp_series_quiet_s": 0.5, "scp_sweep_interval_s": 0.2,
-                                 **base, **overrides}
+    values: dict[str, object] = {
+        "scp_port": 0,
+        "scp_host": "127.0.0.1",
+        "scp_series_quiet_s": 0.5,
+        "scp_sweep_interval_s": 0.2,
+        **base,
+        **overrides,
+    }
     return ScpSettings(**values)  # type: ignore[arg-type]
 
 
@@ -123,12 +133,17 @@ def stream_events(settings: ScpSettings) -> list[CloudEvent]:
         return []
 
 
-def await_events(settings: ScpSettings, count: int, *, timeout: float = 30.0,
-                 settle: float = 1.0) -> list[CloudEvent]:
+def await_events(
+    settings: ScpSettings, count: int, *, timeout: float = 30.0, settle: float = 1.0
+) -> list[CloudEvent]:
     """Wait until ``count`` events are in the stream, then ``settle`` seconds for any extra
     (which the caller's exact assertions would then catch)."""
-    wait_for(lambda: len(stream_events(settings)) >= count, timeout, 0.2,
-             f"{count} events in {settings.stream_name}")
+    wait_for(
+        lambda: len(stream_events(settings)) >= count,
+        timeout,
+        0.2,
+        f"{count} events in {settings.stream_name}",
+    )
     time.sleep(settle)
     return stream_events(settings)
 
@@ -149,8 +164,9 @@ def read_for_sending(path: Path) -> pydicom.Dataset:
     return ds
 
 
-def pynetdicom_store(port: int, paths: Iterable[Path], *, calling: str = "TRUEBEAM1",
-                     called: str = "RTOPS") -> list[int]:
+def pynetdicom_store(
+    port: int, paths: Iterable[Path], *, calling: str = "TRUEBEAM1", called: str = "RTOPS"
+) -> list[int]:
     """Send files over one association; returns each C-STORE status."""
     ae = AE(ae_title=calling)
     ae.requested_contexts = StoragePresentationContexts[:120]
@@ -180,9 +196,26 @@ def pynetdicom_echo(port: int, *, calling: str = "TRUEBEAM1", called: str = "RTO
             assoc.release()
 
 
-def storescu(tool: str, port: int, paths: Iterable[Path], *, calling: str = "TRUEBEAM1",
-             called: str = "RTOPS", extra: Iterable[str] = ()) -> subprocess.CompletedProcess[str]:
+def storescu(
+    tool: str,
+    port: int,
+    paths: Iterable[Path],
+    *,
+    calling: str = "TRUEBEAM1",
+    called: str = "RTOPS",
+    extra: Iterable[str] = (),
+) -> subprocess.CompletedProcess[str]:
     """DCMTK storescu, one association for all files; -R proposes only the files' classes."""
-    cmd = [tool, "-R", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port),
-           *map(str, paths)]
+    cmd = [
+        tool,
+        "-R",
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *map(str, paths),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)

@@ -12,8 +12,13 @@ from shared.logging import configure_logging
 def main() -> None:
     settings = ScpSettings()
     configure_logging(settings.log_level, settings.log_format, service="scp_listener")
-    uvicorn.run(create_app(settings), host=settings.scp_http_host, port=settings.scp_http_port,
-                log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.scp_http_host,
+        port=settings.scp_http_port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.scp_listener import scp
+from services.scp_listener.api import router
 from services.scp_listener.devices import load_registry
 from services.scp_listener.metrics import ScpMetrics
 from services.scp_listener.objectstore import ObjectStore
@@ -38,15 +39,20 @@ def create_app(settings: ScpSettings | None = None) -> FastAPI:
     metrics.track_outbox(lambda: outbox_depth(factory, Outbox))
     link = NatsLink(settings, name=SERVICE)
     relay = OutboxRelay(factory, Outbox, link.publish)
-    ingestor = Ingestor(factory=factory, store=ObjectStore(settings.object_store()),
-                        clinic_tz=settings.clinic_timezone, on_commit=relay.wake)
+    ingestor = Ingestor(
+        factory=factory,
+        store=ObjectStore(settings.object_store()),
+        clinic_tz=settings.clinic_timezone,
+        on_commit=relay.wake,
+    )
 
     async def sweep() -> None:
         quiet = timedelta(seconds=settings.scp_series_quiet_s)
         while True:
             try:
-                await asyncio.to_thread(ingestor.publish_quiet_series, now=datetime.now(UTC),
-                                        quiet=quiet)
+                await asyncio.to_thread(
+                    ingestor.publish_quiet_series, now=datetime.now(UTC), quiet=quiet
+                )
             except Exception as exc:
                 log.warning("series sweep failed; will retry", error=str(exc))
             await asyncio.sleep(settings.scp_sweep_interval_s)
@@ -69,9 +75,15 @@ def create_app(settings: ScpSettings | None = None) -> FastAPI:
     async def database() -> None:
         await asyncio.to_thread(ping, engine)
 
-    app = create_service_app(title="rtops DICOM SCP", settings=settings, registry=registry,
-                             readiness={"database": database, "nats": link.check},
-                             lifespan=lifespan)
+    app = create_service_app(
+        title="rtops DICOM SCP",
+        settings=settings,
+        registry=registry,
+        readiness={"database": database, "nats": link.check},
+        routers=[router],
+        lifespan=lifespan,
+    )
+    app.state.session_factory = factory
     app.state.ingestor = ingestor
     app.state.relay = relay
     app.state.nats = link

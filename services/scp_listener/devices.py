@@ -25,8 +25,9 @@ class Device(BaseModel):
         return value.strip()
 
     def as_source(self) -> SourceDevice:
-        return SourceDevice(ae_title=self.ae_title, role=self.role, machine=self.machine,
-                            site=self.site)
+        return SourceDevice(
+            ae_title=self.ae_title, role=self.role, machine=self.machine, site=self.site
+        )
 
 
 class Registry(BaseModel):

@@ -21,6 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
+from services.scp_listener import sop
 from shared.events import (
     BeamDelivery,
     CouchPosition,
@@ -41,7 +42,6 @@ from shared.events import (
     TreatmentSummarized,
     Vector3,
 )
-from services.scp_listener import sop
 
 # ---------------------------------------------------------------- primitive readers
 
@@ -98,8 +98,9 @@ def parse_date(value: str | None) -> date | None:
         return None
 
 
-def parse_datetime(da: str | None, tm: str | None, *, offset: str | None,
-                   clinic_tz: str) -> datetime | None:
+def parse_datetime(
+    da: str | None, tm: str | None, *, offset: str | None, clinic_tz: str
+) -> datetime | None:
     """DA + TM to UTC. DICOM dates carry no zone: use Timezone Offset From UTC when the object
     has one, else the clinic's zone."""
     day = parse_date(da)
@@ -107,10 +108,17 @@ def parse_datetime(da: str | None, tm: str | None, *, offset: str | None,
         return None
     tm = (tm or "").strip()
     match = re.match(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?", tm.replace(":", ""))
-    hh, mm, ss, frac = (match.groups() if match else (None, None, None, None))
+    hh, mm, ss, frac = match.groups() if match else (None, None, None, None)
     try:
-        local = datetime(day.year, day.month, day.day, int(hh or 0), int(mm or 0), int(ss or 0),
-                         int((frac or "0").ljust(6, "0")))
+        local = datetime(
+            day.year,
+            day.month,
+            day.day,
+            int(hh or 0),
+            int(mm or 0),
+            int(ss or 0),
+            int((frac or "0").ljust(6, "0")),
+        )
     except ValueError:
         return None
     tz = _offset_zone(offset) or ZoneInfo(clinic_tz)
@@ -125,16 +133,20 @@ def _offset_zone(offset: str | None) -> timezone | None:
     return timezone(sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
 
 
-def stamp(ds: Dataset, date_kw: str, time_kw: str, clinic_tz: str,
-          root: Dataset | None = None) -> datetime | None:
+def stamp(
+    ds: Dataset, date_kw: str, time_kw: str, clinic_tz: str, root: Dataset | None = None
+) -> datetime | None:
     offset = text(root if root is not None else ds, "TimezoneOffsetFromUTC")
-    return parse_datetime(text(ds, date_kw), text(ds, time_kw), offset=offset,
-                          clinic_tz=clinic_tz)
+    return parse_datetime(text(ds, date_kw), text(ds, time_kw), offset=offset, clinic_tz=clinic_tz)
 
 
 def patient(ds: Dataset) -> Patient:
-    return Patient(id=text(ds, "PatientID") or "", issuer=text(ds, "IssuerOfPatientID"),
-                   name=text(ds, "PatientName"), birth_date=parse_date(text(ds, "PatientBirthDate")))
+    return Patient(
+        id=text(ds, "PatientID") or "",
+        issuer=text(ds, "IssuerOfPatientID"),
+        name=text(ds, "PatientName"),
+        birth_date=parse_date(text(ds, "PatientBirthDate")),
+    )
 
 
 def walk(ds: Dataset) -> Iterator[Any]:
@@ -150,17 +162,20 @@ def walk(ds: Dataset) -> Iterator[Any]:
 # ---------------------------------------------------------------- RT Plan / RT Ion Plan
 
 
-def plan_received(ds: Dataset, obj: StoredObject, source: SourceDevice,
-                  clinic_tz: str) -> PlanReceived:
+def plan_received(
+    ds: Dataset, obj: StoredObject, source: SourceDevice, clinic_tz: str
+) -> PlanReceived:
     ion = obj.sop_class_uid == sop.RT_ION_PLAN
     beam_kw = "IonBeamSequence" if ion else "BeamSequence"
     cp_kw = "IonControlPointSequence" if ion else "ControlPointSequence"
     beams: list[PlannedBeam] = []
     isocenters: set[tuple[float, ...]] = set()
     meterset = {
-        (integer(fg, "FractionGroupNumber"), integer(rb, "ReferencedBeamNumber")):
-            number(rb, "BeamMeterset")
-        for fg in items(ds, "FractionGroupSequence") for rb in items(fg, "ReferencedBeamSequence")
+        (integer(fg, "FractionGroupNumber"), integer(rb, "ReferencedBeamNumber")): number(
+            rb, "BeamMeterset"
+        )
+        for fg in items(ds, "FractionGroupSequence")
+        for rb in items(fg, "ReferencedBeamSequence")
     }
     for beam in items(ds, beam_kw):
         energies: set[float] = set()
@@ -172,25 +187,36 @@ def plan_received(ds: Dataset, obj: StoredObject, source: SourceDevice,
             if iso and len(iso) == 3:
                 isocenters.add(tuple(round(float(v), 1) for v in iso))
         beam_number = integer(beam, "BeamNumber")
-        mu = next((v for (_, b), v in meterset.items() if b == beam_number and v is not None),
-                  None)
-        beams.append(PlannedBeam(
-            number=beam_number, name=text(beam, "BeamName"),
-            machine=text(beam, "TreatmentMachineName"), beam_type=text(beam, "BeamType"),
-            radiation_type=text(beam, "RadiationType"),
-            delivery_type=text(beam, "TreatmentDeliveryType"), energies=tuple(sorted(energies)),
-            control_points=integer(beam, "NumberOfControlPoints"), meterset=mu,
-        ))
+        mu = next((v for (_, b), v in meterset.items() if b == beam_number and v is not None), None)
+        beams.append(
+            PlannedBeam(
+                number=beam_number,
+                name=text(beam, "BeamName"),
+                machine=text(beam, "TreatmentMachineName"),
+                beam_type=text(beam, "BeamType"),
+                radiation_type=text(beam, "RadiationType"),
+                delivery_type=text(beam, "TreatmentDeliveryType"),
+                energies=tuple(sorted(energies)),
+                control_points=integer(beam, "NumberOfControlPoints"),
+                meterset=mu,
+            )
+        )
     setups = items(ds, "PatientSetupSequence")
     return PlanReceived(
-        patient=patient(ds), source=source, object=obj, ion=ion,
-        label=text(ds, "RTPlanLabel"), name=text(ds, "RTPlanName"),
+        patient=patient(ds),
+        source=source,
+        object=obj,
+        ion=ion,
+        label=text(ds, "RTPlanLabel"),
+        name=text(ds, "RTPlanName"),
         description=text(ds, "RTPlanDescription"),
-        plan_date=parse_date(text(ds, "RTPlanDate")), plan_time=text(ds, "RTPlanTime"),
+        plan_date=parse_date(text(ds, "RTPlanDate")),
+        plan_time=text(ds, "RTPlanTime"),
         intent=text(ds, "PlanIntent"),
         treatment_site=text(ds, "TreatmentSite") or _retired_treatment_sites(ds),
         geometry=text(ds, "RTPlanGeometry"),
-        approval_status=text(ds, "ApprovalStatus"), reviewer_name=text(ds, "ReviewerName"),
+        approval_status=text(ds, "ApprovalStatus"),
+        reviewer_name=text(ds, "ReviewerName"),
         reviewed_at=stamp(ds, "ReviewDate", "ReviewTime", clinic_tz),
         frame_of_reference_uid=text(ds, "FrameOfReferenceUID"),
         prescription_description=text(ds, "PrescriptionDescription"),
@@ -213,7 +239,8 @@ def plan_received(ds: Dataset, obj: StoredObject, source: SourceDevice,
         ),
         dose_references=tuple(
             DoseReference(
-                number=integer(dr, "DoseReferenceNumber"), uid=text(dr, "DoseReferenceUID"),
+                number=integer(dr, "DoseReferenceNumber"),
+                uid=text(dr, "DoseReferenceUID"),
                 type=text(dr, "DoseReferenceType"),
                 structure_type=text(dr, "DoseReferenceStructureType"),
                 description=text(dr, "DoseReferenceDescription"),
@@ -226,10 +253,16 @@ def plan_received(ds: Dataset, obj: StoredObject, source: SourceDevice,
         radiation_types=tuple(sorted({b.radiation_type for b in beams if b.radiation_type})),
         isocenter_count=len(isocenters),
         motion_management=any("MotionSynchronizationSequence" in s for s in setups),
-        fixation_devices=tuple(sorted({
-            t for s in setups for f in items(s, "FixationDeviceSequence")
-            if (t := text(f, "FixationDeviceType"))
-        })),
+        fixation_devices=tuple(
+            sorted(
+                {
+                    t
+                    for s in setups
+                    for f in items(s, "FixationDeviceSequence")
+                    if (t := text(f, "FixationDeviceType"))
+                }
+            )
+        ),
     )
 
 
@@ -247,62 +280,96 @@ def _retired_treatment_sites(ds: Dataset) -> str | None:
 _THERAPEUTIC = {"TREATMENT", "CONTINUATION"}
 
 
-def treatment_recorded(ds: Dataset, obj: StoredObject, source: SourceDevice,
-                       clinic_tz: str) -> TreatmentRecorded:
+def treatment_recorded(
+    ds: Dataset, obj: StoredObject, source: SourceDevice, clinic_tz: str
+) -> TreatmentRecorded:
     kind, session_kw, cp_kw = {
-        sop.RT_ION_BEAMS_RECORD: ("ion_beams", "TreatmentSessionIonBeamSequence",
-                                  "IonControlPointDeliverySequence"),
+        sop.RT_ION_BEAMS_RECORD: (
+            "ion_beams",
+            "TreatmentSessionIonBeamSequence",
+            "IonControlPointDeliverySequence",
+        ),
         sop.RT_BRACHY_RECORD: ("brachy", "TreatmentSessionApplicationSetupSequence", ""),
-    }.get(obj.sop_class_uid, ("beams", "TreatmentSessionBeamSequence",
-                              "ControlPointDeliverySequence"))
+    }.get(
+        obj.sop_class_uid, ("beams", "TreatmentSessionBeamSequence", "ControlPointDeliverySequence")
+    )
     offset = text(ds, "TimezoneOffsetFromUTC")
     beams: list[BeamDelivery] = []
     operators: set[str] = set()
-    if (name := text(ds, "OperatorsName")):
+    if name := text(ds, "OperatorsName"):
         operators.update(name.split("\\"))
     for item in items(ds, session_kw):
         cps = items(item, cp_kw) if cp_kw else []
-        times = [t for cp in cps if (t := parse_datetime(
-            text(cp, "TreatmentControlPointDate"), text(cp, "TreatmentControlPointTime"),
-            offset=offset, clinic_tz=clinic_tz))]
+        times = [
+            t
+            for cp in cps
+            if (
+                t := parse_datetime(
+                    text(cp, "TreatmentControlPointDate"),
+                    text(cp, "TreatmentControlPointTime"),
+                    offset=offset,
+                    clinic_tz=clinic_tz,
+                )
+            )
+        ]
         overrides = [
-            Override(parameter=_tag_text(ov.get("OverrideParameterPointer")),
-                     operator=text(ov, "OperatorsName"), reason=text(ov, "OverrideReason"))
-            for cp in cps for ov in items(cp, "OverrideSequence")
+            Override(
+                parameter=_tag_text(ov.get("OverrideParameterPointer")),
+                operator=text(ov, "OperatorsName"),
+                reason=text(ov, "OverrideReason"),
+            )
+            for cp in cps
+            for ov in items(cp, "OverrideSequence")
         ]
         operators.update(o.operator for o in overrides if o.operator)
         cp0 = cps[0] if cps else None
         couch = None
-        if cp0 is not None and any(k in cp0 for k in ("TableTopVerticalPosition",
-                                                      "TableTopLongitudinalPosition",
-                                                      "TableTopLateralPosition")):
-            couch = CouchPosition(vertical_mm=number(cp0, "TableTopVerticalPosition"),
-                                  longitudinal_mm=number(cp0, "TableTopLongitudinalPosition"),
-                                  lateral_mm=number(cp0, "TableTopLateralPosition"))
-        beams.append(BeamDelivery(
-            beam_number=integer(item, "ReferencedBeamNumber"),
-            beam_name=text(item, "BeamName"),
-            delivery_type=text(item, "TreatmentDeliveryType"),
-            radiation_type=text(item, "RadiationType"),
-            current_fraction_number=integer(item, "CurrentFractionNumber"),
-            termination_status=text(item, "TreatmentTerminationStatus"),
-            verification_status=text(item, "TreatmentVerificationStatus"),
-            specified_meterset=number(item, "SpecifiedPrimaryMeterset"),
-            delivered_meterset=number(item, "DeliveredPrimaryMeterset"),
-            started_at=min(times) if times else None, ended_at=max(times) if times else None,
-            couch=couch, overrides=tuple(overrides),
-        ))
+        if cp0 is not None and any(
+            k in cp0
+            for k in (
+                "TableTopVerticalPosition",
+                "TableTopLongitudinalPosition",
+                "TableTopLateralPosition",
+            )
+        ):
+            couch = CouchPosition(
+                vertical_mm=number(cp0, "TableTopVerticalPosition"),
+                longitudinal_mm=number(cp0, "TableTopLongitudinalPosition"),
+                lateral_mm=number(cp0, "TableTopLateralPosition"),
+            )
+        beams.append(
+            BeamDelivery(
+                beam_number=integer(item, "ReferencedBeamNumber"),
+                beam_name=text(item, "BeamName"),
+                delivery_type=text(item, "TreatmentDeliveryType"),
+                radiation_type=text(item, "RadiationType"),
+                current_fraction_number=integer(item, "CurrentFractionNumber"),
+                termination_status=text(item, "TreatmentTerminationStatus"),
+                verification_status=text(item, "TreatmentVerificationStatus"),
+                specified_meterset=number(item, "SpecifiedPrimaryMeterset"),
+                delivered_meterset=number(item, "DeliveredPrimaryMeterset"),
+                started_at=min(times) if times else None,
+                ended_at=max(times) if times else None,
+                couch=couch,
+                overrides=tuple(overrides),
+            )
+        )
     treated_at, source_of_time = _treated_at(ds, beams, clinic_tz)
     machine = first(ds, "TreatmentMachineSequence")
     plan_ref = first(ds, "ReferencedRTPlanSequence")
     therapeutic = [b for b in beams if (b.delivery_type or "TREATMENT") in _THERAPEUTIC]
     return TreatmentRecorded(
-        patient=patient(ds), source=source, object=obj, record_kind=kind,  # type: ignore[arg-type]
-        treated_at=treated_at, treated_at_source=source_of_time,  # type: ignore[arg-type]
+        patient=patient(ds),
+        source=source,
+        object=obj,
+        record_kind=kind,  # type: ignore[arg-type]
+        treated_at=treated_at,
+        treated_at_source=source_of_time,  # type: ignore[arg-type]
         content_origin=text(ds, "TreatmentRecordContentOrigin"),
         plan_uid=text(plan_ref, "ReferencedSOPInstanceUID"),
         referenced_record_uids=tuple(
-            uid for ref in items(ds, "ReferencedTreatmentRecordSequence")
+            uid
+            for ref in items(ds, "ReferencedTreatmentRecordSequence")
             if (uid := text(ref, "ReferencedSOPInstanceUID"))
         ),
         machine=text(machine, "TreatmentMachineName") or source.machine,
@@ -310,8 +377,11 @@ def treatment_recorded(ds: Dataset, obj: StoredObject, source: SourceDevice,
         manufacturer=text(machine, "Manufacturer") or text(ds, "Manufacturer"),
         fraction_group_number=integer(ds, "ReferencedFractionGroupNumber"),
         fractions_planned=integer(ds, "NumberOfFractionsPlanned"),
-        fraction_numbers=tuple(sorted({b.current_fraction_number for b in beams
-                                       if b.current_fraction_number is not None})),
+        fraction_numbers=tuple(
+            sorted(
+                {b.current_fraction_number for b in beams if b.current_fraction_number is not None}
+            )
+        ),
         delivered=any((b.delivered_meterset or 0) > 0 for b in therapeutic),
         partial=any(_partial(b) for b in therapeutic),
         operators=tuple(sorted(operators)),
@@ -327,8 +397,9 @@ def _partial(beam: BeamDelivery) -> bool:
     return spec is not None and done is not None and done < spec - 1e-6
 
 
-def _treated_at(ds: Dataset, beams: list[BeamDelivery],
-                clinic_tz: str) -> tuple[datetime | None, str]:
+def _treated_at(
+    ds: Dataset, beams: list[BeamDelivery], clinic_tz: str
+) -> tuple[datetime | None, str]:
     # Treatment Date (3008,0250) is Type 2 and may be empty: fall back to the first control
     # point's timestamp, then to Instance Creation Date (domain-dicom.md s. 4.1).
     if (at := stamp(ds, "TreatmentDate", "TreatmentTime", clinic_tz)) is not None:
@@ -350,11 +421,14 @@ def _tag_text(value: Any) -> str | None:
         return str(value)
 
 
-def treatment_summarized(ds: Dataset, obj: StoredObject, source: SourceDevice,
-                         clinic_tz: str) -> TreatmentSummarized:
+def treatment_summarized(
+    ds: Dataset, obj: StoredObject, source: SourceDevice, clinic_tz: str
+) -> TreatmentSummarized:
     plan_ref = first(ds, "ReferencedRTPlanSequence")
     return TreatmentSummarized(
-        patient=patient(ds), source=source, object=obj,
+        patient=patient(ds),
+        source=source,
+        object=obj,
         plan_uid=text(plan_ref, "ReferencedSOPInstanceUID"),
         current_status=text(ds, "CurrentTreatmentStatus"),
         first_treatment_date=parse_date(text(ds, "FirstTreatmentDate")),
@@ -376,14 +450,18 @@ def treatment_summarized(ds: Dataset, obj: StoredObject, source: SourceDevice,
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
 
-def registration_received(ds: Dataset, obj: StoredObject, source: SourceDevice,
-                          clinic_tz: str) -> RegistrationReceived | None:
+def registration_received(
+    ds: Dataset, obj: StoredObject, source: SourceDevice, clinic_tz: str
+) -> RegistrationReceived | None:
     """A standard or deformable registration, or an Elekta XVI "RPS" Raw Data export.
     ``None`` for Raw Data that is not a registration (stored, but no event)."""
     common: dict[str, Any] = {
-        "patient": patient(ds), "source": source, "object": obj,
+        "patient": patient(ds),
+        "source": source,
+        "object": obj,
         "content_at": stamp(ds, "ContentDate", "ContentTime", clinic_tz),
-        "creator_name": text(ds, "ContentCreatorName"), "label": text(ds, "ContentLabel"),
+        "creator_name": text(ds, "ContentCreatorName"),
+        "label": text(ds, "ContentLabel"),
         "description": text(ds, "ContentDescription"),
         "frame_of_reference_uid": text(ds, "FrameOfReferenceUID"),
     }
@@ -391,9 +469,12 @@ def registration_received(ds: Dataset, obj: StoredObject, source: SourceDevice,
         shift = elekta_couch_shift_mm(ds)
         if shift is None:
             return None
-        return RegistrationReceived(kind="elekta_rps", couch_shift_mm=shift,
-                                    description=common.pop("description")
-                                    or text(ds, "SeriesDescription"), **common)
+        return RegistrationReceived(
+            kind="elekta_rps",
+            couch_shift_mm=shift,
+            description=common.pop("description") or text(ds, "SeriesDescription"),
+            **common,
+        )
     index = _series_index(ds)
     if obj.sop_class_uid == sop.DEFORMABLE_REGISTRATION:
         regs = [
@@ -407,27 +488,37 @@ def registration_received(ds: Dataset, obj: StoredObject, source: SourceDevice,
             for reg in items(ds, "DeformableRegistrationSequence")
             for pre in [first(reg, "PreDeformationMatrixRegistrationSequence")]
         ]
-        return RegistrationReceived(kind="deformable", items=tuple(regs),
-                                    moving_series_uids=_moving(regs), **common)
+        return RegistrationReceived(
+            kind="deformable", items=tuple(regs), moving_series_uids=_moving(regs), **common
+        )
     regs = []
     for reg in items(ds, "RegistrationSequence"):
         matrix_item = first(reg, "MatrixRegistrationSequence")
         matrices = items(matrix_item, "MatrixSequence")
         combined = _compose([m for mi in matrices if (m := _matrix(mi))])
-        regs.append(RegistrationItem(
-            frame_of_reference_uid=text(reg, "FrameOfReferenceUID"),
-            referenced_series_uids=_series_uids(reg, index),
-            referenced_instance_count=len(items(reg, "ReferencedImageSequence")),
-            matrix_type=text(matrices[0], "FrameOfReferenceTransformationMatrixType")
-            if matrices else None,
-            matrix=combined,
-        ))
+        regs.append(
+            RegistrationItem(
+                frame_of_reference_uid=text(reg, "FrameOfReferenceUID"),
+                referenced_series_uids=_series_uids(reg, index),
+                referenced_instance_count=len(items(reg, "ReferencedImageSequence")),
+                matrix_type=text(matrices[0], "FrameOfReferenceTransformationMatrixType")
+                if matrices
+                else None,
+                matrix=combined,
+            )
+        )
     moving = next((r for r in regs if r.matrix and not _is_identity(r.matrix)), None)
     translation = rotation = None
     if moving and moving.matrix and (moving.matrix_type or "RIGID") == "RIGID":
         translation, rotation = rigid_components(moving.matrix)
-    return RegistrationReceived(kind="rigid", items=tuple(regs), moving_series_uids=_moving(regs),
-                                translation_mm=translation, rotation_deg=rotation, **common)
+    return RegistrationReceived(
+        kind="rigid",
+        items=tuple(regs),
+        moving_series_uids=_moving(regs),
+        translation_mm=translation,
+        rotation_deg=rotation,
+        **common,
+    )
 
 
 def _series_index(ds: Dataset) -> dict[str, str]:
@@ -438,15 +529,18 @@ def _series_index(ds: Dataset) -> dict[str, str]:
         series.extend(items(study, "ReferencedSeriesSequence"))
     return {
         uid: series_uid
-        for s in series if (series_uid := text(s, "SeriesInstanceUID"))
+        for s in series
+        if (series_uid := text(s, "SeriesInstanceUID"))
         for ref in items(s, "ReferencedInstanceSequence")
         if (uid := text(ref, "ReferencedSOPInstanceUID"))
     }
 
 
 def _series_uids(reg: Dataset, index: dict[str, str]) -> tuple[str, ...]:
-    uids = {index.get(text(ref, "ReferencedSOPInstanceUID") or "")
-            for ref in items(reg, "ReferencedImageSequence")}
+    uids = {
+        index.get(text(ref, "ReferencedSOPInstanceUID") or "")
+        for ref in items(reg, "ReferencedImageSequence")
+    }
     uids.update(text(s, "SeriesInstanceUID") for s in items(reg, "ReferencedSeriesSequence"))
     return tuple(sorted(u for u in uids if u))
 
@@ -469,8 +563,9 @@ def _compose(matrices: list[tuple[float, ...]]) -> tuple[float, ...] | None:
         return None
     out = matrices[0]
     for m in matrices[1:]:
-        out = tuple(sum(m[r * 4 + k] * out[k * 4 + c] for k in range(4))
-                    for r in range(4) for c in range(4))
+        out = tuple(
+            sum(m[r * 4 + k] * out[k * 4 + c] for k in range(4)) for r in range(4) for c in range(4)
+        )
     return out
 
 
@@ -483,8 +578,10 @@ def rigid_components(m: tuple[float, ...]) -> tuple[Vector3, Vector3]:
     ry = math.degrees(math.asin(max(-1.0, min(1.0, -m[8]))))
     rx = math.degrees(math.atan2(m[9], m[10]))
     rz = math.degrees(math.atan2(m[4], m[0]))
-    return (Vector3(x=m[3], y=m[7], z=m[11]),
-            Vector3(x=round(rx, 6), y=round(ry, 6), z=round(rz, 6)))
+    return (
+        Vector3(x=m[3], y=m[7], z=m[11]),
+        Vector3(x=round(rx, 6), y=round(ry, 6), z=round(rz, 6)),
+    )
 
 
 def elekta_couch_shift_mm(ds: Dataset) -> Vector3 | None:
@@ -509,8 +606,9 @@ def elekta_couch_shift_mm(ds: Dataset) -> Vector3 | None:
     values = dict(re.findall(r"(?im)^\s*(CouchShift\w+)\s*=\s*([-+0-9.eE]+)\s*$", ini))
     keys = {k.lower(): v for k, v in values.items()}
     try:
-        lat, lng, vert = (float(keys[k]) * 10.0 for k in
-                          ("couchshiftlat", "couchshiftlong", "couchshiftheight"))
+        lat, lng, vert = (
+            float(keys[k]) * 10.0 for k in ("couchshiftlat", "couchshiftlong", "couchshiftheight")
+        )
     except (KeyError, ValueError):
         return None
     return Vector3(x=lat, y=lng, z=vert)
@@ -546,26 +644,34 @@ def classify(ds: Dataset, sop_class_uid: str, device_role: str) -> str:
             return "sim_ct"
         if device_role == "linac":
             return "cbct"
-        hint = " ".join(filter(None, (text(ds, "SeriesDescription"), text(ds, "ProtocolName"),
-                                      text(ds, "Manufacturer")))).upper()
+        hint = " ".join(
+            filter(
+                None,
+                (text(ds, "SeriesDescription"), text(ds, "ProtocolName"), text(ds, "Manufacturer")),
+            )
+        ).upper()
         if re.search(r"\bCBCT\b|\bCB\b|XVI|OBI|CONE|VARIAN|ELEKTA|ACCURAY", hint):
             return "cbct"
         return "sim_ct"
     return "other"
 
 
-def image_facts(ds: Dataset, sop_class_uid: str, source: SourceDevice,
-                clinic_tz: str) -> dict[str, Any]:
+def image_facts(
+    ds: Dataset, sop_class_uid: str, source: SourceDevice, clinic_tz: str
+) -> dict[str, Any]:
     """The per-instance facts of an image that its series' imaging event aggregates."""
-    acquired = (stamp(ds, "AcquisitionDate", "AcquisitionTime", clinic_tz)
-                or stamp(ds, "ContentDate", "ContentTime", clinic_tz)
-                or stamp(ds, "SeriesDate", "SeriesTime", clinic_tz))
+    acquired = (
+        stamp(ds, "AcquisitionDate", "AcquisitionTime", clinic_tz)
+        or stamp(ds, "ContentDate", "ContentTime", clinic_tz)
+        or stamp(ds, "SeriesDate", "SeriesTime", clinic_tz)
+    )
     plan_ref = first(ds, "ReferencedRTPlanSequence")
     approval = None
     status = text(ds, "ApprovalStatus")
     if status:
         approval = ImageApproval(
-            sop_instance_uid=text(ds, "SOPInstanceUID") or "", status=status,
+            sop_instance_uid=text(ds, "SOPInstanceUID") or "",
+            status=status,
             reviewer_name=text(ds, "ReviewerName"),
             reviewed_at=stamp(ds, "ReviewDate", "ReviewTime", clinic_tz),
         )

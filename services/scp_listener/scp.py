@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -44,8 +44,14 @@ def build_ae(settings: ScpSettings, devices: dict[str, Device]) -> AE:
     return ae
 
 
-def start(settings: ScpSettings, devices: dict[str, Device], ingestor: Ingestor,
-          metrics: ScpMetrics, *, port: int | None = None) -> ThreadedAssociationServer:
+def start(
+    settings: ScpSettings,
+    devices: dict[str, Device],
+    ingestor: Ingestor,
+    metrics: ScpMetrics,
+    *,
+    port: int | None = None,
+) -> ThreadedAssociationServer:
     """Start listening (port 0 picks a free one: see ``server.server_address``)."""
     ae = build_ae(settings, devices)
     handlers = [
@@ -55,10 +61,15 @@ def start(settings: ScpSettings, devices: dict[str, Device], ingestor: Ingestor,
     ]
     server = ae.start_server(
         (settings.scp_host, settings.scp_port if port is None else port),
-        block=False, evt_handlers=handlers,
+        block=False,
+        evt_handlers=handlers,
     )
-    log.info("DICOM SCP listening", ae_title=settings.scp_ae_title,
-             address=list(server.server_address), devices=sorted(devices))
+    log.info(
+        "DICOM SCP listening",
+        ae_title=settings.scp_ae_title,
+        address=list(server.server_address),
+        devices=sorted(devices),
+    )
     return server
 
 
@@ -69,29 +80,40 @@ def _no_delay(event: Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _log_rejection(event: Event, settings: ScpSettings, devices: dict[str, Device],
-                   metrics: ScpMetrics) -> None:
+def _log_rejection(
+    event: Event, settings: ScpSettings, devices: dict[str, Device], metrics: ScpMetrics
+) -> None:
     rq: Any = event.assoc.requestor.primitive
     calling = str(rq.calling_ae_title).strip()
     called = str(rq.called_ae_title).strip()
     if calling not in devices:
         reason = "unknown_calling_ae"
-        words = (f"refused an association from AE title {calling!r}: it is not in the device "
-                 f"registry ({settings.scp_device_registry.name})")
+        words = (
+            f"refused an association from AE title {calling!r}: it is not in the device "
+            f"registry ({settings.scp_device_registry.name})"
+        )
     elif called != settings.scp_ae_title:
         reason = "wrong_called_ae"
-        words = (f"refused an association from {calling!r}: it called {called!r}, "
-                 f"but this SCP is {settings.scp_ae_title!r}")
+        words = (
+            f"refused an association from {calling!r}: it called {called!r}, "
+            f"but this SCP is {settings.scp_ae_title!r}"
+        )
     else:
         reason = "too_many_associations"
         words = f"refused an association from {calling!r}: too many associations at once"
     metrics.rejections.labels(reason).inc()
-    log.warning(words, reason=reason, calling_ae=calling, called_ae=called,
-                peer=event.assoc.requestor.address)
+    log.warning(
+        words,
+        reason=reason,
+        calling_ae=calling,
+        called_ae=called,
+        peer=event.assoc.requestor.address,
+    )
 
 
-def handle_store(event: Event, ingestor: Ingestor, devices: dict[str, Device],
-                 metrics: ScpMetrics) -> int:
+def handle_store(
+    event: Event, ingestor: Ingestor, devices: dict[str, Device], metrics: ScpMetrics
+) -> int:
     start_t = time.perf_counter()
     request: Any = event.request
     sop_class = str(request.AffectedSOPClassUID)
@@ -101,9 +123,11 @@ def handle_store(event: Event, ingestor: Ingestor, devices: dict[str, Device],
         metrics.rejections.labels("sop_class_not_supported").inc()
         return Status.SOP_CLASS_NOT_SUPPORTED
     outcome = ingestor.ingest(
-        Path(event.dataset_path), sop_class_uid=sop_class,
+        Path(event.dataset_path),
+        sop_class_uid=sop_class,
         sop_instance_uid=str(request.AffectedSOPInstanceUID),
-        transfer_syntax_uid=str(event.context.transfer_syntax), source=device.as_source(),
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        source=device.as_source(),
     )
     name = sop.NAMES.get(sop_class, sop_class)
     if outcome.status == Status.SUCCESS:
@@ -111,14 +135,29 @@ def handle_store(event: Event, ingestor: Ingestor, devices: dict[str, Device],
         if outcome.created:
             metrics.objects.labels(name).inc()
             metrics.bytes.labels(name).inc(outcome.size)
-            log.info("stored", sop_class=name, sop_instance_uid=outcome.sop_instance_uid,
-                     calling_ae=calling, bytes=outcome.size)
+            log.info(
+                "stored",
+                sop_class=name,
+                sop_instance_uid=outcome.sop_instance_uid,
+                calling_ae=calling,
+                bytes=outcome.size,
+            )
         else:
             metrics.duplicates.labels(name).inc()
-            log.info("duplicate ignored", sop_class=name,
-                     sop_instance_uid=outcome.sop_instance_uid, calling_ae=calling)
+            log.info(
+                "duplicate ignored",
+                sop_class=name,
+                sop_instance_uid=outcome.sop_instance_uid,
+                calling_ae=calling,
+            )
     else:
         metrics.rejections.labels(outcome.status.name.lower()).inc()
-        log.warning("C-STORE failed", status=f"0x{outcome.status:04X}", reason=outcome.reason,
-                    sop_class=name, sop_instance_uid=outcome.sop_instance_uid, calling_ae=calling)
+        log.warning(
+            "C-STORE failed",
+            status=f"0x{outcome.status:04X}",
+            reason=outcome.reason,
+            sop_class=name,
+            sop_instance_uid=outcome.sop_instance_uid,
+            calling_ae=calling,
+        )
     return outcome.status

@@ -79,9 +79,20 @@ def read_header(path: Path) -> Dataset:
         check_complete(ds, path.stat().st_size)
         for _ in extract.walk(ds):
             pass
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError,
-            OverflowError, NotImplementedError, AttributeError, IndexError, struct.error,
-            UserWarning) as exc:
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        OverflowError,
+        NotImplementedError,
+        AttributeError,
+        IndexError,
+        struct.error,
+        UserWarning,
+    ) as exc:
         raise Undecodable(f"{type(exc).__name__}: {exc}") from exc
     return ds
 
@@ -104,99 +115,168 @@ def check_complete(ds: Dataset, size: int) -> None:
             end = max(end, elem.value_tell + value_len + 8)
             continue
         if value_len != elem.length:
-            raise EOFError(f"element {elem.tag} is {value_len} bytes of the {elem.length} its "
-                           "header announces: the object is truncated")
+            raise EOFError(
+                f"element {elem.tag} is {value_len} bytes of the {elem.length} its "
+                "header announces: the object is truncated"
+            )
         end = max(end, elem.value_tell + elem.length)
     if end and end != size:
-        raise EOFError(f"the dataset ends at byte {end} of {size}: the object is truncated or "
-                       "has trailing bytes")
+        raise EOFError(
+            f"the dataset ends at byte {end} of {size}: the object is truncated or "
+            "has trailing bytes"
+        )
 
 
 class Ingestor:
-    def __init__(self, *, factory: sessionmaker[Session], store: ObjectStore, clinic_tz: str,
-                 on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        *,
+        factory: sessionmaker[Session],
+        store: ObjectStore,
+        clinic_tz: str,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self._factory = factory
         self._store = store
         self._tz = clinic_tz
         self._on_commit = on_commit
 
-    def ingest(self, path: Path, *, sop_class_uid: str, sop_instance_uid: str,
-               transfer_syntax_uid: str, source: SourceDevice) -> Outcome:
+    def ingest(
+        self,
+        path: Path,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        source: SourceDevice,
+    ) -> Outcome:
         try:
             ds = read_header(path)
         except Undecodable as exc:
-            return Outcome(Status.CANNOT_UNDERSTAND, f"undecodable dataset: {exc}",
-                           sop_class_uid, sop_instance_uid)
+            return Outcome(
+                Status.CANNOT_UNDERSTAND,
+                f"undecodable dataset: {exc}",
+                sop_class_uid,
+                sop_instance_uid,
+            )
         ds_class = extract.text(ds, "SOPClassUID")
         uid = extract.text(ds, "SOPInstanceUID")
         if not uid:
-            return Outcome(Status.CANNOT_UNDERSTAND, "dataset has no SOP Instance UID",
-                           sop_class_uid, sop_instance_uid)
+            return Outcome(
+                Status.CANNOT_UNDERSTAND,
+                "dataset has no SOP Instance UID",
+                sop_class_uid,
+                sop_instance_uid,
+            )
         if ds_class != sop_class_uid:
-            return Outcome(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                           f"dataset SOP Class {ds_class} was sent as {sop_class_uid}",
-                           sop_class_uid, uid)
+            return Outcome(
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"dataset SOP Class {ds_class} was sent as {sop_class_uid}",
+                sop_class_uid,
+                uid,
+            )
         if uid != sop_instance_uid:
             # Seen in real exports (an Elekta iView file): the dataset is the authority.
-            log.warning("affected SOP Instance UID differs from the dataset's", command=sop_instance_uid,
-                        dataset=uid)
+            log.warning(
+                "affected SOP Instance UID differs from the dataset's",
+                command=sop_instance_uid,
+                dataset=uid,
+            )
         try:
             sha, size = sha256_of(path)
             with self._factory() as session, session.begin():
                 existing = session.execute(
-                    select(DicomObject.revision, DicomObject.sha256)
-                    .where(DicomObject.sop_instance_uid == uid)
+                    select(DicomObject.revision, DicomObject.sha256).where(
+                        DicomObject.sop_instance_uid == uid
+                    )
                 ).all()
                 if any(row.sha256 == sha for row in existing):
-                    return Outcome(Status.SUCCESS, "duplicate: already stored", sop_class_uid,
-                                   uid, size)
+                    return Outcome(
+                        Status.SUCCESS, "duplicate: already stored", sop_class_uid, uid, size
+                    )
                 revision = max((row.revision for row in existing), default=0) + 1
                 if revision > 1:
-                    log.warning("same SOP Instance UID with different content: kept as a new "
-                                "revision", sop_instance_uid=uid, revision=revision)
+                    log.warning(
+                        "same SOP Instance UID with different content: kept as a new revision",
+                        sop_instance_uid=uid,
+                        revision=revision,
+                    )
                 try:
-                    event = self._event_for(ds, sop_class_uid, uid, sha, revision, size,
-                                            transfer_syntax_uid, source)
-                    facts = (extract.image_facts(ds, sop_class_uid, source, self._tz)
-                             if sop.STORAGE[sop_class_uid] == "image" else None)
+                    event = self._event_for(
+                        ds, sop_class_uid, uid, sha, revision, size, transfer_syntax_uid, source
+                    )
+                    facts = (
+                        extract.image_facts(ds, sop_class_uid, source, self._tz)
+                        if sop.STORAGE[sop_class_uid] == "image"
+                        else None
+                    )
                 except Exception as exc:  # tolerant readers failed: the object is malformed
                     log.exception("could not read the object's attributes", sop_instance_uid=uid)
-                    return Outcome(Status.CANNOT_UNDERSTAND,
-                                   f"attributes could not be read: {exc}", sop_class_uid, uid)
+                    return Outcome(
+                        Status.CANNOT_UNDERSTAND,
+                        f"attributes could not be read: {exc}",
+                        sop_class_uid,
+                        uid,
+                    )
                 key = self._store.put(path, sha)
                 now = datetime.now(UTC)
                 approval = facts.pop("approval", None) if facts else None
-                session.add(DicomObject(
-                    sop_instance_uid=uid, revision=revision, sop_class_uid=sop_class_uid,
-                    sha256=sha, storage_key=key, size=size, transfer_syntax_uid=transfer_syntax_uid,
-                    study_instance_uid=extract.text(ds, "StudyInstanceUID"),
-                    series_instance_uid=extract.text(ds, "SeriesInstanceUID"),
-                    patient_id=extract.text(ds, "PatientID"), calling_ae=source.ae_title,
-                    received_at=now, acquired_at=facts.get("acquired_at") if facts else None,
-                    approval=approval.model_dump(mode="json") if approval else None,
-                ))
+                session.add(
+                    DicomObject(
+                        sop_instance_uid=uid,
+                        revision=revision,
+                        sop_class_uid=sop_class_uid,
+                        sha256=sha,
+                        storage_key=key,
+                        size=size,
+                        transfer_syntax_uid=transfer_syntax_uid,
+                        study_instance_uid=extract.text(ds, "StudyInstanceUID"),
+                        series_instance_uid=extract.text(ds, "SeriesInstanceUID"),
+                        patient_id=extract.text(ds, "PatientID"),
+                        calling_ae=source.ae_title,
+                        received_at=now,
+                        acquired_at=facts.get("acquired_at") if facts else None,
+                        approval=approval.model_dump(mode="json") if approval else None,
+                    )
+                )
                 if event is not None:
-                    add_to_outbox(session, Outbox, envelope(event, source=EVENT_SOURCE,
-                                                            subject=uid))
+                    add_to_outbox(
+                        session, Outbox, envelope(event, source=EVENT_SOURCE, subject=uid)
+                    )
                 if facts is not None:
                     self._touch_series(session, ds, sop_class_uid, facts, source, now)
         except (SQLAlchemyError, OSError) as exc:
-            log.error("storage failed; answering 0xA700 so the sender retries",
-                      sop_instance_uid=uid, error=str(exc))
+            log.error(
+                "storage failed; answering 0xA700 so the sender retries",
+                sop_instance_uid=uid,
+                error=str(exc),
+            )
             return Outcome(Status.OUT_OF_RESOURCES, f"storage failed: {exc}", sop_class_uid, uid)
         self._on_commit()
         return Outcome(Status.SUCCESS, "stored", sop_class_uid, uid, size, created=True)
 
-    def _event_for(self, ds: Dataset, sop_class_uid: str, uid: str, sha: str, revision: int,
-                   size: int, transfer_syntax_uid: str, source: SourceDevice) -> DicomEvent | None:
+    def _event_for(
+        self,
+        ds: Dataset,
+        sop_class_uid: str,
+        uid: str,
+        sha: str,
+        revision: int,
+        size: int,
+        transfer_syntax_uid: str,
+        source: SourceDevice,
+    ) -> DicomEvent | None:
         route = sop.STORAGE[sop_class_uid]
         if route in ("image", "store_only"):
             return None
         obj = StoredObject(
-            sop_class_uid=sop_class_uid, sop_instance_uid=uid,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=uid,
             study_instance_uid=extract.text(ds, "StudyInstanceUID"),
             series_instance_uid=extract.text(ds, "SeriesInstanceUID"),
-            storage_key=ObjectStore.key_for(sha), revision=revision, sha256=sha,
+            storage_key=ObjectStore.key_for(sha),
+            revision=revision,
+            sha256=sha,
             transfer_syntax_uid=transfer_syntax_uid,
         )
         build = {
@@ -207,8 +287,15 @@ class Ingestor:
         }[route]
         return build(ds, obj, source, self._tz)
 
-    def _touch_series(self, session: Session, ds: Dataset, sop_class_uid: str,
-                      facts: dict[str, Any], source: SourceDevice, now: datetime) -> None:
+    def _touch_series(
+        self,
+        session: Session,
+        ds: Dataset,
+        sop_class_uid: str,
+        facts: dict[str, Any],
+        source: SourceDevice,
+        now: datetime,
+    ) -> None:
         series_uid = extract.text(ds, "SeriesInstanceUID") or extract.text(ds, "SOPInstanceUID")
         first_facts = {k: v for k, v in facts.items() if k not in ("acquired_at",)}
         first_facts["patient"] = extract.patient(ds).model_dump(mode="json")
@@ -216,13 +303,19 @@ class Ingestor:
         dialect = session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = insert(ImageSeries).values(
-            series_instance_uid=series_uid, sop_class_uid=sop_class_uid,
-            facts=_jsonable(first_facts), last_received_at=now, dirty=True, published_count=0,
+            series_instance_uid=series_uid,
+            sop_class_uid=sop_class_uid,
+            facts=_jsonable(first_facts),
+            last_received_at=now,
+            dirty=True,
+            published_count=0,
         )
-        session.execute(stmt.on_conflict_do_update(
-            index_elements=["series_instance_uid"],
-            set_={"last_received_at": now, "dirty": True},
-        ))
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["series_instance_uid"],
+                set_={"last_received_at": now, "dirty": True},
+            )
+        )
 
     # ------------------------------------------------------------ image series
 
@@ -231,18 +324,23 @@ class Ingestor:
         published = 0
         with self._factory() as session, session.begin():
             series = session.scalars(
-                select(ImageSeries).where(ImageSeries.dirty.is_(True),
-                                          ImageSeries.last_received_at <= now - quiet)
+                select(ImageSeries)
+                .where(ImageSeries.dirty.is_(True), ImageSeries.last_received_at <= now - quiet)
                 .limit(500)
             ).all()
             for row in series:
                 event = self._imaging_event(session, row)
-                add_to_outbox(session, Outbox, envelope(event, source=EVENT_SOURCE,
-                                                        subject=row.series_instance_uid))
+                add_to_outbox(
+                    session,
+                    Outbox,
+                    envelope(event, source=EVENT_SOURCE, subject=row.series_instance_uid),
+                )
                 session.execute(
                     update(ImageSeries)
-                    .where(ImageSeries.series_instance_uid == row.series_instance_uid,
-                           ImageSeries.last_received_at == row.last_received_at)
+                    .where(
+                        ImageSeries.series_instance_uid == row.series_instance_uid,
+                        ImageSeries.last_received_at == row.last_received_at,
+                    )
                     .values(dirty=False, published_count=event.instance_count)
                 )
                 published += 1
@@ -252,13 +350,19 @@ class Ingestor:
 
     def _imaging_event(self, session: Session, row: ImageSeries) -> ImagingAcquired:
         # The latest revision of each instance; counting UIDs makes re-sends count once.
-        latest = (select(DicomObject.sop_instance_uid, func.max(DicomObject.revision).label("rev"))
-                  .where(DicomObject.series_instance_uid == row.series_instance_uid)
-                  .group_by(DicomObject.sop_instance_uid).subquery())
+        latest = (
+            select(DicomObject.sop_instance_uid, func.max(DicomObject.revision).label("rev"))
+            .where(DicomObject.series_instance_uid == row.series_instance_uid)
+            .group_by(DicomObject.sop_instance_uid)
+            .subquery()
+        )
         objects = session.execute(
             select(DicomObject.storage_key, DicomObject.acquired_at, DicomObject.approval)
-            .join(latest, (DicomObject.sop_instance_uid == latest.c.sop_instance_uid)
-                  & (DicomObject.revision == latest.c.rev))
+            .join(
+                latest,
+                (DicomObject.sop_instance_uid == latest.c.sop_instance_uid)
+                & (DicomObject.revision == latest.c.rev),
+            )
             .order_by(DicomObject.storage_key)
         ).all()
         times = [_aware(o.acquired_at) for o in objects if o.acquired_at]
@@ -266,12 +370,17 @@ class Ingestor:
         return ImagingAcquired(
             patient=Patient.model_validate(facts.pop("patient")),
             source=SourceDevice.model_validate(facts.pop("source")),
-            series_instance_uid=row.series_instance_uid, sop_class_uid=row.sop_class_uid,
+            series_instance_uid=row.series_instance_uid,
+            sop_class_uid=row.sop_class_uid,
             instance_count=len(objects),
             acquired_at=min(times) if times else None,
             last_acquired_at=max(times) if times else None,
-            approvals=tuple(sorted((ImageApproval.model_validate(o.approval) for o in objects
-                                    if o.approval), key=lambda a: a.sop_instance_uid)),
+            approvals=tuple(
+                sorted(
+                    (ImageApproval.model_validate(o.approval) for o in objects if o.approval),
+                    key=lambda a: a.sop_instance_uid,
+                )
+            ),
             storage_keys=tuple(o.storage_key for o in objects),
             **facts,
         )

@@ -27,11 +27,13 @@ class ScpSettings(RtopsSettings):
         default=None, description="where objects are kept; default var_dir/objects"
     )
     scp_series_quiet_s: float = Field(
-        default=30.0, description="an image series is published once no instance arrived for "
-        "this long; a later instance re-publishes it"
+        default=30.0,
+        description="an image series is published once no instance arrived for "
+        "this long; a later instance re-publishes it",
     )
-    scp_sweep_interval_s: float = Field(default=2.0, description="how often quiet series are "
-                                        "looked for")
+    scp_sweep_interval_s: float = Field(
+        default=2.0, description="how often quiet series are looked for"
+    )
     scp_max_pdu: int = Field(default=0, description="maximum PDU we receive (0 = unlimited)")
     scp_network_timeout_s: float = 60.0
     scp_max_associations: int = Field(default=16, description="concurrent associations")

@@ -45,13 +45,19 @@ STORAGE: dict[str, Route] = {
 }
 
 NAMES: dict[str, str] = {
-    RT_PLAN: "RT Plan", RT_ION_PLAN: "RT Ion Plan", RT_BEAMS_RECORD: "RT Beams Treatment Record",
+    RT_PLAN: "RT Plan",
+    RT_ION_PLAN: "RT Ion Plan",
+    RT_BEAMS_RECORD: "RT Beams Treatment Record",
     RT_ION_BEAMS_RECORD: "RT Ion Beams Treatment Record",
     RT_BRACHY_RECORD: "RT Brachy Treatment Record",
     RT_SUMMARY_RECORD: "RT Treatment Summary Record",
     SPATIAL_REGISTRATION: "Spatial Registration",
-    DEFORMABLE_REGISTRATION: "Deformable Spatial Registration", RAW_DATA: "Raw Data",
-    CT_IMAGE: "CT Image", ENHANCED_CT: "Enhanced CT Image", RT_IMAGE: "RT Image",
-    RT_STRUCTURE_SET: "RT Structure Set", RT_DOSE: "RT Dose",
+    DEFORMABLE_REGISTRATION: "Deformable Spatial Registration",
+    RAW_DATA: "Raw Data",
+    CT_IMAGE: "CT Image",
+    ENHANCED_CT: "Enhanced CT Image",
+    RT_IMAGE: "RT Image",
+    RT_STRUCTURE_SET: "RT Structure Set",
+    RT_DOSE: "RT Dose",
     ENCAPSULATED_PDF: "Encapsulated PDF",
 }

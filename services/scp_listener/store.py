@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.audit import AuditMixin
 from shared.db import new_metadata
 from shared.outbox import OutboxMixin
 
@@ -55,4 +56,8 @@ class ImageSeries(Base):
 
 
 class Outbox(OutboxMixin, Base):
+    pass
+
+
+class AuditLog(AuditMixin, Base):
     pass

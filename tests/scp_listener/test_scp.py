@@ -47,8 +47,9 @@ def test_echo_and_health(scp: RunningScp) -> None:
     rsp = pynetdicom_echo(scp.dicom_port)
     assert rsp.Status == 0x0000
     assert httpx.get(f"{scp.http}/healthz").json() == {"status": "ok"}
-    ready = wait_for(lambda: httpx.get(f"{scp.http}/readyz").status_code == 200,
-                     message="readiness")
+    ready = wait_for(
+        lambda: httpx.get(f"{scp.http}/readyz").status_code == 200, message="readiness"
+    )
     assert ready
 
 
@@ -56,12 +57,18 @@ def test_week_of_objects_produces_the_expected_events(scp: RunningScp, tmp_path:
     plan = f.rt_plan(label="PROST", fractions=25)
     cbct = f.cbct_series(n_slices=4)
     reg = f.spatial_registration(
-        fixed_for_uid=str(plan.FrameOfReferenceUID), moving_for_uid=str(cbct[0].FrameOfReferenceUID),
+        fixed_for_uid=str(plan.FrameOfReferenceUID),
+        moving_for_uid=str(cbct[0].FrameOfReferenceUID),
         moving_series_uid=str(cbct[0].SeriesInstanceUID),
-        moving_instance_uids=[str(s.SOPInstanceUID) for s in cbct])
+        moving_instance_uids=[str(s.SOPInstanceUID) for s in cbct],
+    )
     record = f.treatment_record(plan_uid=str(plan.SOPInstanceUID), fraction_number=1)
-    paths = [f.write(plan, tmp_path / "plan.dcm"), *f.write_series(cbct, tmp_path / "cbct"),
-             f.write(reg, tmp_path / "reg.dcm"), f.write(record, tmp_path / "rec.dcm")]
+    paths = [
+        f.write(plan, tmp_path / "plan.dcm"),
+        *f.write_series(cbct, tmp_path / "cbct"),
+        f.write(reg, tmp_path / "reg.dcm"),
+        f.write(record, tmp_path / "rec.dcm"),
+    ]
     assert pynetdicom_store(scp.dicom_port, paths) == [0] * len(paths)
 
     events = await_events(scp.settings, 4)
@@ -108,8 +115,7 @@ def test_late_instance_republishes_its_series(scp: RunningScp, tmp_path: Path) -
     assert events[0].data.series_instance_uid == events[1].data.series_instance_uid  # type: ignore[attr-defined]
 
 
-def test_changed_content_under_same_uid_is_a_new_revision(scp: RunningScp,
-                                                          tmp_path: Path) -> None:
+def test_changed_content_under_same_uid_is_a_new_revision(scp: RunningScp, tmp_path: Path) -> None:
     record = f.treatment_record(plan_uid="1.2.3")
     first = f.write(record, tmp_path / "a.dcm")
     record.OperatorsName = "Other^Therapist"
@@ -155,8 +161,9 @@ def test_mr_image_is_refused_per_presentation_context(scp: RunningScp, tmp_path:
 
 
 @pytest.mark.parametrize("kind", ["truncated", "unterminated_sequence", "overrun", "random"])
-def test_malformed_object_fails_and_leaves_nothing(scp: RunningScp, tmp_path: Path,
-                                                   kind: str) -> None:
+def test_malformed_object_fails_and_leaves_nothing(
+    scp: RunningScp, tmp_path: Path, kind: str
+) -> None:
     from pynetdicom import _config
 
     good = f.write(f.treatment_record(plan_uid="1.2.3"), tmp_path / "good.dcm")

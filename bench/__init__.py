@@ -1,0 +1,1 @@
+"""Benchmarks of rtops services against reference implementations (see bench/README.md)."""
