@@ -16,7 +16,7 @@ import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from shared.errors import Forbidden, Unauthorized
+from shared.errors import Forbidden, TransientError, Unauthorized
 from shared.settings import ROLES, RtopsSettings
 
 DEV_ISSUER = "rtops-embedded"
@@ -46,20 +46,29 @@ def issue_dev_token(
     if unknown:
         raise ValueError(f"unknown role(s) {sorted(unknown)}; choose from {', '.join(ROLES)}")
     now = datetime.now(UTC)
-    claims = {
+    claims: dict[str, Any] = {
         "sub": user,
         "iss": DEV_ISSUER,
         "aud": settings.oidc_audience,
-        settings.roles_claim: roles,
         "iat": now,
         "exp": now + ttl,
     }
+    *parents, leaf = settings.roles_claim.split(".")  # the nesting _roles() reads
+    node = claims
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = roles
     return jwt.encode(claims, dev_signing_key(settings), algorithm="HS256")
 
 
 class Authenticator:
     def __init__(self, settings: RtopsSettings) -> None:
         self._settings = settings
+        if settings.oidc_jwks_url and not settings.oidc_issuer:
+            raise ValueError(
+                "RTOPS_OIDC_JWKS_URL is set but RTOPS_OIDC_ISSUER is not: set the "
+                "issuer so that tokens from other issuers are refused"
+            )
         self._jwks = jwt.PyJWKClient(settings.oidc_jwks_url) if settings.oidc_jwks_url else None
 
     def verify(self, token: str) -> Principal:
@@ -84,6 +93,8 @@ class Authenticator:
                     issuer=DEV_ISSUER,
                     options={"require": ["exp", "sub"]},
                 )
+        except jwt.PyJWKClientConnectionError as exc:
+            raise TransientError(f"the identity provider's keys are unreachable: {exc}") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid bearer token: {exc}") from exc
         user = claims.get("preferred_username") or claims["sub"]

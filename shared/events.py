@@ -113,6 +113,10 @@ class PlannedBeam(_Frozen):
 
 
 class PlanReceived(DicomEvent):
+    """An RT Plan or RT Ion Plan was stored (one event per stored revision). Consumers: documents
+    (plan versions: follow PREDECESSOR references; VERIFICATION / MACHINE_QA / SERVICE intents
+    never join a course) and billing (technique facts)."""
+
     type: ClassVar[str] = "rtops.dicom.plan.received"
     version: Literal[1] = 1
     object: StoredObject
@@ -184,6 +188,11 @@ class BeamDelivery(_Frozen):
 
 
 class TreatmentRecorded(DicomEvent):
+    """An RT Beams / RT Ion Beams / RT Brachy Treatment Record was stored: one event per record.
+    One fraction may span several records (interruption, continuation): count fractions by
+    (plan, fraction group, Current Fraction Number), not by event. A SIMULATION content origin
+    is not a delivered fraction."""
+
     type: ClassVar[str] = "rtops.dicom.treatment.recorded"
     version: Literal[1] = 1
     object: StoredObject
@@ -222,7 +231,8 @@ class FractionGroupSummary(_Frozen):
 
 
 class TreatmentSummarized(DicomEvent):
-    """An RT Treatment Summary Record: the OIS's own view of a course (COMPLETED closes it)."""
+    """An RT Treatment Summary Record was stored: the OIS's own view of a course. COMPLETED or
+    STOPPED closes it (billing's end-of-course 77427 remainder)."""
 
     type: ClassVar[str] = "rtops.dicom.treatment.summarized"
     version: Literal[1] = 1
@@ -251,7 +261,10 @@ class ImageApproval(_Frozen):
 
 
 class ImagingAcquired(DicomEvent):
-    """One image series, published once it has been quiet; a later instance re-publishes it."""
+    """One image series (CBCT, simulation CT, kV/MV 2D, portal, DRR), published once no instance
+    of it arrived for the quiet time; a later instance re-publishes it with the new count (same
+    series UID: consumers upsert). DICOM gives associations no meaning, so neither does this.
+    RT Images carrying Approval Status are listed in ``approvals``."""
 
     type: ClassVar[str] = "rtops.dicom.imaging.acquired"
     version: Literal[1] = 1
@@ -300,6 +313,10 @@ class RegistrationItem(_Frozen):
 
 
 class RegistrationReceived(DicomEvent):
+    """A Spatial Registration, Deformable Spatial Registration or Elekta XVI "RPS" export was
+    stored: an image match was performed and accepted at the console. It is not a physician
+    review (DICOM cannot carry one for CBCT)."""
+
     type: ClassVar[str] = "rtops.dicom.registration.received"
     version: Literal[1] = 1
     object: StoredObject
@@ -396,6 +413,8 @@ def parse_event(raw: bytes | str) -> CloudEvent:
     if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
         raise InvalidEvent("event has no CloudEvents 'data' object")
     type_ = body.get("type")
+    if not isinstance(type_, str):
+        raise InvalidEvent(f"event has no string 'type' (got {type_!r})")
     data = dict(body["data"])
     version = data.get("version")
     if not isinstance(version, int):

@@ -5,6 +5,8 @@ and a durable pull-consumer loop with explicit ack / nak with backoff / term to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -131,24 +133,38 @@ async def consume(
         ),
     )
     sub = await js.pull_subscribe_bind(durable=durable, stream=policy.stream)
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(policy.batch, timeout=policy.fetch_timeout_s)
-        except NatsTimeoutError:
-            continue
-        except Exception as exc:  # broker restarting: the client reconnects by itself
-            log.warning("fetch failed", durable=durable, error=str(exc))
-            await asyncio.sleep(policy.fetch_timeout_s)
-            continue
-        for msg in msgs:
-            await handle_message(
-                js,
-                msg,
-                durable=durable,
-                handler=handler,
-                policy=policy,
-                dead_letter_prefix=dead_letter_prefix,
-            )
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(policy.batch, timeout=policy.fetch_timeout_s)
+            except NatsTimeoutError:
+                continue
+            except Exception as exc:  # broker restarting: the client reconnects by itself
+                log.warning("fetch failed", durable=durable, error=str(exc))
+                await asyncio.sleep(policy.fetch_timeout_s)
+                continue
+            for msg in msgs:
+                try:
+                    await handle_message(
+                        js,
+                        msg,
+                        durable=durable,
+                        handler=handler,
+                        policy=policy,
+                        dead_letter_prefix=dead_letter_prefix,
+                    )
+                except Exception as exc:  # ack/nak/dead letter failed: redelivered after ack_wait
+                    log.warning(
+                        "could not settle message; it will be redelivered",
+                        durable=durable,
+                        subject=msg.subject,
+                        error=str(exc),
+                    )
+    finally:
+        # An open pull subscription leaves status messages queued that make drain() wait
+        # for its whole timeout at shutdown.
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 async def handle_message(
@@ -272,7 +288,7 @@ class NatsLink:
         event-type pattern such as ``rtops.dicom.>``."""
         await self.ready.wait()
         assert self.js is not None
-        policy = policy or ConsumerPolicy(stream=self._settings.stream_name)
+        policy = dataclasses.replace(policy or ConsumerPolicy(), stream=self._settings.stream_name)
         await consume(
             self.js,
             durable=durable,

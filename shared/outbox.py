@@ -13,7 +13,17 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import DateTime, Integer, LargeBinary, String, delete, func, select, update
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
@@ -74,11 +84,17 @@ def claim_event(
     )
 
 
-def _insert_ignore(session: Session, table: object, values: dict[str, object]) -> bool:
+def _insert_ignore(session: Session, table: Table, values: dict[str, object]) -> bool:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(table).values(**values).on_conflict_do_nothing()  # type: ignore[arg-type]
-    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    # psycopg reports rowcount -1 for these inserts; a skipped row returns no key instead.
+    stmt = (
+        insert(table)
+        .values(**values)
+        .on_conflict_do_nothing()
+        .returning(*table.primary_key.columns)
+    )
+    return session.execute(stmt).first() is not None
 
 
 def outbox_depth(factory: sessionmaker[Session], model: type[OutboxMixin]) -> int:
@@ -124,6 +140,8 @@ class OutboxRelay:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         while True:
+            # Clear before draining: a wake() during the drain then triggers another drain.
+            self._wake.clear()
             try:
                 sent = await self.drain_once()
             except asyncio.CancelledError:
@@ -133,11 +151,16 @@ class OutboxRelay:
                 await asyncio.sleep(self._retry_delay_s)
                 continue
             if sent == 0:
-                self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
                 except TimeoutError:
-                    await asyncio.to_thread(self._prune)
+                    await self._prune_quietly()
+
+    async def _prune_quietly(self) -> None:
+        try:
+            await asyncio.to_thread(self._prune)
+        except Exception as exc:  # pruning is housekeeping: never stop publishing for it
+            log.warning("outbox prune failed", error=str(exc))
 
     async def drain_once(self) -> int:
         rows = await asyncio.to_thread(self._pending)

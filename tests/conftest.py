@@ -9,6 +9,7 @@ subject prefix, so tests can run in parallel against one server.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -16,7 +17,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from shared.natsd import EmbeddedNats
 
@@ -32,10 +35,22 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def isolation() -> dict[str, str]:
-    """Names unique to this test: PostgreSQL schema, JetStream stream, subject prefix."""
+def isolation(nats_url: str) -> Iterator[dict[str, str]]:
+    """Names unique to this test: PostgreSQL schema, JetStream stream, subject prefix. The
+    stream is deleted afterwards, so a shared NATS keeps no test streams."""
     tag = uuid.uuid4().hex[:10]
-    return {"database_schema": f"t_{tag}", "stream_name": f"T_{tag}", "subject_prefix": f"t{tag}"}
+    yield {"database_schema": f"t_{tag}", "stream_name": f"T_{tag}", "subject_prefix": f"t{tag}"}
+    asyncio.run(_delete_stream(nats_url, f"T_{tag}"))
+
+
+async def _delete_stream(url: str, name: str) -> None:
+    nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+    try:
+        await nc.jetstream().delete_stream(name)
+    except NotFoundError:
+        pass
+    finally:
+        await nc.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import httpx
@@ -21,9 +20,11 @@ from tests import dicom_factories as f
 from tests.support import REPO, drop_test_schema, pynetdicom_echo, pynetdicom_store, wait_for
 
 
-def test_run_starts_the_suite_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+def test_run_starts_the_suite_and_ctrl_c_stops_it(
+    tmp_path: Path, isolation: dict[str, str]
+) -> None:
     dicom_port, http_port = free_port(), free_port()
-    schema = f"t_{uuid.uuid4().hex[:10]}"
+    schema = isolation["database_schema"]
     env = {
         **os.environ,
         "RTOPS_VAR_DIR": str(tmp_path / "var"),
@@ -32,8 +33,8 @@ def test_run_starts_the_suite_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         "RTOPS_SCP_HOST": "127.0.0.1",
         "RTOPS_SCP_HTTP_HOST": "127.0.0.1",
         "RTOPS_DATABASE_SCHEMA": schema,
-        "RTOPS_STREAM_NAME": f"T_{schema}",
-        "RTOPS_SUBJECT_PREFIX": f"t{schema}",
+        "RTOPS_STREAM_NAME": isolation["stream_name"],
+        "RTOPS_SUBJECT_PREFIX": isolation["subject_prefix"],
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "run"],

@@ -15,6 +15,7 @@ from tests.support import (
     RunningScp,
     await_events,
     by_type,
+    drop_test_schema,
     scp_settings,
     storescu,
     wait_for,
@@ -180,6 +181,7 @@ def test_nats_outage_during_a_200_object_send_loses_and_duplicates_nothing(
         assert {str(pydicom.dcmread(p).SOPInstanceUID) for p in records} == set(uids)
     finally:
         scp.stop()
+        drop_test_schema(scp.settings)
         nats.stop()
         if "restarted" in locals():
             restarted.stop()
