@@ -160,6 +160,7 @@ def test_mr_image_is_refused_per_presentation_context(scp: RunningScp, tmp_path:
     assert counts(scp) == (0, 0, 0)
 
 
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")  # the random bytes' first "element"
 @pytest.mark.parametrize("kind", ["truncated", "unterminated_sequence", "overrun", "random"])
 def test_malformed_object_fails_and_leaves_nothing(
     scp: RunningScp, tmp_path: Path, kind: str
@@ -216,3 +217,50 @@ def test_stores_while_nats_is_unreachable(start_scp, tmp_path: Path) -> None:  #
     assert counts(scp)[:2] == (1, 1)
     assert httpx.get(f"{scp.http}/readyz").status_code == 503
     assert "rtops_scp_outbox_depth 1.0" in httpx.get(f"{scp.http}/metrics").text
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [
+        "1.2.840.10008.1.2",  # Implicit VR Little Endian
+        "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+        "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+        "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, old consoles)
+    ],
+)
+def test_transfer_syntaxes_are_stored_as_received(
+    scp: RunningScp, tmp_path: Path, transfer_syntax: str
+) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import RTBeamsTreatmentRecordStorage
+
+    record = f.treatment_record(plan_uid="1.2.3", transfer_syntax_uid=transfer_syntax)
+    ae = AE(ae_title="TRUEBEAM1")
+    ae.add_requested_context(RTBeamsTreatmentRecordStorage, transfer_syntax)
+    assoc = ae.associate("127.0.0.1", scp.dicom_port, ae_title="RTOPS")
+    assert assoc.is_established
+    assert assoc.send_c_store(record).Status == 0
+    assoc.release()
+    (event,) = await_events(scp.settings, 1)
+    assert event.data.object.transfer_syntax_uid == transfer_syntax  # type: ignore[attr-defined]
+    stored = pydicom.dcmread(scp.settings.object_store() / event.data.object.storage_key)  # type: ignore[attr-defined]
+    assert stored.file_meta.TransferSyntaxUID == transfer_syntax
+    assert stored.SOPInstanceUID == record.SOPInstanceUID
+    assert stored.TreatmentSessionBeamSequence[0].DeliveredPrimaryMeterset == (
+        record.TreatmentSessionBeamSequence[0].DeliveredPrimaryMeterset
+    )
+
+
+def test_every_reference_sample_through_pynetdicom(scp: RunningScp) -> None:
+    from tests.support import SHARED_DATA
+
+    files = sorted(SHARED_DATA.rglob("*.dcm"))
+    assert pynetdicom_store(scp.dicom_port, files, calling="TPS1") == [0] * len(files)
+    assert counts(scp)[0] == len(files)
+    plans = [p for p in files if pydicom.dcmread(p, force=True).Modality == "RTPLAN"]
+    expected = len(plans) + 2  # a plan event each, and the two RT Images' two series
+    events = await_events(scp.settings, expected)
+    assert len(by_type(events, PLAN)) == len(plans) and len(by_type(events, IMAGING)) == 2
+    assert len(events) == expected
+    assert pynetdicom_store(scp.dicom_port, files, calling="TPS1") == [0] * len(files)
+    assert len(await_events(scp.settings, expected, settle=1.5)) == expected
