@@ -1,10 +1,10 @@
-"""Benchmark of the rtops DICOM SCP against DCMTK's storescp.
+"""Benchmark of the rtops DICOM SCP against DCMTK's storescp and pynetdicom's storescp.
 
-Both receivers run as separate processes on loopback and are fed by DCMTK's storescu (one
-association per send), so the only thing that differs between the two columns is the receiver.
+All three receivers run as separate processes on loopback and are fed by DCMTK's storescu (one
+association per send), so the only thing that differs between the columns is the receiver.
 Run from the repository root::
 
-    python -m bench.scp_bench [--rounds 5] [--slices 200] [--records 50] [--out results.json]
+    python -m bench.scp_bench [--rounds 6] [--slices 200] [--records 50] [--out results.json]
 
 Progress goes to stderr, the result table to stdout. A missed target is reported, not fatal:
 the exit status is 0 whenever the benchmark itself ran. See bench/README.md.
@@ -58,7 +58,14 @@ CALLING_AE = "TRUEBEAM1"  # a linac in services/scp_listener/devices.yaml
 CALLED_AE = "RTOPS"
 HOST = "127.0.0.1"
 
-TARGETS = ("rtops", "dcmtk")
+TARGETS = ("rtops", "dcmtk", "pynetdicom")
+# The receivers that write what they get to an output directory, where the bench counts it.
+FILE_TARGETS = ("dcmtk", "pynetdicom")
+POSITIONS = ("first", "second", "third")
+DISPLAY = {"rtops": "rtops", "dcmtk": "DCMTK", "pynetdicom": "pynetdicom"}
+CODES = {"rtops": "r", "dcmtk": "d", "pynetdicom": "p"}  # the send order in the table
+# (numerator, denominator) of the wall-time ratios; the first is the one the target judges.
+RATIOS = (("rtops", "dcmtk"), ("rtops", "pynetdicom"), ("pynetdicom", "dcmtk"))
 WORKLOADS = ("cbct", "records")
 LABELS = {"cbct": NAMES[CT_IMAGE], "records": NAMES[RT_BEAMS_RECORD]}
 STORE_HISTOGRAM = "rtops_scp_store_seconds"
@@ -79,9 +86,22 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def send_order(round_number: int) -> tuple[str, ...]:
-    """Alternate who goes first, so that any effect of the position in the round (one was
-    measured: see ``prime_memory``) falls on both targets alike."""
-    return TARGETS if round_number % 2 == 0 else TARGETS[::-1]
+    """Rotate the order every round, so that any effect of the position in the round (one was
+    measured: see ``prime_memory``) falls on every target alike.
+
+    Each block of three rounds holds the three rotations of one order, so every target goes
+    first, second and third once per block. Every other block rotates the reversed order: plain
+    rotation would always send DCMTK right after rtops and pynetdicom right after DCMTK, and
+    the measured effect is one of what ran just before. Over six rounds every target follows
+    every other one equally often (a Williams design)."""
+    block, shift = divmod(round_number, len(TARGETS))
+    base = TARGETS if block % 2 == 0 else TARGETS[::-1]
+    return base[shift:] + base[:shift]
+
+
+def position(target: str, round_number: int) -> int:
+    """0 if ``target`` was sent first in that round, 1 if second, and so on."""
+    return send_order(round_number).index(target)
 
 
 def log(message: str) -> None:
@@ -163,15 +183,17 @@ def echo_ok(port: int) -> bool:
     return bool(status) and int(status.Status) == 0
 
 
-def wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_echo(
+    port: int, proc: subprocess.Popen[bytes], name: str = "storescp", timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"storescp exited with {proc.returncode}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
         if echo_ok(port):
             return
         time.sleep(0.1)
-    raise TimeoutError(f"storescp did not answer C-ECHO on port {port} within {timeout}s")
+    raise TimeoutError(f"{name} did not answer C-ECHO on port {port} within {timeout}s")
 
 
 class PeakRss:
@@ -213,7 +235,7 @@ class PeakRss:
 
 class CpuLedger:
     """User-space CPU seconds of the whole host versus those of the bench's own processes (this
-    one, its reaped storescu children, the SCP, storescp, NATS), so that a run that shared the
+    one, its reaped storescu children, the SCP, both storescps, NATS), so that a run that shared the
     machine with something else says so. Kernel time is left out on both sides: the journal
     and loopback work our fsyncs and sends cause runs in kernel threads that are not ours."""
 
@@ -290,6 +312,21 @@ def start_storescp(tool: str, out_dir: Path, log_path: Path) -> tuple[subprocess
     # +xa: accept every transfer syntax, as our SCP does; the default single-process mode
     # writes each object to -od before it answers, which is what a fair reference needs.
     cmd = [tool, "-aet", CALLED_AE, "+xa", "-od", str(out_dir), str(port)]
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=clean_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return proc, port
+
+
+def start_pynetdicom_storescp(out_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """pynetdicom's bundled storescp application, as shipped: it decodes each dataset and
+    writes it to -od with pydicom before it answers, without fsync. It accepts every storage
+    SOP class with the uncompressed and deflated transfer syntaxes and logs errors only."""
+    port = free_port()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pynetdicom", "storescp", str(port)]
+    cmd += ["-aet", CALLED_AE, "-od", str(out_dir)]
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             cmd, env=clean_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -378,7 +415,7 @@ def prime_memory(nbytes: int) -> None:
     as on the machine this was written on), the first write to such a page faults on the host.
     Page-cache pages for received files are then dear for whichever receiver runs right after
     the other one released memory: storescp sent second measured 0.56-0.61 s against 0.31-0.36 s
-    when sent first, and 0.34-0.36 s after this priming. Both receivers are primed alike. It
+    when sent first, and 0.34-0.36 s after this priming. All receivers are primed alike. It
     does not remove every position effect, hence ``send_order`` and ``order_balanced`` too.
     """
     buffer = bytearray(nbytes)
@@ -411,7 +448,8 @@ def probe_latency(port: int, paths: Sequence[Path], received: Path | None = None
     """Client-observed seconds from sending each C-STORE to receiving its response, one
     association, objects sent one after the other. A C-STORE without an answer ends the probe
     for this round and is reported rather than fatal: it is a finding, not a bench error.
-    ``received`` is storescp's output directory, to tell a lost request from a lost answer."""
+    ``received`` is the receiver's output directory (storescp, either of them), to tell a lost
+    request from a lost answer."""
     ae = AE(ae_title=CALLING_AE)
     ae.add_requested_context(RTBeamsTreatmentRecordStorage, ExplicitVRLittleEndian)
     assoc = ae.associate(
@@ -434,7 +472,7 @@ def probe_latency(port: int, paths: Sequence[Path], received: Path | None = None
             if received is not None:
                 uid = path.name.split(".", 1)[1].removesuffix(".dcm")
                 stored = any(uid in f.name for f in received.iterdir())
-                written = f"; storescp {'had' if stored else 'had not'} written the object"
+                written = f"; the receiver {'had' if stored else 'had not'} written the object"
             result.failure = (
                 f"C-STORE {len(result.seconds) + 1} of {len(paths)}: {answer} after "
                 f"{elapsed:.1f}s{', association aborted' if assoc.is_aborted else ''}{written}"
@@ -554,17 +592,22 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
     stack.callback(stop_process, scp.proc)
     rss = PeakRss(scp.proc.pid).start()
     stack.callback(rss.stop)
-    received = tmp / "storescp"
-    storescp, storescp_port = start_storescp(storescp_bin, received, tmp / "storescp.log")
+    received = {"dcmtk": tmp / "storescp", "pynetdicom": tmp / "pynetdicom-storescp"}
+    storescp, storescp_port = start_storescp(storescp_bin, received["dcmtk"], tmp / "storescp.log")
     stack.callback(stop_process, storescp)
+    pyscp, pyscp_port = start_pynetdicom_storescp(
+        received["pynetdicom"], tmp / "pynetdicom-storescp.log"
+    )
+    stack.callback(stop_process, pyscp)
     wait_http_ok(scp.url("/readyz"), scp.proc)
     wait_echo(storescp_port, storescp)
+    wait_echo(pyscp_port, pyscp, "pynetdicom's storescp")
     idle_rss = rss.current()
     uss_ready = uss_of(scp.proc.pid)
-    ports = {"rtops": scp.dicom_port, "dcmtk": storescp_port}
+    ports = {"rtops": scp.dicom_port, "dcmtk": storescp_port, "pynetdicom": pyscp_port}
     log(
         f"rtops SCP ready (pid {scp.proc.pid}, DICOM {scp.dicom_port}), storescp ready "
-        f"(port {storescp_port}), NATS {nats.url}"
+        f"(port {storescp_port}), pynetdicom storescp ready (port {pyscp_port}), NATS {nats.url}"
     )
 
     for target in TARGETS:
@@ -574,26 +617,29 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
     _config.STORE_SEND_CHUNKED_DATASET = True
 
     walls: dict[str, dict[str, list[float]]] = {t: {w: [] for w in WORKLOADS} for t in TARGETS}
-    ledger = CpuLedger([p.pid for p in (scp.proc, storescp, nats.proc) if p is not None])
+    ledger = CpuLedger([p.pid for p in (scp.proc, storescp, pyscp, nats.proc) if p is not None])
     timed_start = time.perf_counter()
     store_buckets: dict[float, float] = {}
     probe: dict[str, list[float]] = {t: [] for t in TARGETS}
     probe_failures: dict[str, list[str]] = {t: [] for t in TARGETS}
     for number, files in enumerate(rounds):
         order = send_order(number)
-        clear_dir(received)
-        expected_received = 0
+        expected_received = dict.fromkeys(FILE_TARGETS, 0)
+        for folder in received.values():
+            clear_dir(folder)
         for workload in WORKLOADS:
             paths = files.of(workload)
             for target in order:
                 before = scrape(scp.url("/metrics")) if target == "rtops" else {}
                 prime_memory(max(2 * size_of(paths), PRIME_MIN_BYTES))
                 walls[target][workload].append(storescu(storescu_bin, ports[target], paths))
-                if target == "dcmtk":
-                    expected_received += len(paths)
-                    if (got := count_files(received)) != expected_received:
+                if target in received:
+                    expected_received[target] += len(paths)
+                    got = count_files(received[target])
+                    if got != expected_received[target]:
                         raise RuntimeError(
-                            f"storescp holds {got} files, expected {expected_received}"
+                            f"{target}'s storescp holds {got} files, "
+                            f"expected {expected_received[target]}"
                         )
                     continue
                 after = scrape(scp.url("/metrics"))
@@ -613,15 +659,13 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
                             store_buckets.get(bound, 0.0) + count - old.get(bound, 0.0)
                         )
         for target in order:
-            outcome = probe_latency(
-                ports[target], files.probe, received if target == "dcmtk" else None
-            )
+            outcome = probe_latency(ports[target], files.probe, received.get(target))
             probe[target].extend(outcome.seconds)
             if outcome.failure:
                 probe_failures[target].append(f"round {number + 1}: {outcome.failure}")
                 log(f"latency probe to {target} failed in round {number + 1}: {outcome.failure}")
         log(
-            f"round {number + 1}/{len(rounds)}: "
+            f"round {number + 1}/{len(rounds)} (order {', '.join(order)}): "
             + ", ".join(f"{t} {w} {walls[t][w][-1]:.2f}s" for w in WORKLOADS for t in TARGETS)
         )
 
@@ -650,14 +694,18 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
     )
 
 
-def order_balanced(ratios: Sequence[float]) -> float:
-    """Geometric mean of the median ratio of the rounds where rtops went first and of those
-    where DCMTK did: with an odd number of rounds one order has a round more, and a plain
-    median then leans towards that order's mode."""
-    groups = [[r for n, r in enumerate(ratios) if send_order(n)[0] == first] for first in TARGETS]
+def order_balanced(ratios: Sequence[float], numerator: str) -> float:
+    """Geometric mean over the positions of ``numerator`` in the round (first, second, third)
+    of the median ratio of the rounds where it had that position: when the rounds are not a
+    multiple of three some positions have a round more, and a plain median then leans towards
+    theirs. Falls back to the plain median while some position has no round yet."""
+    groups = [
+        [r for n, r in enumerate(ratios) if position(numerator, n) == place]
+        for place in range(len(TARGETS))
+    ]
     if not all(groups):
         return statistics.median(ratios)
-    return math.sqrt(statistics.median(groups[0]) * statistics.median(groups[1]))
+    return statistics.geometric_mean([statistics.median(g) for g in groups])
 
 
 def summarize(args: argparse.Namespace, raw: Raw) -> dict[str, Any]:
@@ -670,8 +718,8 @@ def summarize(args: argparse.Namespace, raw: Raw) -> dict[str, Any]:
             walls = raw.walls[target][workload]
             median = statistics.median(walls)
             positions = {
-                place: [w for n, w in enumerate(walls) if (send_order(n)[0] == target) == first]
-                for place, first in (("first", True), ("second", False))
+                place: [w for n, w in enumerate(walls) if position(target, n) == index]
+                for index, place in enumerate(POSITIONS)
             }
             per_target[target] = {
                 "median_s": median,
@@ -684,22 +732,28 @@ def summarize(args: argparse.Namespace, raw: Raw) -> dict[str, Any]:
                     place: statistics.median(w) if w else None for place, w in positions.items()
                 },
             }
-        ratios = [
-            o / d
-            for o, d in zip(raw.walls["rtops"][workload], raw.walls["dcmtk"][workload], strict=True)
-        ]
         workloads[workload] = {
             "objects": objects,
             "bytes_per_round": size,
             "targets": per_target,
-            "ratio_rtops_over_dcmtk": {
-                "median_of_per_round": statistics.median(ratios),
-                "of_medians": per_target["rtops"]["median_s"] / per_target["dcmtk"]["median_s"],
-                "order_balanced": order_balanced(ratios),
-                "per_round": ratios,
-                "rtops_first": [send_order(n)[0] == "rtops" for n in range(len(ratios))],
-            },
         }
+        for numerator, denominator in RATIOS:
+            ratios = [
+                o / d
+                for o, d in zip(
+                    raw.walls[numerator][workload], raw.walls[denominator][workload], strict=True
+                )
+            ]
+            rounds = range(len(ratios))
+            workloads[workload][f"ratio_{numerator}_over_{denominator}"] = {
+                "median_of_per_round": statistics.median(ratios),
+                "of_medians": per_target[numerator]["median_s"]
+                / per_target[denominator]["median_s"],
+                "order_balanced": order_balanced(ratios, numerator),
+                "per_round": ratios,
+                f"{numerator}_first": [position(numerator, n) == 0 for n in rounds],
+                f"{numerator}_position": [position(numerator, n) + 1 for n in rounds],
+            }
 
     def ms(value: float | None) -> float | None:
         return None if value is None else value * 1000.0
@@ -756,6 +810,9 @@ def summarize(args: argparse.Namespace, raw: Raw) -> dict[str, Any]:
             "rows": 512,
             "columns": 512,
             "warmup_objects_per_workload": WARMUP_OBJECTS,
+            "send_orders": [list(send_order(n)) for n in range(args.rounds)],
+            "pynetdicom_storescp": "python -m pynetdicom storescp <port> -aet "
+            f"{CALLED_AE} -od <dir>",
         },
         "host": {
             "cpus": os.cpu_count(),
@@ -800,38 +857,44 @@ def render(summary: dict[str, Any]) -> str:
         f"host: {host['cpus']} CPUs, Python {host['python']}, pydicom {host['pydicom']}, "
         f"pynetdicom {host['pynetdicom']}, {host['dcmtk']}",
         "",
-        f"{'workload':<10}{'target':<8}{'median s':>10}{'min s':>9}{'max s':>9}{'MB/s':>9}"
+        f"{'workload':<10}{'target':<12}{'median s':>10}{'min s':>9}{'max s':>9}{'MB/s':>9}"
         f"{'obj/s':>9}",
     ]
     for workload, data in summary["workloads"].items():
         for target, t in data["targets"].items():
             lines.append(
-                f"{workload:<10}{target:<8}{t['median_s']:>10.3f}{t['min_s']:>9.3f}"
+                f"{workload:<10}{target:<12}{t['median_s']:>10.3f}{t['min_s']:>9.3f}"
                 f"{t['max_s']:>9.3f}{t['mb_per_s']:>9.2f}{t['objects_per_s']:>9.0f}"
             )
-    lines += ["", f"{'median s by position in the round':<36}{'sent first':>12}{'sent second':>13}"]
+    lines += [
+        "",
+        f"{'median s by position in the round':<36}"
+        + "".join(f"{'sent ' + place:>13}" for place in POSITIONS),
+    ]
     for workload, data in summary["workloads"].items():
         for target, t in data["targets"].items():
             by = t["median_s_by_position"]
             lines.append(
-                f"{workload:<10}{target:<26}{_fmt(by['first'], '.3f'):>12}"
-                f"{_fmt(by['second'], '.3f'):>13}"
+                f"{workload:<10}{target:<26}"
+                + "".join(f"{_fmt(by[place], '.3f'):>13}" for place in POSITIONS)
             )
+    orders = " ".join(f"{''.join(CODES[t] for t in order):>6}" for order in cfg["send_orders"])
+    legend = ", ".join(f"{CODES[t]} {DISPLAY[t]}" for t in TARGETS)
     lines += [
         "",
-        f"{'ratio rtops/DCMTK':<18}{'median of rounds':>17}{'of medians':>12}"
-        f"{'order-balanced':>16}   per round (* = rtops sent first)",
+        f"{'ratio':<28}{'median of rounds':>17}{'of medians':>12}{'order-balanced':>16}"
+        "   per round",
+        f"{'  send order (' + legend + ')':<73}   {orders}",
     ]
     for workload, data in summary["workloads"].items():
-        r = data["ratio_rtops_over_dcmtk"]
-        rounds = " ".join(
-            f"{x:.2f}{'*' if first else ''}"
-            for x, first in zip(r["per_round"], r["rtops_first"], strict=True)
-        )
-        lines.append(
-            f"{workload:<18}{r['median_of_per_round']:>16.2f}x{r['of_medians']:>11.2f}x"
-            f"{r['order_balanced']:>15.2f}x   {rounds}"
-        )
+        for numerator, denominator in RATIOS:
+            r = data[f"ratio_{numerator}_over_{denominator}"]
+            name = f"{DISPLAY[numerator]}/{DISPLAY[denominator]}"
+            rounds = " ".join(f"{x:>6.2f}" for x in r["per_round"])
+            lines.append(
+                f"{workload:<10}{name:<18}{r['median_of_per_round']:>16.2f}x"
+                f"{r['of_medians']:>11.2f}x{r['order_balanced']:>15.2f}x   {rounds}"
+            )
     mem = summary["memory"]
     lines += [
         "",
@@ -846,6 +909,7 @@ def render(summary: dict[str, Any]) -> str:
         "server_histogram": "rtops server-side handling (histogram estimate)",
         "client_round_trip_rtops": "client-observed round trip, rtops SCP",
         "client_round_trip_dcmtk": "client-observed round trip, DCMTK (reference)",
+        "client_round_trip_pynetdicom": "client-observed round trip, pynetdicom storescp",
     }
     for key, name in names.items():
         lat = summary["latency"][key]
@@ -884,7 +948,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.scp_bench", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=6,
+        help="timed rounds (default 6: a multiple of 6 balances the send order fully)",
+    )
     parser.add_argument("--slices", type=int, default=200, help="CBCT slices (default 200)")
     parser.add_argument(
         "--records", type=int, default=50, help="treatment records per round (default 50)"
@@ -912,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 raw = measure(args, tmp, stack)
             except Exception:
-                for name in ("scp.log", "storescp.log"):
+                for name in ("scp.log", "storescp.log", "pynetdicom-storescp.log"):
                     if text := tail(tmp / name):
                         log(f"last lines of {name}:\n{text}")
                 raise

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -58,6 +57,8 @@ def issue_dev_token(
     for part in parents:
         node = node.setdefault(part, {})
     node[leaf] = roles
+    import jwt  # PyJWT pulls in cryptography (~9 MB): loaded on first use only
+
     return jwt.encode(claims, dev_signing_key(settings), algorithm="HS256")
 
 
@@ -69,9 +70,15 @@ class Authenticator:
                 "RTOPS_OIDC_JWKS_URL is set but RTOPS_OIDC_ISSUER is not: set the "
                 "issuer so that tokens from other issuers are refused"
             )
-        self._jwks = jwt.PyJWKClient(settings.oidc_jwks_url) if settings.oidc_jwks_url else None
+        self._jwks = None
+        if settings.oidc_jwks_url:
+            import jwt
+
+            self._jwks = jwt.PyJWKClient(settings.oidc_jwks_url)
 
     def verify(self, token: str) -> Principal:
+        import jwt
+
         s = self._settings
         try:
             if self._jwks is not None:

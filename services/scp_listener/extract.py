@@ -11,11 +11,11 @@ import io
 import math
 import re
 import zipfile
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -149,14 +149,31 @@ def patient(ds: Dataset) -> Patient:
     )
 
 
-def walk(ds: Dataset) -> Iterator[Any]:
-    """Touch every element, nested ones included, so that a malformed value raises here."""
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value:
-                yield from walk(item)
-        else:
-            yield elem.value
+def decode_sequences(ds: Dataset) -> None:
+    """Decode every sequence, nested ones included, so that a malformed item raises here.
+
+    Plain values stay raw until something reads them: converting every element of a CBCT
+    slice costs more than storing it, and pydicom only warns about bad plain values anyway.
+    """
+    # _dict, not get_item(): get_item() would read deferred values (pixel data) from disk.
+    for tag, elem in list(ds._dict.items()):
+        if not _is_sequence(tag, elem.VR, getattr(elem, "length", 0)):
+            continue
+        for item in ds[tag].value:
+            decode_sequences(item)
+
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+
+
+def _is_sequence(tag: int, vr: str | None, length: int) -> bool:
+    if vr is not None:
+        return vr == "SQ"
+    try:  # implicit VR: the data dictionary knows public tags
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:  # private or unknown: undefined length means a sequence
+        return length == _UNDEFINED_LENGTH and tag != _PIXEL_DATA
 
 
 # ---------------------------------------------------------------- RT Plan / RT Ion Plan

@@ -7,8 +7,8 @@ commits does the caller answer success.
 
 from __future__ import annotations
 
+import functools
 import struct
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,18 +70,64 @@ class Undecodable(Exception):
     pass
 
 
+class WrongSopClass(Exception):
+    pass
+
+
+_objects = DicomObject.__table__
+_series = ImageSeries.__table__
+# Built once: composing a statement per object costs more than executing it.
+_INSERT_OBJECT = insert(_objects)
+_SELECT_REVISIONS = select(_objects.c.revision, _objects.c.sha256).where(
+    _objects.c.sop_instance_uid == bindparam("uid")
+)
+
+
+@functools.cache
+def _upsert_series(dialect: str) -> Any:
+    """A new series row, or mark the existing one changed (first instance's facts stay)."""
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_series)
+    return stmt.on_conflict_do_update(
+        index_elements=["series_instance_uid"],
+        set_={"last_received_at": stmt.excluded.last_received_at, "dirty": True},
+    )
+
+
+def _check_identity(ds: Dataset, sop_class_uid: str, sop_instance_uid: str) -> str:
+    """The dataset's SOP Instance UID, which is the object's identity."""
+    uid = extract.text(ds, "SOPInstanceUID")
+    if not uid:
+        raise Undecodable("dataset has no SOP Instance UID")
+    ds_class = extract.text(ds, "SOPClassUID")
+    if ds_class != sop_class_uid:
+        raise WrongSopClass(f"dataset SOP Class {ds_class} was sent as {sop_class_uid}")
+    if uid != sop_instance_uid:
+        # Seen in real exports (an Elekta iView file): the dataset is the authority.
+        log.warning(
+            "affected SOP Instance UID differs from the dataset's",
+            command=sop_instance_uid,
+            dataset=uid,
+        )
+    return uid
+
+
+# Values larger than this (pixel data, dose grids) are skipped, not read: rtops needs headers
+# only, and an object is never held whole in memory.
+DEFER_BYTES = 64 * 1024
+
+
 def read_header(path: Path) -> Dataset:
-    """Decode the whole object once; a malformed or truncated one raises ``Undecodable``."""
+    """Decode the object's structure once; a malformed or truncated one raises
+    ``Undecodable``. Large values stay on disk (``DEFER_BYTES``)."""
     try:
         with warnings.catch_warnings():
             # pydicom only warns when an undefined-length item runs into the end of the file.
             warnings.filterwarnings("error", message=".*[Ee]nd of file.*")
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
         if ds.file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
             # A deflated dataset's offsets count inflated bytes; zlib checks its own end.
             check_complete(ds, path.stat().st_size)
-        for _ in extract.walk(ds):
-            pass
+        extract.decode_sequences(ds)
     except (
         InvalidDicomError,
         EOFError,
@@ -111,6 +157,10 @@ def check_complete(ds: Dataset, size: int) -> None:
     end = 0
     for elem in ds._dict.values():
         if not isinstance(elem, RawDataElement) or elem.value_tell is None:
+            continue
+        if elem.value is None and elem.length not in (0, _UNDEFINED):
+            # a deferred (skipped) value: only its extent can be checked, against the end
+            end = max(end, elem.value_tell + elem.length)
             continue
         value_len = len(elem.value) if elem.value is not None else 0
         if elem.length == _UNDEFINED:
@@ -155,55 +205,25 @@ class Ingestor:
     ) -> Outcome:
         try:
             ds = read_header(path)
+            uid = _check_identity(ds, sop_class_uid, sop_instance_uid)
         except Undecodable as exc:
+            return Outcome(Status.CANNOT_UNDERSTAND, str(exc), sop_class_uid, sop_instance_uid)
+        except WrongSopClass as exc:
             return Outcome(
-                Status.CANNOT_UNDERSTAND,
-                f"undecodable dataset: {exc}",
-                sop_class_uid,
-                sop_instance_uid,
-            )
-        ds_class = extract.text(ds, "SOPClassUID")
-        uid = extract.text(ds, "SOPInstanceUID")
-        if not uid:
-            return Outcome(
-                Status.CANNOT_UNDERSTAND,
-                "dataset has no SOP Instance UID",
-                sop_class_uid,
-                sop_instance_uid,
-            )
-        if ds_class != sop_class_uid:
-            return Outcome(
-                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                f"dataset SOP Class {ds_class} was sent as {sop_class_uid}",
-                sop_class_uid,
-                uid,
-            )
-        if uid != sop_instance_uid:
-            # Seen in real exports (an Elekta iView file): the dataset is the authority.
-            log.warning(
-                "affected SOP Instance UID differs from the dataset's",
-                command=sop_instance_uid,
-                dataset=uid,
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc), sop_class_uid, sop_instance_uid
             )
         try:
             sha, size = sha256_of(path)
             with self._factory() as session, session.begin():
-                existing = session.execute(
-                    select(DicomObject.revision, DicomObject.sha256).where(
-                        DicomObject.sop_instance_uid == uid
-                    )
-                ).all()
-                if any(row.sha256 == sha for row in existing):
+                # Core statements on the connection: the ORM's unit of work costs more per
+                # object than the fsyncs do.
+                conn = session.connection()
+                revisions = conn.execute(_SELECT_REVISIONS, {"uid": uid}).all()
+                if any(row.sha256 == sha for row in revisions):
                     return Outcome(
                         Status.SUCCESS, "duplicate: already stored", sop_class_uid, uid, size
                     )
-                revision = max((row.revision for row in existing), default=0) + 1
-                if revision > 1:
-                    log.warning(
-                        "same SOP Instance UID with different content: kept as a new revision",
-                        sop_instance_uid=uid,
-                        revision=revision,
-                    )
+                revision = max((row.revision for row in revisions), default=0) + 1
                 try:
                     event = self._event_for(
                         ds, sop_class_uid, uid, sha, revision, size, transfer_syntax_uid, source
@@ -213,7 +233,7 @@ class Ingestor:
                         if sop.STORAGE[sop_class_uid] == "image"
                         else None
                     )
-                except Exception as exc:  # tolerant readers failed: the object is malformed
+                except Exception as exc:  # the tolerant readers failed: malformed object
                     log.exception("could not read the object's attributes", sop_instance_uid=uid)
                     return Outcome(
                         Status.CANNOT_UNDERSTAND,
@@ -221,26 +241,34 @@ class Ingestor:
                         sop_class_uid,
                         uid,
                     )
+                if revision > 1:
+                    log.warning(
+                        "same SOP Instance UID with different content: kept as a new revision",
+                        sop_instance_uid=uid,
+                        revision=revision,
+                    )
+                # The file is durable before the row that names it commits.
                 key = self._store.put(path, sha)
                 now = datetime.now(UTC)
                 approval = facts.pop("approval", None) if facts else None
-                session.add(
-                    DicomObject(
-                        sop_instance_uid=uid,
-                        revision=revision,
-                        sop_class_uid=sop_class_uid,
-                        sha256=sha,
-                        storage_key=key,
-                        size=size,
-                        transfer_syntax_uid=transfer_syntax_uid,
-                        study_instance_uid=extract.text(ds, "StudyInstanceUID"),
-                        series_instance_uid=extract.text(ds, "SeriesInstanceUID"),
-                        patient_id=extract.text(ds, "PatientID"),
-                        calling_ae=source.ae_title,
-                        received_at=now,
-                        acquired_at=facts.get("acquired_at") if facts else None,
-                        approval=approval.model_dump(mode="json") if approval else None,
-                    )
+                conn.execute(
+                    _INSERT_OBJECT,
+                    {
+                        "sop_instance_uid": uid,
+                        "revision": revision,
+                        "sop_class_uid": sop_class_uid,
+                        "sha256": sha,
+                        "storage_key": key,
+                        "size": size,
+                        "transfer_syntax_uid": transfer_syntax_uid,
+                        "study_instance_uid": extract.text(ds, "StudyInstanceUID"),
+                        "series_instance_uid": extract.text(ds, "SeriesInstanceUID"),
+                        "patient_id": extract.text(ds, "PatientID"),
+                        "calling_ae": source.ae_title,
+                        "received_at": now,
+                        "acquired_at": facts.get("acquired_at") if facts else None,
+                        "approval": approval.model_dump(mode="json") if approval else None,
+                    },
                 )
                 if event is not None:
                     add_to_outbox(
@@ -251,10 +279,12 @@ class Ingestor:
         except (SQLAlchemyError, OSError) as exc:
             log.error(
                 "storage failed; answering 0xA700 so the sender retries",
-                sop_instance_uid=uid,
+                sop_instance_uid=sop_instance_uid,
                 error=str(exc),
             )
-            return Outcome(Status.OUT_OF_RESOURCES, f"storage failed: {exc}", sop_class_uid, uid)
+            return Outcome(
+                Status.OUT_OF_RESOURCES, f"storage failed: {exc}", sop_class_uid, sop_instance_uid
+            )
         self._on_commit()
         return Outcome(Status.SUCCESS, "stored", sop_class_uid, uid, size, created=True)
 
@@ -303,21 +333,16 @@ class Ingestor:
         first_facts = {k: v for k, v in facts.items() if k not in ("acquired_at",)}
         first_facts["patient"] = extract.patient(ds).model_dump(mode="json")
         first_facts["source"] = source.model_dump(mode="json")
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = insert(ImageSeries).values(
-            series_instance_uid=series_uid,
-            sop_class_uid=sop_class_uid,
-            facts=_jsonable(first_facts),
-            last_received_at=now,
-            dirty=True,
-            published_count=0,
-        )
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["series_instance_uid"],
-                set_={"last_received_at": now, "dirty": True},
-            )
+        session.connection().execute(
+            _upsert_series(session.get_bind().dialect.name),
+            {
+                "series_instance_uid": series_uid,
+                "sop_class_uid": sop_class_uid,
+                "facts": _jsonable(first_facts),
+                "last_received_at": now,
+                "dirty": True,
+                "published_count": 0,
+            },
         )
 
     # ------------------------------------------------------------ image series
@@ -397,6 +422,3 @@ def _aware(value: datetime) -> datetime:
 def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in facts.items()}
 
-
-def monotonic_ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0

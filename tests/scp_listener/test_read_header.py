@@ -1,0 +1,61 @@
+"""read_header: the SCP's check that a received object is complete and decodable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.scp_listener.service import Undecodable, read_header
+from tests import dicom_factories as f
+from tests.support import SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("samples")
+    return {
+        "ct": f.write_series(f.cbct_series(n_slices=1, rows=256, columns=256), d)[0],
+        "record": f.write(f.treatment_record(plan_uid="1.2.3"), d / "rec.dcm"),
+        "plan": f.write(f.rt_plan(), d / "plan.dcm"),
+    }
+
+
+def test_pixel_data_is_not_read(samples: dict[str, Path]) -> None:
+    ds = read_header(samples["ct"])
+    # A deferred value stays a RawDataElement without a value: never held in memory.
+    assert ds._dict[0x7FE00010].value is None
+    assert ds.Rows == 256
+
+
+@pytest.mark.parametrize("kind", ["ct", "record", "plan"])
+# Cuts inside an element; a cut exactly between two top-level elements is undetectable
+# (DICOM carries no total length), see check_complete.
+@pytest.mark.parametrize("keep", [0.23, 0.5, 0.8, 0.95, 0.999])
+def test_truncated_objects_are_refused(
+    samples: dict[str, Path], tmp_path: Path, kind: str, keep: float
+) -> None:
+    cut = f.truncated_copy(samples[kind], tmp_path / "cut.dcm", keep_fraction=keep)
+    with pytest.raises(Undecodable):
+        read_header(cut)
+
+
+def test_trailing_bytes_are_refused(samples: dict[str, Path], tmp_path: Path) -> None:
+    padded = tmp_path / "padded.dcm"
+    padded.write_bytes(samples["record"].read_bytes() + b"\x00\x00\x00")
+    with pytest.raises(Undecodable, match="trailing"):
+        read_header(padded)
+
+
+@pytest.mark.parametrize("kind", ["unterminated_sequence", "overrun", "random"])
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")
+def test_garbage_is_refused(tmp_path: Path, kind: str) -> None:
+    with pytest.raises(Undecodable):
+        read_header(f.garbage_dicom(tmp_path / "g.dcm", kind=kind))  # type: ignore[arg-type]
+
+
+def test_reference_samples_with_file_meta_are_complete() -> None:
+    files = [p for p in SHARED_DATA.rglob("*.dcm") if p.read_bytes()[128:132] == b"DICM"]
+    assert len(files) >= 9
+    for path in files:
+        read_header(path)
