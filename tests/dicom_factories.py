@@ -1394,6 +1394,40 @@ def mr_image(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ImagedFraction:
+    """A plan, the CBCT of one fraction, its registration onto the plan, and the record."""
+
+    plan: Dataset
+    cbct: list[Dataset]
+    registration: Dataset
+    record: Dataset
+
+    def write(self, folder: Path) -> list[Path]:
+        """Files in sending order: plan, CBCT slices, registration, treatment record."""
+        return [
+            write(self.plan, folder / "plan.dcm"),
+            *write_series(self.cbct, folder / "cbct"),
+            write(self.registration, folder / "reg.dcm"),
+            write(self.record, folder / "rec.dcm"),
+        ]
+
+
+def imaged_fraction(
+    *, fractions: int = 25, fraction_number: int = 1, cbct_slices: int = 4
+) -> ImagedFraction:
+    plan = rt_plan(fractions=fractions)
+    cbct = cbct_series(n_slices=cbct_slices)
+    registration = spatial_registration(
+        fixed_for_uid=str(plan.FrameOfReferenceUID),
+        moving_for_uid=str(cbct[0].FrameOfReferenceUID),
+        moving_series_uid=str(cbct[0].SeriesInstanceUID),
+        moving_instance_uids=[str(s.SOPInstanceUID) for s in cbct],
+    )
+    record = treatment_record(plan_uid=str(plan.SOPInstanceUID), fraction_number=fraction_number)
+    return ImagedFraction(plan, cbct, registration, record)
+
+
 def write(ds: Dataset, path: str | Path) -> Path:
     """Save ``ds`` as a DICOM Part 10 file (preamble, DICM, file meta) and return the path."""
     target = Path(path)

@@ -4,10 +4,11 @@ stream, and send DICOM with pynetdicom or DCMTK."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ import uvicorn
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import Verification
+from sqlalchemy import MetaData
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp_listener.app import SERVICE, create_app
 from services.scp_listener.settings import ScpSettings
-from shared.db import drop_schema, make_engine, migrate
+from shared.db import drop_schema, ensure_schema, make_engine, migrate, session_factory
 from shared.events import CloudEvent, parse_event
+from shared.settings import RtopsSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -93,6 +97,21 @@ def scp_settings(base: dict[str, object], **overrides: object) -> ScpSettings:
         **overrides,
     }
     return ScpSettings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def scratch_database(
+    settings: RtopsSettings, name: str, metadata: MetaData
+) -> Iterator[sessionmaker[Session]]:
+    """Tables of ``metadata`` in a database (or PostgreSQL schema) of their own, dropped after."""
+    engine = make_engine(settings, name)
+    ensure_schema(engine, settings, name)
+    metadata.create_all(engine)
+    try:
+        yield session_factory(engine)
+    finally:
+        drop_schema(engine, settings, name)
+        engine.dispose()
 
 
 def drop_test_schema(settings: ScpSettings) -> None:

@@ -43,22 +43,11 @@ def test_echoscu(scp: RunningScp, dcmtk: dict[str, str]) -> None:
 def test_plan_record_cbct_registration(
     scp: RunningScp, dcmtk: dict[str, str], tmp_path: Path
 ) -> None:
-    plan = f.rt_plan(fractions=25)
-    cbct = f.cbct_series(n_slices=5)
-    reg = f.spatial_registration(
-        fixed_for_uid=str(plan.FrameOfReferenceUID),
-        moving_for_uid=str(cbct[0].FrameOfReferenceUID),
-        moving_series_uid=str(cbct[0].SeriesInstanceUID),
-        moving_instance_uids=[str(s.SOPInstanceUID) for s in cbct],
-    )
-    record = f.treatment_record(plan_uid=str(plan.SOPInstanceUID), fraction_number=3)
-    tps_files = [f.write(plan, tmp_path / "plan.dcm")]
-    linac_files = [
-        *f.write_series(cbct, tmp_path / "cbct"),
-        f.write(reg, tmp_path / "reg.dcm"),
-        f.write(record, tmp_path / "rec.dcm"),
-    ]
-    assert storescu(dcmtk["storescu"], scp.dicom_port, tps_files, calling="TPS1").returncode == 0
+    fraction = f.imaged_fraction(fractions=25, fraction_number=3, cbct_slices=5)
+    plan, cbct = fraction.plan, fraction.cbct
+    # The plan comes from the planning system, the rest from the linac.
+    plan_file, *linac_files = fraction.write(tmp_path)
+    assert storescu(dcmtk["storescu"], scp.dicom_port, [plan_file], calling="TPS1").returncode == 0
     sent = storescu(dcmtk["storescu"], scp.dicom_port, linac_files)
     assert sent.returncode == 0, sent.stdout + sent.stderr
 

@@ -54,21 +54,9 @@ def test_echo_and_health(scp: RunningScp) -> None:
 
 
 def test_week_of_objects_produces_the_expected_events(scp: RunningScp, tmp_path: Path) -> None:
-    plan = f.rt_plan(label="PROST", fractions=25)
-    cbct = f.cbct_series(n_slices=4)
-    reg = f.spatial_registration(
-        fixed_for_uid=str(plan.FrameOfReferenceUID),
-        moving_for_uid=str(cbct[0].FrameOfReferenceUID),
-        moving_series_uid=str(cbct[0].SeriesInstanceUID),
-        moving_instance_uids=[str(s.SOPInstanceUID) for s in cbct],
-    )
-    record = f.treatment_record(plan_uid=str(plan.SOPInstanceUID), fraction_number=1)
-    paths = [
-        f.write(plan, tmp_path / "plan.dcm"),
-        *f.write_series(cbct, tmp_path / "cbct"),
-        f.write(reg, tmp_path / "reg.dcm"),
-        f.write(record, tmp_path / "rec.dcm"),
-    ]
+    fraction = f.imaged_fraction(fractions=25, fraction_number=1, cbct_slices=4)
+    plan, cbct = fraction.plan, fraction.cbct
+    paths = fraction.write(tmp_path)
     assert pynetdicom_store(scp.dicom_port, paths) == [0] * len(paths)
 
     events = await_events(scp.settings, 4)

@@ -57,68 +57,132 @@ LINAC = SourceDevice(ae_title="TRUEBEAM1", role="linac", machine="TrueBeam1", si
 
 def stored(uid: str, *, revision: int = 1) -> StoredObject:
     return StoredObject(
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.481.5", sop_instance_uid=uid,
-        study_instance_uid="1.2.3.100", series_instance_uid="1.2.3.200",
-        storage_key=f"ab/{uid}.dcm", revision=revision, sha256="0" * 64,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.481.5",
+        sop_instance_uid=uid,
+        study_instance_uid="1.2.3.100",
+        series_instance_uid="1.2.3.200",
+        storage_key=f"ab/{uid}.dcm",
+        revision=revision,
+        sha256="0" * 64,
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
 
 
 def plan(uid: str = "1.2.3.4.1", *, revision: int = 1, **fields: Any) -> PlanReceived:
-    return PlanReceived(patient=PATIENT, source=LINAC, object=stored(uid, revision=revision),
-                        ion=False, **fields)
+    return PlanReceived(
+        patient=PATIENT, source=LINAC, object=stored(uid, revision=revision), ion=False, **fields
+    )
 
 
 # One fully populated sample per payload type: nested models, tuples, dates, datetimes and
 # floats are where a serializer change would break the round trip.
 SAMPLES: dict[type[DicomEvent], DicomEvent] = {
     PlanReceived: plan(
-        label="PROST", name="Prostate 78/39", plan_date=date(2026, 2, 27), plan_time="101500",
-        intent="CURATIVE", treatment_site="Prostate", approval_status="APPROVED",
-        reviewer_name="SMITH^ANN", reviewed_at=WHEN,
+        label="PROST",
+        name="Prostate 78/39",
+        plan_date=date(2026, 2, 27),
+        plan_time="101500",
+        intent="CURATIVE",
+        treatment_site="Prostate",
+        approval_status="APPROVED",
+        reviewer_name="SMITH^ANN",
+        reviewed_at=WHEN,
         referenced_plans=(PlanReference(sop_instance_uid="1.2.3.4.0", relationship="PRIOR"),),
         fraction_groups=(FractionGroup(number=1, fractions_planned=39, beam_count=2),),
-        dose_references=(DoseReference(number=1, type="TARGET",
-                                       target_prescription_dose_gy=78.0),),
-        beams=(PlannedBeam(number=1, name="ARC1", machine="TrueBeam1", energies=(6.0, 10.0),
-                           control_points=178, meterset=312.5),),
-        machines=("TrueBeam1",), radiation_types=("PHOTON",), isocenter_count=1,
-        motion_management=True, fixation_devices=("KNEEFIX",),
+        dose_references=(DoseReference(number=1, type="TARGET", target_prescription_dose_gy=78.0),),
+        beams=(
+            PlannedBeam(
+                number=1,
+                name="ARC1",
+                machine="TrueBeam1",
+                energies=(6.0, 10.0),
+                control_points=178,
+                meterset=312.5,
+            ),
+        ),
+        machines=("TrueBeam1",),
+        radiation_types=("PHOTON",),
+        isocenter_count=1,
+        motion_management=True,
+        fixation_devices=("KNEEFIX",),
     ),
     TreatmentRecorded: TreatmentRecorded(
-        patient=PATIENT, source=LINAC, object=stored("1.2.3.5.1"), record_kind="beams",
-        treated_at=WHEN, treated_at_source="treatment_date", content_origin="DEVICE",
-        plan_uid="1.2.3.4.1", referenced_record_uids=("1.2.3.5.0",), machine="TrueBeam1",
-        fraction_group_number=1, fractions_planned=39, fraction_numbers=(1,), delivered=True,
-        partial=False, operators=("RTT^ONE",), overrides=True,
-        beams=(BeamDelivery(beam_number=1, beam_name="ARC1", delivery_type="TREATMENT",
-                            termination_status="NORMAL", specified_meterset=312.5,
-                            delivered_meterset=312.5, started_at=WHEN, ended_at=WHEN,
-                            couch=CouchPosition(vertical_mm=-120.5, lateral_mm=0.25),
-                            overrides=(Override(parameter="(300A,0134)", reason="x"),)),),
+        patient=PATIENT,
+        source=LINAC,
+        object=stored("1.2.3.5.1"),
+        record_kind="beams",
+        treated_at=WHEN,
+        treated_at_source="treatment_date",
+        content_origin="DEVICE",
+        plan_uid="1.2.3.4.1",
+        referenced_record_uids=("1.2.3.5.0",),
+        machine="TrueBeam1",
+        fraction_group_number=1,
+        fractions_planned=39,
+        fraction_numbers=(1,),
+        delivered=True,
+        partial=False,
+        operators=("RTT^ONE",),
+        overrides=True,
+        beams=(
+            BeamDelivery(
+                beam_number=1,
+                beam_name="ARC1",
+                delivery_type="TREATMENT",
+                termination_status="NORMAL",
+                specified_meterset=312.5,
+                delivered_meterset=312.5,
+                started_at=WHEN,
+                ended_at=WHEN,
+                couch=CouchPosition(vertical_mm=-120.5, lateral_mm=0.25),
+                overrides=(Override(parameter="(300A,0134)", reason="x"),),
+            ),
+        ),
     ),
     TreatmentSummarized: TreatmentSummarized(
-        patient=PATIENT, source=SourceDevice(ae_title="ARIA", role="ois"),
-        object=stored("1.2.3.6.1"), plan_uid="1.2.3.4.1", current_status="COMPLETED",
-        first_treatment_date=date(2026, 1, 5), most_recent_treatment_date=date(2026, 2, 27),
-        fraction_groups=(FractionGroupSummary(number=1, fractions_planned=39,
-                                              fractions_delivered=39),),
+        patient=PATIENT,
+        source=SourceDevice(ae_title="ARIA", role="ois"),
+        object=stored("1.2.3.6.1"),
+        plan_uid="1.2.3.4.1",
+        current_status="COMPLETED",
+        first_treatment_date=date(2026, 1, 5),
+        most_recent_treatment_date=date(2026, 2, 27),
+        fraction_groups=(
+            FractionGroupSummary(number=1, fractions_planned=39, fractions_delivered=39),
+        ),
     ),
     ImagingAcquired: ImagingAcquired(
-        patient=PATIENT, source=LINAC, series_instance_uid="1.2.3.7.1",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", modality="CT", classification="cbct",
-        instance_count=88, acquired_at=WHEN, last_acquired_at=WHEN, machine="TrueBeam1",
-        approvals=(ImageApproval(sop_instance_uid="1.2.3.7.9", status="APPROVED",
-                                 reviewed_at=WHEN),),
+        patient=PATIENT,
+        source=LINAC,
+        series_instance_uid="1.2.3.7.1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        modality="CT",
+        classification="cbct",
+        instance_count=88,
+        acquired_at=WHEN,
+        last_acquired_at=WHEN,
+        machine="TrueBeam1",
+        approvals=(
+            ImageApproval(sop_instance_uid="1.2.3.7.9", status="APPROVED", reviewed_at=WHEN),
+        ),
         storage_keys=("aa/1.dcm", "aa/2.dcm"),
     ),
     RegistrationReceived: RegistrationReceived(
-        patient=PATIENT, source=LINAC, object=stored("1.2.3.8.1"), kind="rigid",
-        content_at=WHEN, creator_name="RTT^ONE",
-        items=(RegistrationItem(frame_of_reference_uid="1.2.3.9", matrix_type="RIGID",
-                                matrix=(1.0, 0, 0, 1.5, 0, 1, 0, -2.25, 0, 0, 1, 0.1, 0, 0, 0,
-                                        1)),),
-        moving_series_uids=("1.2.3.7.1",), translation_mm=Vector3(x=1.5, y=-2.25, z=0.1),
+        patient=PATIENT,
+        source=LINAC,
+        object=stored("1.2.3.8.1"),
+        kind="rigid",
+        content_at=WHEN,
+        creator_name="RTT^ONE",
+        items=(
+            RegistrationItem(
+                frame_of_reference_uid="1.2.3.9",
+                matrix_type="RIGID",
+                matrix=(1.0, 0, 0, 1.5, 0, 1, 0, -2.25, 0, 0, 1, 0.1, 0, 0, 0, 1),
+            ),
+        ),
+        moving_series_uids=("1.2.3.7.1",),
+        translation_mm=Vector3(x=1.5, y=-2.25, z=0.1),
         rotation_deg=Vector3(x=0, y=0, z=0.5),
     ),
 }
@@ -179,17 +243,28 @@ def test_event_id_changes_with_revision_and_key() -> None:
     assert envelope(more, source=SOURCE).id != envelope(series, source=SOURCE).id
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"\xff\xfe\x00", b"", b"{\"type\": "],
-                         ids=["text", "not-utf8", "empty", "truncated"])
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"\xff\xfe\x00", b"", b'{"type": '],
+    ids=["text", "not-utf8", "empty", "truncated"],
+)
 def test_non_json_is_invalid(raw: bytes) -> None:
     with pytest.raises(InvalidEvent, match="not JSON"):
         parse_event(raw)
 
 
-@pytest.mark.parametrize("body", [
-    [], "event", {"type": PlanReceived.type}, {"type": PlanReceived.type, "data": None},
-    {"type": PlanReceived.type, "data": [1, 2]}, {"type": PlanReceived.type, "data": "{}"},
-], ids=["array", "string", "no-data", "null-data", "list-data", "string-data"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        "event",
+        {"type": PlanReceived.type},
+        {"type": PlanReceived.type, "data": None},
+        {"type": PlanReceived.type, "data": [1, 2]},
+        {"type": PlanReceived.type, "data": "{}"},
+    ],
+    ids=["array", "string", "no-data", "null-data", "list-data", "string-data"],
+)
 def test_missing_data_is_invalid(body: object) -> None:
     with pytest.raises(InvalidEvent, match="no CloudEvents 'data' object"):
         parse_event(json.dumps(body))
@@ -253,8 +328,11 @@ def _old_spec(d: dict[str, Any]) -> None:
     d["specversion"] = "0.3"
 
 
-@pytest.mark.parametrize("tamper", [_drop_object, _bad_count, _bad_role, _bad_date, _no_id,
-                                    _old_spec], ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "tamper",
+    [_drop_object, _bad_count, _bad_role, _bad_date, _no_id, _old_spec],
+    ids=lambda f: f.__name__.strip("_"),
+)
 def test_invalid_payload_or_envelope_is_invalid(tamper: Any) -> None:
     body = sample_body()
     tamper(body)
@@ -328,11 +406,16 @@ def test_committed_json_schemas_are_current(tmp_path: Path) -> None:
     # Everything `make schemas` writes (the schemas, and any pages generated with them) must
     # be committed as generated; a schema of a type that no longer exists must be gone.
     generated = {p.name: p.read_bytes() for p in write_schemas(tmp_path)}
-    committed = {p.name: p.read_bytes() for p in COMMITTED_SCHEMAS.glob("*") if p.name in
-                 generated or p.name.endswith(".schema.json")}
-    hint = ("docs/events/ is out of date with shared/events.py: run `make schemas` and "
-            "commit docs/events/ (a removed or re-typed field also needs a new version and "
-            "an upcaster)")
+    committed = {
+        p.name: p.read_bytes()
+        for p in COMMITTED_SCHEMAS.glob("*")
+        if p.name in generated or p.name.endswith(".schema.json")
+    }
+    hint = (
+        "docs/events/ is out of date with shared/events.py: run `make schemas` and "
+        "commit docs/events/ (a removed or re-typed field also needs a new version and "
+        "an upcaster)"
+    )
 
     missing = sorted(set(generated) - set(committed))
     stale = sorted(set(committed) - set(generated))

@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import select
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from shared.db import drop_schema, ensure_schema, make_engine, new_metadata, session_factory
+from shared.db import new_metadata
 from shared.events import CloudEvent, Patient, PlanReceived, SourceDevice, StoredObject, envelope
 from shared.jetstream import (
     ConsumerPolicy,
@@ -48,6 +48,7 @@ from shared.outbox import (
     outbox_depth,
 )
 from shared.settings import RtopsSettings
+from tests.support import scratch_database
 
 T = TypeVar("T")
 DEAD_LETTER_REASON = "Rtops-Dead-Letter-Reason"
@@ -55,8 +56,9 @@ DEAD_LETTER_REASON = "Rtops-Dead-Letter-Reason"
 FAST = dict(max_deliver=2, backoff_s=(0.1,), ack_wait_s=1, fetch_timeout_s=0.2)
 
 
-async def eventually(condition: Callable[[], T | Awaitable[T]], *, within: float = 15.0,
-                     message: str = "condition") -> T:
+async def eventually(
+    condition: Callable[[], T | Awaitable[T]], *, within: float = 15.0, message: str = "condition"
+) -> T:
     """Poll ``condition`` (sync or async) until it is truthy; fail after ``within`` seconds."""
     deadline = time.monotonic() + within
     while True:
@@ -74,10 +76,15 @@ def plan_event(n: int) -> CloudEvent:
     payload = PlanReceived(
         patient=Patient(id=f"P{n:03d}"),
         source=SourceDevice(ae_title="TPS", role="tps"),
-        object=StoredObject(sop_class_uid="1.2.840.10008.5.1.4.1.1.481.5",
-                            sop_instance_uid=f"1.2.826.0.1.{n}", storage_key=f"k/{n}",
-                            sha256=f"{n:064d}", transfer_syntax_uid="1.2.840.10008.1.2.1"),
-        ion=False, label=f"PLAN{n}",
+        object=StoredObject(
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.481.5",
+            sop_instance_uid=f"1.2.826.0.1.{n}",
+            storage_key=f"k/{n}",
+            sha256=f"{n:064d}",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        ),
+        ion=False,
+        label=f"PLAN{n}",
     )
     return envelope(payload, source="urn:rtops:test")
 
@@ -137,16 +144,28 @@ async def link(settings: RtopsSettings, js: JetStreamContext) -> AsyncIterator[N
 
 
 @contextlib.asynccontextmanager
-async def consuming(link: NatsLink, settings: RtopsSettings,
-                    handler: Callable[[CloudEvent], Awaitable[None]], *, durable: str = "worker",
-                    **policy: Any) -> AsyncIterator[asyncio.Task[None]]:
+async def consuming(
+    link: NatsLink,
+    settings: RtopsSettings,
+    handler: Callable[[CloudEvent], Awaitable[None]],
+    *,
+    durable: str = "worker",
+    **policy: Any,
+) -> AsyncIterator[asyncio.Task[None]]:
     """Run ``NatsLink.consume`` for the block; stop it after and re-raise what it raised."""
     stop = asyncio.Event()
     _CONSUMED.add(link)
     # The stream must be named: a policy passed in keeps ConsumerPolicy's default "RTOPS".
     consumer_policy = ConsumerPolicy(stream=settings.stream_name, **{**FAST, **policy})
-    task = asyncio.create_task(link.consume(durable=durable, event_filter="rtops.dicom.>",
-                                            handler=handler, policy=consumer_policy, stop=stop))
+    task = asyncio.create_task(
+        link.consume(
+            durable=durable,
+            event_filter="rtops.dicom.>",
+            handler=handler,
+            policy=consumer_policy,
+            stop=stop,
+        )
+    )
     try:
         yield task
     finally:
@@ -154,8 +173,9 @@ async def consuming(link: NatsLink, settings: RtopsSettings,
         await asyncio.wait_for(task, 10)
 
 
-async def publish_events(js: JetStreamContext, settings: RtopsSettings,
-                         events: list[CloudEvent]) -> None:
+async def publish_events(
+    js: JetStreamContext, settings: RtopsSettings, events: list[CloudEvent]
+) -> None:
     for event in events:
         await publish(js, subject_for(settings, event.type), event.to_json(), event.id)
 
@@ -164,35 +184,43 @@ async def stream_messages(js: JetStreamContext, stream: str) -> list[RawStreamMs
     info = await js.stream_info(stream)
     if info.state.messages == 0:
         return []
-    return [await js.get_msg(stream, seq)
-            for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    return [
+        await js.get_msg(stream, seq)
+        for seq in range(info.state.first_seq, info.state.last_seq + 1)
+    ]
 
 
-async def dead_letter(js: JetStreamContext, settings: RtopsSettings,
-                      durable: str) -> RawStreamMsg | None:
+async def dead_letter(
+    js: JetStreamContext, settings: RtopsSettings, durable: str
+) -> RawStreamMsg | None:
     try:
-        return await js.get_last_msg(settings.stream_name,
-                                     f"{settings.subject_prefix}.deadletter.{durable}")
+        return await js.get_last_msg(
+            settings.stream_name, f"{settings.subject_prefix}.deadletter.{durable}"
+        )
     except NotFoundError:
         return None
 
 
-async def settled(js: JetStreamContext, settings: RtopsSettings, durable: str,
-                  acked: int) -> bool:
+async def settled(js: JetStreamContext, settings: RtopsSettings, durable: str, acked: int) -> bool:
     """Every delivered message acked or termed, and the ack floor at ``acked``."""
     try:
         info = await js.consumer_info(settings.stream_name, durable)
     except NotFoundError:  # the loop has not created the durable yet
         return False
-    return (info.num_ack_pending == 0 and info.num_pending == 0
-            and info.ack_floor.stream_seq is not None and info.ack_floor.stream_seq >= acked)
+    return (
+        info.num_ack_pending == 0
+        and info.num_pending == 0
+        and info.ack_floor.stream_seq is not None
+        and info.ack_floor.stream_seq >= acked
+    )
 
 
 # ---------------------------------------------------------------- stream and publish
 
 
 async def test_ensure_stream_creates_the_prefixed_stream_idempotently(
-        nc: NATS, settings: RtopsSettings) -> None:
+    nc: NATS, settings: RtopsSettings
+) -> None:
     js = nc.jetstream()
     await ensure_stream(js, settings)
     info = await js.stream_info(settings.stream_name)
@@ -217,8 +245,10 @@ async def test_ensure_stream_creates_the_prefixed_stream_idempotently(
 
 
 async def test_subjects_carry_the_configured_prefix(settings: RtopsSettings) -> None:
-    assert subject_for(settings, "rtops.dicom.plan.received") == \
-        f"{settings.subject_prefix}.dicom.plan.received"
+    assert (
+        subject_for(settings, "rtops.dicom.plan.received")
+        == f"{settings.subject_prefix}.dicom.plan.received"
+    )
 
 
 async def test_same_msg_id_is_stored_once(js: JetStreamContext, settings: RtopsSettings) -> None:
@@ -230,12 +260,12 @@ async def test_same_msg_id_is_stored_once(js: JetStreamContext, settings: RtopsS
     await publish(js, subject, plan_event(2).to_json(), plan_event(2).id)
 
     messages = await stream_messages(js, settings.stream_name)
-    assert [m.headers["Nats-Msg-Id"] for m in messages if m.headers] == \
-        [event.id, plan_event(2).id]
+    assert [m.headers["Nats-Msg-Id"] for m in messages if m.headers] == [event.id, plan_event(2).id]
 
 
-async def test_link_publishes_under_the_prefix(link: NatsLink, js: JetStreamContext,
-                                               settings: RtopsSettings) -> None:
+async def test_link_publishes_under_the_prefix(
+    link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     event = plan_event(7)
     await link.publish(event.type, event.to_json(), event.id)
     (msg,) = await stream_messages(js, settings.stream_name)
@@ -247,8 +277,9 @@ async def test_link_publishes_under_the_prefix(link: NatsLink, js: JetStreamCont
 # ---------------------------------------------------------------- consumer loop
 
 
-async def test_handled_events_are_acked(link: NatsLink, js: JetStreamContext,
-                                        settings: RtopsSettings) -> None:
+async def test_handled_events_are_acked(
+    link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     events = [plan_event(n) for n in range(3)]
     seen: list[str] = []
 
@@ -266,7 +297,8 @@ async def test_handled_events_are_acked(link: NatsLink, js: JetStreamContext,
 
 
 async def test_consume_function_acks_with_its_own_arguments(
-        js: JetStreamContext, settings: RtopsSettings) -> None:
+    js: JetStreamContext, settings: RtopsSettings
+) -> None:
     # The module-level loop, as a service without a NatsLink would call it.
     seen: list[CloudEvent] = []
     event = plan_event(1)
@@ -276,10 +308,17 @@ async def test_consume_function_acks_with_its_own_arguments(
 
     await publish_events(js, settings, [event])
     stop = asyncio.Event()
-    task = asyncio.create_task(consume(
-        js, durable="direct", filter_subject=f"{settings.subject_prefix}.dicom.>",
-        handler=handler, policy=ConsumerPolicy(stream=settings.stream_name, **FAST), stop=stop,
-        dead_letter_prefix=f"{settings.subject_prefix}.deadletter"))
+    task = asyncio.create_task(
+        consume(
+            js,
+            durable="direct",
+            filter_subject=f"{settings.subject_prefix}.dicom.>",
+            handler=handler,
+            policy=ConsumerPolicy(stream=settings.stream_name, **FAST),
+            stop=stop,
+            dead_letter_prefix=f"{settings.subject_prefix}.deadletter",
+        )
+    )
     try:
         await eventually(lambda: settled(js, settings, "direct", 1), message="ack")
     finally:
@@ -289,8 +328,9 @@ async def test_consume_function_acks_with_its_own_arguments(
     assert seen[0] == event
 
 
-async def test_unparseable_message_is_dead_lettered(link: NatsLink, js: JetStreamContext,
-                                                    settings: RtopsSettings) -> None:
+async def test_unparseable_message_is_dead_lettered(
+    link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     seen: list[str] = []
 
     async def handler(event: CloudEvent) -> None:
@@ -302,8 +342,7 @@ async def test_unparseable_message_is_dead_lettered(link: NatsLink, js: JetStrea
     await publish_events(js, settings, [good])
 
     async with consuming(link, settings, handler):
-        dead = await eventually(lambda: dead_letter(js, settings, "worker"),
-                                message="dead letter")
+        dead = await eventually(lambda: dead_letter(js, settings, "worker"), message="dead letter")
         await eventually(lambda: settled(js, settings, "worker", 2), message="term and ack")
 
     assert dead.data == b"\x00garbage"
@@ -317,8 +356,9 @@ async def test_unparseable_message_is_dead_lettered(link: NatsLink, js: JetStrea
     assert info.num_redelivered == 0
 
 
-async def test_poison_is_dead_lettered_without_retry(link: NatsLink, js: JetStreamContext,
-                                                     settings: RtopsSettings) -> None:
+async def test_poison_is_dead_lettered_without_retry(
+    link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     calls: list[str] = []
 
     async def handler(event: CloudEvent) -> None:
@@ -328,8 +368,9 @@ async def test_poison_is_dead_lettered_without_retry(link: NatsLink, js: JetStre
     event = plan_event(1)
     await publish_events(js, settings, [event])
     async with consuming(link, settings, handler, durable="poisoned"):
-        dead = await eventually(lambda: dead_letter(js, settings, "poisoned"),
-                                message="dead letter")
+        dead = await eventually(
+            lambda: dead_letter(js, settings, "poisoned"), message="dead letter"
+        )
         await eventually(lambda: settled(js, settings, "poisoned", 1), message="term")
 
     assert calls == [event.id]
@@ -339,8 +380,9 @@ async def test_poison_is_dead_lettered_without_retry(link: NatsLink, js: JetStre
     assert dead.subject == f"{settings.subject_prefix}.deadletter.poisoned"
 
 
-async def test_failure_is_nakked_and_redelivery_succeeds(link: NatsLink, js: JetStreamContext,
-                                                         settings: RtopsSettings) -> None:
+async def test_failure_is_nakked_and_redelivery_succeeds(
+    link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     attempts: list[float] = []
 
     async def handler(event: CloudEvent) -> None:
@@ -360,8 +402,9 @@ async def test_failure_is_nakked_and_redelivery_succeeds(link: NatsLink, js: Jet
     assert await dead_letter(js, settings, "worker") is None
 
 
-async def test_gives_up_after_max_deliver(link: NatsLink, js: JetStreamContext,
-                                          settings: RtopsSettings) -> None:
+async def test_gives_up_after_max_deliver(
+    link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     calls: list[str] = []
 
     async def handler(event: CloudEvent) -> None:
@@ -371,8 +414,7 @@ async def test_gives_up_after_max_deliver(link: NatsLink, js: JetStreamContext,
     event = plan_event(1)
     await publish_events(js, settings, [event])
     async with consuming(link, settings, handler):
-        dead = await eventually(lambda: dead_letter(js, settings, "worker"),
-                                message="dead letter")
+        dead = await eventually(lambda: dead_letter(js, settings, "worker"), message="dead letter")
         await eventually(lambda: settled(js, settings, "worker", 1), message="term")
 
     assert calls == [event.id, event.id]  # max_deliver=2, no third try
@@ -381,8 +423,9 @@ async def test_gives_up_after_max_deliver(link: NatsLink, js: JetStreamContext,
     assert dead.data == event.to_json()
 
 
-async def test_replicas_sharing_a_durable_split_the_work(js: JetStreamContext,
-                                                         settings: RtopsSettings) -> None:
+async def test_replicas_sharing_a_durable_split_the_work(
+    js: JetStreamContext, settings: RtopsSettings
+) -> None:
     events = [plan_event(n) for n in range(20)]
     handled: dict[str, list[str]] = {"a": [], "b": []}
 
@@ -393,9 +436,12 @@ async def test_replicas_sharing_a_durable_split_the_work(js: JetStreamContext,
 
         return handler
 
-    async with (running_link(settings, "replica-a") as a, running_link(settings, "replica-b") as b,
-                consuming(a, settings, handler_for("a"), batch=1),
-                consuming(b, settings, handler_for("b"), batch=1)):
+    async with (
+        running_link(settings, "replica-a") as a,
+        running_link(settings, "replica-b") as b,
+        consuming(a, settings, handler_for("a"), batch=1),
+        consuming(b, settings, handler_for("b"), batch=1),
+    ):
 
         async def both_pulling() -> bool:
             try:
@@ -413,8 +459,9 @@ async def test_replicas_sharing_a_durable_split_the_work(js: JetStreamContext,
     assert handled["a"] and handled["b"], handled
 
 
-async def test_close_after_consuming_is_prompt(nc: NATS, js: JetStreamContext,
-                                               settings: RtopsSettings) -> None:
+async def test_close_after_consuming_is_prompt(
+    nc: NATS, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     # Pull requests that expire leave status messages behind in the subscription's queue,
     # which a drain then waits for; an idle consumer produces them every fetch timeout.
     pulls: list[Msg] = []
@@ -422,8 +469,9 @@ async def test_close_after_consuming_is_prompt(nc: NATS, js: JetStreamContext,
     async def count_pull(msg: Msg) -> None:
         pulls.append(msg)
 
-    watch = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{settings.stream_name}.closing",
-                               cb=count_pull)
+    watch = await nc.subscribe(
+        f"$JS.API.CONSUMER.MSG.NEXT.{settings.stream_name}.closing", cb=count_pull
+    )
     link = NatsLink(settings, name="closing")
     runner = asyncio.create_task(link.run())
     seen = asyncio.Event()
@@ -436,8 +484,15 @@ async def test_close_after_consuming_is_prompt(nc: NATS, js: JetStreamContext,
         await publish_events(js, settings, [plan_event(1)])
         stop = asyncio.Event()
         policy = ConsumerPolicy(stream=settings.stream_name, **{**FAST, "fetch_timeout_s": 0.05})
-        task = asyncio.create_task(link.consume(durable="closing", event_filter="rtops.dicom.>",
-                                                handler=handler, policy=policy, stop=stop))
+        task = asyncio.create_task(
+            link.consume(
+                durable="closing",
+                event_filter="rtops.dicom.>",
+                handler=handler,
+                policy=policy,
+                stop=stop,
+            )
+        )
         await asyncio.wait_for(seen.wait(), 15)
         handled_at = len(pulls)
         await eventually(lambda: len(pulls) >= handled_at + 10, message="idle pull requests")
@@ -473,14 +528,8 @@ class ProcessedEvent(ProcessedEventMixin, Base):
 
 @pytest.fixture
 def factory(settings: RtopsSettings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings, "outboxtest")
-    ensure_schema(engine, settings, "outboxtest")
-    Base.metadata.create_all(engine)
-    try:
-        yield session_factory(engine)
-    finally:
-        drop_schema(engine, settings, "outboxtest")
-        engine.dispose()
+    with scratch_database(settings, "outboxtest", Base.metadata) as factory:
+        yield factory
 
 
 def queue(factory: sessionmaker[Session], events: list[CloudEvent]) -> None:
@@ -535,8 +584,7 @@ def test_rolled_back_transaction_queues_nothing(factory: sessionmaker[Session]) 
     assert outbox_depth(factory, Outbox) == 0
 
 
-def test_claim_event_stores_one_row_per_consumer_and_event(
-        factory: sessionmaker[Session]) -> None:
+def test_claim_event_stores_one_row_per_consumer_and_event(factory: sessionmaker[Session]) -> None:
     event = plan_event(1)
     with factory.begin() as session:
         claim_event(session, ProcessedEvent, "qa_tracker", event.id)
@@ -544,8 +592,11 @@ def test_claim_event_stores_one_row_per_consumer_and_event(
         claim_event(session, ProcessedEvent, "qa_tracker", event.id)
         claim_event(session, ProcessedEvent, "billing", event.id)
     with factory() as session:
-        claimed = session.execute(select(ProcessedEvent.consumer, ProcessedEvent.event_id)
-                                  .order_by(ProcessedEvent.consumer)).all()
+        claimed = session.execute(
+            select(ProcessedEvent.consumer, ProcessedEvent.event_id).order_by(
+                ProcessedEvent.consumer
+            )
+        ).all()
     assert [tuple(r) for r in claimed] == [("billing", event.id), ("qa_tracker", event.id)]
 
 
@@ -559,9 +610,9 @@ def test_claim_event_once_per_consumer(factory: sessionmaker[Session]) -> None:
         assert claim_event(session, ProcessedEvent, "billing", event.id) is True
 
 
-async def test_relay_publishes_pending_rows_in_order(factory: sessionmaker[Session],
-                                                     link: NatsLink, js: JetStreamContext,
-                                                     settings: RtopsSettings) -> None:
+async def test_relay_publishes_pending_rows_in_order(
+    factory: sessionmaker[Session], link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     events = [plan_event(n) for n in (5, 3, 9, 1, 7)]
     queue(factory, events)
     relay = OutboxRelay(factory, Outbox, link.publish, batch=2)
@@ -582,8 +633,9 @@ async def test_relay_publishes_pending_rows_in_order(factory: sessionmaker[Sessi
     assert [m.data for m in messages] == [e.to_json() for e in events]
 
 
-async def test_relay_wakes_on_commit(factory: sessionmaker[Session], link: NatsLink,
-                                     js: JetStreamContext, settings: RtopsSettings) -> None:
+async def test_relay_wakes_on_commit(
+    factory: sessionmaker[Session], link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     # A long idle poll: only wake() can make the row leave within the wait below.
     relay = OutboxRelay(factory, Outbox, link.publish, idle_poll_s=60)
     task = asyncio.create_task(relay.run())
@@ -605,9 +657,9 @@ async def test_relay_wakes_on_commit(factory: sessionmaker[Session], link: NatsL
     assert await published_ids(js, settings) == [event.id]
 
 
-async def test_failed_publish_keeps_rows_until_it_works(factory: sessionmaker[Session],
-                                                        link: NatsLink, js: JetStreamContext,
-                                                        settings: RtopsSettings) -> None:
+async def test_failed_publish_keeps_rows_until_it_works(
+    factory: sessionmaker[Session], link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     events = [plan_event(n) for n in range(6)]
     queue(factory, events)
     broker = {"up": True, "calls": 0}
@@ -637,9 +689,9 @@ async def test_failed_publish_keeps_rows_until_it_works(factory: sessionmaker[Se
     assert await published_ids(js, settings) == [e.id for e in events]
 
 
-async def test_republish_after_lost_ack_is_not_duplicated(factory: sessionmaker[Session],
-                                                          link: NatsLink, js: JetStreamContext,
-                                                          settings: RtopsSettings) -> None:
+async def test_republish_after_lost_ack_is_not_duplicated(
+    factory: sessionmaker[Session], link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
     # The crash window of the outbox: published, but the row was not marked sent.
     events = [plan_event(n) for n in range(3)]
     queue(factory, events)
@@ -660,8 +712,9 @@ async def test_republish_after_lost_ack_is_not_duplicated(factory: sessionmaker[
     assert await published_ids(js, settings) == [e.id for e in events]
 
 
-async def test_relay_survives_a_nats_outage(factory: sessionmaker[Session], tmp_path: Path,
-                                            settings: RtopsSettings) -> None:
+async def test_relay_survives_a_nats_outage(
+    factory: sessionmaker[Session], tmp_path: Path, settings: RtopsSettings
+) -> None:
     """A NATS server of the test's own, stopped and restarted on the same port and store."""
     store = tmp_path / "nats-outage"
     server = EmbeddedNats(store, port=0).start()
@@ -677,27 +730,32 @@ async def test_relay_survives_a_nats_outage(factory: sessionmaker[Session], tmp_
 
     try:
         async with running_link(own, "outage") as link:
-            relay = OutboxRelay(factory, Outbox, link.publish, idle_poll_s=0.2,
-                                retry_delay_s=0.1)
+            relay = OutboxRelay(factory, Outbox, link.publish, idle_poll_s=0.2, retry_delay_s=0.1)
             task = asyncio.create_task(relay.run())
             try:
                 queue(factory, events[:3])
                 relay.wake()
-                await eventually(lambda: outbox_depth(factory, Outbox) == 0,
-                                 message="first rows sent")
+                await eventually(
+                    lambda: outbox_depth(factory, Outbox) == 0, message="first rows sent"
+                )
 
                 server.stop()
                 await eventually(lambda: not link.connected, message="link to notice outage")
                 queue(factory, events[3:])
                 relay.wake()
-                await eventually(lambda: outbox_rows(factory)[3].attempts >= 2,
-                                 message="relay retrying during the outage")
+                await eventually(
+                    lambda: outbox_rows(factory)[3].attempts >= 2,
+                    message="relay retrying during the outage",
+                )
                 assert outbox_depth(factory, Outbox) == 3
 
                 server = EmbeddedNats(store, port=server.port).start()
                 assert server.url == own.nats_url, "port taken meanwhile; the client can't return"
-                await eventually(lambda: outbox_depth(factory, Outbox) == 0, within=30,
-                                 message="rows sent after NATS came back")
+                await eventually(
+                    lambda: outbox_depth(factory, Outbox) == 0,
+                    within=30,
+                    message="rows sent after NATS came back",
+                )
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -23,10 +23,11 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from shared.audit import AuditMixin, record_access
 from shared.auth import Principal, dev_signing_key, issue_dev_token, require_roles
-from shared.db import drop_schema, ensure_schema, make_engine, new_metadata, session_factory
+from shared.db import new_metadata
 from shared.errors import NotFound
 from shared.settings import RtopsSettings
 from shared.web import PROBLEM_JSON, ReadinessCheck, create_app
+from tests.support import scratch_database
 
 ISSUER = "https://idp.example.org/realms/rtops"
 KID = "test-key-1"
@@ -47,8 +48,12 @@ def orders_router() -> APIRouter:
         body: Prescription,
         principal: Annotated[Principal, require_roles("physician")],
     ) -> dict[str, Any]:
-        return {"by": principal.user, "roles": sorted(principal.roles),
-                "patient_id": body.patient_id, "per_fraction_gy": body.dose_gy / body.fractions}
+        return {
+            "by": principal.user,
+            "roles": sorted(principal.roles),
+            "patient_id": body.patient_id,
+            "per_fraction_gy": body.dose_gy / body.fractions,
+        }
 
     @router.get("/patients/{patient_id}")
     async def patient(patient_id: str) -> dict[str, str]:
@@ -65,11 +70,16 @@ async def broker_down() -> None:
     raise ConnectionError("not connected to NATS")
 
 
-def make_app(settings: RtopsSettings,
-             readiness: dict[str, ReadinessCheck] | None = None) -> FastAPI:
-    return create_app(title="test", settings=settings, registry=CollectorRegistry(),
-                      readiness=readiness if readiness is not None else {"database": passing},
-                      routers=[orders_router()])
+def make_app(
+    settings: RtopsSettings, readiness: dict[str, ReadinessCheck] | None = None
+) -> FastAPI:
+    return create_app(
+        title="test",
+        settings=settings,
+        registry=CollectorRegistry(),
+        readiness=readiness if readiness is not None else {"database": passing},
+        routers=[orders_router()],
+    )
 
 
 def client_for(app: FastAPI) -> httpx.AsyncClient:
@@ -170,36 +180,41 @@ async def test_no_token_is_401_with_challenge(client: httpx.AsyncClient) -> None
     assert "Authorization: Bearer" in body["detail"]
 
 
-@pytest.mark.parametrize("header", ["Bearer not-a-jwt", "Bearer ", "Basic dXNlcjpwYXNz"],
-                         ids=["garbage", "empty", "basic"])
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer not-a-jwt", "Bearer ", "Basic dXNlcjpwYXNz"],
+    ids=["garbage", "empty", "basic"],
+)
 async def test_bad_token_is_401(client: httpx.AsyncClient, header: str) -> None:
-    response = await client.post("/prescriptions", json=ORDER,
-                                 headers={"Authorization": header})
+    response = await client.post("/prescriptions", json=ORDER, headers={"Authorization": header})
     assert_problem(response, 401)
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-async def test_token_signed_with_another_key_is_401(client: httpx.AsyncClient,
-                                                    settings: RtopsSettings) -> None:
+async def test_token_signed_with_another_key_is_401(
+    client: httpx.AsyncClient, settings: RtopsSettings
+) -> None:
     other = settings.model_copy(update={"dev_signing_key": "another-installation-" + "k" * 32})
     token = issue_dev_token(other, user="mallory", roles=["physician"])
-    body = assert_problem(await client.post("/prescriptions", json=ORDER,
-                                            headers=bearer(token)), 401)
+    body = assert_problem(
+        await client.post("/prescriptions", json=ORDER, headers=bearer(token)), 401
+    )
     assert "Signature verification failed" in body["detail"]
 
 
 async def test_expired_token_is_401(client: httpx.AsyncClient, settings: RtopsSettings) -> None:
-    token = issue_dev_token(settings, user="drwho", roles=["physician"],
-                            ttl=timedelta(seconds=-1))
-    body = assert_problem(await client.post("/prescriptions", json=ORDER,
-                                            headers=bearer(token)), 401)
+    token = issue_dev_token(settings, user="drwho", roles=["physician"], ttl=timedelta(seconds=-1))
+    body = assert_problem(
+        await client.post("/prescriptions", json=ORDER, headers=bearer(token)), 401
+    )
     assert "expired" in body["detail"]
 
 
 async def test_wrong_role_is_403(client: httpx.AsyncClient, settings: RtopsSettings) -> None:
     token = issue_dev_token(settings, user="rtt1", roles=["therapist", "physicist"])
-    body = assert_problem(await client.post("/prescriptions", json=ORDER,
-                                            headers=bearer(token)), 403)
+    body = assert_problem(
+        await client.post("/prescriptions", json=ORDER, headers=bearer(token)), 403
+    )
     assert "physician" in body["detail"]
     assert "rtt1" in body["detail"]
 
@@ -208,19 +223,29 @@ async def test_right_role_is_200(client: httpx.AsyncClient, settings: RtopsSetti
     token = issue_dev_token(settings, user="drwho", roles=["physician", "admin"])
     response = await client.post("/prescriptions", json=ORDER, headers=bearer(token))
     assert response.status_code == 200, response.text
-    assert response.json() == {"by": "drwho", "roles": ["admin", "physician"],
-                               "patient_id": "RT-0001", "per_fraction_gy": 2.0}
+    assert response.json() == {
+        "by": "drwho",
+        "roles": ["admin", "physician"],
+        "patient_id": "RT-0001",
+        "per_fraction_gy": 2.0,
+    }
 
 
-async def test_invalid_body_is_422_with_errors(client: httpx.AsyncClient,
-                                               settings: RtopsSettings) -> None:
+async def test_invalid_body_is_422_with_errors(
+    client: httpx.AsyncClient, settings: RtopsSettings
+) -> None:
     token = issue_dev_token(settings, user="drwho", roles=["physician"])
-    response = await client.post("/prescriptions", headers=bearer(token),
-                                 json={"patient_id": "", "dose_gy": 60, "fractions": "many"})
+    response = await client.post(
+        "/prescriptions",
+        headers=bearer(token),
+        json={"patient_id": "", "dose_gy": 60, "fractions": "many"},
+    )
     body = assert_problem(response, 422)
     fields = {tuple(e["loc"]): e["type"] for e in body["errors"]}
-    assert fields == {("body", "patient_id"): "string_too_short",
-                      ("body", "fractions"): "int_parsing"}
+    assert fields == {
+        ("body", "patient_id"): "string_too_short",
+        ("body", "fractions"): "int_parsing",
+    }
     assert all(e["msg"] for e in body["errors"])
 
 
@@ -261,8 +286,10 @@ def test_configured_dev_signing_key_writes_no_file(settings: RtopsSettings) -> N
     key = "from-the-environment-" + "k" * 32
     configured = settings.model_copy(update={"dev_signing_key": key})
     token = issue_dev_token(configured, user="drwho", roles=["physician"])
-    assert jwt.decode(token, key, algorithms=["HS256"],
-                      audience=configured.oidc_audience)["sub"] == "drwho"
+    assert (
+        jwt.decode(token, key, algorithms=["HS256"], audience=configured.oidc_audience)["sub"]
+        == "drwho"
+    )
     assert not (settings.var_dir / "jwt.key").exists()
 
 
@@ -303,13 +330,21 @@ class Idp:
     def token(self, *, key: rsa.RSAPrivateKey | None = None, **overrides: Any) -> str:
         now = datetime.now(UTC)
         claims: dict[str, Any] = {
-            "iss": ISSUER, "aud": "rtops", "sub": "f3c1-uuid", "preferred_username": "drwho",
-            "iat": now, "exp": now + timedelta(minutes=5),
+            "iss": ISSUER,
+            "aud": "rtops",
+            "sub": "f3c1-uuid",
+            "preferred_username": "drwho",
+            "iat": now,
+            "exp": now + timedelta(minutes=5),
             "realm_access": {"roles": ["physician", "offline_access"]},
         }
         claims.update(overrides)
-        return jwt.encode({k: v for k, v in claims.items() if v is not None}, key or self.key,
-                          algorithm="RS256", headers={"kid": KID})
+        return jwt.encode(
+            {k: v for k, v in claims.items() if v is not None},
+            key or self.key,
+            algorithm="RS256",
+            headers={"kid": KID},
+        )
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -326,15 +361,21 @@ def idp() -> Iterator[Idp]:
 
 @pytest.fixture
 async def oidc_client(settings: RtopsSettings, idp: Idp) -> AsyncIterator[httpx.AsyncClient]:
-    oidc = settings.model_copy(update={"oidc_jwks_url": idp.jwks_url, "oidc_issuer": ISSUER,
-                                       "oidc_audience": "rtops",
-                                       "roles_claim": "realm_access.roles"})
+    oidc = settings.model_copy(
+        update={
+            "oidc_jwks_url": idp.jwks_url,
+            "oidc_issuer": ISSUER,
+            "oidc_audience": "rtops",
+            "roles_claim": "realm_access.roles",
+        }
+    )
     async with client_for(make_app(oidc)) as c:
         yield c
 
 
-async def test_oidc_token_with_right_issuer_and_audience(oidc_client: httpx.AsyncClient,
-                                                         idp: Idp) -> None:
+async def test_oidc_token_with_right_issuer_and_audience(
+    oidc_client: httpx.AsyncClient, idp: Idp
+) -> None:
     before = idp.requests
     response = await oidc_client.post("/prescriptions", json=ORDER, headers=bearer(idp.token()))
     assert response.status_code == 200, response.text
@@ -344,47 +385,57 @@ async def test_oidc_token_with_right_issuer_and_audience(oidc_client: httpx.Asyn
     assert idp.requests > before  # each app fetched the key from the JWKS endpoint
 
 
-@pytest.mark.parametrize(("overrides", "reason"), [
-    ({"aud": "another-app"}, "Audience doesn't match"),
-    ({"iss": "https://evil.example.org/"}, "Invalid issuer"),
-    ({"exp": datetime.now(UTC) - timedelta(minutes=1)}, "expired"),
-    ({"exp": None}, 'Token is missing the "exp" claim'),
-], ids=["audience", "issuer", "expired", "no-exp"])
-async def test_oidc_token_with_wrong_claims_is_401(oidc_client: httpx.AsyncClient, idp: Idp,
-                                                   overrides: dict[str, Any],
-                                                   reason: str) -> None:
-    response = await oidc_client.post("/prescriptions", json=ORDER,
-                                      headers=bearer(idp.token(**overrides)))
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"aud": "another-app"}, "Audience doesn't match"),
+        ({"iss": "https://evil.example.org/"}, "Invalid issuer"),
+        ({"exp": datetime.now(UTC) - timedelta(minutes=1)}, "expired"),
+        ({"exp": None}, 'Token is missing the "exp" claim'),
+    ],
+    ids=["audience", "issuer", "expired", "no-exp"],
+)
+async def test_oidc_token_with_wrong_claims_is_401(
+    oidc_client: httpx.AsyncClient, idp: Idp, overrides: dict[str, Any], reason: str
+) -> None:
+    response = await oidc_client.post(
+        "/prescriptions", json=ORDER, headers=bearer(idp.token(**overrides))
+    )
     body = assert_problem(response, 401)
     assert reason in body["detail"]
 
 
-async def test_oidc_token_signed_by_another_key_is_401(oidc_client: httpx.AsyncClient,
-                                                       idp: Idp) -> None:
+async def test_oidc_token_signed_by_another_key_is_401(
+    oidc_client: httpx.AsyncClient, idp: Idp
+) -> None:
     forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    response = await oidc_client.post("/prescriptions", json=ORDER,
-                                      headers=bearer(idp.token(key=forger)))
+    response = await oidc_client.post(
+        "/prescriptions", json=ORDER, headers=bearer(idp.token(key=forger))
+    )
     assert_problem(response, 401)
 
 
-async def test_oidc_mode_rejects_dev_tokens(oidc_client: httpx.AsyncClient,
-                                            settings: RtopsSettings) -> None:
+async def test_oidc_mode_rejects_dev_tokens(
+    oidc_client: httpx.AsyncClient, settings: RtopsSettings
+) -> None:
     # An HS256 token from the embedded setup must not pass once an issuer is configured.
     token = issue_dev_token(settings, user="drwho", roles=["physician"])
-    assert_problem(await oidc_client.post("/prescriptions", json=ORDER, headers=bearer(token)),
-                   401)
+    assert_problem(await oidc_client.post("/prescriptions", json=ORDER, headers=bearer(token)), 401)
 
 
-async def test_oidc_roles_are_read_from_the_configured_claim(oidc_client: httpx.AsyncClient,
-                                                             idp: Idp) -> None:
+async def test_oidc_roles_are_read_from_the_configured_claim(
+    oidc_client: httpx.AsyncClient, idp: Idp
+) -> None:
     # Roles at the top level are not the configured claim and must not count.
     token = idp.token(roles=["physician"], realm_access={"roles": ["therapist"]})
-    body = assert_problem(await oidc_client.post("/prescriptions", json=ORDER,
-                                                 headers=bearer(token)), 403)
+    body = assert_problem(
+        await oidc_client.post("/prescriptions", json=ORDER, headers=bearer(token)), 403
+    )
     assert "drwho has therapist" in body["detail"]
     no_roles = idp.token(realm_access=None)
-    body = assert_problem(await oidc_client.post("/prescriptions", json=ORDER,
-                                                 headers=bearer(no_roles)), 403)
+    body = assert_problem(
+        await oidc_client.post("/prescriptions", json=ORDER, headers=bearer(no_roles)), 403
+    )
     assert "has none" in body["detail"]
 
 
@@ -401,14 +452,8 @@ class AuditLog(AuditMixin, AuditBase):
 
 @pytest.fixture
 def audit_db(settings: RtopsSettings) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(settings, "audittest")
-    ensure_schema(engine, settings, "audittest")
-    AuditBase.metadata.create_all(engine)
-    try:
-        yield session_factory(engine)
-    finally:
-        drop_schema(engine, settings, "audittest")
-        engine.dispose()
+    with scratch_database(settings, "audittest", AuditBase.metadata) as factory:
+        yield factory
 
 
 def audit_rows(factory: sessionmaker[Session]) -> list[AuditLog]:
@@ -419,18 +464,27 @@ def audit_rows(factory: sessionmaker[Session]) -> list[AuditLog]:
 PHYSICIAN = Principal(user="drwho", roles=frozenset({"physician", "admin"}))
 
 
-def test_record_access_writes_one_row_per_distinct_patient(
-        audit_db: sessionmaker[Session]) -> None:
+def test_record_access_writes_one_row_per_distinct_patient(audit_db: sessionmaker[Session]) -> None:
     before = datetime.now(UTC)
     with audit_db.begin() as session:
-        record_access(session, AuditLog, PHYSICIAN, action="read", resource="/courses?site=main",
-                      patient_ids=["RT-2", "RT-1", "RT-2", None, ""])
+        record_access(
+            session,
+            AuditLog,
+            PHYSICIAN,
+            action="read",
+            resource="/courses?site=main",
+            patient_ids=["RT-2", "RT-1", "RT-2", None, ""],
+        )
 
     rows = audit_rows(audit_db)
     assert [r.patient_id for r in rows] == ["RT-1", "RT-2"]
     for row in rows:
-        assert (row.user, row.roles, row.action, row.resource) == \
-            ("drwho", "admin,physician", "read", "/courses?site=main")
+        assert (row.user, row.roles, row.action, row.resource) == (
+            "drwho",
+            "admin,physician",
+            "read",
+            "/courses?site=main",
+        )
         at = row.at if row.at.tzinfo else row.at.replace(tzinfo=UTC)  # SQLite drops the zone
         assert at >= before - timedelta(seconds=1)
 
@@ -438,20 +492,30 @@ def test_record_access_writes_one_row_per_distinct_patient(
 def test_record_access_without_patients_leaves_one_row(audit_db: sessionmaker[Session]) -> None:
     therapist = Principal(user="rtt1", roles=frozenset({"therapist"}))
     with audit_db.begin() as session:
-        record_access(session, AuditLog, therapist, action="list", resource="/schedule",
-                      patient_ids=[])
-        record_access(session, AuditLog, therapist, action="write", resource="x" * 600,
-                      patient_ids=iter([None]))
+        record_access(
+            session, AuditLog, therapist, action="list", resource="/schedule", patient_ids=[]
+        )
+        record_access(
+            session,
+            AuditLog,
+            therapist,
+            action="write",
+            resource="x" * 600,
+            patient_ids=iter([None]),
+        )
 
     rows = audit_rows(audit_db)
     assert [(r.user, r.roles, r.action, r.patient_id) for r in rows] == [
-        ("rtt1", "therapist", "list", None), ("rtt1", "therapist", "write", None)]
+        ("rtt1", "therapist", "list", None),
+        ("rtt1", "therapist", "write", None),
+    ]
     assert len(rows[1].resource) == 500
 
 
 def test_audit_rows_are_part_of_the_callers_transaction(audit_db: sessionmaker[Session]) -> None:
     with pytest.raises(RuntimeError), audit_db.begin() as session:
-        record_access(session, AuditLog, PHYSICIAN, action="write", resource="/plans/1",
-                      patient_ids=["RT-1"])
+        record_access(
+            session, AuditLog, PHYSICIAN, action="write", resource="/plans/1", patient_ids=["RT-1"]
+        )
         raise RuntimeError("the change itself failed")
     assert audit_rows(audit_db) == []
