@@ -1,0 +1,273 @@
+"""Image-review compliance rules: pure functions over plain data, with time and policy passed in.
+
+No clock, no settings, no I/O: ``now`` and the ``ReviewPolicy`` (with the clinic's calendar
+already resolved to a set of closed days) are arguments, so every rule is tested table-driven.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+
+class ReviewStatus(StrEnum):
+    NOT_IMAGED = "not_imaged"
+    PENDING = "pending"
+    REVIEWED_ON_TIME = "reviewed_on_time"
+    REVIEWED_LATE = "reviewed_late"
+    OVERDUE = "overdue"
+
+
+class Decision(StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Largest couch correction that needs no documented override (limits inclusive)."""
+
+    translation_mm: float
+    rotation_deg: float
+
+
+@dataclass(frozen=True)
+class ClinicCalendar:
+    """When the clinic works: its zone, its working weekdays (0 = Monday) and closed days."""
+
+    zone: ZoneInfo
+    # Any container of dates: a frozenset, or a ``holidays`` calendar (which computes the
+    # years it is asked about, so a long-running service never runs out of holidays).
+    closed_days: Container[date] = frozenset()
+    workdays: frozenset[int] = frozenset({0, 1, 2, 3, 4})
+
+    def is_business_day(self, day: date) -> bool:
+        return day.weekday() in self.workdays and day not in self.closed_days
+
+
+@dataclass(frozen=True)
+class ReviewPolicy:
+    """Clinical conventions, not regulations, except where marked; every value configurable."""
+
+    calendar: ClinicCalendar
+    # ASTRO Coding FAQ, IGRT: images and shifts must be reviewed and approved by the radiation
+    # oncologist before the patient's next treatment (the condition for billing IGRT).
+    before_next_fraction: bool = True
+    # Site policy: and in any case within this many business hours of the imaged fraction.
+    max_business_hours: float = 24.0
+    default_tolerance: Tolerance = Tolerance(translation_mm=5.0, rotation_deg=3.0)
+    # By technique or site (keys compared case-insensitively), e.g. SBRT 2 mm / 1 degree.
+    tolerances: Mapping[str, Tolerance] = field(
+        default_factory=lambda: {"SBRT": Tolerance(translation_mm=2.0, rotation_deg=1.0)}
+    )
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A couch correction from an image match: translation (mm) and rotation (degrees) per
+    axis; either may be unknown."""
+
+    translation_mm: tuple[float, float, float] | None = None
+    rotation_deg: tuple[float, float, float] | None = None
+
+    @property
+    def largest_translation_mm(self) -> float | None:
+        if self.translation_mm is None:
+            return None
+        return max(abs(v) for v in self.translation_mm)
+
+    @property
+    def largest_rotation_deg(self) -> float | None:
+        if self.rotation_deg is None:
+            return None
+        return max(abs(v) for v in self.rotation_deg)
+
+
+@dataclass(frozen=True)
+class Review:
+    decision: Decision
+    reviewed_at: datetime
+    physician: str
+    override_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class FractionFacts:
+    """What the rules need about one treated fraction."""
+
+    treated_at: datetime
+    imaged: bool
+    next_fraction_at: datetime | None = None
+    correction: Correction | None = None
+    technique: str | None = None
+    site: str | None = None
+    reviews: Sequence[Review] = ()
+
+
+@dataclass(frozen=True)
+class Assessment:
+    status: ReviewStatus
+    due_at: datetime | None
+    override_required: bool
+    override_documented: bool
+    rejected: bool  # the latest review rejected the images/shifts
+
+
+# ---------------------------------------------------------------- time
+
+
+def add_business_hours(start: datetime, hours: float, calendar: ClinicCalendar) -> datetime:
+    """``start`` plus ``hours`` of business time: time passes only on business days (whole
+    days, in the clinic's zone). A start on a closed day counts from the next business day's
+    midnight. Friday 10:00 + 24 h is Monday 10:00; with Monday a holiday, Tuesday 10:00."""
+    local = start.astimezone(calendar.zone)
+    remaining = timedelta(hours=hours)
+    day = local.date()
+    cursor = local
+    while True:
+        if calendar.is_business_day(day):
+            day_end = _local_midnight(day + timedelta(days=1), calendar.zone)
+            available = day_end - cursor
+            if remaining <= available:
+                return (cursor + remaining).astimezone(start.tzinfo)
+            remaining -= available
+        day += timedelta(days=1)
+        cursor = _local_midnight(day, calendar.zone)
+
+
+def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=zone)
+
+
+def due_at(fraction: FractionFacts, policy: ReviewPolicy) -> datetime:
+    """The earlier of the next fraction's start and the business-hour limit."""
+    limit = add_business_hours(fraction.treated_at, policy.max_business_hours, policy.calendar)
+    if policy.before_next_fraction and fraction.next_fraction_at is not None:
+        return min(limit, fraction.next_fraction_at)
+    return limit
+
+
+# ---------------------------------------------------------------- corrections
+
+
+def tolerance_for(policy: ReviewPolicy, *, technique: str | None, site: str | None) -> Tolerance:
+    """The technique's tolerance, else the site's, else the default."""
+    table = {k.casefold(): v for k, v in policy.tolerances.items()}
+    for key in (technique, site):
+        if key and key.casefold() in table:
+            return table[key.casefold()]
+    return policy.default_tolerance
+
+
+def exceeds(correction: Correction | None, tolerance: Tolerance) -> bool:
+    """True when any axis is beyond tolerance; a value exactly at the limit is within it."""
+    if correction is None:
+        return False
+    translation = correction.largest_translation_mm
+    rotation = correction.largest_rotation_deg
+    return (translation is not None and translation > tolerance.translation_mm) or (
+        rotation is not None and rotation > tolerance.rotation_deg
+    )
+
+
+# ---------------------------------------------------------------- status
+
+
+def assess(fraction: FractionFacts, *, now: datetime, policy: ReviewPolicy) -> Assessment:
+    """Review status of one fraction at ``now``.
+
+    The first review (approved or rejected) is the documented review; it is on time when
+    documented at or before the due time. A rejected review stays a review, flagged
+    ``rejected`` until a later review approves.
+    """
+    tolerance = tolerance_for(policy, technique=fraction.technique, site=fraction.site)
+    override_required = fraction.imaged and exceeds(fraction.correction, tolerance)
+    reviews = sorted(fraction.reviews, key=lambda r: r.reviewed_at)
+    override_documented = any(r.override_reason and r.override_reason.strip() for r in reviews)
+    rejected = bool(reviews) and reviews[-1].decision == Decision.REJECTED
+    if not fraction.imaged:
+        return Assessment(ReviewStatus.NOT_IMAGED, None, False, override_documented, rejected)
+    due = due_at(fraction, policy)
+    if reviews:
+        on_time = reviews[0].reviewed_at <= due
+        status = ReviewStatus.REVIEWED_ON_TIME if on_time else ReviewStatus.REVIEWED_LATE
+    else:
+        status = ReviewStatus.OVERDUE if now > due else ReviewStatus.PENDING
+    return Assessment(status, due, override_required, override_documented, rejected)
+
+
+# ---------------------------------------------------------------- weekly summary
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One fraction in a weekly report."""
+
+    machine: str | None
+    physician: str | None
+    status: ReviewStatus
+    override_required: bool
+    override_documented: bool
+
+
+@dataclass(frozen=True)
+class Tally:
+    imaged_fractions: int
+    reviewed_on_time: int
+    reviewed_late: int
+    overdue: int
+    pending: int
+    overrides_required: int
+    overrides_documented: int
+    compliance_pct: float | None  # reviewed on time / imaged fractions x 100
+
+    def as_dict(self) -> dict[str, int | float | None]:
+        return dict(self.__dict__)
+
+
+def tally(rows: Iterable[SummaryRow]) -> Tally:
+    imaged = [r for r in rows if r.status != ReviewStatus.NOT_IMAGED]
+    counts = Counter(r.status for r in imaged)
+    on_time = counts[ReviewStatus.REVIEWED_ON_TIME]
+    return Tally(
+        imaged_fractions=len(imaged),
+        reviewed_on_time=on_time,
+        reviewed_late=counts[ReviewStatus.REVIEWED_LATE],
+        overdue=counts[ReviewStatus.OVERDUE],
+        pending=counts[ReviewStatus.PENDING],
+        overrides_required=sum(r.override_required for r in imaged),
+        overrides_documented=sum(r.override_required and r.override_documented for r in imaged),
+        compliance_pct=round(100.0 * on_time / len(imaged), 1) if imaged else None,
+    )
+
+
+@dataclass(frozen=True)
+class WeeklySummary:
+    total: Tally
+    by_machine: dict[str, Tally]
+    by_physician: dict[str, Tally]
+
+
+def weekly_summary(rows: Sequence[SummaryRow]) -> WeeklySummary:
+    def group(key: str) -> dict[str, Tally]:
+        names = sorted({getattr(r, key) or "unassigned" for r in rows})
+        return {n: tally(r for r in rows if (getattr(r, key) or "unassigned") == n) for n in names}
+
+    return WeeklySummary(
+        total=tally(rows), by_machine=group("machine"), by_physician=group("physician")
+    )
+
+
+def iso_week_bounds(week: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """``YYYY-Www`` to [Monday 00:00, next Monday 00:00) in the clinic's zone."""
+    try:
+        year, number = week.split("-W")
+        monday = date.fromisocalendar(int(year), int(number), 1)
+    except ValueError as exc:
+        raise ValueError(f"week {week!r} is not an ISO week such as 2026-W48") from exc
+    start = _local_midnight(monday, zone)
+    return start, _local_midnight(monday + timedelta(days=7), zone)
