@@ -271,3 +271,106 @@ def iso_week_bounds(week: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
         raise ValueError(f"week {week!r} is not an ISO week such as 2026-W48") from exc
     start = _local_midnight(monday, zone)
     return start, _local_midnight(monday + timedelta(days=7), zone)
+
+
+# ---------------------------------------------------------------- matching events to fractions
+#
+# Events arrive in any order and more than once, so matching is recomputed from everything
+# known about a patient: the same facts give the same matches whatever the arrival order.
+
+
+@dataclass(frozen=True)
+class TreatedFraction:
+    key: str
+    patient_id: str
+    machine: str | None
+    started_at: datetime
+    ended_at: datetime
+
+
+@dataclass(frozen=True)
+class ImagingSession:
+    key: str
+    patient_id: str
+    machine: str | None
+    acquired_at: datetime
+
+
+@dataclass(frozen=True)
+class Match:
+    key: str
+    patient_id: str
+    machine: str | None
+    at: datetime
+    series_keys: tuple[str, ...] = ()
+
+
+def match_imaging(
+    fractions: Sequence[TreatedFraction],
+    sessions: Sequence[ImagingSession],
+    *,
+    zone: ZoneInfo,
+    same_machine: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Imaging session key -> the fraction it prepared: same patient, same machine (or the
+    machine its imaging device belongs to, ``same_machine``), same clinic day, acquired at or
+    before the end of that fraction's delivery; of several, the first fraction not yet
+    finished when the image was taken. Sessions matching no fraction are left out."""
+    alias = same_machine or {}
+    matched: dict[str, str] = {}
+    for session in sessions:
+        day = session.acquired_at.astimezone(zone).date()
+        machine = alias.get(session.machine or "", session.machine)
+        candidates = [
+            f
+            for f in fractions
+            if f.patient_id == session.patient_id
+            and (machine is None or f.machine is None or f.machine == machine)
+            and f.started_at.astimezone(zone).date() == day
+            and session.acquired_at <= f.ended_at
+        ]
+        if candidates:
+            best = min(candidates, key=lambda f: (f.ended_at, f.key))
+            matched[session.key] = best.key
+    return matched
+
+
+def next_fraction_starts(fractions: Sequence[TreatedFraction]) -> dict[str, datetime | None]:
+    """Fraction key -> when the same patient's next fraction started (None for the last)."""
+    by_patient: dict[str, list[TreatedFraction]] = {}
+    for f in fractions:
+        by_patient.setdefault(f.patient_id, []).append(f)
+    result: dict[str, datetime | None] = {}
+    for items in by_patient.values():
+        ordered = sorted(items, key=lambda f: (f.started_at, f.key))
+        for i, f in enumerate(ordered):
+            later = [g.started_at for g in ordered[i + 1 :] if g.started_at > f.started_at]
+            result[f.key] = later[0] if later else None
+    return result
+
+
+def match_registrations(
+    registrations: Sequence[Match], sessions: Sequence[ImagingSession], *, zone: ZoneInfo
+) -> dict[str, str]:
+    """Registration key -> the imaging session it matched: the session whose series it
+    names, else the latest session of the same patient and machine, the same clinic day,
+    acquired at or before the registration."""
+    by_key = {s.key: s for s in sessions}
+    matched: dict[str, str] = {}
+    for reg in registrations:
+        named = [k for k in reg.series_keys if k in by_key]
+        if named:
+            matched[reg.key] = sorted(named)[0]
+            continue
+        day = reg.at.astimezone(zone).date()
+        earlier = [
+            s
+            for s in sessions
+            if s.patient_id == reg.patient_id
+            and (reg.machine is None or s.machine is None or s.machine == reg.machine)
+            and s.acquired_at.astimezone(zone).date() == day
+            and s.acquired_at <= reg.at
+        ]
+        if earlier:
+            matched[reg.key] = max(earlier, key=lambda s: (s.acquired_at, s.key)).key
+    return matched

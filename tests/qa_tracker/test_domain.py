@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from itertools import permutations
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,16 +13,22 @@ from services.qa_tracker.domain import (
     Correction,
     Decision,
     FractionFacts,
+    ImagingSession,
+    Match,
     Review,
     ReviewPolicy,
     ReviewStatus,
     SummaryRow,
     Tolerance,
+    TreatedFraction,
     add_business_hours,
     assess,
     due_at,
     exceeds,
     iso_week_bounds,
+    match_imaging,
+    match_registrations,
+    next_fraction_starts,
     tolerance_for,
     weekly_summary,
 )
@@ -228,3 +235,92 @@ def test_iso_week_bounds(week: str, monday: date) -> None:
 def test_iso_week_bounds_rejects_bad_weeks(week: str) -> None:
     with pytest.raises(ValueError, match="ISO week"):
         iso_week_bounds(week, NY)
+
+
+# ---------------------------------------------------------------- matching
+
+
+def frac(
+    key: str,
+    start: str,
+    minutes: int = 10,
+    *,
+    patient: str = "P1",
+    machine: str | None = "TrueBeam1",
+    day: str = "2026-11-23",
+) -> TreatedFraction:
+    begin = ny(day, start)
+    return TreatedFraction(key, patient, machine, begin, begin + timedelta(minutes=minutes))
+
+
+def cbct(
+    key: str,
+    at: str,
+    *,
+    patient: str = "P1",
+    machine: str | None = "TrueBeam1",
+    day: str = "2026-11-23",
+) -> ImagingSession:
+    return ImagingSession(key, patient, machine, ny(day, at))
+
+
+def test_imaging_matches_the_fraction_it_prepared() -> None:
+    fractions = [frac("am", "08:00"), frac("pm", "15:00")]  # twice daily
+    sessions = [
+        cbct("cb-am", "07:55"),
+        cbct("cb-pm", "14:50"),
+        cbct("cb-during", "15:05"),  # acquired during delivery: still that fraction
+        cbct("cb-after", "16:00"),  # after the last fraction ended: none
+        cbct("cb-other-patient", "07:55", patient="P2"),
+        cbct("cb-other-machine", "07:55", machine="TrueBeam2"),
+        cbct("cb-yesterday", "08:00", day="2026-11-22"),
+    ]
+    assert match_imaging(fractions, sessions, zone=NY) == {
+        "cb-am": "am",
+        "cb-pm": "pm",
+        "cb-during": "pm",
+    }
+
+
+def test_imaging_device_can_belong_to_a_linac() -> None:
+    matched = match_imaging(
+        [frac("f", "08:00")],
+        [cbct("xvi", "07:55", machine="XVI1")],
+        zone=NY,
+        same_machine={"XVI1": "TrueBeam1"},
+    )
+    assert matched == {"xvi": "f"}
+
+
+def test_matching_does_not_depend_on_arrival_order() -> None:
+    fractions = [frac("a", "08:00"), frac("b", "15:00"), frac("c", "08:00", day="2026-11-24")]
+    sessions = [cbct("1", "07:50"), cbct("2", "14:55"), cbct("3", "07:58", day="2026-11-24")]
+    results = {
+        tuple(sorted(match_imaging(list(fs), list(ss), zone=NY).items()))
+        for fs in permutations(fractions)
+        for ss in permutations(sessions)
+    }
+    assert results == {(("1", "a"), ("2", "b"), ("3", "c"))}
+
+
+def test_next_fraction_of_the_same_patient() -> None:
+    fractions = [
+        frac("mon", "08:00"),
+        frac("tue", "08:00", day="2026-11-24"),
+        frac("other", "09:00", patient="P2"),
+    ]
+    assert next_fraction_starts(fractions) == {
+        "mon": ny("2026-11-24", "08:00"),
+        "tue": None,
+        "other": None,
+    }
+
+
+def test_registration_matches_named_series_else_the_latest_earlier_session() -> None:
+    sessions = [cbct("s1", "07:50"), cbct("s2", "08:20")]
+    regs = [
+        Match("named", "P1", "TrueBeam1", ny("2026-11-23", "09:00"), series_keys=("s1",)),
+        Match("by-time", "P1", "TrueBeam1", ny("2026-11-23", "08:25")),
+        Match("too-early", "P1", "TrueBeam1", ny("2026-11-23", "07:40")),
+    ]
+    assert match_registrations(regs, sessions, zone=NY) == {"named": "s1", "by-time": "s2"}
