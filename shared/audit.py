@@ -9,16 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Integer, String
+from sqlalchemy import Integer, String
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from shared.auth import Principal
+from shared.db import UtcDateTime
 
 
 class AuditMixin:
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     user: Mapped[str] = mapped_column(String(200))
     roles: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(10))

@@ -9,10 +9,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy import (
+    DateTime,
+    Dialect,
+    Engine,
+    MetaData,
+    TypeDecorator,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import RtopsSettings
@@ -138,3 +148,28 @@ def run_alembic_env(target_metadata: MetaData) -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+
+
+def as_utc(value: datetime) -> datetime:
+    """A timestamp read back from the database, timezone-aware: SQLite returns timezone-aware
+    columns naive, and rtops stores every timestamp in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and read back timezone-aware on every backend. SQLite keeps
+    no offset: without this, an aware local time would be stored as its wall time and read
+    back as UTC, hours off."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: rtops stores aware timestamps only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)

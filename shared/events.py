@@ -57,16 +57,21 @@ class StoredObject(_Frozen):
     transfer_syntax_uid: str
 
 
-class DicomEvent(_Frozen):
-    """Fields every payload derived from a stored DICOM object carries."""
+class EventPayload(_Frozen):
+    """Every payload: a type, a version and the business key its event id derives from."""
 
     type: ClassVar[str]
     version: int
     patient: Patient
-    source: SourceDevice
 
     def business_key(self) -> str:  # pragma: no cover - every subclass overrides
         raise NotImplementedError
+
+
+class DicomEvent(EventPayload):
+    """Fields every payload derived from a stored DICOM object carries."""
+
+    source: SourceDevice
 
 
 # ---------------------------------------------------------------- plan.received
@@ -344,14 +349,62 @@ class RegistrationReceived(DicomEvent):
         return f"{self.object.sop_instance_uid}:{self.object.revision}"
 
 
-PAYLOADS: tuple[type[DicomEvent], ...] = (
+# ---------------------------------------------------------------- qa_tracker
+
+
+class ReviewDocumented(EventPayload):
+    """A physician documented the review of a fraction's image guidance (through the API, or an
+    RT Image approval). Billing uses it for image-guidance charges: ASTRO's condition is a
+    review before the next fraction (``on_time``)."""
+
+    type: ClassVar[str] = "rtops.qa.review.documented"
+    version: Literal[1] = 1
+    review_id: int
+    fraction_key: str = Field(description="patient|plan|fraction group|fraction number")
+    plan_uid: str | None = None
+    fraction_number: int | None = None
+    treated_at: datetime
+    machine: str | None = None
+    decision: Literal["approved", "rejected"]
+    physician: str
+    reviewed_at: datetime
+    due_at: datetime | None = None
+    on_time: bool
+    override_required: bool = False
+    override_reason: str | None = None
+    origin: Literal["api", "dicom_approval"] = "api"
+
+    def business_key(self) -> str:
+        return f"review:{self.review_id}"
+
+
+class ReviewOverdue(EventPayload):
+    """A fraction's review passed its due time undocumented (published once per fraction)."""
+
+    type: ClassVar[str] = "rtops.qa.review.overdue"
+    version: Literal[1] = 1
+    fraction_key: str
+    plan_uid: str | None = None
+    fraction_number: int | None = None
+    treated_at: datetime
+    machine: str | None = None
+    physician: str | None = None
+    due_at: datetime
+
+    def business_key(self) -> str:
+        return f"overdue:{self.fraction_key}"
+
+
+PAYLOADS: tuple[type[EventPayload], ...] = (
     PlanReceived,
     TreatmentRecorded,
     TreatmentSummarized,
     ImagingAcquired,
     RegistrationReceived,
+    ReviewDocumented,
+    ReviewOverdue,
 )
-_BY_TYPE: dict[tuple[str, int], type[DicomEvent]] = {
+_BY_TYPE: dict[tuple[str, int], type[EventPayload]] = {
     (p.type, p.model_fields["version"].default): p for p in PAYLOADS
 }
 # (type, old version) -> function turning old data into the next version's data.
@@ -372,7 +425,7 @@ class CloudEvent(_Frozen):
     subject: str | None = None
     datacontenttype: Literal["application/json"] = "application/json"
     dataschema: str | None = None
-    data: DicomEvent
+    data: EventPayload
 
     @property
     def nats_subject(self) -> str:
@@ -391,7 +444,7 @@ def event_id(type_: str, business_key: str) -> str:
 
 
 def envelope(
-    payload: DicomEvent, *, source: str, subject: str | None = None, time: datetime | None = None
+    payload: EventPayload, *, source: str, subject: str | None = None, time: datetime | None = None
 ) -> CloudEvent:
     return CloudEvent(
         id=event_id(payload.type, payload.business_key()),

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import (
-    DateTime,
     Integer,
     LargeBinary,
     String,
@@ -27,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
+from shared.db import UtcDateTime
 from shared.events import CloudEvent
 
 log = structlog.get_logger(__name__)
@@ -44,8 +44,8 @@ class OutboxMixin:
     event_id: Mapped[str] = mapped_column(String(64), unique=True)
     subject: Mapped[str] = mapped_column(String(200))
     body: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -55,7 +55,7 @@ class ProcessedEventMixin:
     __tablename__ = "processed_event"
     consumer: Mapped[str] = mapped_column(String(100), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    processed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 def add_to_outbox(session: Session, model: type[OutboxMixin], event: CloudEvent) -> bool:

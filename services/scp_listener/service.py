@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.scp_listener import extract, sop
 from services.scp_listener.objectstore import ObjectStore, sha256_of
 from services.scp_listener.store import DicomObject, ImageSeries, Outbox
+from shared.db import as_utc
 from shared.events import (
     DicomEvent,
     ImageApproval,
@@ -393,7 +394,7 @@ class Ingestor:
             )
             .order_by(DicomObject.storage_key)
         ).all()
-        times = [_aware(o.acquired_at) for o in objects if o.acquired_at]
+        times = [as_utc(o.acquired_at) for o in objects if o.acquired_at]
         facts = dict(row.facts)
         return ImagingAcquired(
             patient=Patient.model_validate(facts.pop("patient")),
@@ -414,11 +415,5 @@ class Ingestor:
         )
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite hands timezone-aware columns back naive; they were written in UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in facts.items()}
-

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.audit import AuditMixin
-from shared.db import new_metadata
+from shared.db import UtcDateTime, new_metadata
 from shared.outbox import OutboxMixin
 
 
@@ -38,8 +38,8 @@ class DicomObject(Base):
     series_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
     calling_ae: Mapped[str] = mapped_column(String(16))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    acquired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     approval: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
@@ -50,7 +50,7 @@ class ImageSeries(Base):
     series_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     facts: Mapped[dict[str, Any]] = mapped_column(JSON)
-    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_received_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     dirty: Mapped[bool] = mapped_column(Boolean, index=True)
     published_count: Mapped[int] = mapped_column(Integer, default=0)
 

@@ -22,8 +22,8 @@ from shared.events import (
     BeamDelivery,
     CloudEvent,
     CouchPosition,
-    DicomEvent,
     DoseReference,
+    EventPayload,
     FractionGroup,
     FractionGroupSummary,
     ImageApproval,
@@ -36,6 +36,8 @@ from shared.events import (
     PlanReference,
     RegistrationItem,
     RegistrationReceived,
+    ReviewDocumented,
+    ReviewOverdue,
     SourceDevice,
     StoredObject,
     TreatmentRecorded,
@@ -76,7 +78,7 @@ def plan(uid: str = "1.2.3.4.1", *, revision: int = 1, **fields: Any) -> PlanRec
 
 # One fully populated sample per payload type: nested models, tuples, dates, datetimes and
 # floats are where a serializer change would break the round trip.
-SAMPLES: dict[type[DicomEvent], DicomEvent] = {
+SAMPLES: dict[type[EventPayload], EventPayload] = {
     PlanReceived: plan(
         label="PROST",
         name="Prostate 78/39",
@@ -185,10 +187,36 @@ SAMPLES: dict[type[DicomEvent], DicomEvent] = {
         translation_mm=Vector3(x=1.5, y=-2.25, z=0.1),
         rotation_deg=Vector3(x=0, y=0, z=0.5),
     ),
+    ReviewDocumented: ReviewDocumented(
+        patient=PATIENT,
+        review_id=7,
+        fraction_key="RT-0001|1.2.3.4.1|1|5",
+        plan_uid="1.2.3.4.1",
+        fraction_number=5,
+        treated_at=WHEN,
+        machine="TrueBeam1",
+        decision="approved",
+        physician="dr.olga",
+        reviewed_at=WHEN,
+        due_at=WHEN,
+        on_time=True,
+        override_required=True,
+        override_reason="couch shift accepted: new immobilisation",
+    ),
+    ReviewOverdue: ReviewOverdue(
+        patient=PATIENT,
+        fraction_key="RT-0001|1.2.3.4.1|1|6",
+        plan_uid="1.2.3.4.1",
+        fraction_number=6,
+        treated_at=WHEN,
+        machine="TrueBeam1",
+        physician="Oncologist^Olga",
+        due_at=WHEN,
+    ),
 }
 
 
-def sample_body(payload_type: type[DicomEvent] = PlanReceived) -> dict[str, Any]:
+def sample_body(payload_type: type[EventPayload] = PlanReceived) -> dict[str, Any]:
     """The wire form of a sample event, as a dict to tamper with."""
     return json.loads(envelope(SAMPLES[payload_type], source=SOURCE, time=WHEN).to_json())
 
@@ -199,7 +227,7 @@ def test_every_payload_type_has_a_sample() -> None:
 
 
 @pytest.mark.parametrize("payload_type", PAYLOADS, ids=lambda p: p.type)
-def test_every_payload_round_trips(payload_type: type[DicomEvent]) -> None:
+def test_every_payload_round_trips(payload_type: type[EventPayload]) -> None:
     original = envelope(SAMPLES[payload_type], source=SOURCE, subject="RT-0001", time=WHEN)
     wire = original.to_json()
 

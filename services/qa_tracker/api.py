@@ -1,0 +1,395 @@
+"""REST API of the QA tracker (``/v1``): fractions and their reviews, the flag worklist, and
+the weekly compliance report (JSON, CSV or a printable HTML page)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import HTMLResponse
+from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.qa_tracker import domain
+from services.qa_tracker.report import weekly_html
+from services.qa_tracker.service import NewReview, QaService
+from services.qa_tracker.store import AuditLog, Fraction, ImagingSession, Registration, Review
+from shared.audit import record_access
+from shared.auth import Principal, require_roles
+from shared.db import as_utc
+from shared.errors import NotFound, RuleViolation
+
+router = APIRouter(prefix="/v1", tags=["qa"])
+Reader = Annotated[
+    Principal, require_roles("physician", "therapist", "physicist", "dosimetrist", "admin")
+]
+Physician = Annotated[Principal, require_roles("physician")]
+StatusName = Literal["pending", "reviewed_on_time", "reviewed_late", "overdue", "not_imaged"]
+
+
+def _service(request: Request) -> QaService:
+    return request.app.state.qa_service  # type: ignore[no-any-return]
+
+
+def _factory(request: Request) -> sessionmaker[Session]:
+    return request.app.state.session_factory  # type: ignore[no-any-return]
+
+
+ServiceDep = Annotated[QaService, Depends(_service)]
+FactoryDep = Annotated[sessionmaker[Session], Depends(_factory)]
+
+
+class FractionOut(BaseModel):
+    id: int
+    patient_id: str
+    plan_uid: str | None
+    fraction_number: int | None
+    treated_at: datetime
+    machine: str | None
+    imaged: bool
+    review_status: StatusName
+    due_at: datetime | None
+    correction_mm: float | None = Field(description="largest translation over the axes")
+    override_required: bool
+    override_documented: bool
+    rejected: bool
+    physician: str | None
+
+
+class FractionPage(BaseModel):
+    items: list[FractionOut]
+    next_cursor: str | None
+
+
+class ReviewIn(BaseModel):
+    decision: domain.Decision
+    comment: str | None = Field(default=None, max_length=4000)
+    override_reason: str | None = Field(
+        default=None,
+        max_length=4000,
+        description="the physician's acknowledgment of a correction beyond tolerance",
+    )
+    reviewed_at: AwareDatetime | None = Field(
+        default=None,
+        description="default now; an earlier time records a review documented "
+        "elsewhere; never in the future",
+    )
+
+
+class ReviewOut(BaseModel):
+    id: int
+    decision: str
+    comment: str | None
+    override_reason: str | None
+    reviewed_at: datetime
+    physician: str
+    source: str
+
+
+class ImagingOut(BaseModel):
+    series_uid: str
+    classification: str
+    acquired_at: datetime
+    instance_count: int
+    machine: str | None
+
+
+class RegistrationOut(BaseModel):
+    sop_uid: str
+    kind: str
+    content_at: datetime
+    creator: str | None
+    translation_mm: list[float] | None
+    rotation_deg: list[float] | None
+
+
+class FractionDetail(FractionOut):
+    next_fraction_at: datetime | None
+    therapist_override: bool
+    partial: bool
+    imaging: list[ImagingOut]
+    registrations: list[RegistrationOut]
+    reviews: list[ReviewOut]
+
+
+def _out(fraction: Fraction, service: QaService, now: datetime) -> dict[str, Any]:
+    translation = fraction.translation_mm
+    return {
+        "id": fraction.id,
+        "patient_id": fraction.patient_id,
+        "plan_uid": fraction.plan_uid,
+        "fraction_number": fraction.fraction_number,
+        "treated_at": as_utc(fraction.treated_at),
+        "machine": fraction.machine,
+        "imaged": fraction.imaged,
+        "review_status": service.status_at(fraction, now),
+        "due_at": as_utc(fraction.due_at) if fraction.due_at else None,
+        "correction_mm": max(abs(v) for v in translation) if translation else None,
+        "override_required": fraction.override_required,
+        "override_documented": fraction.override_documented,
+        "rejected": fraction.rejected,
+        "physician": fraction.physician,
+    }
+
+
+def _audit(
+    session: Session,
+    principal: Principal,
+    request: Request,
+    action: str,
+    patient_ids: list[str | None],
+) -> None:
+    query = f"?{request.url.query}" if request.url.query else ""
+    record_access(
+        session,
+        AuditLog,
+        principal,
+        action=action,
+        resource=request.url.path + query,
+        patient_ids=patient_ids,
+    )
+
+
+@router.get("/fractions", response_model=FractionPage)
+def list_fractions(
+    principal: Reader,
+    service: ServiceDep,
+    factory: FactoryDep,
+    request: Request,
+    patient_id: str | None = None,
+    treated_from: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+    treated_to: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+    status: StatusName | None = None,
+    machine: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: str | None = None,
+) -> FractionPage:
+    """Treated fractions, newest first; ``next_cursor`` continues the listing."""
+    now = datetime.now(tz=service.policy.calendar.zone)
+    query = select(Fraction).order_by(Fraction.treated_at.desc(), Fraction.id.desc())
+    if cursor:
+        at, last_id = _decode_cursor(cursor)
+        query = query.where(
+            (Fraction.treated_at < at) | ((Fraction.treated_at == at) & (Fraction.id < last_id))
+        )
+    if patient_id:
+        query = query.where(Fraction.patient_id == patient_id)
+    if treated_from:
+        query = query.where(Fraction.treated_at >= treated_from)
+    if treated_to:
+        query = query.where(Fraction.treated_at < treated_to)
+    if status:
+        query = query.where(service.status_filter(status, now))  # type: ignore[arg-type]
+    if machine:
+        query = query.where(Fraction.machine == machine)
+    with factory.begin() as session:
+        rows = session.scalars(query.limit(limit + 1)).all()
+        page = rows[:limit]
+        _audit(session, principal, request, "read", [f.patient_id for f in page])
+        items = [FractionOut(**_out(f, service, now)) for f in page]
+    more = len(rows) > limit
+    return FractionPage(items=items, next_cursor=_encode_cursor(page[-1]) if more else None)
+
+
+@router.get("/fractions/{fraction_id}", response_model=FractionDetail)
+def get_fraction(
+    fraction_id: int, principal: Reader, service: ServiceDep, factory: FactoryDep, request: Request
+) -> FractionDetail:
+    now = datetime.now(tz=service.policy.calendar.zone)
+    with factory.begin() as session:
+        fraction = session.get(Fraction, fraction_id)
+        if fraction is None:
+            raise NotFound(f"no fraction {fraction_id}")
+        _audit(session, principal, request, "read", [fraction.patient_id])
+        sessions = session.scalars(
+            select(ImagingSession).where(ImagingSession.fraction_key == fraction.key)
+        ).all()
+        regs = session.scalars(
+            select(Registration).where(
+                Registration.session_uid.in_([s.series_uid for s in sessions])
+            )
+        ).all()
+        reviews = session.scalars(
+            select(Review).where(Review.fraction_id == fraction.id).order_by(Review.reviewed_at)
+        ).all()
+        return FractionDetail(
+            **_out(fraction, service, now),
+            next_fraction_at=as_utc(fraction.next_fraction_at)
+            if fraction.next_fraction_at
+            else None,
+            therapist_override=fraction.therapist_override,
+            partial=fraction.partial,
+            imaging=[ImagingOut.model_validate(s, from_attributes=True) for s in sessions],
+            registrations=[RegistrationOut.model_validate(r, from_attributes=True) for r in regs],
+            reviews=[ReviewOut.model_validate(r, from_attributes=True) for r in reviews],
+        )
+
+
+@router.post("/fractions/{fraction_id}/reviews", response_model=ReviewOut, status_code=201)
+def post_review(
+    fraction_id: int, body: ReviewIn, principal: Physician, service: ServiceDep, request: Request
+) -> ReviewOut:
+    """Document a physician's review of the fraction's images and shifts."""
+    review = service.add_review(
+        fraction_id,
+        NewReview(
+            decision=body.decision,
+            comment=body.comment,
+            override_reason=body.override_reason,
+            reviewed_at=body.reviewed_at,
+        ),
+        principal=principal,
+        resource=request.url.path,
+    )
+    return ReviewOut.model_validate(review, from_attributes=True)
+
+
+@router.get("/flags")
+def flags(
+    principal: Reader,
+    service: ServiceDep,
+    factory: FactoryDep,
+    request: Request,
+    status: Literal["open"] = "open",
+) -> dict[str, Any]:
+    """The worklist of problems, grouped by physician: overdue reviews, overrides required
+    but not documented, and rejected reviews without a later approval."""
+    now = datetime.now(tz=service.policy.calendar.zone)
+    with factory.begin() as session:
+        rows = session.scalars(
+            select(Fraction)
+            .where(
+                service.status_filter("overdue", now)  # type: ignore[arg-type]
+                | (Fraction.override_required.is_(True) & Fraction.override_documented.is_(False))
+                | Fraction.rejected.is_(True)
+            )
+            .order_by(Fraction.treated_at)
+        ).all()
+        _audit(session, principal, request, "read", [f.patient_id for f in rows])
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for f in rows:
+            kinds = []
+            if service.status_at(f, now) == "overdue":
+                kinds.append("overdue_review")
+            if f.override_required and not f.override_documented:
+                kinds.append("override_not_documented")
+            if f.rejected:
+                kinds.append("rejected_without_follow_up")
+            for kind in kinds:
+                groups.setdefault(f.physician or "unassigned", []).append(
+                    {
+                        "kind": kind,
+                        "fraction_id": f.id,
+                        "patient_id": f.patient_id,
+                        "fraction_number": f.fraction_number,
+                        "machine": f.machine,
+                        "treated_at": as_utc(f.treated_at).isoformat(),
+                        "due_at": as_utc(f.due_at).isoformat() if f.due_at else None,
+                        "link": f"/v1/fractions/{f.id}",
+                    }
+                )
+    return {
+        "status": status,
+        "physicians": [
+            {"physician": name, "flags": items} for name, items in sorted(groups.items())
+        ],
+    }
+
+
+@router.get("/compliance/weekly", response_model=None)
+def weekly(
+    principal: Reader,
+    service: ServiceDep,
+    factory: FactoryDep,
+    request: Request,
+    week: Annotated[str, Query(pattern=r"^\d{4}-W\d{2}$", examples=["2026-W48"])],
+    machine: str | None = None,
+    physician: str | None = None,
+) -> Any:
+    """The week's compliance; ``Accept: text/csv`` gives CSV, ``text/html`` a printable page."""
+    zone = service.policy.calendar.zone
+    try:
+        start, end = domain.iso_week_bounds(week, zone)
+    except ValueError as exc:
+        raise RuleViolation(str(exc)) from exc
+    now = datetime.now(tz=zone)
+    query = select(Fraction).where(Fraction.treated_at >= start, Fraction.treated_at < end)
+    if machine:
+        query = query.where(Fraction.machine == machine)
+    if physician:
+        query = query.where(Fraction.physician == physician)
+    with factory.begin() as session:
+        fractions = session.scalars(query).all()
+        _audit(session, principal, request, "read", [])
+        rows = [
+            domain.SummaryRow(
+                f.machine,
+                f.physician,
+                domain.ReviewStatus(service.status_at(f, now)),
+                f.override_required,
+                f.override_documented,
+            )
+            for f in fractions
+        ]
+    summary = domain.weekly_summary(rows)
+    body = {
+        "week": week,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        **summary.total.as_dict(),
+        "by_machine": {k: v.as_dict() for k, v in summary.by_machine.items()},
+        "by_physician": {k: v.as_dict() for k, v in summary.by_physician.items()},
+    }
+    accept = request.headers.get("accept", "")
+    if "text/csv" in accept:
+        return Response(
+            _csv(body),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{week}.csv"'},
+        )
+    if "text/html" in accept:
+        return HTMLResponse(weekly_html(body))
+    return body
+
+
+_COLUMNS = (
+    "imaged_fractions",
+    "reviewed_on_time",
+    "reviewed_late",
+    "overdue",
+    "pending",
+    "overrides_required",
+    "overrides_documented",
+    "compliance_pct",
+)
+
+
+def _csv(body: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["week", "group", "name", *_COLUMNS])
+    writer.writerow([body["week"], "total", "", *(body[c] for c in _COLUMNS)])
+    for group in ("by_machine", "by_physician"):
+        for name, tally in body[group].items():
+            writer.writerow(
+                [body["week"], group.removeprefix("by_"), name, *(tally[c] for c in _COLUMNS)]
+            )
+    return out.getvalue()
+
+
+def _encode_cursor(fraction: Fraction) -> str:
+    raw = f"{as_utc(fraction.treated_at).isoformat()}|{fraction.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        at, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(at), int(last_id)
+    except ValueError as exc:
+        raise RuleViolation("cursor is not one this API returned; start without it") from exc

@@ -1,0 +1,79 @@
+"""Composition root of the QA tracker: REST API, the durable consumer, the overdue sweep and
+the outbox relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.qa_tracker.api import router
+from services.qa_tracker.consumer import run_consumer
+from services.qa_tracker.policy import load_policy
+from services.qa_tracker.service import QaService
+from services.qa_tracker.settings import QaSettings
+from services.qa_tracker.store import Outbox
+from shared.db import make_engine, ping, session_factory
+from shared.jetstream import NatsLink
+from shared.outbox import OutboxRelay
+from shared.web import create_app as create_service_app
+
+SERVICE = "qa_tracker"
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: QaSettings | None = None) -> FastAPI:
+    settings = settings or QaSettings()
+    policy = load_policy(settings.qa_policy, zone=settings.clinic_timezone)
+    engine = make_engine(settings, SERVICE)
+    factory = session_factory(engine)
+    link = NatsLink(settings, name=SERVICE)
+    relay = OutboxRelay(factory, Outbox, link.publish)
+    service = QaService(
+        factory=factory,
+        policy=policy,
+        imaging_devices=settings.qa_imaging_devices,
+        on_commit=relay.wake,
+    )
+
+    async def sweep() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(service.publish_overdue)
+            except Exception as exc:
+                log.warning("overdue sweep failed; will retry", error=str(exc))
+            await asyncio.sleep(settings.qa_sweep_interval_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(t)
+            for t in (link.run(), relay.run(), sweep(), run_consumer(link, service))
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await link.close()
+            engine.dispose()
+
+    async def database() -> None:
+        await asyncio.to_thread(ping, engine)
+
+    app = create_service_app(
+        title="rtops QA tracker",
+        settings=settings,
+        registry=CollectorRegistry(),
+        readiness={"database": database, "nats": link.check},
+        routers=[router],
+        lifespan=lifespan,
+    )
+    app.state.session_factory = factory
+    app.state.qa_service = service
+    return app

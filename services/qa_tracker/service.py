@@ -1,0 +1,541 @@
+"""Use cases of the QA tracker: apply a DICOM event, document a review, read the worklists.
+
+Every DICOM event is first recorded as the fact it states (upserts keyed by UIDs, newer
+revisions win), then the patient's fractions are rebuilt from all recorded facts with the pure
+matching rules of ``domain``. So the final state does not depend on arrival order, and a
+redelivered event changes nothing (the inbox also skips it).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.qa_tracker import domain
+from services.qa_tracker.store import (
+    AuditLog,
+    Fraction,
+    ImagingSession,
+    Outbox,
+    Plan,
+    ProcessedEvent,
+    Registration,
+    Review,
+    TreatmentRecord,
+)
+from shared.audit import record_access
+from shared.auth import Principal
+from shared.db import as_utc
+from shared.errors import NotFound, RuleViolation
+from shared.events import (
+    CloudEvent,
+    ImagingAcquired,
+    Patient,
+    PlanReceived,
+    RegistrationReceived,
+    ReviewDocumented,
+    ReviewOverdue,
+    TreatmentRecorded,
+    envelope,
+)
+from shared.outbox import add_to_outbox, claim_event
+
+log = structlog.get_logger(__name__)
+CONSUMER = "qa_tracker"
+EVENT_SOURCE = "rtops/qa_tracker"
+# Plans that never treat a patient (domain-dicom.md s. 5.1).
+NON_CLINICAL_INTENTS = {"VERIFICATION", "MACHINE_QA", "SERVICE"}
+IGRT_CLASSES = {"cbct", "kv_2d", "mv_portal"}
+_SBRT = re.compile(r"\b(SBRT|SABR|SRS|SRT)\b", re.IGNORECASE)
+
+
+def technique_of(plan: PlanReceived) -> str | None:
+    text = " ".join(
+        filter(None, (plan.label, plan.name, plan.description, plan.prescription_description))
+    )
+    return "SBRT" if _SBRT.search(text) else None
+
+
+@dataclass(frozen=True)
+class NewReview:
+    decision: domain.Decision
+    comment: str | None
+    override_reason: str | None
+    reviewed_at: datetime | None
+
+
+class QaService:
+    def __init__(
+        self,
+        *,
+        factory: sessionmaker[Session],
+        policy: domain.ReviewPolicy,
+        imaging_devices: dict[str, str] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._factory = factory
+        self._policy = policy
+        self._devices = imaging_devices or {}
+        self._now = clock
+        self._on_commit = on_commit
+
+    @property
+    def policy(self) -> domain.ReviewPolicy:
+        return self._policy
+
+    # ------------------------------------------------------------ events in
+
+    def apply(self, event: CloudEvent) -> bool:
+        """Apply one event in one transaction; False when it was applied before."""
+        with self._factory.begin() as session:
+            if not claim_event(session, ProcessedEvent, CONSUMER, event.id):
+                return False
+            patient = self._record(session, event.data)
+            if patient is not None:
+                self._rebuild(session, patient)
+        self._on_commit()
+        return True
+
+    def _record(self, session: Session, data: object) -> str | None:
+        """Store the fact an event states; the patient whose fractions to rebuild, or None."""
+        if isinstance(data, TreatmentRecorded):
+            return self._record_treatment(session, data)
+        if isinstance(data, ImagingAcquired):
+            return self._record_imaging(session, data)
+        if isinstance(data, RegistrationReceived):
+            return self._record_registration(session, data)
+        if isinstance(data, PlanReceived):
+            return self._record_plan(session, data)
+        return None  # not ours: acknowledged and ignored
+
+    def _record_treatment(self, session: Session, e: TreatmentRecorded) -> str | None:
+        # A SIMULATION record is not a delivered fraction (domain-dicom.md s. 4.1).
+        if e.content_origin == "SIMULATION" or e.treated_at is None or not e.patient.id:
+            return None
+        row = session.get(TreatmentRecord, e.object.sop_instance_uid)
+        if row is not None and row.revision >= e.object.revision:
+            return None
+        starts = [b.started_at for b in e.beams if b.started_at]
+        ends = [b.ended_at for b in e.beams if b.ended_at]
+        values = {
+            "revision": e.object.revision,
+            "patient_id": e.patient.id,
+            "patient_name": e.patient.name,
+            "plan_uid": e.plan_uid,
+            "fraction_group": e.fraction_group_number,
+            "fraction_numbers": list(e.fraction_numbers),
+            "machine": e.machine,
+            "started_at": min(starts, default=e.treated_at),
+            "ended_at": max(ends, default=e.treated_at),
+            "delivered": e.delivered,
+            "partial": e.partial,
+            "therapist_override": e.overrides,
+        }
+        _upsert(session, row, TreatmentRecord, {"record_uid": e.object.sop_instance_uid}, values)
+        return e.patient.id
+
+    def _record_imaging(self, session: Session, e: ImagingAcquired) -> str | None:
+        if e.classification not in IGRT_CLASSES or e.acquired_at is None or not e.patient.id:
+            return None
+        row = session.get(ImagingSession, e.series_instance_uid)
+        # A later event of a series carries more instances; an older one arriving late loses.
+        if row is not None and (row.instance_count, len(row.approvals)) >= (
+            e.instance_count,
+            len(e.approvals),
+        ):
+            return None
+        values = {
+            "patient_id": e.patient.id,
+            "machine": e.machine,
+            "classification": e.classification,
+            "acquired_at": e.acquired_at,
+            "instance_count": e.instance_count,
+            "approvals": [a.model_dump(mode="json") for a in e.approvals],
+        }
+        _upsert(session, row, ImagingSession, {"series_uid": e.series_instance_uid}, values)
+        return e.patient.id
+
+    def _record_registration(self, session: Session, e: RegistrationReceived) -> str | None:
+        if not e.patient.id:
+            return None
+        row = session.get(Registration, e.object.sop_instance_uid)
+        if row is not None and row.revision >= e.object.revision:
+            return None
+        translation = e.translation_mm or e.couch_shift_mm
+        values = {
+            "revision": e.object.revision,
+            "patient_id": e.patient.id,
+            "machine": e.source.machine,
+            "kind": e.kind,
+            "content_at": e.content_at or datetime.now(UTC),
+            "creator": e.creator_name,
+            "moving_series": list(e.moving_series_uids),
+            "translation_mm": [translation.x, translation.y, translation.z]
+            if translation
+            else None,
+            "rotation_deg": [e.rotation_deg.x, e.rotation_deg.y, e.rotation_deg.z]
+            if e.rotation_deg
+            else None,
+        }
+        _upsert(session, row, Registration, {"sop_uid": e.object.sop_instance_uid}, values)
+        return e.patient.id
+
+    def _record_plan(self, session: Session, e: PlanReceived) -> str | None:
+        if (e.intent or "").upper() in NON_CLINICAL_INTENTS or not e.patient.id:
+            return None
+        row = session.get(Plan, e.object.sop_instance_uid)
+        values = {
+            "patient_id": e.patient.id,
+            "label": e.label,
+            "site": e.treatment_site,
+            "technique": technique_of(e),
+            "physician": e.reviewer_name if e.approval_status == "APPROVED" else None,
+        }
+        _upsert(session, row, Plan, {"plan_uid": e.object.sop_instance_uid}, values)
+        return e.patient.id
+
+    # ------------------------------------------------------------ rebuild
+
+    def _rebuild(self, session: Session, patient_id: str) -> None:
+        """Recompute every fraction of one patient from the recorded facts."""
+        zone = self._policy.calendar.zone
+        records = session.scalars(
+            select(TreatmentRecord).where(
+                TreatmentRecord.patient_id == patient_id, TreatmentRecord.delivered.is_(True)
+            )
+        ).all()
+        grouped: dict[str, list[TreatmentRecord]] = {}
+        for record in records:
+            for key in fraction_keys(record):
+                grouped.setdefault(key, []).append(record)
+        treated = [
+            domain.TreatedFraction(
+                key,
+                patient_id,
+                rs[0].machine,
+                min(as_utc(r.started_at) for r in rs),
+                max(as_utc(r.ended_at) for r in rs),
+            )
+            for key, rs in grouped.items()
+        ]
+        sessions = session.scalars(
+            select(ImagingSession).where(ImagingSession.patient_id == patient_id)
+        ).all()
+        imaging = [
+            domain.ImagingSession(s.series_uid, patient_id, s.machine, as_utc(s.acquired_at))
+            for s in sessions
+        ]
+        session_of = domain.match_imaging(treated, imaging, zone=zone, same_machine=self._devices)
+        registrations = session.scalars(
+            select(Registration).where(Registration.patient_id == patient_id)
+        ).all()
+        reg_of = domain.match_registrations(
+            [
+                domain.Match(
+                    r.sop_uid, patient_id, r.machine, as_utc(r.content_at), tuple(r.moving_series)
+                )
+                for r in registrations
+            ],
+            imaging,
+            zone=zone,
+        )
+        for s in sessions:
+            s.fraction_key = session_of.get(s.series_uid)
+        for r in registrations:
+            r.session_uid = reg_of.get(r.sop_uid)
+        next_start = domain.next_fraction_starts(treated)
+        plans = {
+            p.plan_uid: p
+            for p in session.scalars(select(Plan).where(Plan.patient_id == patient_id))
+        }
+        existing = {
+            f.key: f
+            for f in session.scalars(select(Fraction).where(Fraction.patient_id == patient_id))
+        }
+        for t in treated:
+            rs = grouped[t.key]
+            plan = plans.get(rs[0].plan_uid or "")
+            my_sessions = [s for s in sessions if s.fraction_key == t.key]
+            my_regs = sorted(
+                (r for r in registrations if r.session_uid in {s.series_uid for s in my_sessions}),
+                key=lambda r: as_utc(r.content_at),
+            )
+            latest = my_regs[-1] if my_regs else None
+            values = {
+                "patient_id": patient_id,
+                "patient_name": rs[0].patient_name,
+                "plan_uid": rs[0].plan_uid,
+                "fraction_number": _number_of(t.key),
+                "machine": t.machine,
+                "treated_at": t.started_at,
+                "ended_at": t.ended_at,
+                "partial": any(r.partial for r in rs),
+                "therapist_override": any(r.therapist_override for r in rs),
+                "next_fraction_at": next_start[t.key],
+                "imaged": bool(my_sessions),
+                "physician": plan.physician if plan else None,
+                "technique": plan.technique if plan else None,
+                "site": plan.site if plan else None,
+                "translation_mm": latest.translation_mm if latest else None,
+                "rotation_deg": latest.rotation_deg if latest else None,
+            }
+            fraction = existing.pop(t.key, None)
+            if fraction is None:
+                fraction = Fraction(
+                    key=t.key,
+                    overdue_notified=False,
+                    review_status="pending",
+                    override_required=False,
+                    override_documented=False,
+                    rejected=False,
+                    **values,
+                )
+                session.add(fraction)
+                session.flush()
+            else:
+                for name, value in values.items():
+                    setattr(fraction, name, value)
+            self._adopt_image_approvals(session, fraction, my_sessions)
+            self._assess(session, fraction)
+        for gone in existing.values():  # e.g. a record revision renumbered its fraction
+            has_reviews = session.scalar(select(Review.id).where(Review.fraction_id == gone.id))
+            if has_reviews is None:
+                session.delete(gone)
+
+    def _adopt_image_approvals(
+        self, session: Session, fraction: Fraction, sessions: Sequence[ImagingSession]
+    ) -> None:
+        """An RT Image approved in the OIS (Approval Status with reviewer and time) is an
+        opportunistic review of its fraction."""
+        for s in sessions:
+            for approval in s.approvals:
+                if approval.get("status") != "APPROVED" or not approval.get("reviewed_at"):
+                    continue
+                ref = approval["sop_instance_uid"]
+                known = session.scalar(
+                    select(Review.id).where(
+                        Review.source == "dicom_approval", Review.source_ref == ref
+                    )
+                )
+                if known is not None:
+                    continue
+                review = Review(
+                    fraction_id=fraction.id,
+                    decision="approved",
+                    comment=None,
+                    override_reason=None,
+                    reviewed_at=datetime.fromisoformat(approval["reviewed_at"]),
+                    physician=approval.get("reviewer_name") or "unknown",
+                    recorded_at=self._now(),
+                    source="dicom_approval",
+                    source_ref=ref,
+                )
+                session.add(review)
+                session.flush()
+                self._publish_review(session, fraction, review)
+
+    def _facts(self, session: Session, fraction: Fraction) -> domain.FractionFacts:
+        reviews = session.scalars(select(Review).where(Review.fraction_id == fraction.id)).all()
+        correction = None
+        if fraction.translation_mm or fraction.rotation_deg:
+            correction = domain.Correction(
+                translation_mm=tuple(fraction.translation_mm)  # type: ignore[arg-type]
+                if fraction.translation_mm
+                else None,
+                rotation_deg=tuple(fraction.rotation_deg)  # type: ignore[arg-type]
+                if fraction.rotation_deg
+                else None,
+            )
+        return domain.FractionFacts(
+            treated_at=as_utc(fraction.treated_at),
+            imaged=fraction.imaged,
+            next_fraction_at=as_utc(fraction.next_fraction_at)
+            if fraction.next_fraction_at
+            else None,
+            correction=correction,
+            technique=fraction.technique,
+            site=fraction.site,
+            reviews=[
+                domain.Review(
+                    domain.Decision(r.decision),
+                    as_utc(r.reviewed_at),
+                    r.physician,
+                    r.override_reason,
+                )
+                for r in reviews
+            ],
+        )
+
+    def _assess(self, session: Session, fraction: Fraction) -> domain.Assessment:
+        result = domain.assess(self._facts(session, fraction), now=self._now(), policy=self._policy)
+        fraction.due_at = result.due_at
+        # Stored without the clock: "overdue" is pending past due_at, decided when read.
+        fraction.review_status = (
+            domain.ReviewStatus.PENDING.value
+            if result.status == domain.ReviewStatus.OVERDUE
+            else result.status.value
+        )
+        fraction.override_required = result.override_required
+        fraction.override_documented = result.override_documented
+        fraction.rejected = result.rejected
+        return result
+
+    # ------------------------------------------------------------ reviews
+
+    def add_review(
+        self, fraction_id: int, review: NewReview, *, principal: Principal, resource: str
+    ) -> Review:
+        now = self._now()
+        reviewed_at = review.reviewed_at or now
+        if reviewed_at.tzinfo is None:
+            raise RuleViolation("reviewed_at needs a UTC offset, e.g. 2026-11-24T09:00:00-05:00")
+        if reviewed_at > now:
+            raise RuleViolation(
+                "reviewed_at is in the future; a review is documented when it "
+                "happened, at the latest now"
+            )
+        with self._factory.begin() as session:
+            fraction = session.get(Fraction, fraction_id)
+            if fraction is None:
+                raise NotFound(f"no fraction {fraction_id}")
+            if reviewed_at < as_utc(fraction.treated_at):
+                raise RuleViolation("reviewed_at is before the fraction was treated")
+            row = Review(
+                fraction_id=fraction_id,
+                decision=review.decision.value,
+                comment=review.comment,
+                override_reason=review.override_reason,
+                reviewed_at=reviewed_at,
+                physician=principal.user,
+                recorded_at=now,
+                source="api",
+                source_ref=str(uuid.uuid4()),
+            )
+            session.add(row)
+            session.flush()
+            self._assess(session, fraction)
+            self._publish_review(session, fraction, row)
+            record_access(
+                session,
+                AuditLog,
+                principal,
+                action="write",
+                resource=resource,
+                patient_ids=[fraction.patient_id],
+            )
+        self._on_commit()
+        return row
+
+    def _publish_review(self, session: Session, fraction: Fraction, review: Review) -> None:
+        due = as_utc(fraction.due_at) if fraction.due_at else None
+        payload = ReviewDocumented(
+            patient=Patient(id=fraction.patient_id, name=fraction.patient_name),
+            review_id=review.id,
+            fraction_key=fraction.key,
+            plan_uid=fraction.plan_uid,
+            fraction_number=fraction.fraction_number,
+            treated_at=as_utc(fraction.treated_at),
+            machine=fraction.machine,
+            decision=review.decision,  # type: ignore[arg-type]
+            physician=review.physician,
+            reviewed_at=as_utc(review.reviewed_at),
+            due_at=due,
+            on_time=due is None or as_utc(review.reviewed_at) <= due,
+            override_required=fraction.override_required,
+            override_reason=review.override_reason,
+            origin=review.source,  # type: ignore[arg-type]
+        )
+        add_to_outbox(session, Outbox, envelope(payload, source=EVENT_SOURCE, subject=fraction.key))
+
+    # ------------------------------------------------------------ overdue sweep
+
+    def publish_overdue(self) -> int:
+        """``qa.review.overdue`` once per fraction whose review passed its due time. The
+        ``overdue_notified`` flag and the event id (per fraction) keep it once across
+        restarts and replicas."""
+        now = self._now()
+        with self._factory.begin() as session:
+            rows = session.scalars(
+                select(Fraction)
+                .where(
+                    Fraction.review_status == domain.ReviewStatus.PENDING.value,
+                    Fraction.imaged.is_(True),
+                    Fraction.due_at < now,
+                    Fraction.overdue_notified.is_(False),
+                )
+                .limit(500)
+            ).all()
+            for f in rows:
+                payload = ReviewOverdue(
+                    patient=Patient(id=f.patient_id, name=f.patient_name),
+                    fraction_key=f.key,
+                    plan_uid=f.plan_uid,
+                    fraction_number=f.fraction_number,
+                    treated_at=as_utc(f.treated_at),
+                    machine=f.machine,
+                    physician=f.physician,
+                    due_at=as_utc(f.due_at),  # type: ignore[arg-type]
+                )
+                add_to_outbox(
+                    session, Outbox, envelope(payload, source=EVENT_SOURCE, subject=f.key)
+                )
+                f.overdue_notified = True
+        if rows:
+            self._on_commit()
+        return len(rows)
+
+    # ------------------------------------------------------------ reads
+
+    def status_at(self, fraction: Fraction, now: datetime) -> str:
+        if (
+            fraction.review_status == domain.ReviewStatus.PENDING.value
+            and fraction.due_at
+            and as_utc(fraction.due_at) < now
+        ):
+            return domain.ReviewStatus.OVERDUE.value
+        return fraction.review_status
+
+    def status_filter(self, status: str, now: datetime) -> object:
+        if status == domain.ReviewStatus.OVERDUE.value:
+            return (Fraction.review_status == "pending") & (Fraction.due_at < now)
+        if status == domain.ReviewStatus.PENDING.value:
+            return (Fraction.review_status == "pending") & or_(
+                Fraction.due_at.is_(None), Fraction.due_at >= now
+            )
+        return Fraction.review_status == status
+
+
+def fraction_keys(record: TreatmentRecord) -> list[str]:
+    """Count a fraction once per (plan, fraction group, Current Fraction Number), not per
+    record: an interrupted fraction spans records (domain-dicom.md s. 4.2)."""
+    course = record.plan_uid or f"record:{record.record_uid}"
+    group = record.fraction_group or 1
+    numbers = record.fraction_numbers or [None]
+    return [f"{record.patient_id}|{course}|{group}|{'' if n is None else n}" for n in numbers]
+
+
+def _number_of(key: str) -> int | None:
+    last = key.rsplit("|", 1)[-1]
+    return int(last) if last else None
+
+
+def _upsert(
+    session: Session,
+    row: object | None,
+    model: type,
+    identity: dict[str, object],
+    values: dict[str, object],
+) -> None:
+    if row is None:
+        session.add(model(**identity, **values))
+    else:
+        for name, value in values.items():
+            setattr(row, name, value)

@@ -1,0 +1,143 @@
+"""Tables of the QA tracker: what the DICOM events said, the fractions derived from them, and
+the reviews staff documented."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.audit import AuditMixin
+from shared.db import UtcDateTime, new_metadata
+from shared.outbox import OutboxMixin, ProcessedEventMixin
+
+UID = String(64)
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+class Plan(Base):
+    __tablename__ = "plan"
+    plan_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str | None] = mapped_column(String(64))
+    site: Mapped[str | None] = mapped_column(String(200))
+    technique: Mapped[str | None] = mapped_column(String(32))
+    physician: Mapped[str | None] = mapped_column(String(200))
+
+
+class TreatmentRecord(Base):
+    """One RT Beams Treatment Record (latest revision), as the event described it."""
+
+    __tablename__ = "treatment_record"
+    record_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str | None] = mapped_column(String(200))
+    plan_uid: Mapped[str | None] = mapped_column(UID)
+    fraction_group: Mapped[int | None] = mapped_column(Integer)
+    fraction_numbers: Mapped[list[int]] = mapped_column(JSON)
+    machine: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    delivered: Mapped[bool] = mapped_column(Boolean)
+    partial: Mapped[bool] = mapped_column(Boolean)
+    therapist_override: Mapped[bool] = mapped_column(Boolean)
+
+
+class ImagingSession(Base):
+    __tablename__ = "imaging_session"
+    series_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    machine: Mapped[str | None] = mapped_column(String(64))
+    classification: Mapped[str] = mapped_column(String(16))
+    acquired_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    instance_count: Mapped[int] = mapped_column(Integer)
+    approvals: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    fraction_key: Mapped[str | None] = mapped_column(String(300), index=True)
+
+
+class Registration(Base):
+    __tablename__ = "registration"
+    sop_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    machine: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    content_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    creator: Mapped[str | None] = mapped_column(String(200))
+    moving_series: Mapped[list[str]] = mapped_column(JSON)
+    translation_mm: Mapped[list[float] | None] = mapped_column(JSON)
+    rotation_deg: Mapped[list[float] | None] = mapped_column(JSON)
+    session_uid: Mapped[str | None] = mapped_column(UID, index=True)
+
+
+class Fraction(Base):
+    """A treated fraction: (patient, plan, fraction group, fraction number), possibly spread
+    over several treatment records. Derived: rebuilt from the tables above on every event."""
+
+    __tablename__ = "fraction"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(300), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str | None] = mapped_column(String(200))
+    plan_uid: Mapped[str | None] = mapped_column(UID)
+    fraction_number: Mapped[int | None] = mapped_column(Integer)
+    machine: Mapped[str | None] = mapped_column(String(64), index=True)
+    treated_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    ended_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    partial: Mapped[bool] = mapped_column(Boolean)
+    therapist_override: Mapped[bool] = mapped_column(Boolean)
+    next_fraction_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    imaged: Mapped[bool] = mapped_column(Boolean)
+    physician: Mapped[str | None] = mapped_column(String(200), index=True)
+    technique: Mapped[str | None] = mapped_column(String(32))
+    site: Mapped[str | None] = mapped_column(String(200))
+    translation_mm: Mapped[list[float] | None] = mapped_column(JSON)
+    rotation_deg: Mapped[list[float] | None] = mapped_column(JSON)
+    # Derived from the rules at the last change; "overdue" is decided at read time.
+    due_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    review_status: Mapped[str] = mapped_column(String(20), index=True)
+    override_required: Mapped[bool] = mapped_column(Boolean)
+    override_documented: Mapped[bool] = mapped_column(Boolean)
+    rejected: Mapped[bool] = mapped_column(Boolean)
+    overdue_notified: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Review(Base):
+    __tablename__ = "review"
+    __table_args__ = (UniqueConstraint("source", "source_ref"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fraction_id: Mapped[int] = mapped_column(ForeignKey("fraction.id"), index=True)
+    decision: Mapped[str] = mapped_column(String(10))
+    comment: Mapped[str | None] = mapped_column(Text)
+    override_reason: Mapped[str | None] = mapped_column(Text)
+    reviewed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    physician: Mapped[str] = mapped_column(String(200))
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    source: Mapped[str] = mapped_column(String(20))  # "api" or "dicom_approval"
+    source_ref: Mapped[str] = mapped_column(String(100))  # request id or RT Image SOP UID
+
+
+class Outbox(OutboxMixin, Base):
+    pass
+
+
+class ProcessedEvent(ProcessedEventMixin, Base):
+    pass
+
+
+class AuditLog(AuditMixin, Base):
+    pass
