@@ -277,7 +277,7 @@ class Scp:
 
 def start_scp(var: Path, nats_url: str, log_path: Path) -> Scp:
     # The service does not migrate on start (`rtops run` does it first), so do the same here.
-    settings = ScpSettings(var_dir=var, database_url=None, database_schema=None)
+    settings = ScpSettings(var_dir=var, database_url=None)
     engine = make_engine(settings, SERVICE)
     try:
         migrate(engine, settings, SERVICE, MIGRATIONS)

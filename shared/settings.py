@@ -41,8 +41,9 @@ class RtopsSettings(BaseSettings):
         description="SQLAlchemy URL; unset means one SQLite file per service under var_dir. "
         "On PostgreSQL every service keeps its tables in its own schema.",
     )
-    database_schema: str | None = Field(
-        default=None, description="PostgreSQL schema override (default: the service's name)"
+    database_schema_prefix: str = Field(
+        default="",
+        description="PostgreSQL: each service's schema is this prefix + the service's name",
     )
     nats_url: str | None = Field(
         default=None, description="external NATS; unset means the embedded server of make run"

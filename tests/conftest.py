@@ -39,7 +39,11 @@ def isolation(nats_url: str) -> Iterator[dict[str, str]]:
     """Names unique to this test: PostgreSQL schema, JetStream stream, subject prefix. The
     stream is deleted afterwards, so a shared NATS keeps no test streams."""
     tag = uuid.uuid4().hex[:10]
-    yield {"database_schema": f"t_{tag}", "stream_name": f"T_{tag}", "subject_prefix": f"t{tag}"}
+    yield {
+        "database_schema_prefix": f"t_{tag}_",
+        "stream_name": f"T_{tag}",
+        "subject_prefix": f"t{tag}",
+    }
     asyncio.run(_delete_stream(nats_url, f"T_{tag}"))
 
 

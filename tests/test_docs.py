@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import yaml
 
+from services.qa_tracker.settings import QaSettings
 from services.scp_listener.settings import ScpSettings
 from tests.support import REPO
 
 
 def test_readme_documents_every_setting() -> None:
     readme = (REPO / "README.md").read_text()
+    fields = {**ScpSettings.model_fields, **QaSettings.model_fields}
     missing = [
-        f"RTOPS_{name.upper()}"
-        for name in ScpSettings.model_fields
-        if f"`RTOPS_{name.upper()}`" not in readme
+        f"RTOPS_{name.upper()}" for name in fields if f"`RTOPS_{name.upper()}`" not in readme
     ]
     assert not missing, f"add these settings to the README's table: {missing}"
     assert "make run" in readme and "make test" in readme

@@ -13,13 +13,18 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
+from services.qa_tracker.store import Base as QaBase
 from services.scp_listener.store import Base as ScpBase
 from shared.db import alembic_config, drop_schema, make_engine, migrate
 from shared.settings import RtopsSettings
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICE = "scp_listener"
-MIGRATIONS = REPO / "services" / SERVICE / "migrations"
+MODELS = {"scp_listener": ScpBase.metadata, "qa_tracker": QaBase.metadata}
+
+
+@pytest.fixture(params=sorted(MODELS))
+def service(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
@@ -28,12 +33,12 @@ def settings(base_settings: dict[str, Any]) -> RtopsSettings:
 
 
 @pytest.fixture
-def engine(settings: RtopsSettings) -> Iterator[Engine]:
-    engine = make_engine(settings, SERVICE)
+def engine(settings: RtopsSettings, service: str) -> Iterator[Engine]:
+    engine = make_engine(settings, service)
     try:
         yield engine
     finally:
-        drop_schema(engine, settings, SERVICE)
+        drop_schema(engine, settings, service)
         engine.dispose()
 
 
@@ -42,42 +47,54 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def schema_diff(engine: Engine) -> list[Any]:
+def schema_diff(engine: Engine, service: str) -> list[Any]:
     with engine.connect() as conn:
-        return compare_metadata(MigrationContext.configure(conn), ScpBase.metadata)
+        return compare_metadata(MigrationContext.configure(conn), MODELS[service])
 
 
-def test_migrating_twice_is_idempotent(engine: Engine, settings: RtopsSettings) -> None:
-    head = ScriptDirectory.from_config(alembic_config(MIGRATIONS, engine)).get_current_head()
+def migrations(service: str) -> Path:
+    return REPO / "services" / service / "migrations"
+
+
+def test_migrating_twice_is_idempotent(
+    engine: Engine, settings: RtopsSettings, service: str
+) -> None:
+    head = ScriptDirectory.from_config(
+        alembic_config(migrations(service), engine)
+    ).get_current_head()
     assert head is not None
 
-    migrate(engine, settings, SERVICE, MIGRATIONS)
+    migrate(engine, settings, service, migrations(service))
     tables = set(inspect(engine).get_table_names())
     assert current_revision(engine) == head
 
-    migrate(engine, settings, SERVICE, MIGRATIONS)  # a restart of the service
+    migrate(engine, settings, service, migrations(service))  # a restart of the service
 
     assert current_revision(engine) == head
     assert set(inspect(engine).get_table_names()) == tables
-    assert set(ScpBase.metadata.tables) <= tables
+    assert set(MODELS[service].tables) <= tables
 
 
-def test_migrated_schema_matches_the_models(engine: Engine, settings: RtopsSettings) -> None:
-    migrate(engine, settings, SERVICE, MIGRATIONS)
+def test_migrated_schema_matches_the_models(
+    engine: Engine, settings: RtopsSettings, service: str
+) -> None:
+    migrate(engine, settings, service, migrations(service))
 
-    diff = schema_diff(engine)
+    diff = schema_diff(engine, service)
 
     # A non-empty diff means a model changed without a migration: generate one with
     # `alembic revision --autogenerate` against a database at head, and review it.
     assert diff == [], "\n".join(map(str, diff))
 
 
-def test_the_comparison_notices_a_missing_table(engine: Engine, settings: RtopsSettings) -> None:
+def test_the_comparison_notices_a_missing_table(
+    engine: Engine, settings: RtopsSettings, service: str
+) -> None:
     # Guards the test above: compare_metadata must be looking at the migrated schema.
-    migrate(engine, settings, SERVICE, MIGRATIONS)
+    migrate(engine, settings, service, migrations(service))
     with engine.begin() as conn:
-        ScpBase.metadata.tables["outbox"].drop(conn)
+        MODELS[service].tables["outbox"].drop(conn)
 
-    diff = schema_diff(engine)
+    diff = schema_diff(engine, service)
 
     assert [(d[0], d[1].name) for d in diff if d[0] == "add_table"] == [("add_table", "outbox")]

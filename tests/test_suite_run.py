@@ -1,7 +1,7 @@
 """`rtops run` (what `make run` starts): NATS, migrations, every service; Ctrl-C stops all.
 
-One end-to-end test through the real supervisor process, on whichever backends the
-environment names (embedded NATS and SQLite by default)."""
+End-to-end tests through the real supervisor process, on whichever backends the environment
+names (embedded NATS and SQLite by default)."""
 
 from __future__ import annotations
 
@@ -9,84 +9,232 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import psutil
 
 from services.scp_listener.settings import ScpSettings
+from shared.db import drop_schema, make_engine
 from shared.natsd import free_port
 from tests import dicom_factories as f
-from tests.support import REPO, drop_test_schema, pynetdicom_echo, pynetdicom_store, wait_for
+from tests.support import REPO, pynetdicom_echo, pynetdicom_store, storescu, wait_for
+
+
+@dataclass
+class Suite:
+    proc: subprocess.Popen[str]
+    env: dict[str, str]
+    dicom_port: int
+    scp_http: str
+    qa_http: str
+    log: Path
+
+    def token(self, role: str, user: str) -> dict[str, str]:
+        """A token printed by `rtops token`, as staff would get one."""
+        token = subprocess.run(
+            [sys.executable, "-m", "services.cli", "token", "--role", role, "--user", user],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return {"Authorization": f"Bearer {token}"}
+
+
+@contextmanager
+def running_suite(tmp_path: Path, isolation: dict[str, str], **extra: str) -> Iterator[Suite]:
+    dicom_port, scp_port, qa_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "RTOPS_VAR_DIR": str(tmp_path / "var"),
+        "RTOPS_SCP_PORT": str(dicom_port),
+        "RTOPS_SCP_HTTP_PORT": str(scp_port),
+        "RTOPS_QA_HTTP_PORT": str(qa_port),
+        "RTOPS_SCP_HOST": "127.0.0.1",
+        "RTOPS_SCP_HTTP_HOST": "127.0.0.1",
+        "RTOPS_QA_HTTP_HOST": "127.0.0.1",
+        "RTOPS_DATABASE_SCHEMA_PREFIX": isolation["database_schema_prefix"],
+        "RTOPS_STREAM_NAME": isolation["stream_name"],
+        "RTOPS_SUBJECT_PREFIX": isolation["subject_prefix"],
+        **extra,
+    }
+    # A file, not a pipe: nobody reads a pipe while the test runs, and a full one would block
+    # every service writing its logs to it.
+    log_path = tmp_path / "suite.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    suite = Suite(
+        proc,
+        env,
+        dicom_port,
+        f"http://127.0.0.1:{scp_port}",
+        f"http://127.0.0.1:{qa_port}",
+        log_path,
+    )
+    try:
+        for url in (suite.scp_http, suite.qa_http):
+            wait_for(lambda url=url: _ready(url), timeout=60, interval=0.2, message=f"{url}/readyz")
+        yield suite
+    finally:
+        if proc.poll() is None:  # a failed test: the services die with the supervisor
+            proc.kill()
+            proc.wait()
+        log.close()
+        settings = ScpSettings(
+            var_dir=tmp_path / "var", database_schema_prefix=isolation["database_schema_prefix"]
+        )
+        for service in ("scp_listener", "qa_tracker"):
+            engine = make_engine(settings, service)
+            drop_schema(engine, settings, service)
+            engine.dispose()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_killing_the_supervisor_stops_every_service(
+    tmp_path: Path, isolation: dict[str, str]
+) -> None:
+    with running_suite(tmp_path, isolation) as suite:
+        children = psutil.Process(suite.proc.pid).children(recursive=True)
+        suite.proc.kill()  # SIGKILL: no chance to stop anything itself
+        suite.proc.wait()
+        _gone, alive = psutil.wait_procs(children, timeout=20)
+        assert not alive, f"left running: {alive}"
 
 
 def test_run_starts_the_suite_and_ctrl_c_stops_it(
     tmp_path: Path, isolation: dict[str, str]
 ) -> None:
-    dicom_port, http_port = free_port(), free_port()
-    schema = isolation["database_schema"]
-    env = {
-        **os.environ,
-        "RTOPS_VAR_DIR": str(tmp_path / "var"),
-        "RTOPS_SCP_PORT": str(dicom_port),
-        "RTOPS_SCP_HTTP_PORT": str(http_port),
-        "RTOPS_SCP_HOST": "127.0.0.1",
-        "RTOPS_SCP_HTTP_HOST": "127.0.0.1",
-        "RTOPS_DATABASE_SCHEMA": schema,
-        "RTOPS_STREAM_NAME": isolation["stream_name"],
-        "RTOPS_SUBJECT_PREFIX": isolation["subject_prefix"],
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        ready = wait_for(
-            lambda: _ready(http_port),
-            timeout=60,
-            interval=0.2,
-            message="the suite's SCP to be ready",
-        )
-        assert ready
-        assert pynetdicom_echo(dicom_port).Status == 0
+    with running_suite(tmp_path, isolation) as suite:
+        assert pynetdicom_echo(suite.dicom_port).Status == 0
         record = f.write(f.treatment_record(plan_uid="1.2.3"), tmp_path / "rec.dcm")
-        assert pynetdicom_store(dicom_port, [record]) == [0]
+        assert pynetdicom_store(suite.dicom_port, [record]) == [0]
 
         # `rtops token` prints a token the running suite accepts.
-        token = subprocess.run(
-            [sys.executable, "-m", "services.cli", "token", "--role", "physicist", "--user", "e2e"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        listing = httpx.get(
-            f"http://127.0.0.1:{http_port}/v1/objects", headers={"Authorization": f"Bearer {token}"}
-        )
+        listing = httpx.get(f"{suite.scp_http}/v1/objects", headers=suite.token("physicist", "e2e"))
         assert listing.status_code == 200 and len(listing.json()["items"]) == 1
 
-        children = psutil.Process(proc.pid).children(recursive=True)
-        assert children, "the supervisor started no processes"
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, out
-        assert "rtops: stopped" in out
+        children = psutil.Process(suite.proc.pid).children(recursive=True)
+        assert len(children) >= 2, "expected the SCP and the QA tracker (and NATS if embedded)"
+        suite.proc.send_signal(signal.SIGINT)
+        assert suite.proc.wait(timeout=60) == 0, suite.log.read_text()[-3000:]
+        assert "rtops: stopped" in suite.log.read_text()
         _gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"left running: {alive}"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        drop_test_schema(ScpSettings(database_schema=schema, var_dir=tmp_path / "var"))
 
 
-def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+# A past week (Mon 2026-11-02 .. Fri 11-06), so that every due time has passed whatever today is.
+WEEK = "2026-W45"
+DAYS = ["20261102", "20261103", "20261104", "20261105", "20261106"]
+
+
+def test_a_week_through_dcmtk_gives_the_exact_weekly_summary(
+    tmp_path: Path, isolation: dict[str, str], dcmtk: dict[str, str]
+) -> None:
+    plan = f.rt_plan(fractions=25, reviewer="Oncologist^Olga")
+    plan_file = f.write(plan, tmp_path / "plan.dcm")
+    linac_files: list[Path] = []
+    for number, day in enumerate(DAYS, start=1):
+        cbct = f.cbct_series(n_slices=3, acquisition_date=day, acquisition_time="075500")
+        shift = (7.0, 0.0, 0.0) if number == 5 else (1.0, -1.0, 0.5)  # Friday beyond 5 mm
+        reg = f.spatial_registration(
+            fixed_for_uid=str(plan.FrameOfReferenceUID),
+            moving_for_uid=str(cbct[0].FrameOfReferenceUID),
+            moving_series_uid=str(cbct[0].SeriesInstanceUID),
+            moving_instance_uids=[str(s.SOPInstanceUID) for s in cbct],
+            translation_mm=shift,
+            content_date=day,
+            content_time="075800",
+        )
+        record = f.treatment_record(
+            plan_uid=str(plan.SOPInstanceUID),
+            fraction_number=number,
+            treatment_date=day,
+            treatment_time="080000",
+        )
+        folder = tmp_path / day
+        linac_files += [
+            *f.write_series(cbct, folder),
+            f.write(reg, folder / "reg.dcm"),
+            f.write(record, folder / "rec.dcm"),
+        ]
+
+    with running_suite(
+        tmp_path, isolation, RTOPS_SCP_SERIES_QUIET_S="0.5", RTOPS_SCP_SWEEP_INTERVAL_S="0.2"
+    ) as suite:
+        assert (
+            storescu(dcmtk["storescu"], suite.dicom_port, [plan_file], calling="TPS1").returncode
+            == 0
+        )
+        sent = storescu(dcmtk["storescu"], suite.dicom_port, linac_files)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+
+        reader = suite.token("physicist", "pat.physicist")
+        url = f"{suite.qa_http}/v1/fractions"
+
+        def fractions() -> list[dict[str, object]]:
+            items = httpx.get(url, params={"limit": 50}, headers=reader).json()["items"]
+            complete = len(items) == 5 and all(i["imaged"] and i["correction_mm"] for i in items)
+            return sorted(items, key=lambda i: i["fraction_number"]) if complete else []
+
+        items = wait_for(fractions, timeout=60, interval=0.3, message="5 imaged fractions")
+        assert [i["review_status"] for i in items] == ["overdue"] * 5
+        assert [i["override_required"] for i in items] == [False] * 4 + [True]
+
+        physician = suite.token("physician", "dr.olga")
+        due = {i["fraction_number"]: datetime.fromisoformat(str(i["due_at"])) for i in items}
+        # Monday reviewed on time, Tuesday a second late, Wednesday on time with a rejection,
+        # Thursday never, Friday on time with the override acknowledged.
+        posts = {
+            1: {"decision": "approved", "reviewed_at": due[1] - timedelta(hours=2)},
+            2: {"decision": "approved", "reviewed_at": due[2] + timedelta(seconds=1)},
+            3: {"decision": "rejected", "reviewed_at": due[3] - timedelta(minutes=1)},
+            5: {
+                "decision": "approved",
+                "reviewed_at": due[5],
+                "override_reason": "shift confirmed on CBCT; new bladder protocol",
+            },
+        }
+        ids = {i["fraction_number"]: i["id"] for i in items}
+        for number, body in posts.items():
+            body = {**body, "reviewed_at": body["reviewed_at"].isoformat()}
+            response = httpx.post(f"{url}/{ids[number]}/reviews", json=body, headers=physician)
+            assert response.status_code == 201, response.text
+
+        summary = httpx.get(
+            f"{suite.qa_http}/v1/compliance/weekly", params={"week": WEEK}, headers=reader
+        ).json()
+        expected = {
+            "imaged_fractions": 5,
+            "reviewed_on_time": 3,
+            "reviewed_late": 1,
+            "overdue": 1,
+            "pending": 0,
+            "overrides_required": 1,
+            "overrides_documented": 1,
+            "compliance_pct": 60.0,
+        }
+        assert {k: summary[k] for k in expected} == expected
+        assert summary["by_machine"]["TrueBeam1"]["imaged_fractions"] == 5
+        assert summary["by_physician"]["Oncologist^Olga"]["compliance_pct"] == 60.0
+        flags = httpx.get(f"{suite.qa_http}/v1/flags", headers=reader).json()
+        kinds = sorted(flag["kind"] for group in flags["physicians"] for flag in group["flags"])
+        assert kinds == ["overdue_review", "rejected_without_follow_up"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -170,7 +170,7 @@ def list_fractions(
     cursor: str | None = None,
 ) -> FractionPage:
     """Treated fractions, newest first; ``next_cursor`` continues the listing."""
-    now = datetime.now(tz=service.policy.calendar.zone)
+    now = service.now()
     query = select(Fraction).order_by(Fraction.treated_at.desc(), Fraction.id.desc())
     if cursor:
         at, last_id = _decode_cursor(cursor)
@@ -200,7 +200,7 @@ def list_fractions(
 def get_fraction(
     fraction_id: int, principal: Reader, service: ServiceDep, factory: FactoryDep, request: Request
 ) -> FractionDetail:
-    now = datetime.now(tz=service.policy.calendar.zone)
+    now = service.now()
     with factory.begin() as session:
         fraction = session.get(Fraction, fraction_id)
         if fraction is None:
@@ -259,7 +259,7 @@ def flags(
 ) -> dict[str, Any]:
     """The worklist of problems, grouped by physician: overdue reviews, overrides required
     but not documented, and rejected reviews without a later approval."""
-    now = datetime.now(tz=service.policy.calendar.zone)
+    now = service.now()
     with factory.begin() as session:
         rows = session.scalars(
             select(Fraction)
@@ -317,7 +317,7 @@ def weekly(
         start, end = domain.iso_week_bounds(week, zone)
     except ValueError as exc:
         raise RuleViolation(str(exc)) from exc
-    now = datetime.now(tz=zone)
+    now = service.now()
     query = select(Fraction).where(Fraction.treated_at >= start, Fraction.treated_at < end)
     if machine:
         query = query.where(Fraction.machine == machine)
@@ -390,6 +390,12 @@ def _encode_cursor(fraction: Fraction) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         at, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(at), int(last_id)
-    except ValueError as exc:
+        moment = datetime.fromisoformat(at)
+        if moment.tzinfo is None:
+            raise ValueError("the cursor's time has no UTC offset")
+        number = int(last_id)
+        if not 0 <= number < 2**31:
+            raise ValueError("the cursor's id is out of range")
+        return moment.astimezone(UTC), number  # OverflowError at the edges of time
+    except (ValueError, OverflowError) as exc:
         raise RuleViolation("cursor is not one this API returned; start without it") from exc

@@ -91,6 +91,10 @@ class QaService:
     def policy(self) -> domain.ReviewPolicy:
         return self._policy
 
+    def now(self) -> datetime:
+        """The service's clock: what the reads decide "overdue" against."""
+        return self._now()
+
     # ------------------------------------------------------------ events in
 
     def apply(self, event: CloudEvent) -> bool:

@@ -1,0 +1,219 @@
+"""The QA tracker's event handling against a real database: order, duplicates, revisions,
+opportunistic approvals, the overdue sweep, and the consumer on real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.qa_tracker.consumer import run_consumer
+from services.qa_tracker.domain import Decision
+from services.qa_tracker.service import NewReview, QaService
+from services.qa_tracker.settings import QaSettings
+from services.qa_tracker.store import Fraction, Outbox, Review
+from shared.auth import Principal
+from shared.events import ImageApproval, parse_event
+from shared.jetstream import ConsumerPolicy, NatsLink
+from tests.qa_tracker.factories import (
+    Clock,
+    at,
+    imaged_day,
+    imaging_event,
+    make_service,
+    plan_event,
+    record_event,
+)
+
+DR = Principal(user="dr.olga", roles=frozenset({"physician"}))
+Db = tuple[QaSettings, sessionmaker[Session]]
+
+
+def snapshot(factory: sessionmaker[Session]) -> list[dict[str, Any]]:
+    """The fraction table without its surrogate ids, in a stable order."""
+    with factory() as session:
+        rows = session.scalars(select(Fraction).order_by(Fraction.key)).all()
+        return [
+            {c.name: getattr(r, c.name) for c in Fraction.__table__.columns if c.name != "id"}
+            for r in rows
+        ]
+
+
+def week() -> list:  # type: ignore[type-arg]
+    return [
+        plan_event(),
+        *imaged_day(1, "2026-11-23"),
+        *imaged_day(2, "2026-11-24"),
+        record_event(3, "2026-11-25"),  # not imaged
+        *imaged_day(4, "2026-11-27", shift_mm=(6.0, 0.0, 0.0)),
+    ]
+
+
+def test_a_week_becomes_fractions(service: QaService, qa_db: Db) -> None:
+    for event in week():
+        assert service.apply(event)
+    rows = snapshot(qa_db[1])
+    assert [(r["fraction_number"], r["imaged"], r["review_status"]) for r in rows] == [
+        (1, True, "pending"),
+        (2, True, "pending"),
+        (3, False, "not_imaged"),
+        (4, True, "pending"),
+    ]
+    first = rows[0]
+    assert first["physician"] == "Oncologist^Olga" and first["machine"] == "TrueBeam1"
+    assert first["translation_mm"] == [1.0, -2.0, 0.5]
+    # Due before the next fraction (Tue 08:00), earlier than 24 business hours after Monday's.
+    assert first["due_at"] == at("2026-11-24", "08:00")
+    assert rows[3]["override_required"] and not rows[3]["override_documented"]
+
+
+def test_order_and_duplicates_do_not_change_the_result(
+    base_settings: dict[str, object], clock: Clock
+) -> None:
+    from tests.qa_tracker.factories import qa_database
+
+    with qa_database(base_settings) as (settings, factory):
+        reference_service = make_service(settings, factory, clock)
+        for event in week():
+            reference_service.apply(event)
+        reference = snapshot(factory)
+    shuffler = random.Random(4)
+    for attempt in range(3):
+        events = week() + week()[:4]  # redeliveries too
+        shuffler.shuffle(events)
+        with qa_database(
+            {
+                **base_settings,
+                "database_schema_prefix": f"{base_settings['database_schema_prefix']}{attempt}_",
+                "var_dir": base_settings["var_dir"] / str(attempt),
+            }
+        ) as (s, f):  # type: ignore[operator]
+            svc = make_service(s, f, clock)
+            applied = [svc.apply(e) for e in events]
+            assert applied.count(False) == 4  # the inbox skipped every redelivery
+            assert snapshot(f) == reference
+
+
+def test_interrupted_fraction_spanning_two_records_is_one_fraction(
+    service: QaService, qa_db: Db
+) -> None:
+    service.apply(record_event(5, "2026-11-23", "08:00", uid="1.1", minutes=3))
+    service.apply(record_event(5, "2026-11-23", "08:20", uid="1.2", minutes=4))
+    (row,) = snapshot(qa_db[1])
+    assert row["treated_at"] == at("2026-11-23", "08:00")
+    assert row["ended_at"] == at("2026-11-23", "08:24")
+
+
+def test_simulation_records_and_verification_plans_are_ignored(
+    service: QaService, qa_db: Db
+) -> None:
+    assert service.apply(record_event(1, "2026-11-23", origin="SIMULATION"))
+    assert service.apply(plan_event(plan_uid="7.7", intent="VERIFICATION"))
+    assert service.apply(record_event(2, "2026-11-23", delivered=False))  # setup beams only
+    assert snapshot(qa_db[1]) == []
+
+
+def test_an_older_revision_arriving_late_changes_nothing(service: QaService, qa_db: Db) -> None:
+    service.apply(record_event(1, "2026-11-23", "09:00", uid="r", revision=2))
+    service.apply(record_event(1, "2026-11-23", "08:00", uid="r", revision=1))
+    (row,) = snapshot(qa_db[1])
+    assert row["treated_at"] == at("2026-11-23", "09:00")
+
+
+def test_an_approved_rt_image_is_an_opportunistic_review(service: QaService, qa_db: Db) -> None:
+    approval = ImageApproval(
+        sop_instance_uid="5.5.1",
+        status="APPROVED",
+        reviewer_name="Oncologist^Olga",
+        reviewed_at=at("2026-11-23", "10:00"),
+    )
+    service.apply(record_event(1, "2026-11-23", "08:00"))
+    service.apply(
+        imaging_event(
+            "kv", "2026-11-23", "07:55", classification="kv_2d", count=2, approvals=(approval,)
+        )
+    )
+    service.apply(
+        imaging_event(
+            "kv", "2026-11-23", "07:55", classification="kv_2d", count=2, approvals=(approval,)
+        )
+    )  # the same again: no second review
+    (row,) = snapshot(qa_db[1])
+    assert row["review_status"] == "reviewed_on_time"
+    with qa_db[1]() as session:
+        reviews = session.scalars(select(Review)).all()
+        outbox = [parse_event(o.body) for o in session.scalars(select(Outbox))]
+    assert [(r.source, r.physician) for r in reviews] == [("dicom_approval", "Oncologist^Olga")]
+    assert [e.type for e in outbox] == ["rtops.qa.review.documented"]
+
+
+def test_overdue_is_published_once(service: QaService, qa_db: Db, clock: Clock) -> None:
+    for event in imaged_day(1, "2026-11-23"):
+        service.apply(event)
+    assert service.publish_overdue() == 0  # not yet due
+    clock.now = at("2026-11-24", "08:00") + timedelta(seconds=1)
+    assert service.publish_overdue() == 1
+    assert service.publish_overdue() == 0
+    with qa_db[1]() as session:
+        (event,) = [parse_event(o.body) for o in session.scalars(select(Outbox))]
+    assert event.type == "rtops.qa.review.overdue"
+    assert event.data.due_at == at("2026-11-24", "08:00")  # type: ignore[attr-defined]
+
+
+def test_review_after_overdue_is_late(service: QaService, qa_db: Db, clock: Clock) -> None:
+    for event in imaged_day(1, "2026-11-23"):
+        service.apply(event)
+    clock.now = at("2026-11-24", "10:00")
+    (fraction_id,) = _ids(qa_db[1])
+    service.add_review(
+        fraction_id,
+        NewReview(Decision.APPROVED, None, None, None),
+        principal=DR,
+        resource="/v1/fractions/1/reviews",
+    )
+    assert snapshot(qa_db[1])[0]["review_status"] == "reviewed_late"
+
+
+def _ids(factory: sessionmaker[Session]) -> list[int]:
+    with factory() as session:
+        return list(session.scalars(select(Fraction.id)))
+
+
+async def test_consumer_on_real_nats(service: QaService, qa_db: Db) -> None:
+    settings, factory = qa_db
+    link = NatsLink(settings, name="qa-test")
+    runner = asyncio.create_task(link.run())
+    await asyncio.wait_for(link.ready.wait(), 10)
+    stop = asyncio.Event()
+    consumer = asyncio.create_task(
+        run_consumer(
+            link,
+            service,
+            stop=stop,
+            policy=ConsumerPolicy(fetch_timeout_s=0.2, max_deliver=2, backoff_s=(0.1,)),
+        )
+    )
+    try:
+        events = week()
+        for event in events + events[:3]:  # the same ids again: JetStream or the inbox drops them
+            await link.publish(event.type, event.to_json(), event.id + "-resent")
+        for _ in range(200):
+            if len(snapshot(factory)) == 4:
+                break
+            await asyncio.sleep(0.05)
+        assert [r["fraction_number"] for r in snapshot(factory)] == [1, 2, 3, 4]
+        for _ in range(100):
+            info = await link.js.consumer_info(settings.stream_name, "qa_tracker")  # type: ignore[union-attr]
+            if info.num_ack_pending == 0 and info.num_pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert info.num_ack_pending == 0 and info.num_pending == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(consumer, 10)
+        runner.cancel()
+        await link.close()
