@@ -395,6 +395,33 @@ class ReviewOverdue(EventPayload):
         return f"overdue:{self.fraction_key}"
 
 
+class DigestItem(_Frozen):
+    kind: Literal["overdue_review", "override_not_documented", "rejected_without_follow_up"]
+    fraction_id: int
+    patient_id: str
+    patient_name: str | None = None
+    fraction_number: int | None = None
+    machine: str | None = None
+    treated_at: datetime
+    due_at: datetime | None = None
+    link: str = Field(description="path of the fraction in the QA tracker API")
+
+
+class ReviewDigest(EventPayload):
+    """The day's open review problems of one physician (published once per physician and
+    business day by the QA tracker), for a notifier to deliver as one message. ``patient`` is
+    empty: the items name their patients."""
+
+    type: ClassVar[str] = "rtops.qa.review.digest"
+    version: Literal[1] = 1
+    physician: str
+    day: date
+    flags: tuple[DigestItem, ...]
+
+    def business_key(self) -> str:
+        return f"digest:{self.physician}:{self.day.isoformat()}"
+
+
 PAYLOADS: tuple[type[EventPayload], ...] = (
     PlanReceived,
     TreatmentRecorded,
@@ -403,6 +430,7 @@ PAYLOADS: tuple[type[EventPayload], ...] = (
     RegistrationReceived,
     ReviewDocumented,
     ReviewOverdue,
+    ReviewDigest,
 )
 _BY_TYPE: dict[tuple[str, int], type[EventPayload]] = {
     (p.type, p.model_fields["version"].default): p for p in PAYLOADS

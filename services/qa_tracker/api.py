@@ -259,44 +259,20 @@ def flags(
 ) -> dict[str, Any]:
     """The worklist of problems, grouped by physician: overdue reviews, overrides required
     but not documented, and rejected reviews without a later approval."""
-    now = service.now()
     with factory.begin() as session:
-        rows = session.scalars(
-            select(Fraction)
-            .where(
-                service.status_filter("overdue", now)  # type: ignore[arg-type]
-                | (Fraction.override_required.is_(True) & Fraction.override_documented.is_(False))
-                | Fraction.rejected.is_(True)
-            )
-            .order_by(Fraction.treated_at)
-        ).all()
-        _audit(session, principal, request, "read", [f.patient_id for f in rows])
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for f in rows:
-            kinds = []
-            if service.status_at(f, now) == "overdue":
-                kinds.append("overdue_review")
-            if f.override_required and not f.override_documented:
-                kinds.append("override_not_documented")
-            if f.rejected:
-                kinds.append("rejected_without_follow_up")
-            for kind in kinds:
-                groups.setdefault(f.physician or "unassigned", []).append(
-                    {
-                        "kind": kind,
-                        "fraction_id": f.id,
-                        "patient_id": f.patient_id,
-                        "fraction_number": f.fraction_number,
-                        "machine": f.machine,
-                        "treated_at": as_utc(f.treated_at).isoformat(),
-                        "due_at": as_utc(f.due_at).isoformat() if f.due_at else None,
-                        "link": f"/v1/fractions/{f.id}",
-                    }
-                )
+        groups = service.open_flags(session)
+        _audit(
+            session,
+            principal,
+            request,
+            "read",
+            [flag.patient_id for items in groups.values() for flag in items],
+        )
     return {
         "status": status,
         "physicians": [
-            {"physician": name, "flags": items} for name, items in sorted(groups.items())
+            {"physician": name, "flags": [flag.model_dump(mode="json") for flag in items]}
+            for name, items in sorted(groups.items())
         ],
     }
 

@@ -37,6 +37,7 @@ def create_app(settings: QaSettings | None = None) -> FastAPI:
         factory=factory,
         policy=policy,
         imaging_devices=settings.qa_imaging_devices,
+        digest_hour=settings.qa_digest_hour,
         on_commit=relay.wake,
     )
 
@@ -44,6 +45,7 @@ def create_app(settings: QaSettings | None = None) -> FastAPI:
         while True:
             try:
                 await asyncio.to_thread(service.publish_overdue)
+                await asyncio.to_thread(service.publish_digests)
             except Exception as exc:
                 log.warning("overdue sweep failed; will retry", error=str(exc))
             await asyncio.sleep(settings.qa_sweep_interval_s)

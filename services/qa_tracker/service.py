@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
+from pydantic import BaseModel
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,10 +37,12 @@ from shared.db import as_utc
 from shared.errors import NotFound, RuleViolation
 from shared.events import (
     CloudEvent,
+    DigestItem,
     ImagingAcquired,
     Patient,
     PlanReceived,
     RegistrationReceived,
+    ReviewDigest,
     ReviewDocumented,
     ReviewOverdue,
     TreatmentRecorded,
@@ -63,6 +66,18 @@ def technique_of(plan: PlanReceived) -> str | None:
     return "SBRT" if _SBRT.search(text) else None
 
 
+class OpenFlag(BaseModel):
+    kind: str
+    fraction_id: int
+    patient_id: str
+    patient_name: str | None
+    fraction_number: int | None
+    machine: str | None
+    treated_at: datetime
+    due_at: datetime | None
+    link: str
+
+
 @dataclass(frozen=True)
 class NewReview:
     decision: domain.Decision
@@ -80,12 +95,14 @@ class QaService:
         imaging_devices: dict[str, str] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_commit: Callable[[], None] = lambda: None,
+        digest_hour: int = 7,
     ) -> None:
         self._factory = factory
         self._policy = policy
         self._devices = imaging_devices or {}
         self._now = clock
         self._on_commit = on_commit
+        self._digest_hour = digest_hour
 
     @property
     def policy(self) -> domain.ReviewPolicy:
@@ -495,6 +512,79 @@ class QaService:
         if rows:
             self._on_commit()
         return len(rows)
+
+    # ------------------------------------------------------------ worklist and digest
+
+    def open_flags(self, session: Session) -> dict[str, list[OpenFlag]]:
+        """Open problems by physician: overdue reviews, overrides required but not
+        documented, rejected reviews without a later approval."""
+        now = self._now()
+        rows = session.scalars(
+            select(Fraction)
+            .where(
+                self.status_filter("overdue", now)  # type: ignore[operator]
+                | (Fraction.override_required.is_(True) & Fraction.override_documented.is_(False))
+                | Fraction.rejected.is_(True)
+            )
+            .order_by(Fraction.treated_at, Fraction.id)
+        ).all()
+        groups: dict[str, list[OpenFlag]] = {}
+        for f in rows:
+            kinds = [
+                kind
+                for kind, applies in (
+                    ("overdue_review", self.status_at(f, now) == "overdue"),
+                    ("override_not_documented", f.override_required and not f.override_documented),
+                    ("rejected_without_follow_up", f.rejected),
+                )
+                if applies
+            ]
+            for kind in kinds:
+                groups.setdefault(f.physician or "unassigned", []).append(
+                    OpenFlag(
+                        kind=kind,
+                        fraction_id=f.id,
+                        patient_id=f.patient_id,
+                        patient_name=f.patient_name,
+                        fraction_number=f.fraction_number,
+                        machine=f.machine,
+                        treated_at=as_utc(f.treated_at),
+                        due_at=as_utc(f.due_at) if f.due_at else None,
+                        link=f"/v1/fractions/{f.id}",
+                    )
+                )
+        return groups
+
+    def publish_digests(self) -> int:
+        """One ``qa.review.digest`` per physician with open flags, once a business day after
+        ``digest_hour`` (clinic time): staff get a daily summary, not a message per fraction.
+        The event id is per physician and day, so restarts and replicas send it once."""
+        now = self._now()
+        local = now.astimezone(self._policy.calendar.zone)
+        if local.hour < self._digest_hour or not self._policy.calendar.is_business_day(
+            local.date()
+        ):
+            return 0
+        sent = 0
+        with self._factory.begin() as session:
+            for physician, flags in sorted(self.open_flags(session).items()):
+                payload = ReviewDigest(
+                    patient=Patient(id=""),
+                    physician=physician,
+                    day=local.date(),
+                    flags=tuple(
+                        DigestItem(
+                            **f.model_dump(exclude={"patient_name"}), patient_name=f.patient_name
+                        )
+                        for f in flags
+                    ),
+                )
+                sent += add_to_outbox(
+                    session, Outbox, envelope(payload, source=EVENT_SOURCE, subject=physician)
+                )
+        if sent:
+            self._on_commit()
+        return sent
 
     # ------------------------------------------------------------ reads
 

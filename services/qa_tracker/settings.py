@@ -19,4 +19,9 @@ class QaSettings(RtopsSettings):
         default_factory=dict,
         description='imaging device -> the linac it belongs to, e.g. {"XVI1": "Agility1"}',
     )
-    qa_sweep_interval_s: float = Field(default=60.0, description="overdue sweep period")
+    qa_sweep_interval_s: float = Field(
+        default=60.0, description="how often overdue reviews and the daily digest are checked"
+    )
+    qa_digest_hour: int = Field(
+        default=7, ge=0, le=23, description="clinic hour from which the daily digest is sent"
+    )

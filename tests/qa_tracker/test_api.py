@@ -958,6 +958,7 @@ async def test_flags_group_open_problems_by_physician(
             "kind": kind,
             "fraction_id": fid[key],
             "patient_id": key[0],
+            "patient_name": "Phantom^Pelvis",  # the worklist names the patient
             "fraction_number": key[1],
             "machine": machine,
             "link": f"/v1/fractions/{fid[key]}",

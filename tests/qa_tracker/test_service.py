@@ -164,6 +164,32 @@ def test_overdue_is_published_once(service: QaService, qa_db: Db, clock: Clock) 
     assert event.data.due_at == at("2026-11-24", "08:00")  # type: ignore[attr-defined]
 
 
+def test_daily_digest_once_per_physician_and_business_day(
+    service: QaService, qa_db: Db, clock: Clock
+) -> None:
+    service.apply(plan_event())
+    for event in imaged_day(1, "2026-11-23") + imaged_day(2, "2026-11-24"):
+        service.apply(event)
+    clock.now = at("2026-11-25", "06:59")  # before the digest hour (07:00)
+    assert service.publish_digests() == 0
+    clock.now = at("2026-11-25", "08:30")  # both fractions past due
+    assert service.publish_digests() == 1  # one physician, both overdue fractions in it
+    assert service.publish_digests() == 0  # a restart or a second replica sends nothing
+    clock.now = at("2026-11-26", "09:00")  # Thanksgiving: no digest
+    assert service.publish_digests() == 0
+    with qa_db[1]() as session:
+        (digest,) = [
+            e
+            for o in session.scalars(select(Outbox))
+            if (e := parse_event(o.body)).type == "rtops.qa.review.digest"
+        ]
+    assert digest.data.physician == "Oncologist^Olga"  # type: ignore[attr-defined]
+    assert [(f.kind, f.fraction_number) for f in digest.data.flags] == [  # type: ignore[attr-defined]
+        ("overdue_review", 1),
+        ("overdue_review", 2),
+    ]
+
+
 def test_review_after_overdue_is_late(service: QaService, qa_db: Db, clock: Clock) -> None:
     for event in imaged_day(1, "2026-11-23"):
         service.apply(event)

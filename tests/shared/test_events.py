@@ -22,6 +22,7 @@ from shared.events import (
     BeamDelivery,
     CloudEvent,
     CouchPosition,
+    DigestItem,
     DoseReference,
     EventPayload,
     FractionGroup,
@@ -36,6 +37,7 @@ from shared.events import (
     PlanReference,
     RegistrationItem,
     RegistrationReceived,
+    ReviewDigest,
     ReviewDocumented,
     ReviewOverdue,
     SourceDevice,
@@ -202,6 +204,22 @@ SAMPLES: dict[type[EventPayload], EventPayload] = {
         on_time=True,
         override_required=True,
         override_reason="couch shift accepted: new immobilisation",
+    ),
+    ReviewDigest: ReviewDigest(
+        patient=Patient(id=""),
+        physician="Oncologist^Olga",
+        day=date(2026, 11, 24),
+        flags=(
+            DigestItem(
+                kind="overdue_review",
+                fraction_id=6,
+                patient_id="RT-0001",
+                fraction_number=6,
+                treated_at=WHEN,
+                due_at=WHEN,
+                link="/v1/fractions/6",
+            ),
+        ),
     ),
     ReviewOverdue: ReviewOverdue(
         patient=PATIENT,
