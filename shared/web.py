@@ -3,9 +3,10 @@ bearer-token auth, the same for every service."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import structlog
@@ -19,10 +20,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import Authenticator
+from shared.db import ping
 from shared.errors import RtopsError
+from shared.jetstream import NatsLink
+from shared.logging import configure_logging
 from shared.settings import RtopsSettings
 
 log = structlog.get_logger(__name__)
@@ -138,3 +143,50 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+def background_lifespan(
+    *,
+    link: NatsLink,
+    engine: Engine,
+    tasks: Callable[[], Sequence[Coroutine[Any, Any, None]]],
+    on_start: Callable[[FastAPI], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The lifespan every service shares: keep the NATS link and the service's background
+    tasks running while the app serves; on shutdown stop them, drain NATS, close the pool."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if on_start is not None:
+            on_start(app)
+        running = [asyncio.create_task(c) for c in (link.run(), *tasks())]
+        try:
+            yield
+        finally:
+            if on_stop is not None:
+                on_stop()
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            await link.close()
+            engine.dispose()
+
+    return lifespan
+
+
+def readiness_checks(engine: Engine, link: NatsLink) -> dict[str, ReadinessCheck]:
+    async def database() -> None:
+        await asyncio.to_thread(ping, engine)
+
+    return {"database": database, "nats": link.check}
+
+
+def serve(
+    create: Callable[[], FastAPI], settings: RtopsSettings, *, host: str, port: int, service: str
+) -> None:
+    """``python -m services.<name>``: JSON logs, then uvicorn in the foreground."""
+    import uvicorn
+
+    configure_logging(settings.log_level, settings.log_format, service=service)
+    uvicorn.run(create(), host=host, port=port, log_config=None, access_log=False)

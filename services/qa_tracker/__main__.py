@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import uvicorn
-
 from services.qa_tracker.app import create_app
 from services.qa_tracker.settings import QaSettings
-from shared.logging import configure_logging
+from shared.web import serve
 
 
 def main() -> None:
     settings = QaSettings()
-    configure_logging(settings.log_level, settings.log_format, service="qa_tracker")
-    uvicorn.run(
-        create_app(settings),
+    serve(
+        lambda: create_app(settings),
+        settings,
         host=settings.qa_http_host,
         port=settings.qa_http_port,
-        log_config=None,
-        access_log=False,
+        service="qa_tracker",
     )
 
 

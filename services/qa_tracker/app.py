@@ -4,8 +4,6 @@ the outbox relay."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import FastAPI
@@ -17,9 +15,10 @@ from services.qa_tracker.policy import load_policy
 from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import Outbox
-from shared.db import make_engine, ping, session_factory
+from shared.db import make_engine, session_factory
 from shared.jetstream import NatsLink
 from shared.outbox import OutboxRelay
+from shared.web import background_lifespan, readiness_checks
 from shared.web import create_app as create_service_app
 
 SERVICE = "qa_tracker"
@@ -50,31 +49,17 @@ def create_app(settings: QaSettings | None = None) -> FastAPI:
                 log.warning("overdue sweep failed; will retry", error=str(exc))
             await asyncio.sleep(settings.qa_sweep_interval_s)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks = [
-            asyncio.create_task(t)
-            for t in (link.run(), relay.run(), sweep(), run_consumer(link, service))
-        ]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await link.close()
-            engine.dispose()
-
-    async def database() -> None:
-        await asyncio.to_thread(ping, engine)
-
     app = create_service_app(
         title="rtops QA tracker",
         settings=settings,
         registry=CollectorRegistry(),
-        readiness={"database": database, "nats": link.check},
+        readiness=readiness_checks(engine, link),
         routers=[router],
-        lifespan=lifespan,
+        lifespan=background_lifespan(
+            link=link,
+            engine=engine,
+            tasks=lambda: (relay.run(), sweep(), run_consumer(link, service)),
+        ),
     )
     app.state.session_factory = factory
     app.state.qa_service = service

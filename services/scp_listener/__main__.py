@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import uvicorn
-
 from services.scp_listener.app import create_app
 from services.scp_listener.settings import ScpSettings
-from shared.logging import configure_logging
+from shared.web import serve
 
 
 def main() -> None:
     settings = ScpSettings()
-    configure_logging(settings.log_level, settings.log_format, service="scp_listener")
-    uvicorn.run(
-        create_app(settings),
+    serve(
+        lambda: create_app(settings),
+        settings,
         host=settings.scp_http_host,
         port=settings.scp_http_port,
-        log_config=None,
-        access_log=False,
+        service="scp_listener",
     )
 
 

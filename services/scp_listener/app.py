@@ -4,8 +4,6 @@ with an HTTP side for health, readiness and metrics."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -20,9 +18,10 @@ from services.scp_listener.objectstore import ObjectStore
 from services.scp_listener.service import Ingestor
 from services.scp_listener.settings import ScpSettings
 from services.scp_listener.store import Outbox
-from shared.db import make_engine, ping, session_factory
+from shared.db import make_engine, session_factory
 from shared.jetstream import NatsLink
 from shared.outbox import OutboxRelay, outbox_depth
+from shared.web import background_lifespan, readiness_checks
 from shared.web import create_app as create_service_app
 
 SERVICE = "scp_listener"
@@ -57,31 +56,23 @@ def create_app(settings: ScpSettings | None = None) -> FastAPI:
                 log.warning("series sweep failed; will retry", error=str(exc))
             await asyncio.sleep(settings.scp_sweep_interval_s)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        server = scp.start(settings, devices, ingestor, metrics)
-        app.state.dicom_server = server
-        tasks = [asyncio.create_task(t) for t in (link.run(), relay.run(), sweep())]
-        try:
-            yield
-        finally:
-            server.shutdown()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await link.close()
-            engine.dispose()
-
-    async def database() -> None:
-        await asyncio.to_thread(ping, engine)
+    def start_dicom(app: FastAPI) -> None:
+        app.state.dicom_server = scp.start(settings, devices, ingestor, metrics)
 
     app = create_service_app(
         title="rtops DICOM SCP",
         settings=settings,
         registry=registry,
-        readiness={"database": database, "nats": link.check},
+        readiness=readiness_checks(engine, link),
         routers=[router],
-        lifespan=lifespan,
+        lifespan=background_lifespan(
+            link=link,
+            engine=engine,
+            tasks=lambda: (relay.run(), sweep()),
+            on_start=start_dicom,
+            # Stop taking associations first; in-flight C-STOREs finish before the pool closes.
+            on_stop=lambda: app.state.dicom_server.shutdown(),
+        ),
     )
     app.state.session_factory = factory
     app.state.ingestor = ingestor
