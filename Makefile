@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test lint format schemas bench clean
+.PHONY: help install run test lint format schemas bench bench-qa clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,3 +43,6 @@ bench: install ## SCP benchmark against DCMTK's storescp (needs dcmtk)
 
 clean: ## remove .venv and var/
 	rm -rf $(VENV) var
+
+bench-qa: install ## QA tracker replay benchmark (RTOPS_DATABASE_URL for PostgreSQL)
+	$(BIN)/python -m bench.qa_bench --days 20

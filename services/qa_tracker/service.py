@@ -227,6 +227,13 @@ class QaService:
 
     def _rebuild(self, session: Session, patient_id: str) -> None:
         """Recompute every fraction of one patient from the recorded facts."""
+        # The recorded fact first; then reads would flush every fraction change before each
+        # query, so the rest flushes once, at commit.
+        session.flush()
+        with session.no_autoflush:
+            self._rebuild_unflushed(session, patient_id)
+
+    def _rebuild_unflushed(self, session: Session, patient_id: str) -> None:
         zone = self._policy.calendar.zone
         records = session.scalars(
             select(TreatmentRecord).where(
@@ -281,6 +288,11 @@ class QaService:
             f.key: f
             for f in session.scalars(select(Fraction).where(Fraction.patient_id == patient_id))
         }
+        reviews: dict[int, list[Review]] = {}
+        for review in session.scalars(
+            select(Review).join(Fraction).where(Fraction.patient_id == patient_id)
+        ):
+            reviews.setdefault(review.fraction_id, []).append(review)
         for t in treated:
             rs = grouped[t.key]
             plan = plans.get(rs[0].plan_uid or "")
@@ -324,8 +336,9 @@ class QaService:
             else:
                 for name, value in values.items():
                     setattr(fraction, name, value)
-            self._adopt_image_approvals(session, fraction, my_sessions)
-            self._assess(session, fraction)
+            mine = reviews.setdefault(fraction.id, [])
+            mine += self._adopt_image_approvals(session, fraction, my_sessions)
+            self._assess(session, fraction, mine)
         for gone in existing.values():  # e.g. a record revision renumbered its fraction
             has_reviews = session.scalar(select(Review.id).where(Review.fraction_id == gone.id))
             if has_reviews is None:
@@ -333,9 +346,10 @@ class QaService:
 
     def _adopt_image_approvals(
         self, session: Session, fraction: Fraction, sessions: Sequence[ImagingSession]
-    ) -> None:
+    ) -> list[Review]:
         """An RT Image approved in the OIS (Approval Status with reviewer and time) is an
         opportunistic review of its fraction."""
+        adopted: list[Review] = []
         for s in sessions:
             for approval in s.approvals:
                 if approval.get("status") != "APPROVED" or not approval.get("reviewed_at"):
@@ -362,9 +376,10 @@ class QaService:
                 session.add(review)
                 session.flush()
                 self._publish_review(session, fraction, review)
+                adopted.append(review)
+        return adopted
 
-    def _facts(self, session: Session, fraction: Fraction) -> domain.FractionFacts:
-        reviews = session.scalars(select(Review).where(Review.fraction_id == fraction.id)).all()
+    def _facts(self, fraction: Fraction, reviews: Sequence[Review]) -> domain.FractionFacts:
         correction = None
         if fraction.translation_mm or fraction.rotation_deg:
             correction = domain.Correction(
@@ -395,8 +410,12 @@ class QaService:
             ],
         )
 
-    def _assess(self, session: Session, fraction: Fraction) -> domain.Assessment:
-        result = domain.assess(self._facts(session, fraction), now=self._now(), policy=self._policy)
+    def _assess(
+        self, session: Session, fraction: Fraction, reviews: Sequence[Review] | None = None
+    ) -> domain.Assessment:
+        if reviews is None:
+            reviews = session.scalars(select(Review).where(Review.fraction_id == fraction.id)).all()
+        result = domain.assess(self._facts(fraction, reviews), now=self._now(), policy=self._policy)
         fraction.due_at = result.due_at
         # Stored without the clock: "overdue" is pending past due_at, decided when read.
         fraction.review_status = (

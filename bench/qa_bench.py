@@ -1,0 +1,154 @@
+"""QA tracker benchmark: replay a busy department's DICOM events through the consumer's
+handler, then time the weekly summary over that data.
+
+    python -m bench.qa_bench [--days 20] [--linacs 10] [--per-linac 60]
+
+The issue's workload is a year (about 250 treatment days) of 10 linacs x 60 fractions a day,
+each imaged: ``--days 250``. Each fraction is three events (CBCT series, registration,
+treatment record); each patient a plan event and 25 consecutive business days of treatment.
+Events are applied with ``QaService.apply`` (what the durable consumer calls for each message,
+minus NATS), on SQLite under a temp dir, or on PostgreSQL when ``RTOPS_DATABASE_URL`` is set.
+Targets (issue 4): >= 1,000 events/s per replica; weekly summary p95 < 200 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from services.qa_tracker.api import router
+from services.qa_tracker.settings import QaSettings
+from shared.auth import issue_dev_token
+from shared.events import CloudEvent
+from shared.web import create_app
+from tests.qa_tracker.factories import (
+    Clock,
+    at,
+    imaged_day,
+    make_service,
+    plan_event,
+    qa_database,
+)
+
+FRACTIONS_PER_COURSE = 25
+
+
+def business_days(start: date, count: int) -> list[date]:
+    days, day = [], start
+    while len(days) < count:
+        if day.weekday() < 5:
+            days.append(day)
+        day += timedelta(days=1)
+    return days
+
+
+def department(days: int, linacs: int, per_linac: int) -> list[CloudEvent]:
+    """Courses start staggered so that every linac treats ``per_linac`` patients a day."""
+    calendar = business_days(date(2026, 1, 5), days)
+    events: list[CloudEvent] = []
+    for linac in range(linacs):
+        for slot in range(per_linac):
+            # Slot s starts a new 25-fraction course every 25 days, offset by s so that
+            # courses end and start on different days.
+            for course_start in range(-(slot % FRACTIONS_PER_COURSE), days, FRACTIONS_PER_COURSE):
+                pid = f"L{linac}-S{slot}-C{course_start}"
+                plan_uid = f"2.25.{uuid.uuid4().int}"
+                treated = [
+                    d for d in calendar[max(0, course_start) : course_start + FRACTIONS_PER_COURSE]
+                ]
+                if not treated:
+                    continue
+                events.append(plan_event(plan_uid=plan_uid, pid=pid))
+                hhmm = f"{7 + slot // 6:02}:{(slot % 6) * 10:02}"
+                for number, day in enumerate(treated, start=1):
+                    for event in imaged_day(number, day.isoformat(), hhmm, pid=pid):
+                        data = event.data
+                        if getattr(data, "plan_uid", None) is not None:
+                            data = data.model_copy(
+                                update={"plan_uid": plan_uid, "machine": f"TrueBeam{linac}"}
+                            )
+                        elif hasattr(data, "machine"):
+                            data = data.model_copy(update={"machine": f"TrueBeam{linac}"})
+                        events.append(event.model_copy(update={"data": data}))
+    return events
+
+
+async def summary_latency(app: object, token: str, week: str, calls: int) -> list[float]:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    times = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        for _ in range(calls):
+            start = time.perf_counter()
+            response = await client.get(
+                "/v1/compliance/weekly",
+                params={"week": week},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            times.append((time.perf_counter() - start) * 1000)
+            response.raise_for_status()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--days", type=int, default=20)
+    parser.add_argument("--linacs", type=int, default=10)
+    parser.add_argument("--per-linac", type=int, default=60)
+    parser.add_argument("--calls", type=int, default=20)
+    args = parser.parse_args()
+
+    built = time.perf_counter()
+    events = department(args.days, args.linacs, args.per_linac)
+    print(
+        f"{len(events)} events ({args.days} days, {args.linacs} linacs x {args.per_linac} "
+        f"fractions a day) built in {time.perf_counter() - built:.1f} s"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        base = {"var_dir": Path(tmp), "database_schema_prefix": f"bench_{uuid.uuid4().hex[:8]}_"}
+        with qa_database(base) as (settings, factory):
+            service = make_service(settings, factory, Clock(at("2026-12-31", "12:00")))
+            start = time.perf_counter()
+            for event in events:
+                service.apply(event)
+            elapsed = time.perf_counter() - start
+            rate = len(events) / elapsed
+            app = create_app(
+                title="bench",
+                settings=settings,
+                registry=CollectorRegistry(),
+                readiness={},
+                routers=[router],
+            )
+            app.state.session_factory = factory
+            app.state.qa_service = service
+            token = issue_dev_token(
+                QaSettings(var_dir=Path(tmp)), user="bench", roles=["physicist"]
+            )
+            week = date(2026, 1, 5) + timedelta(days=7 * max(0, args.days // 5 - 1))
+            iso = week.isocalendar()
+            times = asyncio.run(
+                summary_latency(app, token, f"{iso.year}-W{iso.week:02d}", args.calls)
+            )
+    backend = "PostgreSQL" if settings.database_url else "SQLite"
+    p95 = statistics.quantiles(times, n=20)[-1] if len(times) >= 2 else times[0]
+    print(
+        f"backend {backend}: {rate:,.0f} events/s over {elapsed:.1f} s "
+        f"(target >= 1,000/s per replica)"
+    )
+    print(
+        f"weekly summary: p50 {statistics.median(times):.1f} ms, p95 {p95:.1f} ms over "
+        f"{len(times)} calls (target p95 < 200 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
