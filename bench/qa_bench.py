@@ -23,13 +23,11 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
-from prometheus_client import CollectorRegistry
 
-from services.qa_tracker.api import router
+from services.qa_tracker.app import api_app
 from services.qa_tracker.settings import QaSettings
 from shared.auth import issue_dev_token
 from shared.events import CloudEvent
-from shared.web import create_app
 from tests.qa_tracker.factories import (
     Clock,
     at,
@@ -121,15 +119,7 @@ def main() -> None:
                 service.apply(event)
             elapsed = time.perf_counter() - start
             rate = len(events) / elapsed
-            app = create_app(
-                title="bench",
-                settings=settings,
-                registry=CollectorRegistry(),
-                readiness={},
-                routers=[router],
-            )
-            app.state.session_factory = factory
-            app.state.qa_service = service
+            app = api_app(settings, factory, service)
             token = issue_dev_token(
                 QaSettings(var_dir=Path(tmp)), user="bench", roles=["physicist"]
             )

@@ -4,10 +4,13 @@ the outbox relay."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import structlog
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker.api import router
 from services.qa_tracker.consumer import run_consumer
@@ -18,7 +21,7 @@ from services.qa_tracker.store import Outbox
 from shared.db import make_engine, session_factory
 from shared.jetstream import NatsLink
 from shared.outbox import OutboxRelay
-from shared.web import background_lifespan, readiness_checks
+from shared.web import ReadinessCheck, background_lifespan, readiness_checks
 from shared.web import create_app as create_service_app
 
 SERVICE = "qa_tracker"
@@ -49,17 +52,36 @@ def create_app(settings: QaSettings | None = None) -> FastAPI:
                 log.warning("overdue sweep failed; will retry", error=str(exc))
             await asyncio.sleep(settings.qa_sweep_interval_s)
 
-    app = create_service_app(
-        title="rtops QA tracker",
-        settings=settings,
-        registry=CollectorRegistry(),
+    return api_app(
+        settings,
+        factory,
+        service,
         readiness=readiness_checks(engine, link),
-        routers=[router],
         lifespan=background_lifespan(
             link=link,
             engine=engine,
             tasks=lambda: (relay.run(), sweep(), run_consumer(link, service)),
         ),
+    )
+
+
+def api_app(
+    settings: QaSettings,
+    factory: sessionmaker[Session],
+    service: QaService,
+    *,
+    readiness: dict[str, ReadinessCheck] | None = None,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    """The REST app over a given service; without a lifespan (tests, the benchmark) it runs
+    no consumer, sweep or relay."""
+    app = create_service_app(
+        title="rtops QA tracker",
+        settings=settings,
+        registry=CollectorRegistry(),
+        readiness=readiness or {},
+        routers=[router],
+        lifespan=lifespan,
     )
     app.state.session_factory = factory
     app.state.qa_service = service

@@ -18,17 +18,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.qa_tracker.api import router
+from services.qa_tracker.app import api_app
 from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import AuditLog, Fraction, Outbox, Review
 from shared.auth import issue_dev_token
 from shared.events import ReviewDocumented, parse_event
-from shared.web import PROBLEM_JSON, create_app
+from shared.web import PROBLEM_JSON
 from tests.qa_tracker.factories import (
     NY,
     PLAN_UID,
@@ -81,16 +80,7 @@ Auth = Callable[..., dict[str, str]]
 def app(qa_db: Db, service: QaService) -> FastAPI:
     """What ``create_app`` builds, minus the lifespan tasks; the service runs on ``clock``."""
     settings, factory = qa_db
-    app = create_app(
-        title="rtops QA tracker (test)",
-        settings=settings,
-        registry=CollectorRegistry(),
-        readiness={},
-        routers=[router],
-    )
-    app.state.session_factory = factory
-    app.state.qa_service = service
-    return app
+    return api_app(settings, factory, service)
 
 
 @pytest.fixture
