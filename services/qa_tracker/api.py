@@ -21,7 +21,6 @@ from services.qa_tracker.service import NewReview, QaService
 from services.qa_tracker.store import AuditLog, Fraction, ImagingSession, Registration, Review
 from shared.audit import record_access
 from shared.auth import Principal, require_roles
-from shared.db import as_utc
 from shared.errors import NotFound, RuleViolation
 
 router = APIRouter(prefix="/v1", tags=["qa"])
@@ -124,11 +123,11 @@ def _out(fraction: Fraction, service: QaService, now: datetime) -> dict[str, Any
         "patient_id": fraction.patient_id,
         "plan_uid": fraction.plan_uid,
         "fraction_number": fraction.fraction_number,
-        "treated_at": as_utc(fraction.treated_at),
+        "treated_at": fraction.treated_at,
         "machine": fraction.machine,
         "imaged": fraction.imaged,
         "review_status": service.status_at(fraction, now),
-        "due_at": as_utc(fraction.due_at) if fraction.due_at else None,
+        "due_at": fraction.due_at,
         "correction_mm": max(abs(v) for v in translation) if translation else None,
         "override_required": fraction.override_required,
         "override_documented": fraction.override_documented,
@@ -219,9 +218,7 @@ def get_fraction(
         ).all()
         return FractionDetail(
             **_out(fraction, service, now),
-            next_fraction_at=as_utc(fraction.next_fraction_at)
-            if fraction.next_fraction_at
-            else None,
+            next_fraction_at=fraction.next_fraction_at,
             therapist_override=fraction.therapist_override,
             partial=fraction.partial,
             imaging=[ImagingOut.model_validate(s, from_attributes=True) for s in sessions],
@@ -367,7 +364,7 @@ def _csv(body: dict[str, Any]) -> str:
 
 
 def _encode_cursor(fraction: Fraction) -> str:
-    raw = f"{as_utc(fraction.treated_at).isoformat()}|{fraction.id}"
+    raw = f"{fraction.treated_at.isoformat()}|{fraction.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 

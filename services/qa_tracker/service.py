@@ -33,7 +33,6 @@ from services.qa_tracker.store import (
 )
 from shared.audit import record_access
 from shared.auth import Principal
-from shared.db import as_utc
 from shared.errors import NotFound, RuleViolation
 from shared.events import (
     CloudEvent,
@@ -249,8 +248,8 @@ class QaService:
                 key,
                 patient_id,
                 rs[0].machine,
-                min(as_utc(r.started_at) for r in rs),
-                max(as_utc(r.ended_at) for r in rs),
+                min(r.started_at for r in rs),
+                max(r.ended_at for r in rs),
             )
             for key, rs in grouped.items()
         ]
@@ -258,7 +257,7 @@ class QaService:
             select(ImagingSession).where(ImagingSession.patient_id == patient_id)
         ).all()
         imaging = [
-            domain.ImagingSession(s.series_uid, patient_id, s.machine, as_utc(s.acquired_at))
+            domain.ImagingSession(s.series_uid, patient_id, s.machine, s.acquired_at)
             for s in sessions
         ]
         session_of = domain.match_imaging(treated, imaging, zone=zone, same_machine=self._devices)
@@ -267,9 +266,7 @@ class QaService:
         ).all()
         reg_of = domain.match_registrations(
             [
-                domain.Match(
-                    r.sop_uid, patient_id, r.machine, as_utc(r.content_at), tuple(r.moving_series)
-                )
+                domain.Match(r.sop_uid, patient_id, r.machine, r.content_at, tuple(r.moving_series))
                 for r in registrations
             ],
             imaging,
@@ -299,7 +296,7 @@ class QaService:
             my_sessions = [s for s in sessions if s.fraction_key == t.key]
             my_regs = sorted(
                 (r for r in registrations if r.session_uid in {s.series_uid for s in my_sessions}),
-                key=lambda r: as_utc(r.content_at),
+                key=lambda r: r.content_at,
             )
             latest = my_regs[-1] if my_regs else None
             values = {
@@ -391,18 +388,16 @@ class QaService:
                 else None,
             )
         return domain.FractionFacts(
-            treated_at=as_utc(fraction.treated_at),
+            treated_at=fraction.treated_at,
             imaged=fraction.imaged,
-            next_fraction_at=as_utc(fraction.next_fraction_at)
-            if fraction.next_fraction_at
-            else None,
+            next_fraction_at=fraction.next_fraction_at,
             correction=correction,
             technique=fraction.technique,
             site=fraction.site,
             reviews=[
                 domain.Review(
                     domain.Decision(r.decision),
-                    as_utc(r.reviewed_at),
+                    r.reviewed_at,
                     r.physician,
                     r.override_reason,
                 )
@@ -446,7 +441,7 @@ class QaService:
             fraction = session.get(Fraction, fraction_id)
             if fraction is None:
                 raise NotFound(f"no fraction {fraction_id}")
-            if reviewed_at < as_utc(fraction.treated_at):
+            if reviewed_at < fraction.treated_at:
                 raise RuleViolation("reviewed_at is before the fraction was treated")
             row = Review(
                 fraction_id=fraction_id,
@@ -475,20 +470,20 @@ class QaService:
         return row
 
     def _publish_review(self, session: Session, fraction: Fraction, review: Review) -> None:
-        due = as_utc(fraction.due_at) if fraction.due_at else None
+        due = fraction.due_at
         payload = ReviewDocumented(
             patient=Patient(id=fraction.patient_id, name=fraction.patient_name),
             review_id=review.id,
             fraction_key=fraction.key,
             plan_uid=fraction.plan_uid,
             fraction_number=fraction.fraction_number,
-            treated_at=as_utc(fraction.treated_at),
+            treated_at=fraction.treated_at,
             machine=fraction.machine,
             decision=review.decision,  # type: ignore[arg-type]
             physician=review.physician,
-            reviewed_at=as_utc(review.reviewed_at),
+            reviewed_at=review.reviewed_at,
             due_at=due,
-            on_time=due is None or as_utc(review.reviewed_at) <= due,
+            on_time=due is None or review.reviewed_at <= due,
             override_required=fraction.override_required,
             override_reason=review.override_reason,
             origin=review.source,  # type: ignore[arg-type]
@@ -519,10 +514,10 @@ class QaService:
                     fraction_key=f.key,
                     plan_uid=f.plan_uid,
                     fraction_number=f.fraction_number,
-                    treated_at=as_utc(f.treated_at),
+                    treated_at=f.treated_at,
                     machine=f.machine,
                     physician=f.physician,
-                    due_at=as_utc(f.due_at),  # type: ignore[arg-type]
+                    due_at=f.due_at,  # type: ignore[arg-type]
                 )
                 add_to_outbox(
                     session, Outbox, envelope(payload, source=EVENT_SOURCE, subject=f.key)
@@ -567,8 +562,8 @@ class QaService:
                         patient_name=f.patient_name,
                         fraction_number=f.fraction_number,
                         machine=f.machine,
-                        treated_at=as_utc(f.treated_at),
-                        due_at=as_utc(f.due_at) if f.due_at else None,
+                        treated_at=f.treated_at,
+                        due_at=f.due_at,
                         link=f"/v1/fractions/{f.id}",
                     )
                 )
@@ -611,7 +606,7 @@ class QaService:
         if (
             fraction.review_status == domain.ReviewStatus.PENDING.value
             and fraction.due_at
-            and as_utc(fraction.due_at) < now
+            and fraction.due_at < now
         ):
             return domain.ReviewStatus.OVERDUE.value
         return fraction.review_status

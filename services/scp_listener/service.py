@@ -31,7 +31,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.scp_listener import extract, sop
 from services.scp_listener.objectstore import ObjectStore, sha256_of
 from services.scp_listener.store import DicomObject, ImageSeries, Outbox
-from shared.db import as_utc
 from shared.events import (
     DicomEvent,
     ImageApproval,
@@ -394,7 +393,7 @@ class Ingestor:
             )
             .order_by(DicomObject.storage_key)
         ).all()
-        times = [as_utc(o.acquired_at) for o in objects if o.acquired_at]
+        times = [o.acquired_at for o in objects if o.acquired_at]
         facts = dict(row.facts)
         return ImagingAcquired(
             patient=Patient.model_validate(facts.pop("patient")),
