@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from services.qa_tracker.app import api_app
+from services.qa_tracker.consumer import CONSUMER_BATCH
 from services.qa_tracker.settings import QaSettings
 from shared.auth import issue_dev_token
 from shared.events import CloudEvent
@@ -50,9 +51,10 @@ def business_days(start: date, count: int) -> list[date]:
 
 
 def department(days: int, linacs: int, per_linac: int) -> list[CloudEvent]:
-    """Courses start staggered so that every linac treats ``per_linac`` patients a day."""
+    """Courses start staggered so that every linac treats ``per_linac`` patients a day.
+    Events come in the order the department sends them: by time of day, linacs interleaved."""
     calendar = business_days(date(2026, 1, 5), days)
-    events: list[CloudEvent] = []
+    timed: list[tuple[date, str, int, CloudEvent]] = []
     for linac in range(linacs):
         for slot in range(per_linac):
             # Slot s starts a new 25-fraction course every 25 days, offset by s so that
@@ -65,10 +67,12 @@ def department(days: int, linacs: int, per_linac: int) -> list[CloudEvent]:
                 ]
                 if not treated:
                     continue
-                events.append(plan_event(plan_uid=plan_uid, pid=pid))
+                timed.append((treated[0], "00:00", 0, plan_event(plan_uid=plan_uid, pid=pid)))
                 hhmm = f"{7 + slot // 6:02}:{(slot % 6) * 10:02}"
                 for number, day in enumerate(treated, start=1):
-                    for event in imaged_day(number, day.isoformat(), hhmm, pid=pid):
+                    for order, event in enumerate(
+                        imaged_day(number, day.isoformat(), hhmm, pid=pid)
+                    ):
                         data = event.data
                         if getattr(data, "plan_uid", None) is not None:
                             data = data.model_copy(
@@ -76,8 +80,9 @@ def department(days: int, linacs: int, per_linac: int) -> list[CloudEvent]:
                             )
                         elif hasattr(data, "machine"):
                             data = data.model_copy(update={"machine": f"TrueBeam{linac}"})
-                        events.append(event.model_copy(update={"data": data}))
-    return events
+                        timed.append((day, hhmm, order, event.model_copy(update={"data": data})))
+    timed.sort(key=lambda item: item[:3])
+    return [event for *_, event in timed]
 
 
 async def summary_latency(app: object, token: str, week: str, calls: int) -> list[float]:
@@ -102,6 +107,9 @@ def main() -> None:
     parser.add_argument("--linacs", type=int, default=10)
     parser.add_argument("--per-linac", type=int, default=60)
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument(
+        "--batch", type=int, default=CONSUMER_BATCH, help="events per transaction (fetch size)"
+    )
     args = parser.parse_args()
 
     built = time.perf_counter()
@@ -115,8 +123,8 @@ def main() -> None:
         with qa_database(base) as (settings, factory):
             service = make_service(settings, factory, Clock(at("2026-12-31", "12:00")))
             start = time.perf_counter()
-            for event in events:
-                service.apply(event)
+            for first in range(0, len(events), args.batch):
+                service.apply_batch(events[first : first + args.batch])
             elapsed = time.perf_counter() - start
             rate = len(events) / elapsed
             app = api_app(settings, factory, service)

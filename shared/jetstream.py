@@ -91,6 +91,8 @@ class Poison(Exception):
 
 
 Handler = Callable[[CloudEvent], Awaitable[None]]
+# Applies a fetched batch all or nothing: one transaction instead of one per event.
+BatchHandler = Callable[[list[CloudEvent]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ async def consume(
     durable: str,
     filter_subject: str,
     handler: Handler,
+    batch_handler: BatchHandler | None = None,
     policy: ConsumerPolicy | None = None,
     stop: asyncio.Event | None = None,
     dead_letter_prefix: str = f"{SUBJECT_PREFIX}.deadletter",
@@ -118,6 +121,10 @@ async def consume(
     Outcomes: handler returns -> ack; ``InvalidEvent`` or ``Poison`` -> dead letter + term;
     any other exception -> nak with backoff, and dead letter + term once ``max_deliver``
     deliveries are used up. Replicas sharing ``durable`` share the work.
+
+    With a ``batch_handler``, each fetched batch goes to it first and is acked when it
+    returns; if it raises (or an event does not parse), the batch's messages take the
+    one-by-one path above, so one bad event never holds up the others.
     """
     policy = policy or ConsumerPolicy()
     stop = stop or asyncio.Event()
@@ -143,6 +150,8 @@ async def consume(
                 log.warning("fetch failed", durable=durable, error=str(exc))
                 await asyncio.sleep(policy.fetch_timeout_s)
                 continue
+            if batch_handler is not None and await _apply_batch(msgs, batch_handler, durable):
+                continue
             for msg in msgs:
                 try:
                     await handle_message(
@@ -165,6 +174,26 @@ async def consume(
         # for its whole timeout at shutdown.
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _apply_batch(msgs: list[Msg], batch_handler: BatchHandler, durable: str) -> bool:
+    """True when the batch was applied and acked; False leaves it to the one-by-one path."""
+    try:
+        await batch_handler([parse_event(msg.data) for msg in msgs])
+    except Exception as exc:
+        log.info(
+            "batch not applied; handling its events one by one",
+            durable=durable,
+            size=len(msgs),
+            error=str(exc),
+        )
+        return False
+    for msg in msgs:
+        try:
+            await msg.ack()
+        except Exception as exc:  # redelivered after ack_wait; the handlers are idempotent
+            log.warning("could not ack; it will be redelivered", durable=durable, error=str(exc))
+    return True
 
 
 async def handle_message(
@@ -281,6 +310,7 @@ class NatsLink:
         durable: str,
         event_filter: str,
         handler: Handler,
+        batch_handler: BatchHandler | None = None,
         policy: ConsumerPolicy | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
@@ -294,6 +324,7 @@ class NatsLink:
             durable=durable,
             filter_subject=subject_for(self._settings, event_filter),
             handler=handler,
+            batch_handler=batch_handler,
             policy=policy,
             stop=stop,
             dead_letter_prefix=subject_for(self._settings, "rtops.deadletter"),

@@ -9,8 +9,9 @@ the consumers' inbox ignores beyond it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import (
@@ -78,18 +79,36 @@ def claim_event(
 
     False means it was handled before: do nothing and ack.
     """
+    return bool(claim_events(session, model, consumer, [event_id]))
+
+
+def claim_events(
+    session: Session, model: type[ProcessedEventMixin], consumer: str, event_ids: Sequence[str]
+) -> set[str]:
+    """``claim_event`` for a batch: the ids not handled before."""
     table = model.__table__  # type: ignore[attr-defined]
-    return _insert_ignore(
-        session, table, {"consumer": consumer, "event_id": event_id, "processed_at": utcnow()}
-    )
+    now = utcnow()
+    rows = [
+        {"consumer": consumer, "event_id": event_id, "processed_at": now}
+        for event_id in dict.fromkeys(event_ids)
+    ]
+    if not rows:
+        return set()
+    stmt = _insert(session)(table).on_conflict_do_nothing().returning(table.c.event_id)
+    # A list of rows runs as batched multi-row INSERTs ("insertmanyvalues") with one
+    # cached statement; RETURNING names only the rows inserted.
+    return set(session.scalars(stmt, rows))
+
+
+def _insert(session: Session) -> Callable[[Table], Any]:
+    dialect = session.get_bind().dialect.name
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def _insert_ignore(session: Session, table: Table, values: dict[str, object]) -> bool:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # psycopg reports rowcount -1 for these inserts; a skipped row returns no key instead.
     stmt = (
-        insert(table)
+        _insert(session)(table)
         .values(**values)
         .on_conflict_do_nothing()
         .returning(*table.primary_key.columns)

@@ -11,6 +11,8 @@ from shared.events import CloudEvent
 from shared.jetstream import ConsumerPolicy, NatsLink
 
 log = structlog.get_logger(__name__)
+# Events per fetch and per transaction: a batch rebuilds each of its patients once.
+CONSUMER_BATCH = 200
 
 
 async def run_consumer(
@@ -28,6 +30,14 @@ async def run_consumer(
         if not applied:
             log.debug("event already applied", event_id=event.id, type=event.type)
 
+    async def handle_batch(events: list[CloudEvent]) -> None:
+        await asyncio.to_thread(service.apply_batch, events)
+
     await link.consume(
-        durable=CONSUMER, event_filter="rtops.dicom.>", handler=handle, policy=policy, stop=stop
+        durable=CONSUMER,
+        event_filter="rtops.dicom.>",
+        handler=handle,
+        batch_handler=handle_batch,
+        policy=policy or ConsumerPolicy(batch=CONSUMER_BATCH),
+        stop=stop,
     )

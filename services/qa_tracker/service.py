@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
-from sqlalchemy import or_, select
+from sqlalchemy import Row, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker import domain
@@ -47,7 +49,7 @@ from shared.events import (
     TreatmentRecorded,
     envelope,
 )
-from shared.outbox import add_to_outbox, claim_event
+from shared.outbox import add_to_outbox, claim_events
 
 log = structlog.get_logger(__name__)
 CONSUMER = "qa_tracker"
@@ -114,33 +116,42 @@ class QaService:
     # ------------------------------------------------------------ events in
 
     def apply(self, event: CloudEvent) -> bool:
-        """Apply one event in one transaction; False when it was applied before."""
-        with self._factory.begin() as session:
-            if not claim_event(session, ProcessedEvent, CONSUMER, event.id):
-                return False
-            patient = self._record(session, event.data)
-            if patient is not None:
-                self._rebuild(session, patient)
-        self._on_commit()
-        return True
+        """Apply one event; False when it was applied before."""
+        return self.apply_batch([event]) == 1
 
-    def _record(self, session: Session, data: object) -> str | None:
+    def apply_batch(self, events: Sequence[CloudEvent]) -> int:
+        """Apply events in one transaction, rebuilding each affected patient once; returns
+        how many were new. All or nothing: the consumer retries a failed batch one event at
+        a time, so one bad event cannot hold up the rest."""
+        with self._factory.begin() as session:
+            fresh = claim_events(session, ProcessedEvent, CONSUMER, [e.id for e in events])
+            todo = [e.data for e in {e.id: e for e in events if e.id in fresh}.values()]
+            known = _load_facts(session, todo)
+            patients = {p for data in todo if (p := self._record(known, session, data))}
+            self._rebuild(session, patients)
+        if fresh:
+            self._on_commit()
+        return len(fresh)
+
+    def _record(self, known: _Facts, session: Session, data: object) -> str | None:
         """Store the fact an event states; the patient whose fractions to rebuild, or None."""
         if isinstance(data, TreatmentRecorded):
-            return self._record_treatment(session, data)
+            return self._record_treatment(known, session, data)
         if isinstance(data, ImagingAcquired):
-            return self._record_imaging(session, data)
+            return self._record_imaging(known, session, data)
         if isinstance(data, RegistrationReceived):
-            return self._record_registration(session, data)
+            return self._record_registration(known, session, data)
         if isinstance(data, PlanReceived):
-            return self._record_plan(session, data)
+            return self._record_plan(known, session, data)
         return None  # not ours: acknowledged and ignored
 
-    def _record_treatment(self, session: Session, e: TreatmentRecorded) -> str | None:
+    def _record_treatment(
+        self, known: _Facts, session: Session, e: TreatmentRecorded
+    ) -> str | None:
         # A SIMULATION record is not a delivered fraction (domain-dicom.md s. 4.1).
         if e.content_origin == "SIMULATION" or e.treated_at is None or not e.patient.id:
             return None
-        row = session.get(TreatmentRecord, e.object.sop_instance_uid)
+        row = known.get((TreatmentRecord, e.object.sop_instance_uid))
         if row is not None and row.revision >= e.object.revision:
             return None
         starts = [b.started_at for b in e.beams if b.started_at]
@@ -159,13 +170,13 @@ class QaService:
             "partial": e.partial,
             "therapist_override": e.overrides,
         }
-        _upsert(session, row, TreatmentRecord, {"record_uid": e.object.sop_instance_uid}, values)
+        _upsert(known, session, row, TreatmentRecord, e.object.sop_instance_uid, values)
         return e.patient.id
 
-    def _record_imaging(self, session: Session, e: ImagingAcquired) -> str | None:
+    def _record_imaging(self, known: _Facts, session: Session, e: ImagingAcquired) -> str | None:
         if e.classification not in IGRT_CLASSES or e.acquired_at is None or not e.patient.id:
             return None
-        row = session.get(ImagingSession, e.series_instance_uid)
+        row = known.get((ImagingSession, e.series_instance_uid))
         # A later event of a series carries more instances; an older one arriving late loses.
         if row is not None and (row.instance_count, len(row.approvals)) >= (
             e.instance_count,
@@ -180,13 +191,15 @@ class QaService:
             "instance_count": e.instance_count,
             "approvals": [a.model_dump(mode="json") for a in e.approvals],
         }
-        _upsert(session, row, ImagingSession, {"series_uid": e.series_instance_uid}, values)
+        _upsert(known, session, row, ImagingSession, e.series_instance_uid, values)
         return e.patient.id
 
-    def _record_registration(self, session: Session, e: RegistrationReceived) -> str | None:
+    def _record_registration(
+        self, known: _Facts, session: Session, e: RegistrationReceived
+    ) -> str | None:
         if not e.patient.id:
             return None
-        row = session.get(Registration, e.object.sop_instance_uid)
+        row = known.get((Registration, e.object.sop_instance_uid))
         if row is not None and row.revision >= e.object.revision:
             return None
         translation = e.translation_mm or e.couch_shift_mm
@@ -205,13 +218,12 @@ class QaService:
             if e.rotation_deg
             else None,
         }
-        _upsert(session, row, Registration, {"sop_uid": e.object.sop_instance_uid}, values)
+        _upsert(known, session, row, Registration, e.object.sop_instance_uid, values)
         return e.patient.id
 
-    def _record_plan(self, session: Session, e: PlanReceived) -> str | None:
+    def _record_plan(self, known: _Facts, session: Session, e: PlanReceived) -> str | None:
         if (e.intent or "").upper() in NON_CLINICAL_INTENTS or not e.patient.id:
             return None
-        row = session.get(Plan, e.object.sop_instance_uid)
         values = {
             "patient_id": e.patient.id,
             "label": e.label,
@@ -219,28 +231,32 @@ class QaService:
             "technique": technique_of(e),
             "physician": e.reviewer_name if e.approval_status == "APPROVED" else None,
         }
-        _upsert(session, row, Plan, {"plan_uid": e.object.sop_instance_uid}, values)
+        row = known.get((Plan, e.object.sop_instance_uid))
+        _upsert(known, session, row, Plan, e.object.sop_instance_uid, values)
         return e.patient.id
 
     # ------------------------------------------------------------ rebuild
 
-    def _rebuild(self, session: Session, patient_id: str) -> None:
-        """Recompute every fraction of one patient from the recorded facts."""
-        # The recorded fact first; then reads would flush every fraction change before each
+    def _rebuild(self, session: Session, patient_ids: set[str]) -> None:
+        """Recompute every fraction of these patients from the recorded facts."""
+        # The recorded facts first; then reads would flush every fraction change before each
         # query, so the rest flushes once, at commit.
         session.flush()
         with session.no_autoflush:
-            self._rebuild_unflushed(session, patient_id)
+            ordered = sorted(patient_ids)
+            for start in range(0, len(ordered), 200):
+                chunk = ordered[start : start + 200]
+                facts = _PatientFacts.load(session, chunk)
+                for patient_id in chunk:
+                    self._rebuild_patient(session, patient_id, facts)
+                for model, changes in facts.matches.items():
+                    if changes:  # ORM bulk UPDATE by primary key: one executemany
+                        session.execute(update(model), changes)
 
-    def _rebuild_unflushed(self, session: Session, patient_id: str) -> None:
+    def _rebuild_patient(self, session: Session, patient_id: str, facts: _PatientFacts) -> None:
         zone = self._policy.calendar.zone
-        records = session.scalars(
-            select(TreatmentRecord).where(
-                TreatmentRecord.patient_id == patient_id, TreatmentRecord.delivered.is_(True)
-            )
-        ).all()
-        grouped: dict[str, list[TreatmentRecord]] = {}
-        for record in records:
+        grouped: dict[str, list[Row[Any]]] = {}
+        for record in facts.records[patient_id]:
             for key in fraction_keys(record):
                 grouped.setdefault(key, []).append(record)
         treated = [
@@ -253,17 +269,13 @@ class QaService:
             )
             for key, rs in grouped.items()
         ]
-        sessions = session.scalars(
-            select(ImagingSession).where(ImagingSession.patient_id == patient_id)
-        ).all()
+        sessions = facts.sessions[patient_id]
         imaging = [
             domain.ImagingSession(s.series_uid, patient_id, s.machine, s.acquired_at)
             for s in sessions
         ]
         session_of = domain.match_imaging(treated, imaging, zone=zone, same_machine=self._devices)
-        registrations = session.scalars(
-            select(Registration).where(Registration.patient_id == patient_id)
-        ).all()
+        registrations = facts.registrations[patient_id]
         reg_of = domain.match_registrations(
             [
                 domain.Match(r.sop_uid, patient_id, r.machine, r.content_at, tuple(r.moving_series))
@@ -272,30 +284,24 @@ class QaService:
             imaging,
             zone=zone,
         )
-        for s in sessions:
-            s.fraction_key = session_of.get(s.series_uid)
-        for r in registrations:
-            r.session_uid = reg_of.get(r.sop_uid)
+        facts.match(ImagingSession, "fraction_key", sessions, session_of)
+        facts.match(Registration, "session_uid", registrations, reg_of)
         next_start = domain.next_fraction_starts(treated)
-        plans = {
-            p.plan_uid: p
-            for p in session.scalars(select(Plan).where(Plan.patient_id == patient_id))
-        }
-        existing = {
-            f.key: f
-            for f in session.scalars(select(Fraction).where(Fraction.patient_id == patient_id))
-        }
-        reviews: dict[int, list[Review]] = {}
-        for review in session.scalars(
-            select(Review).join(Fraction).where(Fraction.patient_id == patient_id)
-        ):
+        plans = {p.plan_uid: p for p in facts.plans[patient_id]}
+        existing = {f.key: f for f in facts.fractions[patient_id]}
+        reviews: dict[int | None, list[Review]] = {}
+        for review in facts.reviews[patient_id]:
             reviews.setdefault(review.fraction_id, []).append(review)
+        adopted_refs = {
+            r.source_ref for r in facts.reviews[patient_id] if r.source == "dicom_approval"
+        }
         for t in treated:
             rs = grouped[t.key]
             plan = plans.get(rs[0].plan_uid or "")
-            my_sessions = [s for s in sessions if s.fraction_key == t.key]
+            my_sessions = [s for s in sessions if session_of.get(s.series_uid) == t.key]
+            my_series = {s.series_uid for s in my_sessions}
             my_regs = sorted(
-                (r for r in registrations if r.session_uid in {s.series_uid for s in my_sessions}),
+                (r for r in registrations if reg_of.get(r.sop_uid) in my_series),
                 key=lambda r: r.content_at,
             )
             latest = my_regs[-1] if my_regs else None
@@ -329,20 +335,28 @@ class QaService:
                     **values,
                 )
                 session.add(fraction)
-                session.flush()
+                changed = True
             else:
+                changed = False
                 for name, value in values.items():
-                    setattr(fraction, name, value)
-            mine = reviews.setdefault(fraction.id, [])
-            mine += self._adopt_image_approvals(session, fraction, my_sessions)
-            self._assess(session, fraction, mine)
+                    changed |= _set(fraction, name, value)
+            mine = reviews.setdefault(fraction.id, []) if fraction.id is not None else []
+            adopted = self._adopt_image_approvals(session, fraction, my_sessions, adopted_refs)
+            mine += adopted
+            # The assessment depends only on these values and the reviews (not on the clock):
+            # unchanged inputs, unchanged result.
+            if changed or adopted:
+                self._assess(session, fraction, mine)
         for gone in existing.values():  # e.g. a record revision renumbered its fraction
-            has_reviews = session.scalar(select(Review.id).where(Review.fraction_id == gone.id))
-            if has_reviews is None:
+            if not reviews.get(gone.id):
                 session.delete(gone)
 
     def _adopt_image_approvals(
-        self, session: Session, fraction: Fraction, sessions: Sequence[ImagingSession]
+        self,
+        session: Session,
+        fraction: Fraction,
+        sessions: Sequence[Row[Any]],
+        adopted_refs: set[str],
     ) -> list[Review]:
         """An RT Image approved in the OIS (Approval Status with reviewer and time) is an
         opportunistic review of its fraction."""
@@ -352,13 +366,11 @@ class QaService:
                 if approval.get("status") != "APPROVED" or not approval.get("reviewed_at"):
                     continue
                 ref = approval["sop_instance_uid"]
-                known = session.scalar(
-                    select(Review.id).where(
-                        Review.source == "dicom_approval", Review.source_ref == ref
-                    )
-                )
-                if known is not None:
+                if ref in adopted_refs:
                     continue
+                adopted_refs.add(ref)
+                if fraction.id is None:
+                    session.flush()  # the review needs its fraction's id
                 review = Review(
                     fraction_id=fraction.id,
                     decision="approved",
@@ -621,7 +633,7 @@ class QaService:
         return Fraction.review_status == status
 
 
-def fraction_keys(record: TreatmentRecord) -> list[str]:
+def fraction_keys(record: Row[Any] | TreatmentRecord) -> list[str]:
     """Count a fraction once per (plan, fraction group, Current Fraction Number), not per
     record: an interrupted fraction spans records (domain-dicom.md s. 4.2)."""
     course = record.plan_uid or f"record:{record.record_uid}"
@@ -635,15 +647,108 @@ def _number_of(key: str) -> int | None:
     return int(last) if last else None
 
 
+_Facts = dict[tuple[type, str], Any]
+_FACT_OF: dict[type, tuple[type, Callable[[Any], str]]] = {
+    TreatmentRecorded: (TreatmentRecord, lambda e: e.object.sop_instance_uid),
+    ImagingAcquired: (ImagingSession, lambda e: e.series_instance_uid),
+    RegistrationReceived: (Registration, lambda e: e.object.sop_instance_uid),
+    PlanReceived: (Plan, lambda e: e.object.sop_instance_uid),
+}
+
+
+def _load_facts(session: Session, data: Sequence[object]) -> _Facts:
+    """The stored facts these events may update, in one query per table."""
+    wanted: dict[type, set[str]] = {}
+    for d in data:
+        if (fact := _FACT_OF.get(type(d))) is not None:
+            model, key_of = fact
+            wanted.setdefault(model, set()).add(key_of(d))
+    known: _Facts = {}
+    for model, keys in wanted.items():
+        column = model.__mapper__.primary_key[0]  # type: ignore[attr-defined]
+        for row in session.scalars(select(model).where(column.in_(keys))):
+            known[model, getattr(row, column.key)] = row
+    return known
+
+
+@dataclass
+class _PatientFacts:
+    """Everything recorded about some patients, one query per table. The facts are plain
+    rows (a rebuild only reads them, and ORM objects cost several times more to load); the
+    fractions are ORM objects, updated in place."""
+
+    records: dict[str, list[Row[Any]]]
+    sessions: dict[str, list[Row[Any]]]
+    registrations: dict[str, list[Row[Any]]]
+    plans: dict[str, list[Row[Any]]]
+    reviews: dict[str, list[Row[Any]]]
+    fractions: dict[str, list[Fraction]]
+    # Facts whose stored match changed, to write per table in one statement.
+    matches: dict[type, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def match(
+        self, model: Any, column: str, rows: Sequence[Row[Any]], matches: dict[str, str]
+    ) -> None:
+        key = model.__mapper__.primary_key[0].key
+        self.matches.setdefault(model, []).extend(
+            {key: getattr(row, key), column: matches.get(getattr(row, key))}
+            for row in rows
+            if getattr(row, column) != matches.get(getattr(row, key))
+        )
+
+    @classmethod
+    def load(cls, session: Session, patient_ids: Sequence[str]) -> _PatientFacts:
+        def by_patient(rows: Iterable[Any]) -> dict[str, list[Any]]:
+            grouped: dict[str, list[Any]] = defaultdict(list)
+            for row in rows:
+                grouped[row.patient_id].append(row)
+            return grouped
+
+        def rows_of(model: Any, *where: Any) -> dict[str, list[Row[Any]]]:
+            table = model.__table__
+            stmt = select(table).where(table.c.patient_id.in_(patient_ids), *where)
+            return by_patient(session.execute(stmt))
+
+        review, fraction = Review.__table__, Fraction.__table__
+        return cls(
+            records=rows_of(TreatmentRecord, TreatmentRecord.delivered.is_(True)),
+            sessions=rows_of(ImagingSession),
+            registrations=rows_of(Registration),
+            plans=rows_of(Plan),
+            reviews=by_patient(
+                session.execute(
+                    select(review, fraction.c.patient_id)
+                    .join(fraction)
+                    .where(fraction.c.patient_id.in_(patient_ids))
+                )
+            ),
+            fractions=by_patient(
+                session.scalars(select(Fraction).where(Fraction.patient_id.in_(patient_ids)))
+            ),
+        )
+
+
+def _set(row: object, name: str, value: object) -> bool:
+    """Assign only a changed value, so an unchanged row is not written; True if changed."""
+    if getattr(row, name) == value:
+        return False
+    setattr(row, name, value)
+    return True
+
+
 def _upsert(
+    known: _Facts,
     session: Session,
     row: object | None,
     model: type,
-    identity: dict[str, object],
+    key: str,
     values: dict[str, object],
 ) -> None:
     if row is None:
-        session.add(model(**identity, **values))
+        column = model.__mapper__.primary_key[0].key  # type: ignore[attr-defined]
+        row = model(**{column: key}, **values)
+        session.add(row)
+        known[model, key] = row
     else:
         for name, value in values.items():
             setattr(row, name, value)
