@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -42,9 +43,11 @@ class TreatmentRecord(Base):
     """One RT Beams Treatment Record (latest revision), as the event described it."""
 
     __tablename__ = "treatment_record"
+    # A rebuild reads one patient's records of some days.
+    __table_args__ = (Index("ix_treatment_record_patient_time", "patient_id", "started_at"),)
     record_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     revision: Mapped[int] = mapped_column(Integer)
-    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(200))
     plan_uid: Mapped[str | None] = mapped_column(UID)
     fraction_group: Mapped[int | None] = mapped_column(Integer)
@@ -59,8 +62,9 @@ class TreatmentRecord(Base):
 
 class ImagingSession(Base):
     __tablename__ = "imaging_session"
+    __table_args__ = (Index("ix_imaging_session_patient_time", "patient_id", "acquired_at"),)
     series_uid: Mapped[str] = mapped_column(UID, primary_key=True)
-    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
     machine: Mapped[str | None] = mapped_column(String(64))
     classification: Mapped[str] = mapped_column(String(16))
     acquired_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -71,9 +75,10 @@ class ImagingSession(Base):
 
 class Registration(Base):
     __tablename__ = "registration"
+    __table_args__ = (Index("ix_registration_patient_time", "patient_id", "content_at"),)
     sop_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     revision: Mapped[int] = mapped_column(Integer)
-    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
     machine: Mapped[str | None] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
     content_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -82,6 +87,15 @@ class Registration(Base):
     translation_mm: Mapped[list[float] | None] = mapped_column(JSON)
     rotation_deg: Mapped[list[float] | None] = mapped_column(JSON)
     session_uid: Mapped[str | None] = mapped_column(UID, index=True)
+
+
+class RegistrationSeries(Base):
+    """The series each registration names (its ``moving_series``), to find the registrations
+    of a series that arrived after them."""
+
+    __tablename__ = "registration_series"
+    series_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(UID, primary_key=True)
 
 
 class Fraction(Base):
