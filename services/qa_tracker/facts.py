@@ -237,14 +237,17 @@ class FactRecorder:
     def _plan(self, e: PlanReceived) -> None:
         if (e.intent or "").upper() in NON_CLINICAL_INTENTS or not e.patient.id:
             return
+        row = self._known.get((Plan, e.object.sop_instance_uid))
+        if row is not None and row.revision >= e.object.revision:
+            return
         values = {
+            "revision": e.object.revision,
             "patient_id": e.patient.id,
             "label": e.label,
             "site": e.treatment_site,
             "technique": technique_of(e),
             "physician": e.reviewer_name if e.approval_status == "APPROVED" else None,
         }
-        row = self._known.get((Plan, e.object.sop_instance_uid))
         if row is not None:
             self._scope_of(row).whole = True
         self._upsert(row, Plan, e.object.sop_instance_uid, values)

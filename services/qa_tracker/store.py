@@ -32,6 +32,7 @@ class Base(DeclarativeBase):
 class Plan(Base):
     __tablename__ = "plan"
     plan_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, server_default="1")
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     label: Mapped[str | None] = mapped_column(String(64))
     site: Mapped[str | None] = mapped_column(String(200))

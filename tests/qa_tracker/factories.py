@@ -67,12 +67,13 @@ def plan_event(
     physician: str | None = "Oncologist^Olga",
     intent: str = "CURATIVE",
     site: str | None = "Prostate",
+    revision: int = 1,
 ) -> CloudEvent:
     return envelope(
         PlanReceived(
             patient=patient(pid),
             source=TPS,
-            object=obj(plan_uid, sop_class="1.2.840.10008.5.1.4.1.1.481.5"),
+            object=obj(plan_uid, revision, sop_class="1.2.840.10008.5.1.4.1.1.481.5"),
             ion=False,
             label=label,
             intent=intent,

@@ -8,16 +8,18 @@ import random
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker.consumer import run_consumer
 from services.qa_tracker.domain import Decision
+from services.qa_tracker.rebuild import Rebuilder
 from services.qa_tracker.service import NewReview, QaService
 from services.qa_tracker.settings import QaSettings
-from services.qa_tracker.store import Fraction, Outbox, Review
+from services.qa_tracker.store import Fraction, ImagingSession, Outbox, Registration, Review
 from shared.auth import Principal
-from shared.events import ImageApproval, parse_event
+from shared.events import CloudEvent, ImageApproval, parse_event
 from shared.jetstream import ConsumerPolicy, NatsLink
 from tests.qa_tracker.factories import (
     Clock,
@@ -27,6 +29,7 @@ from tests.qa_tracker.factories import (
     make_service,
     plan_event,
     record_event,
+    registration_event,
 )
 
 DR = Principal(user="dr.olga", roles=frozenset({"physician"}))
@@ -243,3 +246,110 @@ async def test_consumer_on_real_nats(service: QaService, qa_db: Db) -> None:
         await asyncio.wait_for(consumer, 10)
         runner.cancel()
         await link.close()
+
+
+def awkward_course() -> list[CloudEvent]:
+    """A course whose facts reach across days: what a rebuild of only the changed days must
+    still get right."""
+    approval = ImageApproval(
+        sop_instance_uid="5.5.9",
+        status="APPROVED",
+        reviewer_name="Oncologist^Olga",
+        reviewed_at=at("2026-12-07", "10:00"),
+    )
+    return [
+        plan_event(),
+        *imaged_day(1, "2026-11-23"),
+        # Fraction 2 interrupted on Tuesday and finished on Wednesday (same fraction number).
+        imaging_event("9.9.2", "2026-11-24", "07:55"),
+        record_event(2, "2026-11-24", "08:00", uid="2a", minutes=3),
+        record_event(2, "2026-11-25", "09:00", uid="2b", minutes=4),
+        # Thursday's CBCT matched offline on Friday, naming its series; beyond tolerance.
+        imaging_event("9.9.3", "2026-11-26", "07:55"),
+        record_event(3, "2026-11-26", "08:00"),
+        registration_event("8.8.3", "9.9.3", "2026-11-27", "10:00", shift_mm=(7.0, 0.0, 0.0)),
+        # A treatment break: fraction 4 ten days later, approved in the OIS.
+        imaging_event("9.9.4", "2026-12-07", "07:55", approvals=(approval,)),
+        record_event(4, "2026-12-07", "08:00"),
+        # A corrected record moves fraction 1 to 08:30; the plan's approver changes.
+        record_event(1, "2026-11-23", "08:30", uid="1.2.3.QA-001.1.2026-11-23", revision=2),
+        plan_event(physician="Oncologist^Omar", revision=2),
+    ]
+
+
+def matches(factory: sessionmaker[Session]) -> list[tuple[str, str | None]]:
+    with factory() as session:
+        sessions = session.execute(select(ImagingSession.series_uid, ImagingSession.fraction_key))
+        registrations = session.execute(select(Registration.sop_uid, Registration.session_uid))
+        return sorted((*sessions, *registrations))  # type: ignore[arg-type]
+
+
+def test_any_order_and_batching_equals_a_rebuild_from_scratch(
+    base_settings: dict[str, object], clock: Clock
+) -> None:
+    """Each batch rebuilds only the days it changes; in any order and any batching, the
+    result equals rebuilding every patient from all facts."""
+    from tests.qa_tracker.factories import qa_database
+
+    with qa_database(base_settings) as (settings, factory):
+        service = make_service(settings, factory, clock)
+        for event in awkward_course():
+            assert service.apply(event)
+        reference, reference_matches = snapshot(factory), matches(factory)
+        assert service.rebuild_all() == 1
+        assert snapshot(factory) == reference and matches(factory) == reference_matches
+    by_number = {r["fraction_number"]: r for r in reference}
+    assert by_number[2]["treated_at"] == at("2026-11-24", "08:00")
+    assert by_number[2]["ended_at"] == at("2026-11-25", "09:04")
+    assert by_number[3]["translation_mm"] == [7.0, 0.0, 0.0] and by_number[3]["override_required"]
+    assert by_number[3]["next_fraction_at"] == at("2026-12-07", "08:00")
+    assert by_number[1]["treated_at"] == at("2026-11-23", "08:30")
+    assert by_number[4]["review_status"] == "reviewed_on_time"
+    assert {r["physician"] for r in reference} == {"Oncologist^Omar"}
+
+    shuffler = random.Random(7)
+    for attempt in range(4):
+        events = awkward_course()
+        shuffler.shuffle(events)
+        cuts = sorted(shuffler.sample(range(1, len(events)), 3))
+        with qa_database(
+            {
+                **base_settings,
+                "database_schema_prefix": f"{base_settings['database_schema_prefix']}s{attempt}_",
+                "var_dir": base_settings["var_dir"] / f"s{attempt}",  # type: ignore[operator]
+            }
+        ) as (s, f):
+            svc = make_service(s, f, clock)
+            for lo, hi in zip([0, *cuts], [*cuts, len(events)], strict=True):
+                assert svc.apply_batch(events[lo:hi]) == hi - lo
+            assert snapshot(f) == reference, f"order {attempt}"
+            assert matches(f) == reference_matches, f"order {attempt}"
+
+
+def test_a_registration_arriving_before_the_series_it_names(service: QaService, qa_db: Db) -> None:
+    service.apply(registration_event("8.8.1", "9.9.1", "2026-11-24", "10:00", shift_mm=(9, 0, 0)))
+    service.apply(record_event(1, "2026-11-23", "08:00"))
+    service.apply(imaging_event("9.9.1", "2026-11-23", "07:55"))
+    (row,) = snapshot(qa_db[1])
+    assert row["imaged"] and row["translation_mm"] == [9.0, 0.0, 0.0]
+
+
+def test_a_failed_batch_changes_nothing(
+    service: QaService, qa_db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is one transaction: a failure after its facts were recorded leaves neither
+    them nor its inbox claims behind, so the events can be applied again."""
+    events = imaged_day(1, "2026-11-23")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Rebuilder, "rebuild", fail)
+        with pytest.raises(RuntimeError):
+            service.apply_batch(events)
+    with qa_db[1]() as session:
+        assert session.scalars(select(ImagingSession)).all() == []
+    assert snapshot(qa_db[1]) == []
+    assert service.apply_batch(events) == 3
+    assert len(snapshot(qa_db[1])) == 1

@@ -1,4 +1,4 @@
-"""scoped rebuild: registration_series, (patient, time) indexes
+"""scoped rebuild: registration_series, (patient, time) indexes, plan revision
 
 Revision ID: 0002
 Revises: 0001
@@ -41,6 +41,10 @@ def upgrade() -> None:
     ]
     if rows:
         op.bulk_insert(series, rows)
+    with op.batch_alter_table("plan", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("revision", sa.Integer(), server_default="1", nullable=False)
+        )
     for table, column in TIME_COLUMNS.items():
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_index(batch_op.f(f"ix_{table}_patient_id"))
@@ -54,4 +58,6 @@ def downgrade() -> None:
             batch_op.create_index(
                 batch_op.f(f"ix_{table}_patient_id"), ["patient_id"], unique=False
             )
+    with op.batch_alter_table("plan", schema=None) as batch_op:
+        batch_op.drop_column("revision")
     op.drop_table("registration_series")
