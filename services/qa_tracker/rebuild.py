@@ -198,31 +198,27 @@ def _load(session: Session, scopes: dict[str, Scope], zone: Any) -> _Loaded:
         )
     )
     in_scope_series = {s.series_uid for rows in sessions.values() for s in rows}
-    # Registrations on the scope's days, and those naming its series from another day.
+    # Registrations on the scope's days, and those naming its series from another day (two
+    # queries: an OR of the two would defeat the indexes).
     links = RegistrationSeries.__table__
+    on_days = session.execute(
+        select(registration).where(in_scope(registration, registration.c.content_at))
+    )
+    naming = session.execute(
+        select(registration)
+        .join(links, links.c.sop_uid == registration.c.sop_uid)
+        .where(links.c.series_uid.in_(in_scope_series))
+    )
     registrations = _by_patient(
-        r
-        for r in session.execute(
-            select(registration).where(
-                or_(
-                    in_scope(registration, registration.c.content_at),
-                    registration.c.sop_uid.in_(
-                        select(links.c.sop_uid).where(
-                            links.c.series_uid.in_(
-                                select(imaging.c.series_uid).where(
-                                    in_scope(imaging, imaging.c.acquired_at)
-                                )
-                            )
-                        )
-                    ),
-                )
+        {
+            r.sop_uid: r
+            for r in (*on_days, *naming)
+            if r.patient_id in scopes
+            and (
+                scopes[r.patient_id].contains(r.content_at)
+                or not in_scope_series.isdisjoint(r.moving_series)
             )
-        )
-        if r.patient_id in scopes
-        and (
-            scopes[r.patient_id].contains(r.content_at)
-            or not in_scope_series.isdisjoint(r.moving_series)
-        )
+        }.values()
     )
     missing = {
         s for rows in registrations.values() for r in rows for s in r.moving_series

@@ -42,9 +42,7 @@ def upgrade() -> None:
     if rows:
         op.bulk_insert(series, rows)
     with op.batch_alter_table("plan", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("revision", sa.Integer(), server_default="1", nullable=False)
-        )
+        batch_op.add_column(sa.Column("revision", sa.Integer(), server_default="1", nullable=False))
     for table, column in TIME_COLUMNS.items():
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_index(batch_op.f(f"ix_{table}_patient_id"))
