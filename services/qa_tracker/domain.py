@@ -205,13 +205,14 @@ def assess(fraction: FractionFacts, *, now: datetime, policy: ReviewPolicy) -> A
 
 @dataclass(frozen=True)
 class SummaryRow:
-    """One fraction in a weekly report."""
+    """Fractions alike in everything a weekly report counts (one, or ``count`` of them)."""
 
     machine: str | None
     physician: str | None
     status: ReviewStatus
     override_required: bool
     override_documented: bool
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -231,17 +232,22 @@ class Tally:
 
 def tally(rows: Iterable[SummaryRow]) -> Tally:
     imaged = [r for r in rows if r.status != ReviewStatus.NOT_IMAGED]
-    counts = Counter(r.status for r in imaged)
+    counts: Counter[ReviewStatus] = Counter()
+    for r in imaged:
+        counts[r.status] += r.count
+    total = sum(counts.values())
     on_time = counts[ReviewStatus.REVIEWED_ON_TIME]
     return Tally(
-        imaged_fractions=len(imaged),
+        imaged_fractions=total,
         reviewed_on_time=on_time,
         reviewed_late=counts[ReviewStatus.REVIEWED_LATE],
         overdue=counts[ReviewStatus.OVERDUE],
         pending=counts[ReviewStatus.PENDING],
-        overrides_required=sum(r.override_required for r in imaged),
-        overrides_documented=sum(r.override_required and r.override_documented for r in imaged),
-        compliance_pct=round(100.0 * on_time / len(imaged), 1) if imaged else None,
+        overrides_required=sum(r.count for r in imaged if r.override_required),
+        overrides_documented=sum(
+            r.count for r in imaged if r.override_required and r.override_documented
+        ),
+        compliance_pct=round(100.0 * on_time / total, 1) if total else None,
     )
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import structlog
 from pydantic import BaseModel
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, case, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker import domain
@@ -319,6 +319,17 @@ class QaService:
         ):
             return domain.ReviewStatus.OVERDUE.value
         return fraction.review_status
+
+    def status_expression(self, now: datetime) -> ColumnElement[str]:
+        """``status_at`` in SQL."""
+        return case(
+            (
+                (Fraction.review_status == domain.ReviewStatus.PENDING.value)
+                & (Fraction.due_at < now),
+                domain.ReviewStatus.OVERDUE.value,
+            ),
+            else_=Fraction.review_status,
+        )
 
     def status_filter(self, status: str, now: datetime) -> object:
         if status == domain.ReviewStatus.OVERDUE.value:

@@ -324,3 +324,19 @@ def test_registration_matches_named_series_else_the_latest_earlier_session() -> 
         Match("too-early", "P1", "TrueBeam1", ny("2026-11-23", "07:40")),
     ]
     assert match_registrations(regs, sessions, zone=NY) == {"named": "s1", "by-time": "s2"}
+
+
+def test_weekly_summary_of_grouped_counts_equals_one_row_per_fraction() -> None:
+    one_each = [
+        SummaryRow("TrueBeam1", "Dr A", ReviewStatus.REVIEWED_ON_TIME, True, True),
+        SummaryRow("TrueBeam1", "Dr A", ReviewStatus.REVIEWED_ON_TIME, True, True),
+        SummaryRow("TrueBeam1", "Dr A", ReviewStatus.OVERDUE, True, False),
+        SummaryRow("TrueBeam1", "Dr A", ReviewStatus.NOT_IMAGED, False, False),
+    ]
+    grouped = [
+        SummaryRow("TrueBeam1", "Dr A", ReviewStatus.REVIEWED_ON_TIME, True, True, count=2),
+        SummaryRow("TrueBeam1", "Dr A", ReviewStatus.OVERDUE, True, False, count=1),
+        SummaryRow("TrueBeam1", "Dr A", ReviewStatus.NOT_IMAGED, False, False, count=1),
+    ]
+    assert weekly_summary(grouped) == weekly_summary(one_each)
+    assert weekly_summary(grouped).total.compliance_pct == 66.7
