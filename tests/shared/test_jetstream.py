@@ -45,6 +45,7 @@ from shared.outbox import (
     ProcessedEventMixin,
     add_to_outbox,
     claim_event,
+    claim_events,
     outbox_depth,
 )
 from shared.settings import RtopsSettings
@@ -150,6 +151,7 @@ async def consuming(
     handler: Callable[[CloudEvent], Awaitable[None]],
     *,
     durable: str = "worker",
+    batch_handler: Callable[[list[CloudEvent]], Awaitable[None]] | None = None,
     **policy: Any,
 ) -> AsyncIterator[asyncio.Task[None]]:
     """Run ``NatsLink.consume`` for the block; stop it after and re-raise what it raised."""
@@ -162,6 +164,7 @@ async def consuming(
             durable=durable,
             event_filter="rtops.dicom.>",
             handler=handler,
+            batch_handler=batch_handler,
             policy=consumer_policy,
             stop=stop,
         )
@@ -402,6 +405,60 @@ async def test_failure_is_nakked_and_redelivery_succeeds(
     assert await dead_letter(js, settings, "worker") is None
 
 
+async def test_a_batch_handler_gets_whole_fetches_and_they_are_acked(
+    link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
+    events = [plan_event(n) for n in range(5)]
+    batches: list[list[str]] = []
+
+    async def one(event: CloudEvent) -> None:
+        raise AssertionError("a batch that succeeds never goes one by one")
+
+    async def batch(got: list[CloudEvent]) -> None:
+        batches.append([e.id for e in got])
+
+    await publish_events(js, settings, events)
+    async with consuming(link, settings, one, batch_handler=batch, batch=10):
+        await eventually(lambda: settled(js, settings, "worker", 5), message="5 acks")
+
+    assert [i for b in batches for i in b] == [e.id for e in events]
+    info = await js.consumer_info(settings.stream_name, "worker")
+    assert info.num_redelivered == 0
+
+
+async def test_a_failed_batch_falls_back_to_one_event_at_a_time(
+    link: NatsLink, js: JetStreamContext, settings: RtopsSettings
+) -> None:
+    """A batch with a garbage message and an event its handler rejects: the rest are applied,
+    the garbage and the poison are dead-lettered, nothing waits on them."""
+    good = [plan_event(n) for n in range(3)]
+    poison = plan_event(99)
+    subject = f"{settings.subject_prefix}.dicom.plan.received"
+    await publish_events(js, settings, good[:2])
+    await js.publish(subject, b"\x00garbage", headers={"Nats-Msg-Id": "garbage-2"})
+    await publish_events(js, settings, [poison, good[2]])
+    applied: list[str] = []
+
+    async def one(event: CloudEvent) -> None:
+        if event.id == poison.id:
+            raise Poison("no such plan")
+        applied.append(event.id)
+
+    async def batch(got: list[CloudEvent]) -> None:
+        # Never reached while the garbage is in the fetch (it fails to parse first); a
+        # fetch without it still holds the poison, which fails the whole transaction.
+        if poison.id in {e.id for e in got}:
+            raise RuntimeError("one bad event rolls back the batch")
+        applied.extend(e.id for e in got)
+
+    async with consuming(link, settings, one, batch_handler=batch, batch=10):
+        await eventually(lambda: settled(js, settings, "worker", 5), message="5 settled")
+
+    assert applied == [e.id for e in good]
+    info = await js.consumer_info(settings.stream_name, "worker")
+    assert info.num_redelivered == 0
+
+
 async def test_gives_up_after_max_deliver(
     link: NatsLink, js: JetStreamContext, settings: RtopsSettings
 ) -> None:
@@ -598,6 +655,16 @@ def test_claim_event_stores_one_row_per_consumer_and_event(factory: sessionmaker
             )
         ).all()
     assert [tuple(r) for r in claimed] == [("billing", event.id), ("qa_tracker", event.id)]
+
+
+def test_claim_events_returns_the_ids_not_claimed_before(factory: sessionmaker[Session]) -> None:
+    first, second, third = (plan_event(n).id for n in range(3))
+    with factory.begin() as session:
+        assert claim_events(session, ProcessedEvent, "qa_tracker", [first, first]) == {first}
+    with factory.begin() as session:
+        claimed = claim_events(session, ProcessedEvent, "qa_tracker", [first, second, third])
+        assert claimed == {second, third}
+        assert claim_events(session, ProcessedEvent, "qa_tracker", []) == set()
 
 
 def test_claim_event_once_per_consumer(factory: sessionmaker[Session]) -> None:
