@@ -130,11 +130,14 @@ def main() -> None:
         with qa_database(base) as (settings, factory):
             service = make_service(settings, factory, Clock(at("2026-12-31", "12:00")))
             count, elapsed, since_analyze = 0, 0.0, 0
+            daily: list[float] = []  # events/s of each treatment day: the run's spread
             for events in department(args.days, args.linacs, args.per_linac):
                 start = time.perf_counter()
                 for first in range(0, len(events), args.batch):
                     service.apply_batch(events[first : first + args.batch])
-                elapsed += time.perf_counter() - start
+                took = time.perf_counter() - start
+                daily.append(len(events) / took)
+                elapsed += took
                 count += len(events)
                 since_analyze += len(events)
                 if since_analyze >= count / 10:  # autovacuum's default: 10 % of rows changed
@@ -159,6 +162,13 @@ def main() -> None:
     print(
         f"backend {backend}: {rate:,.0f} events/s over {elapsed:.1f} s "
         f"(target >= 1,000/s per replica)"
+    )
+    tenth = max(1, len(daily) // 10)
+    print(
+        f"per treatment day: median {statistics.median(daily):,.0f} events/s, slowest day "
+        f"{min(daily):,.0f}; median of the first {tenth} days "
+        f"{statistics.median(daily[:tenth]):,.0f}, of the last {tenth} "
+        f"{statistics.median(daily[-tenth:]):,.0f}"
     )
     print(
         f"weekly summary: p50 {statistics.median(times):.1f} ms, p95 {p95:.1f} ms over "

@@ -1,14 +1,43 @@
-"""``python -m services.qa_tracker``: the QA tracker's API, consumer and sweep."""
+"""``python -m services.qa_tracker``: the QA tracker's API, consumer and sweep.
+
+``python -m services.qa_tracker reassess`` re-derives every fraction with the current review
+policy, e.g. after ``RTOPS_QA_POLICY``'s file changed (fractions otherwise keep the verdict of
+the policy in force when their facts last changed).
+"""
 
 from __future__ import annotations
 
-from services.qa_tracker.app import create_app
+import argparse
+
+from services.qa_tracker.app import SERVICE, create_app
+from services.qa_tracker.policy import load_policy
+from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
+from shared.db import make_engine, session_factory
 from shared.web import serve
 
 
-def main() -> None:
+def reassess(settings: QaSettings) -> int:
+    engine = make_engine(settings, SERVICE)
+    try:
+        service = QaService(
+            factory=session_factory(engine),
+            policy=load_policy(settings.qa_policy, zone=settings.clinic_timezone),
+            imaging_devices=settings.qa_imaging_devices,
+        )
+        return service.rebuild_all(reassess=True)
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.qa_tracker", description=__doc__)
+    parser.add_argument("command", nargs="?", choices=["serve", "reassess"], default="serve")
+    args = parser.parse_args(argv)
     settings = QaSettings()
+    if args.command == "reassess":
+        print(f"reassessed the fractions of {reassess(settings)} patients")
+        return
     serve(
         lambda: create_app(settings),
         settings,

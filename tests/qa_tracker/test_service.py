@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.qa_tracker.__main__ import reassess
 from services.qa_tracker.consumer import run_consumer
 from services.qa_tracker.domain import Decision
 from services.qa_tracker.rebuild import Rebuilder
@@ -353,3 +355,20 @@ def test_a_failed_batch_changes_nothing(
     assert snapshot(qa_db[1]) == []
     assert service.apply_batch(events) == 3
     assert len(snapshot(qa_db[1])) == 1
+
+
+def test_reassess_applies_a_changed_policy_to_stored_fractions(
+    service: QaService, qa_db: Db, tmp_path: Path
+) -> None:
+    for event in [plan_event(), *imaged_day(1, "2026-11-23", shift_mm=(1.0, 0.0, 0.0))]:
+        service.apply(event)
+    (row,) = snapshot(qa_db[1])
+    assert not row["override_required"]  # 1 mm is within the default 5 mm
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("default_tolerance: {translation_mm: 0.5, rotation_deg: 3}\n")
+    settings = qa_db[0].model_copy(update={"qa_policy": policy})
+
+    assert reassess(settings) == 1
+
+    (row,) = snapshot(qa_db[1])
+    assert row["override_required"]
