@@ -20,7 +20,8 @@ def test_readme_documents_every_setting() -> None:
 
 
 def test_kubernetes_manifests_parse_and_use_real_settings() -> None:
-    known = {f"RTOPS_{name.upper()}" for name in ScpSettings.model_fields} | {"TMPDIR"}
+    fields = {*ScpSettings.model_fields, *QaSettings.model_fields}
+    known = {f"RTOPS_{name.upper()}" for name in fields} | {"TMPDIR"}
     kinds = []
     for path in sorted((REPO / "deploy" / "k8s").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
