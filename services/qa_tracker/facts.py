@@ -65,6 +65,9 @@ class Scope:
     hi: datetime | None = None
     keys: set[str] = field(default_factory=set)
     series: set[str] = field(default_factory=set)
+    # Series recorded by the batch: a registration naming one leaves the session it matched
+    # before, possibly on another day.
+    arrived: set[str] = field(default_factory=set)
 
     def add(self, *times: datetime | None) -> None:
         for t in times:
@@ -194,6 +197,7 @@ class FactRecorder:
             self._scope_of(row).add(row.acquired_at)
         row = self._upsert(row, ImagingSession, e.series_instance_uid, values)
         self.scopes[row.patient_id].add(row.acquired_at)
+        self.scopes[row.patient_id].arrived.add(row.series_uid)
 
     def _registration(self, e: RegistrationReceived) -> None:
         if not e.patient.id:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, false, or_, select, update
+from sqlalchemy import Row, and_, delete, false, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.qa_tracker import domain
@@ -35,6 +35,7 @@ from services.qa_tracker.store import (
 # Called for each review adopted from an approved RT Image, in the rebuild's transaction.
 OnReview = Callable[[Session, Fraction, Review], None]
 CHUNK = 200  # patients per set of queries
+APPROVAL = "dicom_approval"  # Review.source of a review adopted from an RT Image approval
 
 
 def assess_fraction(
@@ -97,7 +98,9 @@ class _Loaded:
     fractions: dict[str, list[Fraction]]
     previous: dict[str, Fraction]
     reviews: dict[int, list[Any]]
-    adopted_refs: set[str]
+    # Reviews adopted from RT Image approvals, by patient and RT Image SOP UID: those of the
+    # scope's images and those on the scope's fractions.
+    approvals: dict[str, dict[str, Row[Any]]]
     matches: dict[type, list[dict[str, Any]]] = field(default_factory=dict)
 
     def match(
@@ -131,7 +134,8 @@ def _load(session: Session, scopes: dict[str, Scope], zone: Any) -> _Loaded:
         Fraction.__table__,
         Review.__table__,
     )
-    # The days of the series that registrations name are in scope too.
+    # The days of the series that registrations name are in scope too, and so are the days
+    # of the sessions that registrations naming a newly arrived series matched until now.
     named = {s for scope in scopes.values() for s in scope.series}
     if named:
         for row in session.execute(
@@ -141,6 +145,18 @@ def _load(session: Session, scopes: dict[str, Scope], zone: Any) -> _Loaded:
         ):
             if row.patient_id in scopes:
                 scopes[row.patient_id].add(row.acquired_at)
+    arrived = {s for scope in scopes.values() for s in scope.arrived}
+    if arrived:
+        links, registration = RegistrationSeries.__table__, Registration.__table__
+        matched_before = (
+            select(registration.c.patient_id, registration.c.content_at, imaging.c.acquired_at)
+            .join(links, links.c.sop_uid == registration.c.sop_uid)
+            .outerjoin(imaging, imaging.c.series_uid == registration.c.session_uid)
+            .where(links.c.series_uid.in_(arrived))
+        )
+        for row in session.execute(matched_before):
+            if row.patient_id in scopes:
+                scopes[row.patient_id].add(row.content_at, row.acquired_at)
     for scope in scopes.values():
         scope.to_days(zone)
 
@@ -245,24 +261,28 @@ def _load(session: Session, scopes: dict[str, Scope], zone: Any) -> _Loaded:
     reviews: dict[int, list[Any]] = defaultdict(list)
     for r in session.execute(select(review).where(review.c.fraction_id.in_(wanted))):
         reviews[r.fraction_id].append(r)
-    refs = {
-        a["sop_instance_uid"]
-        for rows in sessions.values()
+    patient_of_ref = {
+        a["sop_instance_uid"]: patient_id
+        for patient_id, rows in sessions.items()
         for s in rows
         for a in s.approvals
-        if a.get("status") == "APPROVED"
     }
-    adopted_refs = (
-        set(
-            session.scalars(
-                select(Review.source_ref).where(
-                    Review.source == "dicom_approval", Review.source_ref.in_(refs)
-                )
-            )
+    # Not the previous fractions': their images are outside the scope.
+    scope_ids = {i for ids in in_scope_ids.values() for i in ids}
+    on_fractions = {f.id: p for p, fs in timeline.items() for f in fs if f.id in scope_ids}
+    approvals: dict[str, dict[str, Row[Any]]] = defaultdict(dict)
+    for r in session.execute(
+        select(review).where(
+            review.c.source == APPROVAL,
+            or_(
+                review.c.source_ref.in_(patient_of_ref),
+                review.c.fraction_id.in_(scope_ids),
+            ),
         )
-        if refs
-        else set()
-    )
+    ):
+        patient_id = patient_of_ref.get(r.source_ref) or on_fractions.get(r.fraction_id)
+        if patient_id is not None:
+            approvals[patient_id][r.source_ref] = r
     plan = Plan.__table__
     return _Loaded(
         scopes=scopes,
@@ -280,7 +300,7 @@ def _load(session: Session, scopes: dict[str, Scope], zone: Any) -> _Loaded:
         fractions={p: [orm[i] for i in ids] for p, ids in in_scope_ids.items()},
         previous={p: orm[i] for p, i in previous_ids.items()},
         reviews=reviews,
-        adopted_refs=adopted_refs,
+        approvals=approvals,
     )
 
 
@@ -361,6 +381,8 @@ class Rebuilder:
         next_start = domain.next_fraction_starts(treated + outside)
         plans = loaded.plans.get(patient_id, {})
         stored = {f.key: f for f in loaded.fractions[patient_id]}
+        fractions: dict[str, Fraction] = {}
+        changed: set[str] = set()
         for t in treated:
             rs = grouped[t.key]
             plan = plans.get(rs[0].plan_uid or "")
@@ -401,61 +423,96 @@ class Rebuilder:
                     **values,
                 )
                 session.add(fraction)
-                changed = True
-            else:
-                changed = False
-                for name, value in values.items():
-                    changed |= _set(fraction, name, value)
-            mine = list(loaded.reviews.get(fraction.id, [])) if fraction.id is not None else []
-            adopted = self._adopt_image_approvals(session, fraction, my_sessions, loaded)
+                changed.add(t.key)
+            elif any([_set(fraction, name, value) for name, value in values.items()]):
+                changed.add(t.key)
+            fractions[t.key] = fraction
+        reviews = {
+            key: [r for r in loaded.reviews.get(f.id, []) if r.source != APPROVAL]  # type: ignore[arg-type]
+            for key, f in fractions.items()
+        }
+        changed |= self._place_approvals(
+            session, patient_id, session_of, fractions, reviews, loaded
+        )
+        for key, fraction in fractions.items():
             # The verdict depends only on these values and the reviews, not on the clock:
             # unchanged inputs, unchanged verdict.
-            if changed or adopted or reassess:
-                self._assess(fraction, mine + adopted)
+            if key in changed or reassess:
+                self._assess(fraction, reviews[key])
         previous = loaded.previous.get(patient_id)
         if previous is not None and (
             _set(previous, "next_fraction_at", next_start.get(previous.key)) or reassess
         ):
             self._assess(previous, loaded.reviews.get(previous.id, []))
         for gone in stored.values():  # e.g. a record revision renumbered its fraction
-            if not loaded.reviews.get(gone.id):
+            # Its adopted approvals went with their images; reviews documented through the
+            # API keep it.
+            if not any(r.source != APPROVAL for r in loaded.reviews.get(gone.id, [])):
                 session.delete(gone)
 
     def _assess(self, fraction: Fraction, reviews: Sequence[Any]) -> None:
         assess_fraction(fraction, reviews, policy=self._policy, now=self._now())
 
-    def _adopt_image_approvals(
-        self, session: Session, fraction: Fraction, sessions: Sequence[Row[Any]], loaded: _Loaded
-    ) -> list[Review]:
+    def _place_approvals(
+        self,
+        session: Session,
+        patient_id: str,
+        session_of: dict[str, str],
+        fractions: dict[str, Fraction],
+        reviews: dict[str, list[Any]],
+        loaded: _Loaded,
+    ) -> set[str]:
         """An RT Image approved in the OIS (Approval Status with reviewer and time) is an
-        opportunistic review of its fraction."""
-        adopted: list[Review] = []
-        for s in sessions:
-            for approval in s.approvals:
-                if approval.get("status") != "APPROVED" or not approval.get("reviewed_at"):
-                    continue
-                ref = approval["sop_instance_uid"]
-                if ref in loaded.adopted_refs:
-                    continue
-                loaded.adopted_refs.add(ref)
-                if fraction.id is None:
-                    session.flush()  # the review needs its fraction's id
-                review = Review(
-                    fraction_id=fraction.id,
-                    decision="approved",
-                    comment=None,
-                    override_reason=None,
-                    reviewed_at=datetime.fromisoformat(approval["reviewed_at"]),
-                    physician=approval.get("reviewer_name") or "unknown",
-                    recorded_at=self._now(),
-                    source="dicom_approval",
-                    source_ref=ref,
+        opportunistic review of the fraction its image prepared. Later facts can move the
+        image to another fraction, or to none: the review follows it, or goes. Adds each
+        fraction's approvals to ``reviews``; returns the fractions whose reviews changed."""
+        wanted: dict[str, tuple[str, dict[str, Any]]] = {}
+        for s in loaded.sessions[patient_id]:
+            key = session_of.get(s.series_uid)
+            for a in s.approvals:
+                if key is not None and a.get("status") == "APPROVED" and a.get("reviewed_at"):
+                    wanted.setdefault(a["sop_instance_uid"], (key, a))
+        key_of = {f.id: f.key for f in loaded.fractions[patient_id]}
+        touched: set[str] = set()
+        for ref, row in loaded.approvals.get(patient_id, {}).items():
+            was = key_of.get(row.fraction_id)
+            target = wanted.pop(ref, None)
+            if target is None:  # its image prepares no fraction now
+                session.execute(delete(Review).where(Review.id == row.id))
+                touched.add(was or "")
+                continue
+            key = target[0]
+            fraction = fractions[key]
+            if fraction.id is None:
+                session.flush()  # the review needs its fraction's id
+            if row.fraction_id != fraction.id:
+                session.execute(
+                    update(Review).where(Review.id == row.id).values(fraction_id=fraction.id)
                 )
-                session.add(review)
+                touched |= {was or "", key}
+                self._on_review(session, fraction, row)  # type: ignore[arg-type]
+            reviews[key].append(row)
+        for ref, (key, approval) in wanted.items():
+            fraction = fractions[key]
+            if fraction.id is None:
                 session.flush()
-                self._on_review(session, fraction, review)
-                adopted.append(review)
-        return adopted
+            review = Review(
+                fraction_id=fraction.id,
+                decision="approved",
+                comment=None,
+                override_reason=None,
+                reviewed_at=datetime.fromisoformat(approval["reviewed_at"]),
+                physician=approval.get("reviewer_name") or "unknown",
+                recorded_at=self._now(),
+                source=APPROVAL,
+                source_ref=ref,
+            )
+            session.add(review)
+            session.flush()
+            self._on_review(session, fraction, review)
+            reviews[key].append(review)
+            touched.add(key)
+        return touched - {""}
 
 
 def _number_of(key: str) -> int | None:
