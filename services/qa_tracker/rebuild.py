@@ -181,16 +181,15 @@ def _load(session: Session, scopes: dict[str, Scope], zone: Any) -> _Loaded:
                     grew |= scope.cover(f.treated_at, f.ended_at, zone)
 
     whole = [p for p, s in scopes.items() if s.whole]
-    windowed = [s for s in scopes.values() if not s.whole and s.lo is not None]
-    lo = min((s.lo for s in windowed), default=None)
-    hi = max((s.hi for s in windowed), default=None)
-    windowed_ids = [p for p, s in scopes.items() if not s.whole and s.lo is not None]
+    windowed = {p: s for p, s in scopes.items() if not s.whole and s.lo is not None}
+    lo = min((s.lo for s in windowed.values()), default=None)
+    hi = max((s.hi for s in windowed.values()), default=None)
 
     def in_scope(table: Any, column: Any) -> Any:
         """A superset in SQL (one window for the chunk); ``kept`` trims it per patient."""
         terms = [table.c.patient_id.in_(whole)] if whole else []
-        if windowed_ids:
-            terms.append(and_(table.c.patient_id.in_(windowed_ids), column >= lo, column < hi))
+        if windowed:
+            terms.append(and_(table.c.patient_id.in_(windowed), column >= lo, column < hi))
         return or_(false(), *terms)
 
     def kept(rows: Iterable[Row[Any]], time_of: Callable[[Any], datetime]) -> list[Row[Any]]:
@@ -261,28 +260,25 @@ def _load(session: Session, scopes: dict[str, Scope], zone: Any) -> _Loaded:
     reviews: dict[int, list[Any]] = defaultdict(list)
     for r in session.execute(select(review).where(review.c.fraction_id.in_(wanted))):
         reviews[r.fraction_id].append(r)
+    # Adopted approvals on the scope's fractions (not the previous fractions': their images
+    # are outside the scope), and wherever the scope's images' approvals are now.
+    approvals: dict[str, dict[str, Row[Any]]] = defaultdict(dict)
+    for patient_id, ids in in_scope_ids.items():
+        for r in (r for i in ids for r in reviews[i] if r.source == APPROVAL):
+            approvals[patient_id][r.source_ref] = r
     patient_of_ref = {
         a["sop_instance_uid"]: patient_id
         for patient_id, rows in sessions.items()
         for s in rows
         for a in s.approvals
     }
-    # Not the previous fractions': their images are outside the scope.
-    scope_ids = {i for ids in in_scope_ids.values() for i in ids}
-    on_fractions = {f.id: p for p, fs in timeline.items() for f in fs if f.id in scope_ids}
-    approvals: dict[str, dict[str, Row[Any]]] = defaultdict(dict)
-    for r in session.execute(
-        select(review).where(
-            review.c.source == APPROVAL,
-            or_(
-                review.c.source_ref.in_(patient_of_ref),
-                review.c.fraction_id.in_(scope_ids),
-            ),
-        )
-    ):
-        patient_id = patient_of_ref.get(r.source_ref) or on_fractions.get(r.fraction_id)
-        if patient_id is not None:
-            approvals[patient_id][r.source_ref] = r
+    if patient_of_ref:
+        for r in session.execute(
+            select(review).where(
+                review.c.source == APPROVAL, review.c.source_ref.in_(patient_of_ref)
+            )
+        ):
+            approvals[patient_of_ref[r.source_ref]][r.source_ref] = r
     plan = Plan.__table__
     return _Loaded(
         scopes=scopes,
