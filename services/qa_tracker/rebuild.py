@@ -427,14 +427,17 @@ class Rebuilder:
             key: [r for r in loaded.reviews.get(f.id, []) if r.source != APPROVAL]  # type: ignore[arg-type]
             for key, f in fractions.items()
         }
-        changed |= self._place_approvals(
-            session, patient_id, session_of, fractions, reviews, loaded
-        )
+        placed = self._place_approvals(session, patient_id, session_of, fractions, reviews, loaded)
+        changed |= {key for key, _ in placed}
         for key, fraction in fractions.items():
             # The verdict depends only on these values and the reviews, not on the clock:
             # unchanged inputs, unchanged verdict.
             if key in changed or reassess:
                 self._assess(fraction, reviews[key])
+        # After the verdict: the event carries the fraction's due time and override need.
+        for key, review in placed:
+            if review is not None:
+                self._on_review(session, fractions[key], review)
         previous = loaded.previous.get(patient_id)
         if previous is not None and (
             _set(previous, "next_fraction_at", next_start.get(previous.key)) or reassess
@@ -457,11 +460,12 @@ class Rebuilder:
         fractions: dict[str, Fraction],
         reviews: dict[str, list[Any]],
         loaded: _Loaded,
-    ) -> set[str]:
+    ) -> list[tuple[str, Any]]:
         """An RT Image approved in the OIS (Approval Status with reviewer and time) is an
         opportunistic review of the fraction its image prepared. Later facts can move the
         image to another fraction, or to none: the review follows it, or goes. Adds each
-        fraction's approvals to ``reviews``; returns the fractions whose reviews changed."""
+        fraction's approvals to ``reviews``; returns the fractions whose reviews changed,
+        each with the review it gained (to announce), or None where it lost one."""
         wanted: dict[str, tuple[str, dict[str, Any]]] = {}
         for s in loaded.sessions[patient_id]:
             key = session_of.get(s.series_uid)
@@ -469,13 +473,14 @@ class Rebuilder:
                 if key is not None and a.get("status") == "APPROVED" and a.get("reviewed_at"):
                     wanted.setdefault(a["sop_instance_uid"], (key, a))
         key_of = {f.id: f.key for f in loaded.fractions[patient_id]}
-        touched: set[str] = set()
+        placed: list[tuple[str, Any]] = []
         for ref, row in loaded.approvals.get(patient_id, {}).items():
             was = key_of.get(row.fraction_id)
             target = wanted.pop(ref, None)
             if target is None:  # its image prepares no fraction now
                 session.execute(delete(Review).where(Review.id == row.id))
-                touched.add(was or "")
+                if was is not None:
+                    placed.append((was, None))
                 continue
             key = target[0]
             fraction = fractions[key]
@@ -485,8 +490,9 @@ class Rebuilder:
                 session.execute(
                     update(Review).where(Review.id == row.id).values(fraction_id=fraction.id)
                 )
-                touched |= {was or "", key}
-                self._on_review(session, fraction, row)  # type: ignore[arg-type]
+                placed.append((key, row))
+                if was is not None:
+                    placed.append((was, None))
             reviews[key].append(row)
         for ref, (key, approval) in wanted.items():
             fraction = fractions[key]
@@ -505,10 +511,9 @@ class Rebuilder:
             )
             session.add(review)
             session.flush()
-            self._on_review(session, fraction, review)
             reviews[key].append(review)
-            touched.add(key)
-        return touched - {""}
+            placed.append((key, review))
+        return placed
 
 
 def _number_of(key: str) -> int | None:

@@ -156,6 +156,31 @@ def test_an_approved_rt_image_is_an_opportunistic_review(service: QaService, qa_
     assert [e.type for e in outbox] == ["rtops.qa.review.documented"]
 
 
+def test_an_adopted_approval_is_announced_with_its_fractions_verdict(
+    service: QaService, qa_db: Db
+) -> None:
+    """Billing reads ``on_time`` and ``due_at`` from the event: they must be those of the
+    assessed fraction, not of a fraction created a moment before in the same rebuild."""
+    approval = ImageApproval(
+        sop_instance_uid="5.5.2",
+        status="APPROVED",
+        reviewer_name="Oncologist^Olga",
+        reviewed_at=at("2026-11-24", "10:00"),  # after the 24 business hours
+    )
+    service.apply_batch(
+        [
+            record_event(1, "2026-11-23", "08:00"),
+            imaging_event("cb", "2026-11-23", "07:55", approvals=(approval,)),
+        ]
+    )
+    (row,) = snapshot(qa_db[1])
+    assert row["review_status"] == "reviewed_late"
+    with qa_db[1]() as session:
+        (event,) = [parse_event(o.body) for o in session.scalars(select(Outbox))]
+    assert event.data.due_at == at("2026-11-24", "08:00")  # type: ignore[union-attr]
+    assert event.data.on_time is False  # type: ignore[union-attr]
+
+
 def test_overdue_is_published_once(service: QaService, qa_db: Db, clock: Clock) -> None:
     for event in imaged_day(1, "2026-11-23"):
         service.apply(event)
