@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker import domain
 from services.qa_tracker.facts import FactRecorder, Scope
-from services.qa_tracker.rebuild import Rebuilder, assess_fraction
+from services.qa_tracker.rebuild import CHUNK, Rebuilder, assess_fraction
 from services.qa_tracker.store import (
     AuditLog,
     Fraction,
@@ -124,9 +125,9 @@ class QaService:
         policy changed; returns the number of patients."""
         with self._factory() as session:
             patients = list(session.scalars(select(Fraction.patient_id).distinct()))
-        for start in range(0, len(patients), 200):
+        for start in range(0, len(patients), CHUNK):
             with self._factory.begin() as session:
-                scopes = {p: Scope(whole=True) for p in patients[start : start + 200]}
+                scopes = {p: Scope(whole=True) for p in patients[start : start + CHUNK]}
                 self._rebuilder.rebuild(session, scopes, reassess=reassess)
         self._on_commit()
         return len(patients)
@@ -181,13 +182,8 @@ class QaService:
     def _publish_review(self, session: Session, fraction: Fraction, review: Review) -> None:
         due = fraction.due_at
         payload = ReviewDocumented(
-            patient=Patient(id=fraction.patient_id, name=fraction.patient_name),
+            **_about(fraction),
             review_id=review.id,
-            fraction_key=fraction.key,
-            plan_uid=fraction.plan_uid,
-            fraction_number=fraction.fraction_number,
-            treated_at=fraction.treated_at,
-            machine=fraction.machine,
             decision=review.decision,  # type: ignore[arg-type]
             physician=review.physician,
             reviewed_at=review.reviewed_at,
@@ -219,12 +215,7 @@ class QaService:
             ).all()
             for f in rows:
                 payload = ReviewOverdue(
-                    patient=Patient(id=f.patient_id, name=f.patient_name),
-                    fraction_key=f.key,
-                    plan_uid=f.plan_uid,
-                    fraction_number=f.fraction_number,
-                    treated_at=f.treated_at,
-                    machine=f.machine,
+                    **_about(f),
                     physician=f.physician,
                     due_at=f.due_at,  # type: ignore[arg-type]
                 )
@@ -339,3 +330,15 @@ class QaService:
                 Fraction.due_at.is_(None), Fraction.due_at >= now
             )
         return Fraction.review_status == status
+
+
+def _about(fraction: Fraction) -> dict[str, Any]:
+    """The fields every event about a fraction carries."""
+    return {
+        "patient": Patient(id=fraction.patient_id, name=fraction.patient_name),
+        "fraction_key": fraction.key,
+        "plan_uid": fraction.plan_uid,
+        "fraction_number": fraction.fraction_number,
+        "treated_at": fraction.treated_at,
+        "machine": fraction.machine,
+    }
