@@ -130,16 +130,16 @@ def add_business_hours(start: datetime, hours: float, calendar: ClinicCalendar) 
     cursor = local
     while True:
         if calendar.is_business_day(day):
-            day_end = _local_midnight(day + timedelta(days=1), calendar.zone)
+            day_end = local_midnight(day + timedelta(days=1), calendar.zone)
             available = day_end - cursor
             if remaining <= available:
                 return (cursor + remaining).astimezone(start.tzinfo)
             remaining -= available
         day += timedelta(days=1)
-        cursor = _local_midnight(day, calendar.zone)
+        cursor = local_midnight(day, calendar.zone)
 
 
-def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=zone)
 
 
@@ -275,8 +275,8 @@ def iso_week_bounds(week: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
         monday = date.fromisocalendar(int(year), int(number), 1)
     except ValueError as exc:
         raise ValueError(f"week {week!r} is not an ISO week such as 2026-W48") from exc
-    start = _local_midnight(monday, zone)
-    return start, _local_midnight(monday + timedelta(days=7), zone)
+    start = local_midnight(monday, zone)
+    return start, local_midnight(monday + timedelta(days=7), zone)
 
 
 # ---------------------------------------------------------------- matching events to fractions

@@ -13,13 +13,14 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Row, delete, select
 from sqlalchemy.orm import Session
 
+from services.qa_tracker.domain import local_midnight
 from services.qa_tracker.store import (
     ImagingSession,
     Plan,
@@ -77,8 +78,9 @@ class Scope:
 
     def to_days(self, zone: ZoneInfo) -> None:
         if self.lo is not None and self.hi is not None:
-            self.lo = _midnight(self.lo.astimezone(zone).date(), zone)
-            self.hi = _midnight(self.hi.astimezone(zone).date() + timedelta(days=1), zone)
+            first, last = self.lo, self.hi
+            self.lo = self.hi = None
+            self.cover(first, last, zone)
 
     def overlaps(self, start: datetime, end: datetime) -> bool:
         if self.whole:
@@ -92,16 +94,12 @@ class Scope:
         """Widen to the whole days of [start, end]; True if that grew the scope."""
         if self.whole:
             return False
-        lo = _midnight(start.astimezone(zone).date(), zone)
-        hi = _midnight(end.astimezone(zone).date() + timedelta(days=1), zone)
+        lo = local_midnight(start.astimezone(zone).date(), zone)
+        hi = local_midnight(end.astimezone(zone).date() + timedelta(days=1), zone)
         grew = self.lo is None or self.hi is None or lo < self.lo or hi > self.hi
         self.lo = lo if self.lo is None else min(lo, self.lo)
         self.hi = hi if self.hi is None else max(hi, self.hi)
         return grew
-
-
-def _midnight(day: date, zone: ZoneInfo) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=zone)
 
 
 _IDENTITY: dict[type, tuple[type, Callable[[Any], str]]] = {
