@@ -207,6 +207,15 @@ def imaged_day(
     ]
 
 
+def sub_database(base_settings: dict[str, object], tag: str) -> dict[str, object]:
+    """Settings for one more database in the same test (a schema or a SQLite file of its own)."""
+    return {
+        **base_settings,
+        "database_schema_prefix": f"{base_settings['database_schema_prefix']}{tag}_",
+        "var_dir": base_settings["var_dir"] / tag,  # type: ignore[operator]
+    }
+
+
 @contextmanager
 def qa_database(
     base_settings: dict[str, object],

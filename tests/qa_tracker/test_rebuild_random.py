@@ -40,6 +40,7 @@ from tests.qa_tracker.factories import (
     qa_database,
     record_event,
     registration_event,
+    sub_database,
 )
 from tests.qa_tracker.test_service import Db, matches, snapshot
 
@@ -363,15 +364,6 @@ def _batchings(
     return runs
 
 
-def _sub_database(base_settings: dict[str, object], tag: str) -> dict[str, object]:
-    """Settings for one more database in the same test (a schema or a SQLite file of its own)."""
-    return {
-        **base_settings,
-        "database_schema_prefix": f"{base_settings['database_schema_prefix']}{tag}_",
-        "var_dir": base_settings["var_dir"] / tag,  # type: ignore[operator]
-    }
-
-
 def _run(
     base_settings: dict[str, object],
     tag: str,
@@ -380,7 +372,7 @@ def _run(
 ) -> None:
     """Apply ``batches``; ``check(incremental, after_rebuild_all)`` the two states."""
     clock = Clock(at("2027-01-04", "12:00"))  # after every course: nothing is in the future
-    with qa_database(_sub_database(base_settings, tag)) as (settings, factory):
+    with qa_database(sub_database(base_settings, tag)) as (settings, factory):
         service = make_service(settings, factory, clock)
         fresh = sum(service.apply_batch(batch) for batch in batches)
         assert fresh == len({e.id for batch in batches for e in batch})
@@ -502,7 +494,7 @@ def test_an_adopted_approval_follows_its_image(
     service.rebuild_all()
     assert _state(qa_db[1]) == incremental
 
-    with qa_database(_sub_database(base_settings, "ref")) as (settings, factory):
+    with qa_database(sub_database(base_settings, "ref")) as (settings, factory):
         reference = make_service(settings, factory, Clock(at("2026-11-23", "12:00")))
         reference.apply_batch(events())
         reference.rebuild_all()

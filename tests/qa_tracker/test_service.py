@@ -30,8 +30,10 @@ from tests.qa_tracker.factories import (
     imaging_event,
     make_service,
     plan_event,
+    qa_database,
     record_event,
     registration_event,
+    sub_database,
 )
 
 DR = Principal(user="dr.olga", roles=frozenset({"physician"}))
@@ -79,8 +81,6 @@ def test_a_week_becomes_fractions(service: QaService, qa_db: Db) -> None:
 def test_order_and_duplicates_do_not_change_the_result(
     base_settings: dict[str, object], clock: Clock
 ) -> None:
-    from tests.qa_tracker.factories import qa_database
-
     with qa_database(base_settings) as (settings, factory):
         reference_service = make_service(settings, factory, clock)
         for event in week():
@@ -90,13 +90,7 @@ def test_order_and_duplicates_do_not_change_the_result(
     for attempt in range(3):
         events = week() + week()[:4]  # redeliveries too
         shuffler.shuffle(events)
-        with qa_database(
-            {
-                **base_settings,
-                "database_schema_prefix": f"{base_settings['database_schema_prefix']}{attempt}_",
-                "var_dir": base_settings["var_dir"] / str(attempt),
-            }
-        ) as (s, f):  # type: ignore[operator]
+        with qa_database(sub_database(base_settings, str(attempt))) as (s, f):
             svc = make_service(s, f, clock)
             applied = [svc.apply(e) for e in events]
             assert applied.count(False) == 4  # the inbox skipped every redelivery
@@ -316,8 +310,6 @@ def test_any_order_and_batching_equals_a_rebuild_from_scratch(
 ) -> None:
     """Each batch rebuilds only the days it changes; in any order and any batching, the
     result equals rebuilding every patient from all facts."""
-    from tests.qa_tracker.factories import qa_database
-
     with qa_database(base_settings) as (settings, factory):
         service = make_service(settings, factory, clock)
         for event in awkward_course():
@@ -339,13 +331,7 @@ def test_any_order_and_batching_equals_a_rebuild_from_scratch(
         events = awkward_course()
         shuffler.shuffle(events)
         cuts = sorted(shuffler.sample(range(1, len(events)), 3))
-        with qa_database(
-            {
-                **base_settings,
-                "database_schema_prefix": f"{base_settings['database_schema_prefix']}s{attempt}_",
-                "var_dir": base_settings["var_dir"] / f"s{attempt}",  # type: ignore[operator]
-            }
-        ) as (s, f):
+        with qa_database(sub_database(base_settings, f"s{attempt}")) as (s, f):
             svc = make_service(s, f, clock)
             for lo, hi in zip([0, *cuts], [*cuts, len(events)], strict=True):
                 assert svc.apply_batch(events[lo:hi]) == hi - lo
