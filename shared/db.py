@@ -82,8 +82,10 @@ def make_engine(settings: RtopsSettings, service: str, **kwargs: Any) -> Engine:
     )
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: Engine, **info: Any) -> sessionmaker[Session]:
+    """Sessions of one service's database; ``info`` (e.g. the outbox table and the event
+    source that ``shared.outbox.emit`` reads) is copied into every session's ``info``."""
+    return sessionmaker(engine, expire_on_commit=False, info=info or None)
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from shared.db import UtcDateTime
-from shared.events import CloudEvent
+from shared.events import CloudEvent, EventPayload, envelope
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +70,38 @@ def add_to_outbox(session: Session, model: type[OutboxMixin], event: CloudEvent)
         "attempts": 0,
     }
     return _insert_ignore(session, table, values)
+
+
+OUTBOX_INFO = "rtops.outbox"
+SOURCE_INFO = "rtops.event_source"
+
+
+def emit(
+    session: Session,
+    payload: EventPayload,
+    *,
+    subject: str | None = None,
+    time: datetime | None = None,
+) -> bool:
+    """Queue ``payload`` as an event in the caller's transaction; False if that event id is
+    already queued. The outbox table and the event source (``rtops/<service>``) come from the
+    session, as set by the service's ``shared.runtime.Runtime`` (``session_factory(engine,
+    **outbox_info(Outbox, service))``)."""
+    try:
+        model, source = session.info[OUTBOX_INFO], session.info[SOURCE_INFO]
+    except KeyError as exc:
+        raise RuntimeError(
+            "this session has no outbox: build its factory with session_factory(engine, "
+            "**outbox_info(Outbox, service))"
+        ) from exc
+    return add_to_outbox(
+        session, model, envelope(payload, source=source, subject=subject, time=time)
+    )
+
+
+def outbox_info(model: type[OutboxMixin], service: str) -> dict[str, Any]:
+    """The ``session_factory`` info that lets ``emit`` find the service's outbox."""
+    return {OUTBOX_INFO: model, SOURCE_INFO: f"rtops/{service}"}
 
 
 def claim_event(

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.calendar import CalendarSpec
+
 Role = Literal[
     "physician", "therapist", "physicist", "dosimetrist", "scheduler", "billing", "admin"
 ]
@@ -61,6 +63,11 @@ class RtopsSettings(BaseSettings):
     clinic_timezone: str = Field(
         default="America/New_York",
         description="IANA zone for DICOM dates and times that carry no UTC offset",
+    )
+    clinic_calendar: CalendarSpec = Field(
+        default_factory=CalendarSpec,
+        description="JSON: holidays_country (default US; null for none), holidays_subdivision, "
+        "closed_days (dates), workdays (default mon..fri)",
     )
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -13,7 +13,9 @@ from services.qa_tracker.app import SERVICE, create_app
 from services.qa_tracker.policy import load_policy
 from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
+from services.qa_tracker.store import Outbox
 from shared.db import make_engine, session_factory
+from shared.outbox import outbox_info
 from shared.web import serve
 
 
@@ -21,8 +23,10 @@ def reassess(settings: QaSettings) -> int:
     engine = make_engine(settings, SERVICE)
     try:
         service = QaService(
-            factory=session_factory(engine),
-            policy=load_policy(settings.qa_policy, zone=settings.clinic_timezone),
+            factory=session_factory(engine, **outbox_info(Outbox, SERVICE)),
+            policy=load_policy(
+                settings.qa_policy, zone=settings.clinic_timezone, calendar=settings.clinic_calendar
+            ),
             imaging_devices=settings.qa_imaging_devices,
         )
         return service.rebuild_all(reassess=True)

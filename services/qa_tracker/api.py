@@ -21,6 +21,7 @@ from services.qa_tracker.service import NewReview, QaService
 from services.qa_tracker.store import AuditLog, Fraction, ImagingSession, Registration, Review
 from shared.audit import record_access
 from shared.auth import Principal, require_roles
+from shared.calendar import iso_week_bounds
 from shared.errors import NotFound, RuleViolation
 
 router = APIRouter(prefix="/v1", tags=["qa"])
@@ -287,7 +288,7 @@ def weekly(
     """The week's compliance; ``Accept: text/csv`` gives CSV, ``text/html`` a printable page."""
     zone = service.policy.calendar.zone
     try:
-        start, end = domain.iso_week_bounds(week, zone)
+        start, end = iso_week_bounds(week, zone)
     except ValueError as exc:
         raise RuleViolation(str(exc)) from exc
     # Counted in the database, grouped by everything the tally tells apart: the response

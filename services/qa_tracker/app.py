@@ -20,7 +20,7 @@ from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import Outbox
 from shared.db import make_engine, session_factory
 from shared.jetstream import NatsLink
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, outbox_info
 from shared.web import ReadinessCheck, background_lifespan, readiness_checks
 from shared.web import create_app as create_service_app
 
@@ -30,9 +30,11 @@ log = structlog.get_logger(__name__)
 
 def create_app(settings: QaSettings | None = None) -> FastAPI:
     settings = settings or QaSettings()
-    policy = load_policy(settings.qa_policy, zone=settings.clinic_timezone)
+    policy = load_policy(
+        settings.qa_policy, zone=settings.clinic_timezone, calendar=settings.clinic_calendar
+    )
     engine = make_engine(settings, SERVICE)
-    factory = session_factory(engine)
+    factory = session_factory(engine, **outbox_info(Outbox, SERVICE))
     link = NatsLink(settings, name=SERVICE)
     relay = OutboxRelay(factory, Outbox, link.publish)
     service = QaService(

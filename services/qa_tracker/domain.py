@@ -7,11 +7,16 @@ already resolved to a set of closed days) are arguments, so every rule is tested
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
+
+from shared.calendar import (
+    ClinicCalendar,
+    add_business_hours,
+)
 
 
 class ReviewStatus(StrEnum):
@@ -33,20 +38,6 @@ class Tolerance:
 
     translation_mm: float
     rotation_deg: float
-
-
-@dataclass(frozen=True)
-class ClinicCalendar:
-    """When the clinic works: its zone, its working weekdays (0 = Monday) and closed days."""
-
-    zone: ZoneInfo
-    # Any container of dates: a frozenset, or a ``holidays`` calendar (which computes the
-    # years it is asked about, so a long-running service never runs out of holidays).
-    closed_days: Container[date] = frozenset()
-    workdays: frozenset[int] = frozenset({0, 1, 2, 3, 4})
-
-    def is_business_day(self, day: date) -> bool:
-        return day.weekday() in self.workdays and day not in self.closed_days
 
 
 @dataclass(frozen=True)
@@ -118,29 +109,6 @@ class Assessment:
 
 
 # ---------------------------------------------------------------- time
-
-
-def add_business_hours(start: datetime, hours: float, calendar: ClinicCalendar) -> datetime:
-    """``start`` plus ``hours`` of business time: time passes only on business days (whole
-    days, in the clinic's zone). A start on a closed day counts from the next business day's
-    midnight. Friday 10:00 + 24 h is Monday 10:00; with Monday a holiday, Tuesday 10:00."""
-    local = start.astimezone(calendar.zone)
-    remaining = timedelta(hours=hours)
-    day = local.date()
-    cursor = local
-    while True:
-        if calendar.is_business_day(day):
-            day_end = local_midnight(day + timedelta(days=1), calendar.zone)
-            available = day_end - cursor
-            if remaining <= available:
-                return (cursor + remaining).astimezone(start.tzinfo)
-            remaining -= available
-        day += timedelta(days=1)
-        cursor = local_midnight(day, calendar.zone)
-
-
-def local_midnight(day: date, zone: ZoneInfo) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=zone)
 
 
 def due_at(fraction: FractionFacts, policy: ReviewPolicy) -> datetime:
@@ -266,17 +234,6 @@ def weekly_summary(rows: Sequence[SummaryRow]) -> WeeklySummary:
     return WeeklySummary(
         total=tally(rows), by_machine=group("machine"), by_physician=group("physician")
     )
-
-
-def iso_week_bounds(week: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
-    """``YYYY-Www`` to [Monday 00:00, next Monday 00:00) in the clinic's zone."""
-    try:
-        year, number = week.split("-W")
-        monday = date.fromisocalendar(int(year), int(number), 1)
-    except ValueError as exc:
-        raise ValueError(f"week {week!r} is not an ISO week such as 2026-W48") from exc
-    start = local_midnight(monday, zone)
-    return start, local_midnight(monday + timedelta(days=7), zone)
 
 
 # ---------------------------------------------------------------- matching events to fractions

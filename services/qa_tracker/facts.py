@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Row, delete, select
 from sqlalchemy.orm import Session
 
-from services.qa_tracker.domain import local_midnight
 from services.qa_tracker.store import (
     ImagingSession,
     Plan,
@@ -28,6 +27,7 @@ from services.qa_tracker.store import (
     RegistrationSeries,
     TreatmentRecord,
 )
+from shared.calendar import local_midnight
 from shared.events import ImagingAcquired, PlanReceived, RegistrationReceived, TreatmentRecorded
 
 # Plans that never treat a patient (domain-dicom.md s. 5.1).

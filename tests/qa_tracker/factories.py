@@ -15,6 +15,7 @@ from services.qa_tracker.app import SERVICE
 from services.qa_tracker.policy import load_policy
 from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
+from services.qa_tracker.store import Outbox
 from shared.db import drop_schema, make_engine, migrate, session_factory
 from shared.events import (
     BeamDelivery,
@@ -30,6 +31,7 @@ from shared.events import (
     Vector3,
     envelope,
 )
+from shared.outbox import outbox_info
 
 NY = ZoneInfo("America/New_York")
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "qa_tracker" / "migrations"
@@ -225,7 +227,7 @@ def qa_database(
     engine = make_engine(settings, SERVICE)
     migrate(engine, settings, SERVICE, MIGRATIONS)
     try:
-        yield settings, session_factory(engine)
+        yield settings, session_factory(engine, **outbox_info(Outbox, SERVICE))
     finally:
         drop_schema(engine, settings, SERVICE)
         engine.dispose()

@@ -9,7 +9,6 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from services.qa_tracker.domain import (
-    ClinicCalendar,
     Correction,
     Decision,
     FractionFacts,
@@ -21,17 +20,16 @@ from services.qa_tracker.domain import (
     SummaryRow,
     Tolerance,
     TreatedFraction,
-    add_business_hours,
     assess,
     due_at,
     exceeds,
-    iso_week_bounds,
     match_imaging,
     match_registrations,
     next_fraction_starts,
     tolerance_for,
     weekly_summary,
 )
+from shared.calendar import ClinicCalendar, add_business_hours, iso_week_bounds
 
 NY = ZoneInfo("America/New_York")
 THANKSGIVING = date(2026, 11, 26)  # Thursday

@@ -1,52 +1,16 @@
-"""The event contract: one CloudEvents 1.0 envelope and versioned, frozen payload models.
-
-Producers may add fields to a payload at any time (readers ignore unknown fields); a change
-that removes or re-types a field adds a new ``version`` and an upcaster in ``UPCASTERS``.
-The JSON Schemas of every payload are exported to ``docs/events/`` (``rtops schemas``).
-"""
+"""Payloads of the events the SCP publishes from stored DICOM objects (``rtops.dicom.*``)."""
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Callable
-from datetime import UTC, date, datetime
-from typing import Any, ClassVar, Literal
+from datetime import date, datetime
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-SUBJECT_PREFIX = "rtops"
-# Fixed namespace so that the same business key always yields the same event id, which
-# JetStream's duplicate window and the consumers' inbox both key on.
-EVENT_NAMESPACE = uuid.UUID("5b0b7a3e-2f7c-4d38-9d4c-7a61f1c0e0a1")
+from shared.events.base import DicomEvent, EventPayload, Frozen
 
 
-class InvalidEvent(ValueError):
-    """An event that cannot be parsed: wrong envelope, unknown type or version, bad payload."""
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-# ---------------------------------------------------------------- building blocks
-
-
-class Patient(_Frozen):
-    id: str = Field(description="Patient ID (0010,0020); empty when the object had none")
-    issuer: str | None = Field(default=None, description="Issuer of Patient ID (0010,0021)")
-    name: str | None = Field(default=None, description="Patient's Name (0010,0010), DICOM PN")
-    birth_date: date | None = None
-
-
-class SourceDevice(_Frozen):
-    ae_title: str = Field(description="calling AE title of the association")
-    role: Literal["linac", "ct_simulator", "tps", "ois", "other"]
-    machine: str | None = Field(default=None, description="machine name from the registry")
-    site: str | None = None
-
-
-class StoredObject(_Frozen):
+class StoredObject(Frozen):
     sop_class_uid: str
     sop_instance_uid: str
     study_instance_uid: str | None = None
@@ -57,27 +21,10 @@ class StoredObject(_Frozen):
     transfer_syntax_uid: str
 
 
-class EventPayload(_Frozen):
-    """Every payload: a type, a version and the business key its event id derives from."""
-
-    type: ClassVar[str]
-    version: int
-    patient: Patient
-
-    def business_key(self) -> str:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
-
-
-class DicomEvent(EventPayload):
-    """Fields every payload derived from a stored DICOM object carries."""
-
-    source: SourceDevice
-
-
 # ---------------------------------------------------------------- plan.received
 
 
-class PlanReference(_Frozen):
+class PlanReference(Frozen):
     sop_instance_uid: str
     relationship: str | None = Field(
         default=None,
@@ -86,7 +33,7 @@ class PlanReference(_Frozen):
     )
 
 
-class FractionGroup(_Frozen):
+class FractionGroup(Frozen):
     number: int
     fractions_planned: int | None = None
     beam_count: int | None = None
@@ -96,7 +43,7 @@ class FractionGroup(_Frozen):
     pattern: str | None = None
 
 
-class DoseReference(_Frozen):
+class DoseReference(Frozen):
     number: int | None = None
     uid: str | None = None
     type: str | None = Field(default=None, description="TARGET / ORGAN_AT_RISK")
@@ -105,7 +52,7 @@ class DoseReference(_Frozen):
     target_prescription_dose_gy: float | None = None
 
 
-class PlannedBeam(_Frozen):
+class PlannedBeam(Frozen):
     number: int | None = None
     name: str | None = None
     machine: str | None = None
@@ -160,19 +107,19 @@ class PlanReceived(DicomEvent):
 # ---------------------------------------------------------------- treatment.recorded
 
 
-class Override(_Frozen):
+class Override(Frozen):
     parameter: str | None = Field(default=None, description="Override Parameter Pointer tag")
     operator: str | None = None
     reason: str | None = None
 
 
-class CouchPosition(_Frozen):
+class CouchPosition(Frozen):
     vertical_mm: float | None = None
     longitudinal_mm: float | None = None
     lateral_mm: float | None = None
 
 
-class BeamDelivery(_Frozen):
+class BeamDelivery(Frozen):
     beam_number: int | None = None
     beam_name: str | None = None
     delivery_type: str | None = Field(
@@ -228,7 +175,7 @@ class TreatmentRecorded(DicomEvent):
         return f"{self.object.sop_instance_uid}:{self.object.revision}"
 
 
-class FractionGroupSummary(_Frozen):
+class FractionGroupSummary(Frozen):
     number: int | None = None
     type: str | None = None
     fractions_planned: int | None = None
@@ -258,7 +205,7 @@ class TreatmentSummarized(DicomEvent):
 # ---------------------------------------------------------------- imaging.acquired
 
 
-class ImageApproval(_Frozen):
+class ImageApproval(Frozen):
     sop_instance_uid: str
     status: str
     reviewer_name: str | None = None
@@ -303,13 +250,13 @@ class ImagingAcquired(DicomEvent):
 # ---------------------------------------------------------------- registration.received
 
 
-class Vector3(_Frozen):
+class Vector3(Frozen):
     x: float
     y: float
     z: float
 
 
-class RegistrationItem(_Frozen):
+class RegistrationItem(Frozen):
     frame_of_reference_uid: str | None = None
     referenced_series_uids: tuple[str, ...] = ()
     referenced_instance_count: int = 0
@@ -349,170 +296,10 @@ class RegistrationReceived(DicomEvent):
         return f"{self.object.sop_instance_uid}:{self.object.revision}"
 
 
-# ---------------------------------------------------------------- qa_tracker
-
-
-class ReviewDocumented(EventPayload):
-    """A physician documented the review of a fraction's image guidance (through the API, or an
-    RT Image approval). Billing uses it for image-guidance charges: ASTRO's condition is a
-    review before the next fraction (``on_time``)."""
-
-    type: ClassVar[str] = "rtops.qa.review.documented"
-    version: Literal[1] = 1
-    review_id: int
-    fraction_key: str = Field(description="patient|plan|fraction group|fraction number")
-    plan_uid: str | None = None
-    fraction_number: int | None = None
-    treated_at: datetime
-    machine: str | None = None
-    decision: Literal["approved", "rejected"]
-    physician: str
-    reviewed_at: datetime
-    due_at: datetime | None = None
-    on_time: bool
-    override_required: bool = False
-    override_reason: str | None = None
-    origin: Literal["api", "dicom_approval"] = "api"
-
-    def business_key(self) -> str:
-        return f"review:{self.review_id}"
-
-
-class ReviewOverdue(EventPayload):
-    """A fraction's review passed its due time undocumented (published once per fraction)."""
-
-    type: ClassVar[str] = "rtops.qa.review.overdue"
-    version: Literal[1] = 1
-    fraction_key: str
-    plan_uid: str | None = None
-    fraction_number: int | None = None
-    treated_at: datetime
-    machine: str | None = None
-    physician: str | None = None
-    due_at: datetime
-
-    def business_key(self) -> str:
-        return f"overdue:{self.fraction_key}"
-
-
-class DigestItem(_Frozen):
-    kind: Literal["overdue_review", "override_not_documented", "rejected_without_follow_up"]
-    fraction_id: int
-    patient_id: str
-    patient_name: str | None = None
-    fraction_number: int | None = None
-    machine: str | None = None
-    treated_at: datetime
-    due_at: datetime | None = None
-    link: str = Field(description="path of the fraction in the QA tracker API")
-
-
-class ReviewDigest(EventPayload):
-    """The day's open review problems of one physician (published once per physician and
-    business day by the QA tracker), for a notifier to deliver as one message. ``patient`` is
-    empty: the items name their patients."""
-
-    type: ClassVar[str] = "rtops.qa.review.digest"
-    version: Literal[1] = 1
-    physician: str
-    day: date
-    flags: tuple[DigestItem, ...]
-
-    def business_key(self) -> str:
-        return f"digest:{self.physician}:{self.day.isoformat()}"
-
-
 PAYLOADS: tuple[type[EventPayload], ...] = (
     PlanReceived,
     TreatmentRecorded,
     TreatmentSummarized,
     ImagingAcquired,
     RegistrationReceived,
-    ReviewDocumented,
-    ReviewOverdue,
-    ReviewDigest,
 )
-_BY_TYPE: dict[tuple[str, int], type[EventPayload]] = {
-    (p.type, p.model_fields["version"].default): p for p in PAYLOADS
-}
-# (type, old version) -> function turning old data into the next version's data.
-UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
-
-
-# ---------------------------------------------------------------- envelope
-
-
-class CloudEvent(_Frozen):
-    """CloudEvents 1.0 structured-mode envelope (JSON)."""
-
-    specversion: Literal["1.0"] = "1.0"
-    id: str
-    source: str
-    type: str
-    time: datetime
-    subject: str | None = None
-    datacontenttype: Literal["application/json"] = "application/json"
-    dataschema: str | None = None
-    data: EventPayload
-
-    @property
-    def nats_subject(self) -> str:
-        return self.type
-
-    def to_json(self) -> bytes:
-        body = self.model_dump(mode="json", exclude_none=True)
-        body["data"] = self.data.model_dump(mode="json")
-        body["data"]["version"] = self.data.version
-        return json.dumps(body, separators=(",", ":")).encode()
-
-
-def event_id(type_: str, business_key: str) -> str:
-    """Deterministic id: a re-sent object or a replayed outbox row gets the same one."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{type_}|{business_key}"))
-
-
-def envelope(
-    payload: EventPayload, *, source: str, subject: str | None = None, time: datetime | None = None
-) -> CloudEvent:
-    return CloudEvent(
-        id=event_id(payload.type, payload.business_key()),
-        source=source,
-        type=payload.type,
-        time=time or datetime.now(UTC),
-        subject=subject,
-        dataschema=f"urn:rtops:schema:{payload.type}:v{payload.version}",
-        data=payload,
-    )
-
-
-def parse_event(raw: bytes | str) -> CloudEvent:
-    """Parse an envelope and its payload; raise ``InvalidEvent`` with the reason otherwise."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidEvent(f"event is not JSON: {exc}") from exc
-    if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
-        raise InvalidEvent("event has no CloudEvents 'data' object")
-    type_ = body.get("type")
-    if not isinstance(type_, str):
-        raise InvalidEvent(f"event has no string 'type' (got {type_!r})")
-    data = dict(body["data"])
-    version = data.get("version")
-    if not isinstance(version, int):
-        raise InvalidEvent(f"event {type_!r} has no integer data.version")
-    while (type_, version) in UPCASTERS:
-        data = UPCASTERS[(type_, version)](data)
-        version = data["version"]
-    model = _BY_TYPE.get((type_, version))  # type: ignore[arg-type]
-    if model is None:
-        raise InvalidEvent(f"unknown event type/version {type_!r} v{version}")
-    try:
-        payload = model.model_validate(data)
-        return CloudEvent.model_validate({**body, "data": payload})
-    except ValidationError as exc:
-        raise InvalidEvent(f"invalid {type_} v{version}: {exc}") from exc
-
-
-def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every payload, keyed by event type."""
-    return {p.type: p.model_json_schema(mode="serialization") for p in PAYLOADS}
