@@ -140,3 +140,17 @@ def require_roles(*roles: str) -> Any:
         return principal
 
     return Depends(check)
+
+
+# Named role groups: one place says who may read clinical data, who documents what.
+CLINICAL_STAFF: tuple[str, ...] = ("physician", "therapist", "physicist", "dosimetrist", "admin")
+PHYSICS: tuple[str, ...] = ("physicist", "dosimetrist", "admin")
+BILLING_STAFF: tuple[str, ...] = ("billing", "admin")
+SCHEDULING_STAFF: tuple[str, ...] = ("scheduler", "therapist", "admin")
+
+ClinicalReader = Annotated[Principal, require_roles(*CLINICAL_STAFF)]
+PhysicianOnly = Annotated[Principal, require_roles("physician")]
+PhysicsStaff = Annotated[Principal, require_roles(*PHYSICS)]
+BillingStaff = Annotated[Principal, require_roles(*BILLING_STAFF)]
+SchedulingStaff = Annotated[Principal, require_roles(*SCHEDULING_STAFF)]
+AdminOnly = Annotated[Principal, require_roles("admin")]
