@@ -18,9 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.audit import AuditMixin
 from shared.db import UtcDateTime, new_metadata
-from shared.outbox import OutboxMixin, ProcessedEventMixin
+from shared.tables import kit_tables
 
 UID = String(64)
 
@@ -146,13 +145,4 @@ class Review(Base):
     source_ref: Mapped[str] = mapped_column(String(100))  # request id or RT Image SOP UID
 
 
-class Outbox(OutboxMixin, Base):
-    pass
-
-
-class ProcessedEvent(ProcessedEventMixin, Base):
-    pass
-
-
-class AuditLog(AuditMixin, Base):
-    pass
+Outbox, ProcessedEvent, AuditLog = kit_tables(Base)
