@@ -1,24 +1,33 @@
 """REST side of the SCP: what has been received (for operations staff checking a device's
-traffic). Listing objects reads patient identifiers, so every call is audited."""
+traffic), and the stored objects themselves. Both read patient data, so every call is
+audited."""
 
 from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
+import pydicom
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.scp_listener import extract, sop
+from services.scp_listener.objectstore import ObjectStore
 from services.scp_listener.store import AuditLog, DicomObject
 from shared.audit import record_access
 from shared.auth import Principal, require_roles
-from shared.errors import RuleViolation
+from shared.errors import NotFound, RuleViolation
 
 router = APIRouter(prefix="/v1", tags=["objects"])
 Reader = Annotated[Principal, require_roles("admin", "physicist", "therapist", "dosimetrist")]
+# An object's content is the clinical record itself (plans, reports): clinical staff only.
+ContentReader = Annotated[
+    Principal, require_roles("admin", "physicist", "dosimetrist", "physician")
+]
 
 
 def get_factory(request: Request) -> sessionmaker[Session]:
@@ -26,6 +35,13 @@ def get_factory(request: Request) -> sessionmaker[Session]:
 
 
 FactoryDep = Annotated[sessionmaker[Session], Depends(get_factory)]
+
+
+def get_store(request: Request) -> ObjectStore:
+    return request.app.state.ingestor.store  # type: ignore[no-any-return]
+
+
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
 class ObjectOut(BaseModel):
@@ -87,6 +103,70 @@ def list_objects(
         items = [ObjectOut.model_validate(r, from_attributes=True) for r in page]
     next_cursor = _encode_cursor(page[-1].id) if len(rows) > limit else None
     return ObjectPage(items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/objects/{sop_instance_uid}/content",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/dicom": {}, "application/pdf": {}},
+            "description": "the stored file, or the encapsulated PDF with format=pdf",
+        }
+    },
+)
+def object_content(
+    sop_instance_uid: str,
+    principal: ContentReader,
+    factory: FactoryDep,
+    store: StoreDep,
+    request: Request,
+    revision: Annotated[int | None, Query(ge=1)] = None,
+    as_format: Annotated[Literal["dicom", "pdf"], Query(alias="format")] = "dicom",
+) -> Response:
+    """The stored bytes of an object's latest revision (or ``revision``) as received, file
+    meta added; ``format=pdf`` returns an Encapsulated PDF's document itself."""
+    query = (
+        select(DicomObject)
+        .where(DicomObject.sop_instance_uid == sop_instance_uid)
+        .order_by(DicomObject.revision.desc())
+        .limit(1)
+    )
+    if revision is not None:
+        query = query.where(DicomObject.revision == revision)
+    with factory.begin() as session:
+        row = session.scalars(query).first()
+        if row is None:
+            which = f"revision {revision} of " if revision is not None else ""
+            raise NotFound(
+                f"no {which}object {sop_instance_uid} has been received; "
+                "GET /v1/objects lists what has"
+            )
+        if as_format == "pdf" and row.sop_class_uid != sop.ENCAPSULATED_PDF:
+            raise RuleViolation(
+                f"object {sop_instance_uid} is a {sop.NAMES.get(row.sop_class_uid, 'DICOM')} "
+                "object, not an Encapsulated PDF: ask without format=pdf"
+            )
+        record_access(
+            session,
+            AuditLog,
+            principal,
+            action="read",
+            resource=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
+            patient_ids=[row.patient_id],
+        )
+        path = store.path(row.storage_key)
+        filename = f"{row.sop_instance_uid}.{row.revision}"
+    if as_format == "pdf":
+        document = extract.encapsulated_document(pydicom.dcmread(path))
+        if document is None:
+            raise NotFound(f"object {sop_instance_uid} holds no encapsulated document")
+        return Response(
+            document,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'inline; filename="{filename}.pdf"'},
+        )
+    return FileResponse(path, media_type="application/dicom", filename=f"{filename}.dcm")
 
 
 def _encode_cursor(row_id: int) -> str:

@@ -33,6 +33,11 @@ class ScpMetrics:
             ["reason"],
             registry=registry,
         )
+        self.internal_errors = Counter(
+            "rtops_scp_internal_errors",
+            "C-STOREs answered 0x0110 because of a bug in rtops, not a fault of the object",
+            registry=registry,
+        )
         self.store_seconds = Histogram(
             "rtops_scp_store_seconds",
             "C-STORE handling time, received to answered",

@@ -46,12 +46,13 @@ class ObjectStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def put(self, source: Path, sha256: str) -> str:
-        """Make ``source`` durable under its key (moving it when on the same filesystem)."""
+    def put(self, source: Path, sha256: str) -> tuple[str, bool]:
+        """Make ``source`` durable under its key (moving it when on the same filesystem).
+        Returns the key and whether this call placed the file (``False``: it was there)."""
         key = self.key_for(sha256)
         target = self.path(key)
         if target.exists():
-            return key
+            return key, False
         if not target.parent.exists():
             target.parent.mkdir(exist_ok=True)
             _fsync_dir(self.root)
@@ -73,4 +74,9 @@ class ObjectStore:
                 os.fsync(dst.fileno())
             os.rename(staging, target)
         _fsync_dir(target.parent)
-        return key
+        return key, True
+
+    def discard(self, key: str) -> None:
+        """Remove a file that no committed index row names (its transaction failed). A crash
+        before this runs leaves an unreferenced file, which is harmless: nothing points to it."""
+        self.path(key).unlink(missing_ok=True)

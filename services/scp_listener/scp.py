@@ -27,6 +27,10 @@ log = structlog.get_logger(__name__)
 _config.STORE_RECV_CHUNKED_DATASET = True
 
 
+# Metric label of a failed C-STORE, where the status name is not the word operators look for.
+_REJECTION_REASONS = {Status.PROCESSING_FAILURE: "internal_error"}
+
+
 def build_ae(settings: ScpSettings, devices: dict[str, Device]) -> AE:
     ae = AE(ae_title=settings.scp_ae_title)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
@@ -151,7 +155,11 @@ def handle_store(
                 calling_ae=calling,
             )
     else:
-        metrics.rejections.labels(outcome.status.name.lower()).inc()
+        if outcome.status == Status.PROCESSING_FAILURE:
+            metrics.internal_errors.inc()
+        metrics.rejections.labels(
+            _REJECTION_REASONS.get(outcome.status, outcome.status.name.lower())
+        ).inc()
         log.warning(
             "C-STORE failed",
             status=f"0x{outcome.status:04X}",

@@ -8,8 +8,7 @@ commits does the caller answer success.
 from __future__ import annotations
 
 import functools
-import struct
-import warnings
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,18 +16,15 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import structlog
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp_listener import extract, sop
+from services.scp_listener.extract import MalformedObject, Undecodable, read_header
 from services.scp_listener.objectstore import ObjectStore, sha256_of
 from services.scp_listener.store import DicomObject, ImageSeries, Outbox
 from shared.events import (
@@ -53,6 +49,8 @@ class Status(IntEnum):
     OUT_OF_RESOURCES = 0xA700  # storage failed: the sender should retry
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC210
+    # PS3.7 C.4.2 / PS3.4 Annex B general failure: our fault, not the object's.
+    PROCESSING_FAILURE = 0x0110
     SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
@@ -66,12 +64,29 @@ class Outcome:
     created: bool = False
 
 
-class Undecodable(Exception):
-    pass
-
-
 class WrongSopClass(Exception):
     pass
+
+
+# What a reader raises on a decodable object whose values make no sense: pydicom's value
+# conversions raise ValueError / TypeError, pydantic's ValidationError is a ValueError, and a
+# reader may raise MalformedObject itself. Anything else (AttributeError, KeyError, NameError,
+# ...) is a bug in rtops, which the device must not be told is its object's fault.
+MALFORMED_DATA: tuple[type[Exception], ...] = (ValueError, TypeError, MalformedObject)
+
+# Same content serialises (from the revision lookup to the commit), so that a failed
+# transaction can remove the file it placed without racing another ingest of that file.
+_LOCK_STRIPES = 64
+
+__all__ = [
+    "MALFORMED_DATA",
+    "Ingestor",
+    "Outcome",
+    "Status",
+    "Undecodable",
+    "WrongSopClass",
+    "read_header",
+]
 
 
 _objects = DicomObject.__table__
@@ -111,75 +126,6 @@ def _check_identity(ds: Dataset, sop_class_uid: str, sop_instance_uid: str) -> s
     return uid
 
 
-# Values larger than this (pixel data, dose grids) are skipped, not read: rtops needs headers
-# only, and an object is never held whole in memory.
-DEFER_BYTES = 64 * 1024
-
-
-def read_header(path: Path) -> Dataset:
-    """Decode the object's structure once; a malformed or truncated one raises
-    ``Undecodable``. Large values stay on disk (``DEFER_BYTES``)."""
-    try:
-        with warnings.catch_warnings():
-            # pydicom only warns when an undefined-length item runs into the end of the file.
-            warnings.filterwarnings("error", message=".*[Ee]nd of file.*")
-            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
-        if ds.file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-            # A deflated dataset's offsets count inflated bytes; zlib checks its own end.
-            check_complete(ds, path.stat().st_size)
-        extract.decode_sequences(ds)
-    except (
-        InvalidDicomError,
-        EOFError,
-        OSError,
-        ValueError,
-        TypeError,
-        KeyError,
-        OverflowError,
-        NotImplementedError,
-        AttributeError,
-        IndexError,
-        struct.error,
-        UserWarning,
-    ) as exc:
-        raise Undecodable(f"{type(exc).__name__}: {exc}") from exc
-    return ds
-
-
-_UNDEFINED = 0xFFFFFFFF
-
-
-def check_complete(ds: Dataset, size: int) -> None:
-    """pydicom decodes a truncated dataset silently (a short last value, fewer items), so
-    check that every top-level value is as long as its header says and that the last one
-    ends exactly at the end of the file. A cut that falls exactly between two top-level
-    elements cannot be told from a complete object: DICOM carries no total length."""
-    end = 0
-    for elem in ds._dict.values():
-        if not isinstance(elem, RawDataElement) or elem.value_tell is None:
-            continue
-        if elem.value is None and elem.length not in (0, _UNDEFINED):
-            # a deferred (skipped) value: only its extent can be checked, against the end
-            end = max(end, elem.value_tell + elem.length)
-            continue
-        value_len = len(elem.value) if elem.value is not None else 0
-        if elem.length == _UNDEFINED:
-            # value excludes the 8-byte delimiter that pydicom consumed after it
-            end = max(end, elem.value_tell + value_len + 8)
-            continue
-        if value_len != elem.length:
-            raise EOFError(
-                f"element {elem.tag} is {value_len} bytes of the {elem.length} its "
-                "header announces: the object is truncated"
-            )
-        end = max(end, elem.value_tell + elem.length)
-    if end and end != size:
-        raise EOFError(
-            f"the dataset ends at byte {end} of {size}: the object is truncated or "
-            "has trailing bytes"
-        )
-
-
 class Ingestor:
     def __init__(
         self,
@@ -193,6 +139,11 @@ class Ingestor:
         self._store = store
         self._tz = clinic_tz
         self._on_commit = on_commit
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    @property
+    def store(self) -> ObjectStore:
+        return self._store
 
     def ingest(
         self,
@@ -214,6 +165,36 @@ class Ingestor:
             )
         try:
             sha, size = sha256_of(path)
+            with self._locks[int(sha[:8], 16) % _LOCK_STRIPES]:
+                return self._index(
+                    ds, path, sha, size, uid, sop_class_uid, transfer_syntax_uid, source
+                )
+        except (SQLAlchemyError, OSError) as exc:
+            log.error(
+                "storage failed; answering 0xA700 so the sender retries",
+                sop_instance_uid=sop_instance_uid,
+                error=str(exc),
+            )
+            return Outcome(
+                Status.OUT_OF_RESOURCES, f"storage failed: {exc}", sop_class_uid, sop_instance_uid
+            )
+        except Exception as exc:
+            return _internal_error(exc, sop_class_uid, sop_instance_uid)
+
+    def _index(
+        self,
+        ds: Dataset,
+        path: Path,
+        sha: str,
+        size: int,
+        uid: str,
+        sop_class_uid: str,
+        transfer_syntax_uid: str,
+        source: SourceDevice,
+    ) -> Outcome:
+        """Store and index one decoded object; the caller holds the lock of its content."""
+        placed: str | None = None  # the key of a file this call put into the store
+        try:
             with self._factory() as session, session.begin():
                 # Core statements on the connection: the ORM's unit of work costs more per
                 # object than the fsyncs do.
@@ -233,8 +214,12 @@ class Ingestor:
                         if sop.STORAGE[sop_class_uid] == "image"
                         else None
                     )
-                except Exception as exc:  # the tolerant readers failed: malformed object
-                    log.exception("could not read the object's attributes", sop_instance_uid=uid)
+                except MALFORMED_DATA as exc:
+                    log.warning(
+                        "the object's attributes could not be read: answering 0xC210",
+                        sop_instance_uid=uid,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
                     return Outcome(
                         Status.CANNOT_UNDERSTAND,
                         f"attributes could not be read: {exc}",
@@ -248,7 +233,8 @@ class Ingestor:
                         revision=revision,
                     )
                 # The file is durable before the row that names it commits.
-                key = self._store.put(path, sha)
+                key, created = self._store.put(path, sha)
+                placed = key if created else None
                 now = datetime.now(UTC)
                 approval = facts.pop("approval", None) if facts else None
                 conn.execute(
@@ -276,17 +262,21 @@ class Ingestor:
                     )
                 if facts is not None:
                     self._touch_series(session, ds, sop_class_uid, facts, source, now)
-        except (SQLAlchemyError, OSError) as exc:
-            log.error(
-                "storage failed; answering 0xA700 so the sender retries",
-                sop_instance_uid=sop_instance_uid,
-                error=str(exc),
-            )
-            return Outcome(
-                Status.OUT_OF_RESOURCES, f"storage failed: {exc}", sop_class_uid, sop_instance_uid
-            )
+        except BaseException:
+            # Nothing committed names the file this call placed: take it away again, so a
+            # failure leaves nothing behind. A file that was already there stays (an earlier
+            # revision or object may name it).
+            if placed is not None:
+                self._discard(placed)
+            raise
         self._on_commit()
         return Outcome(Status.SUCCESS, "stored", sop_class_uid, uid, size, created=True)
+
+    def _discard(self, key: str) -> None:
+        try:
+            self._store.discard(key)
+        except OSError as exc:  # the original failure is the one to report
+            log.error("could not remove the file of a failed store", key=key, error=str(exc))
 
     def _event_for(
         self,
@@ -317,6 +307,7 @@ class Ingestor:
             "treatment": extract.treatment_recorded,
             "summary": extract.treatment_summarized,
             "registration": extract.registration_received,
+            "document": extract.document_received,
         }[route]
         return build(ds, obj, source, self._tz)
 
@@ -412,6 +403,21 @@ class Ingestor:
             storage_keys=tuple(o.storage_key for o in objects),
             **facts,
         )
+
+
+def _internal_error(exc: Exception, sop_class_uid: str, sop_instance_uid: str) -> Outcome:
+    """A bug in rtops, not a fault of the object: 0x0110 Processing failure, logged with its
+    traceback, so that the device does not report the object as malformed."""
+    log.exception(
+        "internal error while storing an object: answering 0x0110",
+        sop_instance_uid=sop_instance_uid,
+    )
+    return Outcome(
+        Status.PROCESSING_FAILURE,
+        f"internal error: {type(exc).__name__}: {exc}",
+        sop_class_uid,
+        sop_instance_uid,
+    )
 
 
 def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:

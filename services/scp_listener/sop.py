@@ -23,7 +23,7 @@ ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
 CT_CLASSES = frozenset({CT_IMAGE, ENHANCED_CT})
 
-Route = Literal["plan", "treatment", "summary", "image", "registration", "store_only"]
+Route = Literal["plan", "treatment", "summary", "image", "registration", "document", "store_only"]
 
 # Storage SOP class -> what the SCP does with it after storing it.
 STORAGE: dict[str, Route] = {
@@ -41,7 +41,7 @@ STORAGE: dict[str, Route] = {
     RT_IMAGE: "image",
     RT_STRUCTURE_SET: "store_only",
     RT_DOSE: "store_only",
-    ENCAPSULATED_PDF: "store_only",
+    ENCAPSULATED_PDF: "document",
 }
 
 NAMES: dict[str, str] = {

@@ -41,6 +41,20 @@ class FractionGroup(Frozen):
     pattern_digits_per_day: int | None = None
     repeat_cycle_length: int | None = None
     pattern: str | None = None
+    dose_reference_numbers: tuple[int, ...] = Field(
+        default=(), description="Referenced Dose Reference Numbers (300C,0051) of the group"
+    )
+    prescription_dose_gy: float | None = Field(
+        default=None,
+        description="the group's target prescription dose (Gy, all its fractions): the first "
+        "referenced dose reference stating Target Prescription Dose (300A,0026), on the group's "
+        "item or on the plan's TARGET dose reference; with no reference, the plan's only TARGET "
+        "dose reference when the plan has one fraction group and one stated target dose",
+    )
+    dose_per_fraction_gy: float | None = Field(
+        default=None,
+        description="prescription_dose_gy / fractions_planned, when both are known",
+    )
 
 
 class DoseReference(Frozen):
@@ -62,6 +76,47 @@ class PlannedBeam(Frozen):
     energies: tuple[float, ...] = ()
     control_points: int | None = None
     meterset: float | None = None
+    gantry_rotation: Literal["arc", "static"] | None = Field(
+        default=None,
+        description="arc when a control point's Gantry Rotation Direction (300A,011F) is CW or "
+        "CC, static when control points state only NONE, null when none states it",
+    )
+    mlc_modulated: bool = Field(
+        default=False,
+        description="the Leaf/Jaw Positions (300A,011C) of an MLCX/MLCY device change between "
+        "control points",
+    )
+    wedge_count: int | None = Field(default=None, description="Number of Wedges (300A,00D0)")
+    block_count: int | None = Field(default=None, description="Number of Blocks (300A,00F0)")
+    compensator_count: int | None = Field(
+        default=None, description="Number of Compensators (300A,00E0)"
+    )
+    bolus_count: int | None = Field(
+        default=None,
+        description="Number of Boli (300A,00ED), else the Referenced Bolus Sequence's items",
+    )
+    applicator_count: int | None = Field(
+        default=None, description="items of the Applicator Sequence (300A,0107)"
+    )
+    beam_dose_gy: float | None = Field(
+        default=None,
+        description="Beam Dose (300A,0084) per fraction from the fraction group's Referenced "
+        "Beam Sequence, Gy",
+    )
+    source_axis_distance_mm: float | None = Field(
+        default=None, description="Source-Axis Distance (300A,00B4), photon/electron beams"
+    )
+    scan_mode: str | None = Field(
+        default=None, description="ion beams: Scan Mode (300A,0308), e.g. MODULATED / NONE"
+    )
+    range_shifter_count: int | None = Field(
+        default=None, description="ion beams: Number of Range Shifters (300A,0312)"
+    )
+    range_modulator: bool | None = Field(
+        default=None,
+        description="ion beams: Number of Range Modulators (300A,0340) > 0 or a Range Modulator "
+        "Sequence item; null for photon/electron beams",
+    )
 
 
 class PlanReceived(DicomEvent):
@@ -99,6 +154,15 @@ class PlanReceived(DicomEvent):
         default=False, description="a Patient Setup carries a Motion Synchronization Sequence"
     )
     fixation_devices: tuple[str, ...] = ()
+    referring_physician: str | None = Field(
+        default=None, description="Referring Physician's Name (0008,0090), DICOM PN"
+    )
+    structure_set_uid: str | None = Field(
+        default=None, description="first item of the Referenced Structure Set Sequence (300C,0060)"
+    )
+    dose_uids: tuple[str, ...] = Field(
+        default=(), description="items of the Referenced Dose Sequence (300C,0080)"
+    )
 
     def business_key(self) -> str:
         return f"{self.object.sop_instance_uid}:{self.object.revision}"
@@ -139,6 +203,40 @@ class BeamDelivery(Frozen):
     overrides: tuple[Override, ...] = ()
 
 
+class BrachyChannel(Frozen):
+    number: int | None = Field(default=None, description="Channel Number (300A,0282)")
+    source_number: int | None = Field(
+        default=None, description="Referenced Source Number (300C,000E)"
+    )
+    source_isotope: str | None = Field(
+        default=None, description="Source Isotope Name (300A,0226) of the referenced source"
+    )
+    specified_total_time_s: float | None = Field(
+        default=None, description="Specified Channel Total Time (3008,0132)"
+    )
+    delivered_total_time_s: float | None = Field(
+        default=None, description="Delivered Channel Total Time (3008,0134)"
+    )
+    specified_pulses: int | None = Field(
+        default=None, description="Specified Number of Pulses (3008,0136), pulsed dose rate"
+    )
+    delivered_pulses: int | None = Field(
+        default=None, description="Delivered Number of Pulses (3008,0138), pulsed dose rate"
+    )
+
+
+class BrachyApplicationSetup(Frozen):
+    number: int | None = Field(
+        default=None, description="Referenced Brachy Application Setup Number (300C,000C)"
+    )
+    setup_type: str | None = Field(
+        default=None, description="Application Setup Type (300A,0232), e.g. INTRACAVITARY"
+    )
+    current_fraction_number: int | None = None
+    termination_status: str | None = None
+    channels: tuple[BrachyChannel, ...] = ()
+
+
 class TreatmentRecorded(DicomEvent):
     """An RT Beams / RT Ion Beams / RT Brachy Treatment Record was stored: one event per record.
     One fraction may span several records (interruption, continuation): count fractions by
@@ -165,21 +263,41 @@ class TreatmentRecorded(DicomEvent):
     fraction_numbers: tuple[int, ...] = Field(
         default=(), description="distinct Current Fraction Numbers over the beam items"
     )
-    delivered: bool = Field(description="a TREATMENT/CONTINUATION beam delivered meterset > 0")
+    delivered: bool = Field(
+        description="beams: a TREATMENT/CONTINUATION beam delivered meterset > 0; brachy: a "
+        "recorded channel's delivered total time or number of pulses > 0"
+    )
     partial: bool = Field(description="a beam terminated abnormally or delivered < specified")
     operators: tuple[str, ...] = ()
     overrides: bool = Field(default=False, description="an override or VERIFIED_OVR is present")
     beams: tuple[BeamDelivery, ...] = ()
+    application_setups: tuple[BrachyApplicationSetup, ...] = Field(
+        default=(), description="brachy: Treatment Session Application Setup Sequence items"
+    )
+    source_isotopes: tuple[str, ...] = Field(
+        default=(), description="brachy: Source Isotope Names of the Recorded Source Sequence"
+    )
 
     def business_key(self) -> str:
         return f"{self.object.sop_instance_uid}:{self.object.revision}"
 
 
+class FractionStatus(Frozen):
+    number: int | None = Field(default=None, description="Referenced Fraction Number (3008,0223)")
+    treated_at: datetime | None = Field(default=None, description="Treatment Date/Time, UTC")
+    termination_status: str | None = Field(
+        default=None, description="Treatment Termination Status: NORMAL/OPERATOR/MACHINE/UNKNOWN"
+    )
+
+
 class FractionGroupSummary(Frozen):
     number: int | None = None
-    type: str | None = None
+    type: str | None = Field(default=None, description="EXTERNAL_BEAM / BRACHY")
     fractions_planned: int | None = None
     fractions_delivered: int | None = None
+    fractions: tuple[FractionStatus, ...] = Field(
+        default=(), description="Fraction Status Summary Sequence (3008,0240) items, if sent"
+    )
 
 
 class TreatmentSummarized(DicomEvent):
@@ -189,7 +307,12 @@ class TreatmentSummarized(DicomEvent):
     type: ClassVar[str] = "rtops.dicom.treatment.summarized"
     version: Literal[1] = 1
     object: StoredObject
-    plan_uid: str | None = None
+    plan_uid: str | None = Field(
+        default=None, description="the first plan of the Referenced RT Plan Sequence"
+    )
+    plan_uids: tuple[str, ...] = Field(
+        default=(), description="every plan of the Referenced RT Plan Sequence, in order"
+    )
     current_status: str | None = Field(
         default=None,
         description="NOT_STARTED, ON_TREATMENT, ON_BREAK, SUSPENDED, STOPPED, COMPLETED",
@@ -237,6 +360,9 @@ class ImagingAcquired(DicomEvent):
     manufacturer: str | None = None
     model_name: str | None = None
     series_description: str | None = None
+    study_description: str | None = Field(default=None, description="Study Description (0008,1030)")
+    protocol_name: str | None = Field(default=None, description="Protocol Name (0018,1030)")
+    accession_number: str | None = Field(default=None, description="Accession Number (0008,0050)")
     referenced_plan_uid: str | None = None
     fraction_number: int | None = None
     beam_number: int | None = None
@@ -296,10 +422,41 @@ class RegistrationReceived(DicomEvent):
         return f"{self.object.sop_instance_uid}:{self.object.revision}"
 
 
+# ---------------------------------------------------------------- document.received
+
+
+class DocumentReceived(DicomEvent):
+    """An Encapsulated PDF was stored (a TPS plan report, a physics check): one event per stored
+    revision. The document's bytes are served by the SCP's
+    ``GET /v1/objects/{sop_instance_uid}/content?format=pdf``."""
+
+    type: ClassVar[str] = "rtops.dicom.document.received"
+    version: Literal[1] = 1
+    object: StoredObject
+    title: str | None = Field(default=None, description="Document Title (0042,0010)")
+    mime_type: str | None = Field(
+        default=None, description="MIME Type of Encapsulated Document (0042,0012)"
+    )
+    content_at: datetime | None = Field(default=None, description="Content Date/Time, UTC")
+    referenced_plan_uid: str | None = Field(
+        default=None,
+        description="the plan the document is about: Referenced RT Plan Sequence, else an RT "
+        "(Ion) Plan item of the Referenced Instance or Source Instance Sequence",
+    )
+    referenced_study_uid: str | None = Field(
+        default=None,
+        description="Referenced Study Sequence (0008,1110), else the document's own study",
+    )
+
+    def business_key(self) -> str:
+        return f"{self.object.sop_instance_uid}:{self.object.revision}"
+
+
 PAYLOADS: tuple[type[EventPayload], ...] = (
     PlanReceived,
     TreatmentRecorded,
     TreatmentSummarized,
     ImagingAcquired,
     RegistrationReceived,
+    DocumentReceived,
 )

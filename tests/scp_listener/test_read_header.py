@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.scp_listener.service import Undecodable, read_header
+from services.scp_listener.extract import Undecodable, read_header
 from tests import dicom_factories as f
 from tests.support import SHARED_DATA
 

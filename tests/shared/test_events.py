@@ -50,6 +50,7 @@ from shared.events import (
     event_id,
     parse_event,
 )
+from shared.events.dicom import DocumentReceived
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED_SCHEMAS = REPO / "docs" / "events"
@@ -189,6 +190,16 @@ SAMPLES: dict[type[EventPayload], EventPayload] = {
         moving_series_uids=("1.2.3.7.1",),
         translation_mm=Vector3(x=1.5, y=-2.25, z=0.1),
         rotation_deg=Vector3(x=0, y=0, z=0.5),
+    ),
+    DocumentReceived: DocumentReceived(
+        patient=PATIENT,
+        source=SourceDevice(ae_title="TPS1", role="tps"),
+        object=stored("1.2.3.11.1", revision=2),
+        title="Plan report PROST",
+        mime_type="application/pdf",
+        content_at=WHEN,
+        referenced_plan_uid="1.2.3.4.1",
+        referenced_study_uid="1.2.3.100",
     ),
     ReviewDocumented: ReviewDocumented(
         patient=PATIENT,

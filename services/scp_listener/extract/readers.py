@@ -1,0 +1,264 @@
+"""Primitive, tolerant readers of DICOM attributes, and the decoding of a received header.
+
+Every Type 2 attribute may be present but empty and many exports omit Type 3 ones
+(``../shared/docs/domain-dicom.md``, notation and s. 11): each reader returns ``None`` (or an
+empty sequence) for both instead of raising. ``read_header`` is the one function here that
+touches a file; everything else is pure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import warnings
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from shared.events import Patient
+
+
+class Undecodable(Exception):
+    """The received bytes are not a complete, well-formed DICOM data set."""
+
+
+class MalformedObject(ValueError):
+    """A decodable object whose values a reader cannot make sense of (say a required value
+    that is not a number). Raise it from a reader to answer 0xC210 rather than a processing
+    failure."""
+
+
+# ---------------------------------------------------------------- values
+
+
+def text(ds: Dataset | None, keyword: str) -> str | None:
+    """A string value, ``None`` when absent or empty (Type 2 attributes may be empty)."""
+    if ds is None:
+        return None
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple | MultiValue):
+        value = "\\".join(str(v) for v in value)
+    out = str(value).strip()
+    return out or None
+
+
+def number(ds: Dataset | None, keyword: str) -> float | None:
+    """The first value as a finite float; ``None`` when absent, empty or not a number."""
+    value = ds.get(keyword) if ds is not None else None
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple | MultiValue):
+        value = value[0] if len(value) else None
+        if value is None:
+            return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def numbers(ds: Dataset | None, keyword: str) -> tuple[float, ...] | None:
+    """Every value of a multi-valued numeric attribute; ``None`` when absent, empty or when
+    any value is not a finite number (a half-read position is no position)."""
+    value = ds.get(keyword) if ds is not None else None
+    if value is None or value == "":
+        return None
+    values = value if isinstance(value, list | tuple | MultiValue) else [value]
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+    return out if out and all(math.isfinite(v) for v in out) else None
+
+
+def integer(ds: Dataset | None, keyword: str) -> int | None:
+    value = number(ds, keyword)
+    return int(value) if value is not None else None
+
+
+def items(ds: Dataset | None, keyword: str) -> Sequence | list[Dataset]:
+    value = ds.get(keyword) if ds is not None else None
+    return value if value else []
+
+
+def first(ds: Dataset | None, keyword: str) -> Dataset | None:
+    seq = items(ds, keyword)
+    return seq[0] if seq else None
+
+
+def referenced_uids(ds: Dataset | None, keyword: str) -> tuple[str, ...]:
+    """Referenced SOP Instance UIDs of every item of a reference sequence, in order."""
+    return tuple(
+        uid for ref in items(ds, keyword) if (uid := text(ref, "ReferencedSOPInstanceUID"))
+    )
+
+
+# ---------------------------------------------------------------- dates and times
+
+
+def parse_date(value: str | None) -> date | None:
+    if not value or len(value) < 8:
+        return None
+    try:
+        return date(int(value[0:4]), int(value[4:6]), int(value[6:8]))
+    except ValueError:
+        return None
+
+
+def parse_datetime(
+    da: str | None, tm: str | None, *, offset: str | None, clinic_tz: str
+) -> datetime | None:
+    """DA + TM to UTC. DICOM dates carry no zone: use Timezone Offset From UTC when the object
+    has one, else the clinic's zone."""
+    day = parse_date(da)
+    if day is None:
+        return None
+    tm = (tm or "").strip()
+    match = re.match(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?", tm.replace(":", ""))
+    hh, mm, ss, frac = match.groups() if match else (None, None, None, None)
+    try:
+        local = datetime(
+            day.year,
+            day.month,
+            day.day,
+            int(hh or 0),
+            int(mm or 0),
+            int(ss or 0),
+            int((frac or "0").ljust(6, "0")),
+        )
+    except ValueError:
+        return None
+    tz = _offset_zone(offset) or ZoneInfo(clinic_tz)
+    return local.replace(tzinfo=tz).astimezone(UTC)
+
+
+def _offset_zone(offset: str | None) -> timezone | None:
+    match = re.fullmatch(r"([+-])(\d{2})(\d{2})", (offset or "").strip())
+    if not match:
+        return None
+    sign = 1 if match.group(1) == "+" else -1
+    return timezone(sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
+
+
+def stamp(
+    ds: Dataset, date_kw: str, time_kw: str, clinic_tz: str, root: Dataset | None = None
+) -> datetime | None:
+    """A date/time attribute pair in UTC; the zone comes from ``root`` (the object) when the
+    pair sits in a sequence item."""
+    offset = text(root if root is not None else ds, "TimezoneOffsetFromUTC")
+    return parse_datetime(text(ds, date_kw), text(ds, time_kw), offset=offset, clinic_tz=clinic_tz)
+
+
+def patient(ds: Dataset) -> Patient:
+    return Patient(
+        id=text(ds, "PatientID") or "",
+        issuer=text(ds, "IssuerOfPatientID"),
+        name=text(ds, "PatientName"),
+        birth_date=parse_date(text(ds, "PatientBirthDate")),
+    )
+
+
+# ---------------------------------------------------------------- decoding a received header
+
+# Values larger than this (pixel data, dose grids) are skipped, not read: rtops needs headers
+# only, and an object is never held whole in memory.
+DEFER_BYTES = 64 * 1024
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+
+
+def read_header(path: Path) -> Dataset:
+    """Decode the object's structure once; a malformed or truncated one raises
+    ``Undecodable``. Large values stay on disk (``DEFER_BYTES``)."""
+    try:
+        with warnings.catch_warnings():
+            # pydicom only warns when an undefined-length item runs into the end of the file.
+            warnings.filterwarnings("error", message=".*[Ee]nd of file.*")
+            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        if ds.file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            # A deflated dataset's offsets count inflated bytes; zlib checks its own end.
+            check_complete(ds, path.stat().st_size)
+        decode_sequences(ds)
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        OverflowError,
+        NotImplementedError,
+        AttributeError,
+        IndexError,
+        struct.error,
+        UserWarning,
+    ) as exc:
+        raise Undecodable(f"{type(exc).__name__}: {exc}") from exc
+    return ds
+
+
+def check_complete(ds: Dataset, size: int) -> None:
+    """pydicom decodes a truncated dataset silently (a short last value, fewer items), so
+    check that every top-level value is as long as its header says and that the last one
+    ends exactly at the end of the file. A cut that falls exactly between two top-level
+    elements cannot be told from a complete object: DICOM carries no total length."""
+    end = 0
+    for elem in ds._dict.values():
+        if not isinstance(elem, RawDataElement) or elem.value_tell is None:
+            continue
+        if elem.value is None and elem.length not in (0, _UNDEFINED_LENGTH):
+            # a deferred (skipped) value: only its extent can be checked, against the end
+            end = max(end, elem.value_tell + elem.length)
+            continue
+        value_len = len(elem.value) if elem.value is not None else 0
+        if elem.length == _UNDEFINED_LENGTH:
+            # value excludes the 8-byte delimiter that pydicom consumed after it
+            end = max(end, elem.value_tell + value_len + 8)
+            continue
+        if value_len != elem.length:
+            raise EOFError(
+                f"element {elem.tag} is {value_len} bytes of the {elem.length} its "
+                "header announces: the object is truncated"
+            )
+        end = max(end, elem.value_tell + elem.length)
+    if end and end != size:
+        raise EOFError(
+            f"the dataset ends at byte {end} of {size}: the object is truncated or "
+            "has trailing bytes"
+        )
+
+
+def decode_sequences(ds: Dataset) -> None:
+    """Decode every sequence, nested ones included, so that a malformed item raises here.
+
+    Plain values stay raw until something reads them: converting every element of a CBCT
+    slice costs more than storing it, and pydicom only warns about bad plain values anyway.
+    """
+    # _dict, not get_item(): get_item() would read deferred values (pixel data) from disk.
+    for tag, elem in list(ds._dict.items()):
+        if not _is_sequence(tag, elem.VR, getattr(elem, "length", 0)):
+            continue
+        for item in ds[tag].value:
+            decode_sequences(item)
+
+
+def _is_sequence(tag: int, vr: str | None, length: int) -> bool:
+    if vr is not None:
+        return vr == "SQ"
+    try:  # implicit VR: the data dictionary knows public tags
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:  # private or unknown: undefined length means a sequence
+        return length == _UNDEFINED_LENGTH and tag != _PIXEL_DATA
