@@ -82,10 +82,13 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
     DeformableSpatialRegistrationStorage,
+    EncapsulatedPDFStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
     RawDataStorage,
     RTBeamsTreatmentRecordStorage,
+    RTBrachyTreatmentRecordStorage,
+    RTDoseStorage,
     RTImageStorage,
     RTPlanStorage,
     RTStructureSetStorage,
@@ -98,10 +101,13 @@ from pydicom.valuerep import format_number_as_ds
 __all__ = [
     "DEFAULT_PATIENT",
     "ELEKTA_RPS_PAYLOAD_TAG",
+    "BrachyChannelSpec",
     "PatientSpec",
+    "brachy_treatment_record",
     "cbct_series",
     "deformable_registration",
     "elekta_rps",
+    "encapsulated_pdf",
     "garbage_dicom",
     "mr_image",
     "rigid_matrix",
@@ -482,6 +488,7 @@ def treatment_summary_record(
     last_time: str = "081500",
     fraction_group_number: int = 1,
     fraction_dates: Sequence[str] | None = None,
+    more_plan_uids: Sequence[str] = (),
     sop_instance_uid: str | None = None,
     study_uid: str | None = None,
     series_uid: str | None = None,
@@ -493,6 +500,7 @@ def treatment_summary_record(
 
     Treatment Date/Time is the last fraction's (C.8.8.17 note). ``fraction_dates`` adds a
     Fraction Status Summary Sequence with one NORMAL item per date, numbered from 1.
+    ``more_plan_uids`` are further Referenced RT Plan Sequence items after ``plan_uid``.
     """
     ds = _new_dataset(RTTreatmentSummaryRecordStorage, sop_instance_uid, transfer_syntax_uid)
     _patient_study_series(
@@ -512,7 +520,9 @@ def treatment_summary_record(
     ds.InstanceCreationTime = "200000"
     ds.TreatmentDate = last_date
     ds.TreatmentTime = last_time
-    ds.ReferencedRTPlanSequence = DicomSequence([_ref(RTPlanStorage, plan_uid)] if plan_uid else [])
+    ds.ReferencedRTPlanSequence = DicomSequence(
+        [_ref(RTPlanStorage, uid) for uid in ([plan_uid] if plan_uid else []) + [*more_plan_uids]]
+    )
 
     ds.CurrentTreatmentStatus = status
     ds.FirstTreatmentDate = first_date
@@ -533,6 +543,147 @@ def treatment_summary_record(
             statuses.append(item)
         group.FractionStatusSummarySequence = DicomSequence(statuses)
     ds.FractionGroupSummarySequence = DicomSequence([group])
+    return ds
+
+
+@dataclass(frozen=True)
+class BrachyChannelSpec:
+    """One recorded channel of an afterloader session: times in seconds."""
+
+    number: int
+    specified_time_s: float = 120.0
+    delivered_time_s: float = 120.0
+    source_number: int = 1
+
+
+def brachy_treatment_record(
+    *,
+    plan_uid: str | None,
+    channels: Sequence[BrachyChannelSpec] = (BrachyChannelSpec(1), BrachyChannelSpec(2)),
+    application_setup_type: str = "INTRACAVITARY",
+    isotope: str = "Ir-192",
+    fraction_number: int = 1,
+    treatment_date: str = "20261123",
+    treatment_time: str = "101500",
+    machine: str = "Flexitron1",
+    sop_instance_uid: str | None = None,
+    patient: PatientSpec = DEFAULT_PATIENT,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
+) -> Dataset:
+    """RT Brachy Treatment Record (1.2.840.10008.5.1.4.1.1.481.6): one HDR session with one
+    application setup (domain-dicom.md 4.4). The Recorded Source Sequence holds source 1
+    (``isotope``); each channel references its ``source_number`` and records specified and
+    delivered Channel Total Time. A channel with ``delivered_time_s=0`` was not treated.
+    """
+    ds = _new_dataset(RTBrachyTreatmentRecordStorage, sop_instance_uid, transfer_syntax_uid)
+    _patient_study_series(
+        ds,
+        patient=patient,
+        study_uid=None,
+        series_uid=None,
+        modality="RTRECORD",
+        series_number=102,
+        series_description="Brachy Treatment Record",
+        study_date=treatment_date,
+        study_time=treatment_time,
+    )
+    _equipment(ds, manufacturer="Elekta", model="Flexitron", station=machine, serial="SN-HDR1")
+    ds.InstanceNumber = 1
+    ds.InstanceCreationDate = treatment_date
+    ds.InstanceCreationTime = treatment_time
+    ds.TreatmentDate = treatment_date
+    ds.TreatmentTime = treatment_time
+    ds.ReferencedRTPlanSequence = DicomSequence([_ref(RTPlanStorage, plan_uid)] if plan_uid else [])
+    machine_item = Dataset()
+    machine_item.TreatmentMachineName = machine
+    machine_item.Manufacturer = "Elekta"
+    machine_item.DeviceSerialNumber = "SN-HDR1"
+    ds.TreatmentMachineSequence = DicomSequence([machine_item])
+
+    source = Dataset()
+    source.SourceNumber = 1
+    source.SourceType = "POINT"
+    source.SourceManufacturer = "Elekta"
+    source.SourceIsotopeName = isotope
+    source.SourceIsotopeHalfLife = "73.8"
+    source.ReferenceAirKermaRate = "40800"
+    source.SourceStrengthReferenceDate = treatment_date
+    source.SourceStrengthReferenceTime = "000000"
+    ds.RecordedSourceSequence = DicomSequence([source])
+
+    ds.ReferencedFractionGroupNumber = 1
+    ds.NumberOfFractionsPlanned = 4
+    setup = Dataset()
+    setup.ApplicationSetupType = application_setup_type
+    setup.ReferencedBrachyApplicationSetupNumber = 1
+    setup.CurrentFractionNumber = fraction_number
+    delivered_all = all(c.delivered_time_s >= c.specified_time_s for c in channels)
+    setup.TreatmentTerminationStatus = "NORMAL" if delivered_all else "OPERATOR"
+    setup.TreatmentVerificationStatus = "VERIFIED"
+    recorded = []
+    for spec in channels:
+        channel = Dataset()
+        channel.ChannelNumber = spec.number
+        channel.SpecifiedChannelTotalTime = _ds(spec.specified_time_s)
+        channel.DeliveredChannelTotalTime = _ds(spec.delivered_time_s)
+        channel.ReferencedSourceNumber = spec.source_number
+        channel.NumberOfControlPoints = 2
+        recorded.append(channel)
+    setup.RecordedChannelSequence = DicomSequence(recorded)
+    ds.TreatmentSessionApplicationSetupSequence = DicomSequence([setup])
+    return ds
+
+
+def encapsulated_pdf(
+    *,
+    document: bytes = b"%PDF-1.4\n% rtops synthetic plan report\n%%EOF\n",
+    title: str = "Plan report PROST",
+    plan_uid: str | None = None,
+    plan_reference: Literal["rt_plan_sequence", "referenced_instance"] = "rt_plan_sequence",
+    content_date: str = "20261020",
+    content_time: str = "170000",
+    sop_instance_uid: str | None = None,
+    study_uid: str | None = None,
+    patient: PatientSpec = DEFAULT_PATIENT,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
+) -> Dataset:
+    """Encapsulated PDF (1.2.840.10008.5.1.4.1.1.104.1), as a TPS sends a plan report.
+
+    The PDF bytes go into Encapsulated Document (OB, padded to even length) with their true
+    length in Encapsulated Document Length. ``plan_uid`` names the plan either in a Referenced
+    RT Plan Sequence or as an RT Plan item of the Referenced Instance Sequence.
+    """
+    ds = _new_dataset(EncapsulatedPDFStorage, sop_instance_uid, transfer_syntax_uid)
+    _patient_study_series(
+        ds,
+        patient=patient,
+        study_uid=study_uid,
+        series_uid=None,
+        modality="DOC",
+        series_number=900,
+        series_description="Plan reports",
+        study_date=content_date,
+        study_time=content_time,
+    )
+    ds.ConversionType = "WSD"
+    ds.Manufacturer = VARIAN
+    ds.InstanceNumber = 1
+    ds.ContentDate = content_date
+    ds.ContentTime = content_time
+    ds.AcquisitionDateTime = content_date + content_time
+    ds.BurnedInAnnotation = "YES"
+    ds.DocumentTitle = title
+    ds.ConceptNameCodeSequence = DicomSequence([])
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    if plan_uid is not None:
+        if plan_reference == "rt_plan_sequence":
+            ds.ReferencedRTPlanSequence = DicomSequence([_ref(RTPlanStorage, plan_uid)])
+        else:
+            ds.ReferencedInstanceSequence = DicomSequence(
+                [_ref(RTStructureSetStorage, generate_uid()), _ref(RTPlanStorage, plan_uid)]
+            )
+    ds.EncapsulatedDocumentLength = len(document)
+    ds.EncapsulatedDocument = document + (b"\0" if len(document) % 2 else b"")
     return ds
 
 
@@ -1197,12 +1348,32 @@ def rt_plan(
     plan_time: str = "120000",
     frame_of_reference_uid: str | None = None,
     treatment_site: str = "Prostate",
+    arc: bool = False,
+    mlc_leaf_pairs: int = 0,
+    modulated: bool = False,
+    wedges: int = 0,
+    blocks: int = 0,
+    compensators: int = 0,
+    boli: int = 0,
+    applicators: int = 0,
+    referring_physician: str = "",
+    dose_uids: Sequence[str] = (),
+    group_dose_reference: bool = False,
     study_uid: str | None = None,
     series_uid: str | None = None,
     patient: PatientSpec = DEFAULT_PATIENT,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
 ) -> Dataset:
     """Minimal RT Plan (1.2.840.10008.5.1.4.1.1.481.5): one fraction group, ``beams`` beams.
+
+    Technique options (defaults keep the plain static plan): ``arc`` makes every beam a CW
+    arc (Gantry Rotation Direction on control point 0, DYNAMIC beam type); ``mlc_leaf_pairs``
+    adds an MLCX device with that many leaf pairs, whose positions are written on every control
+    point and, with ``modulated``, change from one control point to the next (else they are
+    repeated unchanged); ``wedges`` / ``blocks`` / ``compensators`` / ``boli`` set the Number of
+    ... attributes and ``applicators`` adds that many Applicator Sequence items.
+    ``group_dose_reference`` makes the fraction group reference dose reference 1 through a
+    Referenced Dose Reference Sequence; ``dose_uids`` fill the Referenced Dose Sequence.
 
     Beams default to 2 control points each because the RT Beams module requires at least two
     (the last one reaching the Final Cumulative Meterset Weight); ``control_points_per_beam=1``
@@ -1243,6 +1414,9 @@ def rt_plan(
     ds.TreatmentSite = treatment_site
     ds.RTPlanGeometry = "PATIENT"
     ds.ReferencedStructureSetSequence = DicomSequence([_ref(RTStructureSetStorage, generate_uid())])
+    ds.ReferringPhysicianName = referring_physician
+    if dose_uids:
+        ds.ReferencedDoseSequence = DicomSequence([_ref(RTDoseStorage, u) for u in dose_uids])
     if predecessor_uid is not None:
         predecessor = _ref(RTPlanStorage, predecessor_uid)
         predecessor.RTPlanRelationship = "PREDECESSOR"
@@ -1270,6 +1444,10 @@ def rt_plan(
     group.NumberOfFractionsPlanned = fractions
     group.NumberOfBeams = beams
     group.NumberOfBrachyApplicationSetups = 0
+    if group_dose_reference:
+        ref_dose = Dataset()
+        ref_dose.ReferencedDoseReferenceNumber = 1
+        group.ReferencedDoseReferenceSequence = DicomSequence([ref_dose])
     referenced_beams = []
     for number in range(1, beams + 1):
         ref_beam = Dataset()
@@ -1289,13 +1467,29 @@ def rt_plan(
         beam.TreatmentMachineName = machine
         beam.PrimaryDosimeterUnit = "MU"
         beam.SourceAxisDistance = "1000"
-        beam.BeamType = "STATIC"
+        beam.BeamType = "DYNAMIC" if arc or modulated else "STATIC"
         beam.RadiationType = "PHOTON"
         beam.TreatmentDeliveryType = "TREATMENT"
-        beam.NumberOfWedges = 0
-        beam.NumberOfCompensators = 0
-        beam.NumberOfBoli = 0
-        beam.NumberOfBlocks = 0
+        beam.NumberOfWedges = wedges
+        beam.NumberOfCompensators = compensators
+        beam.NumberOfBoli = boli
+        beam.NumberOfBlocks = blocks
+        if applicators:
+            applicator_items = []
+            for number in range(1, applicators + 1):
+                applicator = Dataset()
+                applicator.ApplicatorID = f"A10x10-{number}"
+                applicator.ApplicatorType = "ELECTRON_SQUARE"
+                applicator_items.append(applicator)
+            beam.ApplicatorSequence = DicomSequence(applicator_items)
+        if mlc_leaf_pairs:
+            mlc = Dataset()
+            mlc.RTBeamLimitingDeviceType = "MLCX"
+            mlc.NumberOfLeafJawPairs = mlc_leaf_pairs
+            mlc.LeafPositionBoundaries = [
+                _ds(-5.0 * mlc_leaf_pairs + 10.0 * i) for i in range(mlc_leaf_pairs + 1)
+            ]
+            beam.BeamLimitingDeviceSequence = DicomSequence([mlc])
         beam.FinalCumulativeMetersetWeight = "1"
         beam.ReferencedPatientSetupNumber = 1
         control_points = []
@@ -1308,7 +1502,7 @@ def rt_plan(
                 cp.NominalBeamEnergy = "6"
                 cp.DoseRateSet = "600"
                 cp.GantryAngle = _ds((180.0 * index) % 360.0)
-                cp.GantryRotationDirection = "NONE"
+                cp.GantryRotationDirection = "CW" if arc else "NONE"
                 cp.BeamLimitingDeviceAngle = "0"
                 cp.BeamLimitingDeviceRotationDirection = "NONE"
                 cp.PatientSupportAngle = "0"
@@ -1319,6 +1513,14 @@ def rt_plan(
                 cp.TableTopLongitudinalPosition = _ds(long_)
                 cp.TableTopLateralPosition = _ds(lat)
                 cp.IsocenterPosition = ["0", "0", "0"]
+            if mlc_leaf_pairs:
+                opening = 10.0 + (5.0 * cp_index if modulated else 0.0)
+                device = Dataset()
+                device.RTBeamLimitingDeviceType = "MLCX"
+                device.LeafJawPositions = [_ds(-opening)] * mlc_leaf_pairs + [
+                    _ds(opening)
+                ] * mlc_leaf_pairs
+                cp.BeamLimitingDevicePositionSequence = DicomSequence([device])
             control_points.append(cp)
         beam.NumberOfControlPoints = len(control_points)
         beam.ControlPointSequence = DicomSequence(control_points)
