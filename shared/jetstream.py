@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -20,8 +21,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from shared.errors import TransientError
-from shared.events import SUBJECT_PREFIX, CloudEvent, InvalidEvent, parse_event
+from shared.errors import Poison as Poison  # re-exported: handlers raise it
+from shared.errors import TransientError, is_permanent
+from shared.events import SUBJECT_PREFIX, CloudEvent, parse_event
 from shared.settings import RtopsSettings
 
 log = structlog.get_logger(__name__)
@@ -86,10 +88,6 @@ async def publish(js: JetStreamContext, subject: str, body: bytes, msg_id: str) 
         log.debug("duplicate publish dropped by stream", subject=subject, msg_id=msg_id)
 
 
-class Poison(Exception):
-    """Raised by a handler for a message that will never succeed: term it to the dead letter."""
-
-
 Handler = Callable[[CloudEvent], Awaitable[None]]
 # Applies a fetched batch all or nothing: one transaction instead of one per event.
 BatchHandler = Callable[[list[CloudEvent]], Awaitable[None]]
@@ -109,18 +107,25 @@ async def consume(
     js: JetStreamContext,
     *,
     durable: str,
-    filter_subject: str,
+    filter_subjects: Sequence[str],
     handler: Handler,
     batch_handler: BatchHandler | None = None,
     policy: ConsumerPolicy | None = None,
     stop: asyncio.Event | None = None,
     dead_letter_prefix: str = f"{SUBJECT_PREFIX}.deadletter",
 ) -> None:
-    """Run a durable pull consumer until ``stop`` is set (or the task is cancelled).
+    """Run a durable pull consumer on ``filter_subjects`` until ``stop`` is set (or the task
+    is cancelled).
 
-    Outcomes: handler returns -> ack; ``InvalidEvent`` or ``Poison`` -> dead letter + term;
-    any other exception -> nak with backoff, and dead letter + term once ``max_deliver``
-    deliveries are used up. Replicas sharing ``durable`` share the work.
+    Outcomes: handler returns -> ack; a permanent error (``shared.errors.is_permanent``:
+    unparseable, ``Poison``, ``RuleViolation``) -> dead letter + term at once; any other
+    exception -> nak with backoff, and dead letter + term once ``max_deliver`` deliveries are
+    used up. Replicas sharing ``durable`` share the work.
+
+    Several subjects share one durable (``filter_subjects``, NATS 2.10+). An older server
+    takes one filter per consumer: there each subject gets a durable of its own
+    (``<durable>_<hash of the subject>``), run side by side; the handlers are idempotent
+    and order-independent, so only the consumers' names differ.
 
     With a ``batch_handler``, each fetched batch goes to it first and is acked when it
     returns; if it raises (or an event does not parse), the batch's messages take the
@@ -128,17 +133,38 @@ async def consume(
     """
     policy = policy or ConsumerPolicy()
     stop = stop or asyncio.Event()
-    await js.add_consumer(
-        policy.stream,
-        ConsumerConfig(
-            durable_name=durable,
-            filter_subject=filter_subject,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            max_deliver=policy.max_deliver,
-            ack_wait=policy.ack_wait_s,
-        ),
+    subjects = list(dict.fromkeys(filter_subjects))
+    if not subjects:
+        raise ValueError("a consumer needs at least one filter subject")
+    if len(subjects) > 1 and not _multi_filter(js):
+        await asyncio.gather(
+            *(
+                consume(
+                    js,
+                    durable=f"{durable}_{hashlib.sha1(subject.encode()).hexdigest()[:8]}",
+                    filter_subjects=[subject],
+                    handler=handler,
+                    batch_handler=batch_handler,
+                    policy=policy,
+                    stop=stop,
+                    dead_letter_prefix=dead_letter_prefix,
+                )
+                for subject in subjects
+            )
+        )
+        return
+    config = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_deliver=policy.max_deliver,
+        ack_wait=policy.ack_wait_s,
     )
+    if len(subjects) == 1:
+        config.filter_subject = subjects[0]
+    else:
+        config.filter_subjects = subjects
+    await js.add_consumer(policy.stream, config)
     sub = await js.pull_subscribe_bind(durable=durable, stream=policy.stream)
     try:
         while not stop.is_set():
@@ -176,6 +202,12 @@ async def consume(
             await sub.unsubscribe()
 
 
+def _multi_filter(js: JetStreamContext) -> bool:
+    """Whether the server takes several filter subjects on one consumer (NATS 2.10+)."""
+    version = js._nc.connected_server_version
+    return (version.major, version.minor) >= (2, 10)
+
+
 async def _apply_batch(msgs: list[Msg], batch_handler: BatchHandler, durable: str) -> bool:
     """True when the batch was applied and acked; False leaves it to the one-by-one path."""
     try:
@@ -210,24 +242,26 @@ async def handle_message(
     try:
         event = parse_event(msg.data)
         await handler(event)
-    except (InvalidEvent, Poison) as exc:
-        await _dead_letter(js, msg, durable, dead_letter_prefix, reason=str(exc))
-        return "term"
     except Exception as exc:
+        if is_permanent(exc):
+            await _dead_letter(js, msg, durable, dead_letter_prefix, reason=str(exc))
+            return "term"
         if delivered >= policy.max_deliver:
             await _dead_letter(
                 js, msg, durable, dead_letter_prefix, reason=f"gave up after {delivered}: {exc}"
             )
             return "term"
         delay = policy.backoff_s[min(delivered - 1, len(policy.backoff_s) - 1)]
-        log_fn = log.info if isinstance(exc, TransientError) else log.warning
-        log_fn(
+        transient = isinstance(exc, TransientError)
+        (log.info if transient else log.warning)(
             "handler failed; redelivering",
             durable=durable,
             subject=msg.subject,
             delivered=delivered,
             delay_s=delay,
             error=str(exc),
+            # Anything but a known transient condition is a bug in rtops: keep its traceback.
+            exc_info=not transient,
         )
         await msg.nak(delay=delay)
         return "nak"
@@ -308,21 +342,21 @@ class NatsLink:
         self,
         *,
         durable: str,
-        event_filter: str,
+        event_filters: Sequence[str],
         handler: Handler,
         batch_handler: BatchHandler | None = None,
         policy: ConsumerPolicy | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
-        """The consumer loop of ``consume`` on this link once connected; ``event_filter`` is an
-        event-type pattern such as ``rtops.dicom.>``."""
+        """The consumer loop of ``consume`` on this link once connected; ``event_filters`` are
+        event-type patterns such as ``rtops.dicom.>`` (put under the configured prefix)."""
         await self.ready.wait()
         assert self.js is not None
         policy = dataclasses.replace(policy or ConsumerPolicy(), stream=self._settings.stream_name)
         await consume(
             self.js,
             durable=durable,
-            filter_subject=subject_for(self._settings, event_filter),
+            filter_subjects=[subject_for(self._settings, f) for f in event_filters],
             handler=handler,
             batch_handler=batch_handler,
             policy=policy,

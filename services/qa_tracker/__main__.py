@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 from services.qa_tracker.app import SERVICE, create_app
-from services.qa_tracker.policy import load_policy
 from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import Outbox
@@ -24,9 +23,7 @@ def reassess(settings: QaSettings) -> int:
     try:
         service = QaService(
             factory=session_factory(engine, **outbox_info(Outbox, SERVICE)),
-            policy=load_policy(
-                settings.qa_policy, zone=settings.clinic_timezone, calendar=settings.clinic_calendar
-            ),
+            policy=settings.review_policy(),
             imaging_devices=settings.qa_imaging_devices,
         )
         return service.rebuild_all(reassess=True)

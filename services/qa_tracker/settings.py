@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from shared.settings import RtopsSettings
+
+if TYPE_CHECKING:
+    from services.qa_tracker.domain import ReviewPolicy
 
 
 class QaSettings(RtopsSettings):
@@ -25,3 +29,10 @@ class QaSettings(RtopsSettings):
     qa_digest_hour: int = Field(
         default=7, ge=0, le=23, description="clinic hour from which the daily digest is sent"
     )
+
+    def review_policy(self) -> ReviewPolicy:
+        """The policy file's rules on the suite's clinic calendar (the file's own calendar
+        section, when it has one, wins)."""
+        from services.qa_tracker.policy import load_policy
+
+        return load_policy(self.qa_policy, zone=self.clinic_timezone, calendar=self.clinic_calendar)

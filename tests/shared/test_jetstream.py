@@ -93,28 +93,6 @@ def plan_event(n: int) -> CloudEvent:
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def settings(base_settings: dict[str, Any]) -> RtopsSettings:
-    return RtopsSettings(**base_settings)
-
-
-@pytest.fixture
-async def nc(settings: RtopsSettings) -> AsyncIterator[NATS]:
-    """A plain connection for publishing and inspecting; deletes the test's stream after."""
-    client = await nats.connect(settings.resolved_nats_url())
-    yield client
-    with contextlib.suppress(NotFoundError):
-        await client.jetstream().delete_stream(settings.stream_name)
-    await client.close()
-
-
-@pytest.fixture
-async def js(nc: NATS, settings: RtopsSettings) -> JetStreamContext:
-    js = nc.jetstream()
-    await ensure_stream(js, settings)
-    return js
-
-
 # Links that ran a consumer. NatsLink.close() drains, and the drain waits out nats-py's 30 s
 # drain_timeout on the pull subscription that consume() leaves behind (see
 # test_close_after_consuming_is_prompt), so those links are closed without draining.
@@ -162,7 +140,7 @@ async def consuming(
     task = asyncio.create_task(
         link.consume(
             durable=durable,
-            event_filter="rtops.dicom.>",
+            event_filters=["rtops.dicom.>"],
             handler=handler,
             batch_handler=batch_handler,
             policy=consumer_policy,
@@ -315,7 +293,7 @@ async def test_consume_function_acks_with_its_own_arguments(
         consume(
             js,
             durable="direct",
-            filter_subject=f"{settings.subject_prefix}.dicom.>",
+            filter_subjects=[f"{settings.subject_prefix}.dicom.>"],
             handler=handler,
             policy=ConsumerPolicy(stream=settings.stream_name, **FAST),
             stop=stop,
@@ -544,7 +522,7 @@ async def test_close_after_consuming_is_prompt(
         task = asyncio.create_task(
             link.consume(
                 durable="closing",
-                event_filter="rtops.dicom.>",
+                event_filters=["rtops.dicom.>"],
                 handler=handler,
                 policy=policy,
                 stop=stop,
