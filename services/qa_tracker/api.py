@@ -3,32 +3,34 @@ the weekly compliance report (JSON, CSV or a printable HTML page)."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import AwareDatetime, BaseModel, Field
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker import domain
+from services.qa_tracker.overdue import status_at
 from services.qa_tracker.report import weekly_html
 from services.qa_tracker.service import NewReview, QaService
-from services.qa_tracker.store import AuditLog, Fraction, ImagingSession, Registration, Review
+from services.qa_tracker.store import AuditLog, Fraction
+from services.qa_tracker.store.reads import (
+    FractionFilter,
+    evidence_of,
+    fraction_page,
+    summary_rows,
+)
 from shared.audit import record_access
-from shared.auth import Principal, require_roles
+from shared.auth import ClinicalReader, PhysicianOnly, Principal
 from shared.calendar import iso_week_bounds
 from shared.errors import NotFound, RuleViolation
+from shared.pagination import Page
 
 router = APIRouter(prefix="/v1", tags=["qa"])
-Reader = Annotated[
-    Principal, require_roles("physician", "therapist", "physicist", "dosimetrist", "admin")
-]
-Physician = Annotated[Principal, require_roles("physician")]
 StatusName = Literal["pending", "reviewed_on_time", "reviewed_late", "overdue", "not_imaged"]
 
 
@@ -59,11 +61,6 @@ class FractionOut(BaseModel):
     override_documented: bool
     rejected: bool
     physician: str | None
-
-
-class FractionPage(BaseModel):
-    items: list[FractionOut]
-    next_cursor: str | None
 
 
 class ReviewIn(BaseModel):
@@ -117,7 +114,7 @@ class FractionDetail(FractionOut):
     reviews: list[ReviewOut]
 
 
-def _out(fraction: Fraction, service: QaService, now: datetime) -> dict[str, Any]:
+def _out(fraction: Fraction, now: datetime) -> dict[str, Any]:
     translation = fraction.translation_mm
     return {
         "id": fraction.id,
@@ -127,7 +124,7 @@ def _out(fraction: Fraction, service: QaService, now: datetime) -> dict[str, Any
         "treated_at": fraction.treated_at,
         "machine": fraction.machine,
         "imaged": fraction.imaged,
-        "review_status": service.status_at(fraction, now),
+        "review_status": status_at(fraction.review_status, fraction.due_at, now),
         "due_at": fraction.due_at,
         "correction_mm": max(abs(v) for v in translation) if translation else None,
         "override_required": fraction.override_required,
@@ -155,9 +152,9 @@ def _audit(
     )
 
 
-@router.get("/fractions", response_model=FractionPage)
+@router.get("/fractions", response_model=Page[FractionOut])
 def list_fractions(
-    principal: Reader,
+    principal: ClinicalReader,
     service: ServiceDep,
     factory: FactoryDep,
     request: Request,
@@ -168,37 +165,24 @@ def list_fractions(
     machine: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
-) -> FractionPage:
+) -> Page[FractionOut]:
     """Treated fractions, newest first; ``next_cursor`` continues the listing."""
     now = service.now()
-    query = select(Fraction).order_by(Fraction.treated_at.desc(), Fraction.id.desc())
-    if cursor:
-        at, last_id = _decode_cursor(cursor)
-        query = query.where(
-            (Fraction.treated_at < at) | ((Fraction.treated_at == at) & (Fraction.id < last_id))
-        )
-    if patient_id:
-        query = query.where(Fraction.patient_id == patient_id)
-    if treated_from:
-        query = query.where(Fraction.treated_at >= treated_from)
-    if treated_to:
-        query = query.where(Fraction.treated_at < treated_to)
-    if status:
-        query = query.where(service.status_filter(status, now))  # type: ignore[arg-type]
-    if machine:
-        query = query.where(Fraction.machine == machine)
+    where = FractionFilter(patient_id, treated_from, treated_to, status, machine)
     with factory.begin() as session:
-        rows = session.scalars(query.limit(limit + 1)).all()
-        page = rows[:limit]
+        page, next_cursor = fraction_page(session, where, now=now, cursor=cursor, limit=limit)
         _audit(session, principal, request, "read", [f.patient_id for f in page])
-        items = [FractionOut(**_out(f, service, now)) for f in page]
-    more = len(rows) > limit
-    return FractionPage(items=items, next_cursor=_encode_cursor(page[-1]) if more else None)
+        items = [FractionOut(**_out(f, now)) for f in page]
+    return Page[FractionOut](items=items, next_cursor=next_cursor)
 
 
 @router.get("/fractions/{fraction_id}", response_model=FractionDetail)
 def get_fraction(
-    fraction_id: int, principal: Reader, service: ServiceDep, factory: FactoryDep, request: Request
+    fraction_id: int,
+    principal: ClinicalReader,
+    service: ServiceDep,
+    factory: FactoryDep,
+    request: Request,
 ) -> FractionDetail:
     now = service.now()
     with factory.begin() as session:
@@ -206,31 +190,28 @@ def get_fraction(
         if fraction is None:
             raise NotFound(f"no fraction {fraction_id}")
         _audit(session, principal, request, "read", [fraction.patient_id])
-        sessions = session.scalars(
-            select(ImagingSession).where(ImagingSession.fraction_key == fraction.key)
-        ).all()
-        regs = session.scalars(
-            select(Registration).where(
-                Registration.session_uid.in_([s.series_uid for s in sessions])
-            )
-        ).all()
-        reviews = session.scalars(
-            select(Review).where(Review.fraction_id == fraction.id).order_by(Review.reviewed_at)
-        ).all()
+        evidence = evidence_of(session, fraction)
         return FractionDetail(
-            **_out(fraction, service, now),
+            **_out(fraction, now),
             next_fraction_at=fraction.next_fraction_at,
             therapist_override=fraction.therapist_override,
             partial=fraction.partial,
-            imaging=[ImagingOut.model_validate(s, from_attributes=True) for s in sessions],
-            registrations=[RegistrationOut.model_validate(r, from_attributes=True) for r in regs],
-            reviews=[ReviewOut.model_validate(r, from_attributes=True) for r in reviews],
+            imaging=[ImagingOut.model_validate(s, from_attributes=True) for s in evidence.imaging],
+            registrations=[
+                RegistrationOut.model_validate(r, from_attributes=True)
+                for r in evidence.registrations
+            ],
+            reviews=[ReviewOut.model_validate(r, from_attributes=True) for r in evidence.reviews],
         )
 
 
 @router.post("/fractions/{fraction_id}/reviews", response_model=ReviewOut, status_code=201)
 def post_review(
-    fraction_id: int, body: ReviewIn, principal: Physician, service: ServiceDep, request: Request
+    fraction_id: int,
+    body: ReviewIn,
+    principal: PhysicianOnly,
+    service: ServiceDep,
+    request: Request,
 ) -> ReviewOut:
     """Document a physician's review of the fraction's images and shifts."""
     review = service.add_review(
@@ -249,7 +230,7 @@ def post_review(
 
 @router.get("/flags")
 def flags(
-    principal: Reader,
+    principal: ClinicalReader,
     service: ServiceDep,
     factory: FactoryDep,
     request: Request,
@@ -277,7 +258,7 @@ def flags(
 
 @router.get("/compliance/weekly", response_model=None)
 def weekly(
-    principal: Reader,
+    principal: ClinicalReader,
     service: ServiceDep,
     factory: FactoryDep,
     request: Request,
@@ -291,36 +272,10 @@ def weekly(
         start, end = iso_week_bounds(week, zone)
     except ValueError as exc:
         raise RuleViolation(str(exc)) from exc
-    # Counted in the database, grouped by everything the tally tells apart: the response
-    # costs the same whatever the department's size.
-    status = service.status_expression(service.now())
-    query = (
-        select(
-            Fraction.machine,
-            Fraction.physician,
-            status,
-            Fraction.override_required,
-            Fraction.override_documented,
-            func.count(),
-        )
-        .where(Fraction.treated_at >= start, Fraction.treated_at < end)
-        .group_by(
-            Fraction.machine,
-            Fraction.physician,
-            status,
-            Fraction.override_required,
-            Fraction.override_documented,
-        )
-    )
-    if machine:
-        query = query.where(Fraction.machine == machine)
-    if physician:
-        query = query.where(Fraction.physician == physician)
     with factory.begin() as session:
-        rows = [
-            domain.SummaryRow(m, p, domain.ReviewStatus(s), required, documented, n)
-            for m, p, s, required, documented, n in session.execute(query)
-        ]
+        rows = summary_rows(
+            session, start=start, end=end, now=service.now(), machine=machine, physician=physician
+        )
         _audit(session, principal, request, "read", [])
     summary = domain.weekly_summary(rows)
     body = {
@@ -366,22 +321,3 @@ def _csv(body: dict[str, Any]) -> str:
                 [body["week"], group.removeprefix("by_"), name, *(tally[c] for c in _COLUMNS)]
             )
     return out.getvalue()
-
-
-def _encode_cursor(fraction: Fraction) -> str:
-    raw = f"{fraction.treated_at.isoformat()}|{fraction.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        at, last_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        moment = datetime.fromisoformat(at)
-        if moment.tzinfo is None:
-            raise ValueError("the cursor's time has no UTC offset")
-        number = int(last_id)
-        if not 0 <= number < 2**31:
-            raise ValueError("the cursor's id is out of range")
-        return moment.astimezone(UTC), number  # OverflowError at the edges of time
-    except (ValueError, OverflowError) as exc:
-        raise RuleViolation("cursor is not one this API returned; start without it") from exc

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from services.qa_tracker.overdue import status_at
 from shared.calendar import (
     ClinicCalendar,
     add_business_hours,
@@ -145,8 +146,9 @@ def exceeds(correction: Correction | None, tolerance: Tolerance) -> bool:
 # ---------------------------------------------------------------- status
 
 
-def assess(fraction: FractionFacts, *, now: datetime, policy: ReviewPolicy) -> Assessment:
-    """Review status of one fraction at ``now``.
+def verdict(fraction: FractionFacts, policy: ReviewPolicy) -> Assessment:
+    """The verdict as stored, without the clock: an unreviewed imaged fraction is PENDING
+    with its due time (``overdue.status_at`` turns it into OVERDUE when read).
 
     The first review (approved or rejected) is the documented review; it is on time when
     documented at or before the due time. A rejected review stays a review, flagged
@@ -164,8 +166,14 @@ def assess(fraction: FractionFacts, *, now: datetime, policy: ReviewPolicy) -> A
         on_time = reviews[0].reviewed_at <= due
         status = ReviewStatus.REVIEWED_ON_TIME if on_time else ReviewStatus.REVIEWED_LATE
     else:
-        status = ReviewStatus.OVERDUE if now > due else ReviewStatus.PENDING
+        status = ReviewStatus.PENDING
     return Assessment(status, due, override_required, override_documented, rejected)
+
+
+def assess(fraction: FractionFacts, *, now: datetime, policy: ReviewPolicy) -> Assessment:
+    """Review status of one fraction at ``now``: the verdict, overdue when read past due."""
+    stored = verdict(fraction, policy)
+    return replace(stored, status=ReviewStatus(status_at(stored.status, stored.due_at, now)))
 
 
 # ---------------------------------------------------------------- weekly summary

@@ -12,23 +12,28 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from sqlalchemy import Row, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from services.qa_tracker.keys import keys_of_record
+from services.qa_tracker.scope import Scope
 from services.qa_tracker.store import (
-    ImagingSession,
+    ImagingSeries,
     Plan,
     Registration,
     RegistrationSeries,
     TreatmentRecord,
 )
-from shared.calendar import local_midnight
-from shared.events import ImagingAcquired, PlanReceived, RegistrationReceived, TreatmentRecorded
+from shared.events import (
+    CloudEvent,
+    ImagingAcquired,
+    PlanReceived,
+    RegistrationReceived,
+    TreatmentRecorded,
+)
 
 # Plans that never treat a patient (domain-dicom.md s. 5.1).
 NON_CLINICAL_INTENTS = {"VERIFICATION", "MACHINE_QA", "SERVICE"}
@@ -43,80 +48,21 @@ def technique_of(plan: PlanReceived) -> str | None:
     return "SBRT" if _SBRT.search(text) else None
 
 
-def fraction_keys(record: Row[Any] | TreatmentRecord) -> list[str]:
-    """Count a fraction once per (plan, fraction group, Current Fraction Number), not per
-    record: an interrupted fraction spans records, even days (domain-dicom.md s. 4.2)."""
-    course = record.plan_uid or f"record:{record.record_uid}"
-    group = record.fraction_group or 1
-    numbers = record.fraction_numbers or [None]
-    return [f"{record.patient_id}|{course}|{group}|{'' if n is None else n}" for n in numbers]
-
-
-@dataclass
-class Scope:
-    """The part of one patient's timeline a batch may have changed.
-
-    ``lo``/``hi`` first collect the earliest and latest fact times; ``to_days`` turns them
-    into whole clinic days [lo, hi), the unit the matching rules work in, and ``cover``
-    widens them to a fraction's days. ``whole`` means every fraction of the patient.
-    """
-
-    whole: bool = False
-    lo: datetime | None = None
-    hi: datetime | None = None
-    keys: set[str] = field(default_factory=set)
-    series: set[str] = field(default_factory=set)
-    # Series recorded by the batch: a registration naming one leaves the session it matched
-    # before, possibly on another day.
-    arrived: set[str] = field(default_factory=set)
-
-    def add(self, *times: datetime | None) -> None:
-        for t in times:
-            if t is not None:
-                self.lo = t if self.lo is None or t < self.lo else self.lo
-                self.hi = t if self.hi is None or t > self.hi else self.hi
-
-    def to_days(self, zone: ZoneInfo) -> None:
-        if self.lo is not None and self.hi is not None:
-            first, last = self.lo, self.hi
-            self.lo = self.hi = None
-            self.cover(first, last, zone)
-
-    def overlaps(self, start: datetime, end: datetime) -> bool:
-        if self.whole:
-            return True
-        return self.lo is not None and self.hi is not None and start < self.hi and end >= self.lo
-
-    def contains(self, t: datetime) -> bool:
-        return self.overlaps(t, t)
-
-    def cover(self, start: datetime, end: datetime, zone: ZoneInfo) -> bool:
-        """Widen to the whole days of [start, end]; True if that grew the scope."""
-        if self.whole:
-            return False
-        lo = local_midnight(start.astimezone(zone).date(), zone)
-        hi = local_midnight(end.astimezone(zone).date() + timedelta(days=1), zone)
-        grew = self.lo is None or self.hi is None or lo < self.lo or hi > self.hi
-        self.lo = lo if self.lo is None else min(lo, self.lo)
-        self.hi = hi if self.hi is None else max(hi, self.hi)
-        return grew
-
-
 _IDENTITY: dict[type, tuple[type, Callable[[Any], str]]] = {
     TreatmentRecorded: (TreatmentRecord, lambda e: e.object.sop_instance_uid),
-    ImagingAcquired: (ImagingSession, lambda e: e.series_instance_uid),
+    ImagingAcquired: (ImagingSeries, lambda e: e.series_instance_uid),
     RegistrationReceived: (Registration, lambda e: e.object.sop_instance_uid),
     PlanReceived: (Plan, lambda e: e.object.sop_instance_uid),
 }
 
 
 class FactRecorder:
-    """Records a batch of event payloads in a session; ``scopes`` then says what to rebuild."""
+    """Records a batch of events in a session; ``scopes`` then says what to rebuild."""
 
-    def __init__(self, session: Session, data: Sequence[object]) -> None:
+    def __init__(self, session: Session, events: Sequence[CloudEvent]) -> None:
         self._session = session
         self.scopes: dict[str, Scope] = defaultdict(Scope)
-        self._known = self._load(data)
+        self._known = self._load([e.data for e in events])
 
     def _load(self, data: Sequence[object]) -> dict[tuple[type, str], Any]:
         """The stored facts these events may update, in one query per table."""
@@ -132,13 +78,16 @@ class FactRecorder:
                 known[model, getattr(row, column.key)] = row
         return known
 
-    def record(self, data: object) -> None:
+    def record(self, event: CloudEvent) -> None:
+        data = event.data
         if isinstance(data, TreatmentRecorded):
             self._treatment(data)
         elif isinstance(data, ImagingAcquired):
             self._imaging(data)
         elif isinstance(data, RegistrationReceived):
-            self._registration(data)
+            # Without a content time, the event's: a replay on another day must give the
+            # same result, so never the clock's.
+            self._registration(data, event.time)
         elif isinstance(data, PlanReceived):
             self._plan(data)
         # Other events are not the tracker's: acknowledged and ignored.
@@ -168,15 +117,15 @@ class FactRecorder:
         }
         if row is not None:  # the revision's old fraction and days change too
             self._scope_of(row).add(row.started_at, row.ended_at)
-            self._scope_of(row).keys.update(fraction_keys(row))
+            self._scope_of(row).keys.update(str(k) for k in keys_of_record(row))
         row = self._upsert(row, TreatmentRecord, e.object.sop_instance_uid, values)
         self.scopes[row.patient_id].add(row.started_at, row.ended_at)
-        self.scopes[row.patient_id].keys.update(fraction_keys(row))
+        self.scopes[row.patient_id].keys.update(str(k) for k in keys_of_record(row))
 
     def _imaging(self, e: ImagingAcquired) -> None:
         if e.classification not in IGRT_CLASSES or e.acquired_at is None or not e.patient.id:
             return
-        row = self._known.get((ImagingSession, e.series_instance_uid))
+        row = self._known.get((ImagingSeries, e.series_instance_uid))
         # A later event of a series carries more instances; an older one arriving late loses.
         if row is not None and (row.instance_count, len(row.approvals)) >= (
             e.instance_count,
@@ -193,11 +142,11 @@ class FactRecorder:
         }
         if row is not None:
             self._scope_of(row).add(row.acquired_at)
-        row = self._upsert(row, ImagingSession, e.series_instance_uid, values)
+        row = self._upsert(row, ImagingSeries, e.series_instance_uid, values)
         self.scopes[row.patient_id].add(row.acquired_at)
         self.scopes[row.patient_id].arrived.add(row.series_uid)
 
-    def _registration(self, e: RegistrationReceived) -> None:
+    def _registration(self, e: RegistrationReceived, sent_at: datetime) -> None:
         if not e.patient.id:
             return
         row = self._known.get((Registration, e.object.sop_instance_uid))
@@ -209,7 +158,7 @@ class FactRecorder:
             "patient_id": e.patient.id,
             "machine": e.source.machine,
             "kind": e.kind,
-            "content_at": e.content_at or datetime.now(UTC),
+            "content_at": e.content_at or sent_at,
             "creator": e.creator_name,
             "moving_series": list(e.moving_series_uids),
             "translation_mm": [translation.x, translation.y, translation.z]

@@ -12,23 +12,21 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, case, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker import domain
-from services.qa_tracker.facts import FactRecorder, Scope
-from services.qa_tracker.rebuild import CHUNK, Rebuilder, assess_fraction
-from services.qa_tracker.store import (
-    AuditLog,
-    Fraction,
-    Outbox,
-    ProcessedEvent,
-    Review,
-)
+from services.qa_tracker.announcements import about, announce_review, publish_assessed
+from services.qa_tracker.assessment import store_verdict
+from services.qa_tracker.facts import FactRecorder
+from services.qa_tracker.overdue import is_overdue
+from services.qa_tracker.rebuild import CHUNK, Rebuilder
+from services.qa_tracker.scope import Scope
+from services.qa_tracker.store import AuditLog, Fraction, ProcessedEvent, ReviewRow
+from services.qa_tracker.store.reads import flagged_fractions, overdue_unnotified, reviews_of
+from services.qa_tracker.store.rebuild_queries import patients_with_facts
 from shared.audit import record_access
 from shared.auth import Principal
 from shared.errors import NotFound, RuleViolation
@@ -37,15 +35,12 @@ from shared.events import (
     DigestItem,
     Patient,
     ReviewDigest,
-    ReviewDocumented,
     ReviewOverdue,
-    envelope,
 )
-from shared.outbox import add_to_outbox, claim_events
+from shared.outbox import claim_events, emit
 
 log = structlog.get_logger(__name__)
 CONSUMER = "qa_tracker"
-EVENT_SOURCE = "rtops/qa_tracker"
 
 
 class OpenFlag(BaseModel):
@@ -85,7 +80,6 @@ class QaService:
             policy=policy,
             imaging_devices=imaging_devices or {},
             clock=clock,
-            on_review=self._publish_review,
         )
         self._now = clock
         self._on_commit = on_commit
@@ -111,10 +105,10 @@ class QaService:
         a time, so one bad event cannot hold up the rest."""
         with self._factory.begin() as session:
             fresh = claim_events(session, ProcessedEvent, CONSUMER, [e.id for e in events])
-            todo = [e.data for e in {e.id: e for e in events if e.id in fresh}.values()]
+            todo = list({e.id: e for e in events if e.id in fresh}.values())
             recorder = FactRecorder(session, todo)
-            for data in todo:
-                recorder.record(data)
+            for event in todo:
+                recorder.record(event)
             self._rebuilder.rebuild(session, recorder.scopes)
         if fresh:
             self._on_commit()
@@ -122,9 +116,10 @@ class QaService:
 
     def rebuild_all(self, *, reassess: bool = True) -> int:
         """Recompute every patient's fractions from the recorded facts, e.g. after the review
-        policy changed; returns the number of patients."""
+        policy changed; returns the number of patients. Every patient any fact names, also
+        those without a stored fraction (never derived, or all removed)."""
         with self._factory() as session:
-            patients = list(session.scalars(select(Fraction.patient_id).distinct()))
+            patients = patients_with_facts(session)
         for start in range(0, len(patients), CHUNK):
             with self._factory.begin() as session:
                 scopes = {p: Scope(whole=True) for p in patients[start : start + CHUNK]}
@@ -136,7 +131,7 @@ class QaService:
 
     def add_review(
         self, fraction_id: int, review: NewReview, *, principal: Principal, resource: str
-    ) -> Review:
+    ) -> ReviewRow:
         now = self._now()
         reviewed_at = review.reviewed_at or now
         if reviewed_at.tzinfo is None:
@@ -152,7 +147,7 @@ class QaService:
                 raise NotFound(f"no fraction {fraction_id}")
             if reviewed_at < fraction.treated_at:
                 raise RuleViolation("reviewed_at is before the fraction was treated")
-            row = Review(
+            row = ReviewRow(
                 fraction_id=fraction_id,
                 decision=review.decision.value,
                 comment=review.comment,
@@ -165,9 +160,10 @@ class QaService:
             )
             session.add(row)
             session.flush()
-            reviews = session.scalars(select(Review).where(Review.fraction_id == fraction_id))
-            assess_fraction(fraction, list(reviews), policy=self._policy, now=now)
-            self._publish_review(session, fraction, row)
+            reviews = reviews_of(session, fraction_id)
+            store_verdict(fraction, reviews, self._policy)
+            announce_review(session, fraction, row)
+            publish_assessed(session, [(fraction, reviews)])
             record_access(
                 session,
                 AuditLog,
@@ -179,22 +175,6 @@ class QaService:
         self._on_commit()
         return row
 
-    def _publish_review(self, session: Session, fraction: Fraction, review: Review) -> None:
-        due = fraction.due_at
-        payload = ReviewDocumented(
-            **_about(fraction),
-            review_id=review.id,
-            decision=review.decision,  # type: ignore[arg-type]
-            physician=review.physician,
-            reviewed_at=review.reviewed_at,
-            due_at=due,
-            on_time=due is None or review.reviewed_at <= due,
-            override_required=fraction.override_required,
-            override_reason=review.override_reason,
-            origin=review.source,  # type: ignore[arg-type]
-        )
-        add_to_outbox(session, Outbox, envelope(payload, source=EVENT_SOURCE, subject=fraction.key))
-
     # ------------------------------------------------------------ overdue sweep
 
     def publish_overdue(self) -> int:
@@ -203,25 +183,14 @@ class QaService:
         restarts and replicas."""
         now = self._now()
         with self._factory.begin() as session:
-            rows = session.scalars(
-                select(Fraction)
-                .where(
-                    Fraction.review_status == domain.ReviewStatus.PENDING.value,
-                    Fraction.imaged.is_(True),
-                    Fraction.due_at < now,
-                    Fraction.overdue_notified.is_(False),
-                )
-                .limit(500)
-            ).all()
+            rows = overdue_unnotified(session, now, limit=500)
             for f in rows:
                 payload = ReviewOverdue(
-                    **_about(f),
+                    **about(f),
                     physician=f.physician,
                     due_at=f.due_at,  # type: ignore[arg-type]
                 )
-                add_to_outbox(
-                    session, Outbox, envelope(payload, source=EVENT_SOURCE, subject=f.key)
-                )
+                emit(session, payload, subject=f.key)
                 f.overdue_notified = True
         if rows:
             self._on_commit()
@@ -233,21 +202,13 @@ class QaService:
         """Open problems by physician: overdue reviews, overrides required but not
         documented, rejected reviews without a later approval."""
         now = self._now()
-        rows = session.scalars(
-            select(Fraction)
-            .where(
-                self.status_filter("overdue", now)  # type: ignore[operator]
-                | (Fraction.override_required.is_(True) & Fraction.override_documented.is_(False))
-                | Fraction.rejected.is_(True)
-            )
-            .order_by(Fraction.treated_at, Fraction.id)
-        ).all()
+        rows = flagged_fractions(session, now)
         groups: dict[str, list[OpenFlag]] = {}
         for f in rows:
             kinds = [
                 kind
                 for kind, applies in (
-                    ("overdue_review", self.status_at(f, now) == "overdue"),
+                    ("overdue_review", is_overdue(f.review_status, f.due_at, now)),
                     ("override_not_documented", f.override_required and not f.override_documented),
                     ("rejected_without_follow_up", f.rejected),
                 )
@@ -293,52 +254,7 @@ class QaService:
                         for f in flags
                     ),
                 )
-                sent += add_to_outbox(
-                    session, Outbox, envelope(payload, source=EVENT_SOURCE, subject=physician)
-                )
+                sent += emit(session, payload, subject=physician)
         if sent:
             self._on_commit()
         return sent
-
-    # ------------------------------------------------------------ reads
-
-    def status_at(self, fraction: Fraction, now: datetime) -> str:
-        if (
-            fraction.review_status == domain.ReviewStatus.PENDING.value
-            and fraction.due_at
-            and fraction.due_at < now
-        ):
-            return domain.ReviewStatus.OVERDUE.value
-        return fraction.review_status
-
-    def status_expression(self, now: datetime) -> ColumnElement[str]:
-        """``status_at`` in SQL."""
-        return case(
-            (
-                (Fraction.review_status == domain.ReviewStatus.PENDING.value)
-                & (Fraction.due_at < now),
-                domain.ReviewStatus.OVERDUE.value,
-            ),
-            else_=Fraction.review_status,
-        )
-
-    def status_filter(self, status: str, now: datetime) -> object:
-        if status == domain.ReviewStatus.OVERDUE.value:
-            return (Fraction.review_status == "pending") & (Fraction.due_at < now)
-        if status == domain.ReviewStatus.PENDING.value:
-            return (Fraction.review_status == "pending") & or_(
-                Fraction.due_at.is_(None), Fraction.due_at >= now
-            )
-        return Fraction.review_status == status
-
-
-def _about(fraction: Fraction) -> dict[str, Any]:
-    """The fields every event about a fraction carries."""
-    return {
-        "patient": Patient(id=fraction.patient_id, name=fraction.patient_name),
-        "fraction_key": fraction.key,
-        "plan_uid": fraction.plan_uid,
-        "fraction_number": fraction.fraction_number,
-        "treated_at": fraction.treated_at,
-        "machine": fraction.machine,
-    }

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.qa_tracker.app import api_app
 from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
-from services.qa_tracker.store import AuditLog, Fraction, Outbox, Review
+from services.qa_tracker.store import AuditLog, Fraction, Outbox, ReviewRow
 from shared.auth import issue_dev_token
 from shared.events import ReviewDocumented, parse_event
 from shared.web import PROBLEM_JSON
@@ -163,11 +163,12 @@ def ids(factory: sessionmaker[Session]) -> dict[tuple[str, int | None], int]:
 
 
 def outbox(factory: sessionmaker[Session]) -> list[ReviewDocumented]:
+    """The review announcements queued (fraction.assessed has tests of its own)."""
     with factory() as session:
         bodies = session.scalars(select(Outbox.body).order_by(Outbox.id)).all()
     events = [parse_event(body) for body in bodies]
-    assert {e.type for e in events} <= {"rtops.qa.review.documented"}
-    payloads = [e.data for e in events]
+    assert {e.type for e in events} <= {"rtops.qa.review.documented", "rtops.qa.fraction.assessed"}
+    payloads = [e.data for e in events if e.type == "rtops.qa.review.documented"]
     assert all(isinstance(p, ReviewDocumented) for p in payloads)
     return payloads  # type: ignore[return-value]
 
@@ -632,7 +633,7 @@ async def test_reviewed_at_defaults_to_the_clocks_now(
     assert response.status_code == 201, response.text
     assert when(response.json()["reviewed_at"]) == clock.now
     with factory() as session:
-        [stored] = session.scalars(select(Review)).all()
+        [stored] = session.scalars(select(ReviewRow)).all()
         assert stored.reviewed_at == clock.now
         assert stored.recorded_at == clock.now
     assert (await fraction(client, auth, fid))["review_status"] == "reviewed_on_time"

@@ -51,6 +51,7 @@ from shared.events import (
     parse_event,
 )
 from shared.events.dicom import DocumentReceived
+from shared.events.qa import FractionAssessed, QualifyingReview
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED_SCHEMAS = REPO / "docs" / "events"
@@ -232,6 +233,26 @@ SAMPLES: dict[type[EventPayload], EventPayload] = {
                 link="/v1/fractions/6",
             ),
         ),
+    ),
+    FractionAssessed: FractionAssessed(
+        patient=PATIENT,
+        fraction_key="RT-0001|1.2.3.4.1|1|5",
+        plan_uid="1.2.3.4.1",
+        fraction_group=1,
+        fraction_number=5,
+        revision=3,
+        review_status="reviewed_on_time",
+        on_time=True,
+        due_at=WHEN,
+        treated_at=WHEN,
+        machine="TrueBeam1",
+        physician="Oncologist^Olga",
+        review=QualifyingReview(
+            id=7, decision="approved", physician="dr.olga", reviewed_at=WHEN, origin="api"
+        ),
+        override_required=True,
+        override_documented=True,
+        imaging=("cbct",),
     ),
     ReviewOverdue: ReviewOverdue(
         patient=PATIENT,

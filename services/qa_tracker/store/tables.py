@@ -60,7 +60,10 @@ class TreatmentRecord(Base):
     therapist_override: Mapped[bool] = mapped_column(Boolean)
 
 
-class ImagingSession(Base):
+class ImagingSeries(Base):
+    """One image series taken before treatment (a CBCT, kV pair or MV portal), matched to
+    the fraction it prepared (``fraction_key``)."""
+
     __tablename__ = "imaging_session"
     __table_args__ = (Index("ix_imaging_session_patient_time", "patient_id", "acquired_at"),)
     series_uid: Mapped[str] = mapped_column(UID, primary_key=True)
@@ -121,6 +124,8 @@ class Fraction(Base):
     site: Mapped[str | None] = mapped_column(String(200))
     translation_mm: Mapped[list[float] | None] = mapped_column(JSON)
     rotation_deg: Mapped[list[float] | None] = mapped_column(JSON)
+    # Classifications of the imaging that prepared it, sorted (e.g. ["cbct"]).
+    imaging: Mapped[list[str] | None] = mapped_column(JSON)
     # Derived from the rules at the last change; "overdue" is decided at read time.
     due_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
     review_status: Mapped[str] = mapped_column(String(20), index=True)
@@ -130,7 +135,10 @@ class Fraction(Base):
     overdue_notified: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
-class Review(Base):
+class ReviewRow(Base):
+    """A documented review of a fraction, through the API or adopted from an RT Image
+    approval (then it follows the image to whatever fraction the image prepares)."""
+
     __tablename__ = "review"
     __table_args__ = (UniqueConstraint("source", "source_ref"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -143,6 +151,18 @@ class Review(Base):
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
     source: Mapped[str] = mapped_column(String(20))  # "api" or "dicom_approval"
     source_ref: Mapped[str] = mapped_column(String(100))  # request id or RT Image SOP UID
+
+
+class FractionRevision(Base):
+    """The last ``rtops.qa.fraction.assessed`` published per fraction key: its revision (part
+    of the event id) and a digest of its verdict, so an unchanged verdict is not published
+    again. No foreign key: it outlives the fraction, so a fraction removed and later derived
+    again continues its revisions instead of reusing an id."""
+
+    __tablename__ = "fraction_revision"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
 
 
 Outbox, ProcessedEvent, AuditLog = kit_tables(Base)

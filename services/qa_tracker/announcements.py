@@ -1,0 +1,155 @@
+"""The QA tracker's events about fractions, queued in the caller's transaction.
+
+``rtops.qa.review.documented`` announces a review once per fraction it is placed on.
+``rtops.qa.fraction.assessed`` is a fraction's current verdict: published when the verdict
+(the payload without its revision) differs from the last one published for that key, which
+``fraction_revision`` remembers as a digest beside the revision, also after the fraction is
+gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.qa_tracker.keys import FractionKey
+from services.qa_tracker.store import Fraction, FractionRevision
+from services.qa_tracker.store.rebuild_queries import revisions_of
+from shared.events import Patient
+from shared.events.qa import FractionAssessed, ReviewDocumented
+from shared.outbox import emit
+
+REMOVED = "removed"  # the digest of a fraction that is gone
+
+
+def about(fraction: Fraction) -> dict[str, Any]:
+    """The fields every event about a fraction carries."""
+    return {
+        "patient": Patient(id=fraction.patient_id, name=fraction.patient_name),
+        "fraction_key": fraction.key,
+        "plan_uid": fraction.plan_uid,
+        "fraction_number": fraction.fraction_number,
+        "treated_at": fraction.treated_at,
+        "machine": fraction.machine,
+    }
+
+
+def announce_review(session: Session, fraction: Fraction, review: Any) -> None:
+    """After the fraction's verdict: the event carries its due time and override need."""
+    due = fraction.due_at
+    payload = ReviewDocumented(
+        **about(fraction),
+        review_id=review.id,
+        decision=review.decision,
+        physician=review.physician,
+        reviewed_at=review.reviewed_at,
+        due_at=due,
+        on_time=due is None or review.reviewed_at <= due,
+        override_required=fraction.override_required,
+        override_reason=review.override_reason,
+        origin=review.source,
+    )
+    emit(session, payload, subject=fraction.key)
+
+
+def qualifying_review(reviews: Sequence[Any]) -> Any | None:
+    """The first review documented (``domain.verdict`` decides the status by it)."""
+    return min(reviews, key=lambda r: r.reviewed_at, default=None)
+
+
+def verdict_fields(fraction: Fraction, reviews: Sequence[Any]) -> dict[str, Any]:
+    """The assessed event's fields but the revision, as JSON values."""
+    key = FractionKey.parse(fraction.key)
+    review = qualifying_review(reviews)
+    return {
+        "patient": {"id": fraction.patient_id, "name": fraction.patient_name},
+        "fraction_key": fraction.key,
+        "plan_uid": key.plan_uid,
+        "fraction_group": key.group,
+        "fraction_number": key.number,
+        "removed": False,
+        "review_status": fraction.review_status,
+        "on_time": fraction.review_status == "reviewed_on_time",
+        "due_at": _iso(fraction.due_at),
+        "treated_at": _iso(fraction.treated_at),
+        "machine": fraction.machine,
+        "physician": fraction.physician,
+        "review": None
+        if review is None
+        else {
+            "id": review.id,
+            "decision": review.decision,
+            "physician": review.physician,
+            "reviewed_at": _iso(review.reviewed_at),
+            "origin": review.source,
+        },
+        "override_required": fraction.override_required,
+        "override_documented": fraction.override_documented,
+        "imaging": list(fraction.imaging or ()),
+    }
+
+
+def removed_fields(fraction: Fraction) -> dict[str, Any]:
+    key = FractionKey.parse(fraction.key)
+    return {
+        "patient": {"id": fraction.patient_id, "name": fraction.patient_name},
+        "fraction_key": fraction.key,
+        "plan_uid": key.plan_uid,
+        "fraction_group": key.group,
+        "fraction_number": key.number,
+        "removed": True,
+        "treated_at": _iso(fraction.treated_at),
+        "machine": fraction.machine,
+        "physician": fraction.physician,
+    }
+
+
+def digest_of(fields: dict[str, Any]) -> str:
+    if fields["removed"]:
+        return REMOVED
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def publish_assessed(
+    session: Session,
+    assessed: Iterable[tuple[Fraction, Sequence[Any]]],
+    removed: Iterable[Fraction] = (),
+) -> int:
+    """``fraction.assessed`` for each fraction whose verdict differs from the last one
+    published (``assessed``: fractions with their reviews, after ``store_verdict``), and for
+    each ``removed`` fraction that had been announced. Returns how many were queued."""
+    candidates = [(f, verdict_fields(f, reviews)) for f, reviews in assessed]
+    candidates += [(f, removed_fields(f)) for f in removed]
+    if not candidates:
+        return 0
+    known = revisions_of(session, (f.key for f, _ in candidates))
+    sent = 0
+    for fraction, fields in candidates:
+        digest = digest_of(fields)
+        last = known.get(fraction.key)
+        if last is None and fields["removed"]:
+            continue  # never announced: nothing to retract
+        if last is not None and last.digest == digest:
+            continue
+        if last is None:
+            last = FractionRevision(key=fraction.key, revision=0, digest=digest)
+            session.add(last)
+            known[fraction.key] = last
+        last.revision += 1
+        last.digest = digest
+        payload = FractionAssessed.model_validate({**fields, "revision": last.revision})
+        emit(session, payload, subject=fraction.key)
+        sent += 1
+    return sent
+
+
+def _iso(value: datetime | None) -> str | None:
+    # In UTC: a time computed in the clinic's zone and the same time read back from the
+    # database must give the same digest.
+    return None if value is None else value.astimezone(UTC).isoformat()

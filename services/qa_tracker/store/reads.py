@@ -1,0 +1,140 @@
+"""The queries the REST API and the sweeps read; the overdue rule comes from ``overdue``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
+
+from services.qa_tracker import domain
+from services.qa_tracker.overdue import overdue_sql, status_is_sql, status_sql
+from services.qa_tracker.store.tables import Fraction, ImagingSeries, Registration, ReviewRow
+from shared.pagination import page_of
+
+ORDER = (Fraction.treated_at, Fraction.id)  # newest first; the id breaks ties
+
+
+def fraction_status(now: datetime) -> ColumnElement[str]:
+    """A fraction's status at ``now``, in SQL."""
+    return status_sql(Fraction.review_status, Fraction.due_at, now)
+
+
+def fraction_has_status(status: str, now: datetime) -> ColumnElement[bool]:
+    return status_is_sql(Fraction.review_status, Fraction.due_at, status, now)
+
+
+@dataclass(frozen=True)
+class FractionFilter:
+    patient_id: str | None = None
+    treated_from: datetime | None = None
+    treated_to: datetime | None = None
+    status: str | None = None
+    machine: str | None = None
+
+
+def fraction_page(
+    session: Session, where: FractionFilter, *, now: datetime, cursor: str | None, limit: int
+) -> tuple[list[Fraction], str | None]:
+    """One page of fractions, newest first, and the next page's cursor (None on the last)."""
+    query = select(Fraction)
+    if where.patient_id:
+        query = query.where(Fraction.patient_id == where.patient_id)
+    if where.treated_from:
+        query = query.where(Fraction.treated_at >= where.treated_from)
+    if where.treated_to:
+        query = query.where(Fraction.treated_at < where.treated_to)
+    if where.status:
+        query = query.where(fraction_has_status(where.status, now))
+    if where.machine:
+        query = query.where(Fraction.machine == where.machine)
+    return page_of(session, query, ORDER, cursor=cursor, limit=limit)
+
+
+@dataclass(frozen=True)
+class FractionEvidence:
+    imaging: Sequence[ImagingSeries]
+    registrations: Sequence[Registration]
+    reviews: Sequence[ReviewRow]
+
+
+def evidence_of(session: Session, fraction: Fraction) -> FractionEvidence:
+    """The imaging matched to a fraction, the registrations of that imaging, its reviews."""
+    imaging = session.scalars(
+        select(ImagingSeries).where(ImagingSeries.fraction_key == fraction.key)
+    ).all()
+    registrations = session.scalars(
+        select(Registration).where(Registration.session_uid.in_([s.series_uid for s in imaging]))
+    ).all()
+    return FractionEvidence(imaging, registrations, reviews_of(session, fraction.id))
+
+
+def reviews_of(session: Session, fraction_id: int) -> Sequence[ReviewRow]:
+    return session.scalars(
+        select(ReviewRow)
+        .where(ReviewRow.fraction_id == fraction_id)
+        .order_by(ReviewRow.reviewed_at)
+    ).all()
+
+
+def summary_rows(
+    session: Session,
+    *,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    machine: str | None = None,
+    physician: str | None = None,
+) -> list[domain.SummaryRow]:
+    """Fractions treated in [start, end) counted in the database, grouped by everything the
+    tally tells apart: the cost does not grow with the department's size."""
+    status = fraction_status(now)
+    groups = (
+        Fraction.machine,
+        Fraction.physician,
+        status,
+        Fraction.override_required,
+        Fraction.override_documented,
+    )
+    query = (
+        select(*groups, func.count())
+        .where(Fraction.treated_at >= start, Fraction.treated_at < end)
+        .group_by(*groups)
+    )
+    if machine:
+        query = query.where(Fraction.machine == machine)
+    if physician:
+        query = query.where(Fraction.physician == physician)
+    return [
+        domain.SummaryRow(m, p, domain.ReviewStatus(s), required, documented, n)
+        for m, p, s, required, documented, n in session.execute(query)
+    ]
+
+
+def flagged_fractions(session: Session, now: datetime) -> Sequence[Fraction]:
+    """Fractions with an open problem: overdue, an override required but not documented, or
+    a rejected review without a later approval; oldest first."""
+    return session.scalars(
+        select(Fraction)
+        .where(
+            fraction_has_status("overdue", now)
+            | (Fraction.override_required.is_(True) & Fraction.override_documented.is_(False))
+            | Fraction.rejected.is_(True)
+        )
+        .order_by(Fraction.treated_at, Fraction.id)
+    ).all()
+
+
+def overdue_unnotified(session: Session, now: datetime, *, limit: int) -> Sequence[Fraction]:
+    """Imaged fractions past due without a review, whose overdue event was not sent yet."""
+    return session.scalars(
+        select(Fraction)
+        .where(
+            overdue_sql(Fraction.review_status, Fraction.due_at, now),
+            Fraction.imaged.is_(True),
+            Fraction.overdue_notified.is_(False),
+        )
+        .limit(limit)
+    ).all()
