@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker.__main__ import reassess
@@ -21,7 +21,7 @@ from services.qa_tracker.service import NewReview, QaService
 from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import Fraction, ImagingSeries, Outbox, Registration, ReviewRow
 from shared.auth import Principal
-from shared.events import CloudEvent, ImageApproval, parse_event
+from shared.events import CloudEvent, ImageApproval, envelope, parse_event
 from shared.jetstream import ConsumerPolicy, NatsLink
 from tests.qa_tracker.factories import (
     Clock,
@@ -392,3 +392,29 @@ def test_reassess_applies_a_changed_policy_to_stored_fractions(
 
     (row,) = snapshot(qa_db[1])
     assert row["override_required"]
+
+
+def test_a_registration_without_content_time_takes_the_events_time(
+    service: QaService, qa_db: Db
+) -> None:
+    """Not the clock's: a replay on another day must record the same fact."""
+    sent_at = at("2026-11-23", "07:58")
+    plain = registration_event("8.8.t", "9.9.t", "2026-11-23").data
+    event = envelope(
+        plain.model_copy(update={"content_at": None}), source="rtops/scp_listener", time=sent_at
+    )
+    assert service.apply(event)
+    with qa_db[1]() as session:
+        (content_at,) = session.scalars(select(Registration.content_at))
+    assert content_at == sent_at
+
+
+def test_rebuild_all_visits_every_patient_with_facts(service: QaService, qa_db: Db) -> None:
+    """Also those whose fractions were never derived (or all removed)."""
+    for event in imaged_day(1, "2026-11-23") + imaged_day(1, "2026-11-23", pid="QA-002"):
+        service.apply(event)
+    reference = snapshot(qa_db[1])
+    with qa_db[1].begin() as session:
+        session.execute(delete(Fraction))
+    assert service.rebuild_all() == 2
+    assert snapshot(qa_db[1]) == reference
