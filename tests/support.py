@@ -18,7 +18,7 @@ import uvicorn
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import Verification
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp_listener.app import SERVICE, create_app
@@ -75,16 +75,37 @@ class RunningScp:
         self.thread.join(30)
 
     def wait_outbox_empty(self, timeout: float = 30.0) -> None:
-        from services.scp_listener.store import Outbox
-        from shared.db import session_factory
-        from shared.outbox import outbox_depth
-
+        """Every queued event has been published and acknowledged by JetStream."""
         engine = make_engine(self.settings, SERVICE)
         try:
             factory = session_factory(engine)
-            wait_for(lambda: outbox_depth(factory, Outbox) == 0, timeout, 0.1, "empty outbox")
+            wait_for(lambda: _pending(factory)[0] == 0, timeout, 0.05, "empty outbox")
         finally:
             engine.dispose()
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Nothing left to publish: the outbox is empty and no image series waits for its
+        quiet time (a waiting series would publish an event later)."""
+        engine = make_engine(self.settings, SERVICE)
+        try:
+            factory = session_factory(engine)
+            wait_for(
+                lambda: _pending(factory) == (0, 0), timeout, 0.05, "empty outbox, no dirty series"
+            )
+        finally:
+            engine.dispose()
+
+
+def _pending(factory: sessionmaker[Session]) -> tuple[int, int]:
+    """(unsent outbox rows, image series still to publish)."""
+    from services.scp_listener.store import ImageSeries, Outbox
+    from shared.outbox import outbox_depth
+
+    with factory() as session:
+        dirty = session.scalar(
+            select(func.count()).select_from(ImageSeries).where(ImageSeries.dirty.is_(True))
+        )
+    return outbox_depth(factory, Outbox), dirty or 0
 
 
 def scp_settings(base: dict[str, object], **overrides: object) -> ScpSettings:
@@ -125,14 +146,18 @@ def drop_test_schema(settings: ScpSettings) -> None:
 # ---------------------------------------------------------------- events
 
 
-async def _stream_events(url: str, stream: str) -> list[CloudEvent]:
+async def _stream_events(url: str, stream: str) -> tuple[list[CloudEvent], int]:
+    """Every event in the stream, and the stream's last sequence (0 when it has none)."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        info = await js.stream_info(stream)
+        try:
+            info = await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return [], 0  # nothing was ever published
         events: list[CloudEvent] = []
         if info.state.messages == 0:
-            return events
+            return events, info.state.last_seq
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             try:
                 msg = await js.get_msg(stream, seq)
@@ -140,31 +165,42 @@ async def _stream_events(url: str, stream: str) -> list[CloudEvent]:
                 continue
             if msg.data is not None:
                 events.append(parse_event(msg.data))
-        return events
+        return events, info.state.last_seq
     finally:
         await nc.close()
 
 
 def stream_events(settings: ScpSettings) -> list[CloudEvent]:
-    try:
-        return asyncio.run(_stream_events(settings.resolved_nats_url(), settings.stream_name))
-    except nats.js.errors.NotFoundError:
-        return []
+    return asyncio.run(_stream_events(settings.resolved_nats_url(), settings.stream_name))[0]
 
 
-def await_events(
-    settings: ScpSettings, count: int, *, timeout: float = 30.0, settle: float = 1.0
-) -> list[CloudEvent]:
-    """Wait until ``count`` events are in the stream, then ``settle`` seconds for any extra
-    (which the caller's exact assertions would then catch)."""
+def await_events(scp: RunningScp, count: int, *, timeout: float = 30.0) -> list[CloudEvent]:
+    """The stream's events once the SCP has nothing left to publish; exactly ``count`` of
+    them, else AssertionError (too few after ``timeout``, or any extra).
+
+    The outbox relay marks a row sent only after JetStream acknowledged it, so an idle SCP
+    (``wait_idle``) means every event it will publish is in the stream: no settling sleep, and
+    an unexpected extra event cannot arrive after the check.
+    """
+    url, stream = scp.settings.resolved_nats_url(), scp.settings.stream_name
     wait_for(
-        lambda: len(stream_events(settings)) >= count,
+        lambda: len(asyncio.run(_stream_events(url, stream))[0]) >= count,
         timeout,
-        0.2,
-        f"{count} events in {settings.stream_name}",
+        0.1,
+        f"{count} events in {stream}",
     )
-    time.sleep(settle)
-    return stream_events(settings)
+    while True:
+        scp.wait_idle(timeout)
+        events, last_seq = asyncio.run(_stream_events(url, stream))
+        scp.wait_idle(timeout)
+        # Stable: nothing was published between the two idle checks.
+        if asyncio.run(_stream_events(url, stream))[1] == last_seq:
+            break
+    assert len(events) == count, (
+        f"expected exactly {count} events in {stream}, found {len(events)}: "
+        f"{[e.type for e in events]}"
+    )
+    return events
 
 
 def by_type(events: Iterable[CloudEvent], type_: str) -> list[CloudEvent]:
@@ -200,6 +236,34 @@ def pynetdicom_store(
     finally:
         assoc.release()
     return statuses
+
+
+def send_file_as_is(
+    port: int,
+    path: Path,
+    *,
+    sop_class_uid: str,
+    transfer_syntax_uid: str,
+    calling: str = "TRUEBEAM1",
+    called: str = "RTOPS",
+) -> int:
+    """Send a file's data set bytes exactly as they are in the file (pynetdicom's chunked
+    send: nothing is decoded or re-encoded), in a context of its own transfer syntax; returns
+    the C-STORE status. The SOP class sent is the file meta's Media Storage SOP Class UID."""
+    from pynetdicom import _config
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(sop_class_uid, transfer_syntax_uid)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        raise ConnectionRefusedError("association not established")
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        rsp = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        assoc.release()
+    return int(rsp.Status) if "Status" in rsp else -1
 
 
 def pynetdicom_echo(port: int, *, calling: str = "TRUEBEAM1", called: str = "RTOPS") -> Any:

@@ -12,7 +12,7 @@ from services.scp_listener.store import AuditLog
 from shared.auth import issue_dev_token
 from shared.db import make_engine, session_factory
 from tests import dicom_factories as f
-from tests.support import RunningScp, pynetdicom_store
+from tests.support import RunningScp, await_events, pynetdicom_store
 
 
 def token(scp: RunningScp, role: str, user: str = "pat.physicist") -> dict[str, str]:
@@ -76,3 +76,71 @@ def test_objects_listing_rejects_bad_parameters(scp: RunningScp) -> None:
     bad_date = httpx.get(f"{scp.http}/v1/objects", params={"from": "yesterday"}, headers=headers)
     assert bad_date.status_code == 422
     assert audit_rows(scp) == []
+
+
+def _stored_bytes(scp: RunningScp, key: str) -> bytes:
+    return (scp.settings.object_store() / key).read_bytes()
+
+
+def test_encapsulated_pdf_event_and_content(scp: RunningScp, tmp_path: Path) -> None:
+    pdf = b"%PDF-1.4\n% plan report\n1 0 obj << >> endobj\n%%EOF"
+    report = f.encapsulated_pdf(document=pdf, plan_uid="1.2.3.4", title="Plan report PROST")
+    path = f.write(report, tmp_path / "report.dcm")
+    assert pynetdicom_store(scp.dicom_port, [path], calling="TPS1") == [0]
+    (event,) = await_events(scp, 1)
+    assert event.type == "rtops.dicom.document.received"
+    doc = event.data
+    assert (doc.title, doc.mime_type, doc.referenced_plan_uid) == (  # type: ignore[attr-defined]
+        "Plan report PROST",
+        "application/pdf",
+        "1.2.3.4",
+    )
+    assert doc.source.ae_title == "TPS1"  # type: ignore[attr-defined]
+    key = doc.object.storage_key  # type: ignore[attr-defined]
+    url = f"{scp.http}/v1/objects/{report.SOPInstanceUID}/content"
+
+    dicom = httpx.get(url, headers=token(scp, "physician", "dr.olga"))
+    assert dicom.status_code == 200
+    assert dicom.headers["content-type"] == "application/dicom"
+    assert dicom.content == _stored_bytes(scp, key)
+    as_pdf = httpx.get(url, params={"format": "pdf"}, headers=token(scp, "dosimetrist"))
+    assert as_pdf.status_code == 200
+    assert as_pdf.headers["content-type"] == "application/pdf"
+    assert as_pdf.content == pdf  # the pad byte of the odd-length document is gone
+
+    assert httpx.get(url).status_code == 401
+    for role in ("therapist", "billing"):
+        assert httpx.get(url, headers=token(scp, role)).status_code == 403
+    rows = audit_rows(scp)
+    assert [(r.user, r.action, r.patient_id) for r in rows] == [
+        ("dr.olga", "read", "RTOPS-TEST-001"),
+        ("pat.physicist", "read", "RTOPS-TEST-001"),
+    ]
+    assert rows[1].resource.endswith("/content?format=pdf")
+
+
+def test_content_of_revisions_and_unknown_objects(scp: RunningScp, tmp_path: Path) -> None:
+    record = f.treatment_record(plan_uid="1.2.3")
+    first = f.write(record, tmp_path / "a.dcm")
+    record.OperatorsName = "Other^Therapist"
+    second = f.write(record, tmp_path / "b.dcm")
+    assert pynetdicom_store(scp.dicom_port, [first, second]) == [0, 0]
+    events = await_events(scp, 2)
+    keys = [e.data.object.storage_key for e in events]  # type: ignore[attr-defined]
+    url = f"{scp.http}/v1/objects/{record.SOPInstanceUID}/content"
+    headers = token(scp, "physicist")
+
+    latest = httpx.get(url, headers=headers)
+    assert latest.status_code == 200 and latest.content == _stored_bytes(scp, keys[1])
+    earlier = httpx.get(url, params={"revision": 1}, headers=headers)
+    assert earlier.status_code == 200 and earlier.content == _stored_bytes(scp, keys[0])
+
+    missing_revision = httpx.get(url, params={"revision": 3}, headers=headers)
+    assert missing_revision.status_code == 404
+    unknown = httpx.get(f"{scp.http}/v1/objects/1.2.999/content", headers=headers)
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == "application/problem+json"
+    assert "1.2.999" in unknown.json()["detail"]
+    not_a_pdf = httpx.get(url, params={"format": "pdf"}, headers=headers)
+    assert not_a_pdf.status_code == 422
+    assert len(audit_rows(scp)) == 2  # only the two reads that returned content

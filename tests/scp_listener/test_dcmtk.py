@@ -51,7 +51,7 @@ def test_plan_record_cbct_registration(
     sent = storescu(dcmtk["storescu"], scp.dicom_port, linac_files)
     assert sent.returncode == 0, sent.stdout + sent.stderr
 
-    events = await_events(scp.settings, 4)
+    events = await_events(scp, 4)
     assert sorted(e.type for e in events) == sorted([PLAN, RECORD, IMAGING, REGISTRATION])
     assert by_type(events, PLAN)[0].data.source.role == "tps"
     rec = by_type(events, RECORD)[0].data
@@ -73,7 +73,7 @@ def test_every_reference_sample_is_accepted_once(scp: RunningScp, dcmtk: dict[st
     ]
     # Plans give one event each; the two RT Images are two series; the structure set none.
     expected = len(plans) + 2
-    events = await_events(scp.settings, expected)
+    events = await_events(scp, expected)
     assert len(by_type(events, PLAN)) == len(plans)
     assert len(by_type(events, IMAGING)) == 2
     assert len(events) == expected
@@ -81,7 +81,7 @@ def test_every_reference_sample_is_accepted_once(scp: RunningScp, dcmtk: dict[st
 
     again = storescu(dcmtk["storescu"], scp.dicom_port, files, calling="TPS1")
     assert again.returncode == 0
-    assert len(await_events(scp.settings, expected, settle=1.5)) == expected
+    assert len(await_events(scp, expected)) == expected
     assert counts(scp)[0] == len(files)
 
 
@@ -126,7 +126,7 @@ def test_two_senders_at_once(scp: RunningScp, dcmtk: dict[str, str], tmp_path: P
     for t in senders:
         t.join(120)
     assert {k: v.returncode for k, v in results.items()} == {"linac": 0, "ctsim": 0}
-    events = await_events(scp.settings, 2)
+    events = await_events(scp, 2)
     assert sorted((e.data.classification, e.data.instance_count) for e in events) == [  # type: ignore[attr-defined]
         ("cbct", 30),
         ("sim_ct", 30),
@@ -164,7 +164,7 @@ def test_nats_outage_during_a_200_object_send_loses_and_duplicates_nothing(
         sender.join(120)
         assert result["send"].returncode == 0, result["send"].stderr
         scp.wait_outbox_empty(timeout=60)
-        events = await_events(scp.settings, 200, timeout=60)
+        events = await_events(scp, 200, timeout=60)
         uids = [e.data.object.sop_instance_uid for e in events]  # type: ignore[attr-defined]
         assert len(uids) == 200 and len(set(uids)) == 200
         assert {str(pydicom.dcmread(p).SOPInstanceUID) for p in records} == set(uids)
