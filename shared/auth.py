@@ -144,11 +144,17 @@ def require_roles(*roles: str) -> Any:
 
 # Named role groups: one place says who may read clinical data, who documents what.
 CLINICAL_STAFF: tuple[str, ...] = ("physician", "therapist", "physicist", "dosimetrist", "admin")
+# Who checks what the devices sent (the SCP's object index: operations, not patient care).
+DEVICE_OPERATIONS: tuple[str, ...] = ("therapist", "physicist", "dosimetrist", "admin")
+# Who may open a stored record itself (a plan, a report), not only read about it.
+RECORD_READERS: tuple[str, ...] = ("physician", "physicist", "dosimetrist", "admin")
 PHYSICS: tuple[str, ...] = ("physicist", "dosimetrist", "admin")
 BILLING_STAFF: tuple[str, ...] = ("billing", "admin")
 SCHEDULING_STAFF: tuple[str, ...] = ("scheduler", "therapist", "admin")
 
 ClinicalReader = Annotated[Principal, require_roles(*CLINICAL_STAFF)]
+DeviceOperator = Annotated[Principal, require_roles(*DEVICE_OPERATIONS)]
+RecordReader = Annotated[Principal, require_roles(*RECORD_READERS)]
 PhysicianOnly = Annotated[Principal, require_roles("physician")]
 PhysicsStaff = Annotated[Principal, require_roles(*PHYSICS)]
 BillingStaff = Annotated[Principal, require_roles(*BILLING_STAFF)]

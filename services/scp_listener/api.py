@@ -4,7 +4,6 @@ audited."""
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -12,22 +11,17 @@ import pydicom
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp_listener import extract, sop
 from services.scp_listener.objectstore import ObjectStore
-from services.scp_listener.store import AuditLog, DicomObject
+from services.scp_listener.store import AuditLog, DicomObject, object_revision, received_objects
 from shared.audit import record_access
-from shared.auth import Principal, require_roles
+from shared.auth import DeviceOperator, Principal, RecordReader
 from shared.errors import NotFound, RuleViolation
+from shared.pagination import page_of
 
 router = APIRouter(prefix="/v1", tags=["objects"])
-Reader = Annotated[Principal, require_roles("admin", "physicist", "therapist", "dosimetrist")]
-# An object's content is the clinical record itself (plans, reports): clinical staff only.
-ContentReader = Annotated[
-    Principal, require_roles("admin", "physicist", "dosimetrist", "physician")
-]
 
 
 def get_factory(request: Request) -> sessionmaker[Session]:
@@ -64,7 +58,7 @@ class ObjectPage(BaseModel):
 
 @router.get("/objects", response_model=ObjectPage)
 def list_objects(
-    principal: Reader,
+    principal: DeviceOperator,
     factory: FactoryDep,
     request: Request,
     patient_id: str | None = None,
@@ -76,32 +70,17 @@ def list_objects(
     cursor: str | None = None,
 ) -> ObjectPage:
     """Stored objects, newest first; ``next_cursor`` continues the listing."""
-    query = select(DicomObject).order_by(DicomObject.id.desc()).limit(limit + 1)
-    if cursor:
-        query = query.where(DicomObject.id < _decode_cursor(cursor))
-    if patient_id:
-        query = query.where(DicomObject.patient_id == patient_id)
-    if calling_ae:
-        query = query.where(DicomObject.calling_ae == calling_ae)
-    if sop_class_uid:
-        query = query.where(DicomObject.sop_class_uid == sop_class_uid)
-    if received_from:
-        query = query.where(DicomObject.received_at >= received_from)
-    if received_to:
-        query = query.where(DicomObject.received_at < received_to)
+    query = received_objects(
+        patient_id=patient_id,
+        calling_ae=calling_ae,
+        sop_class_uid=sop_class_uid,
+        received_from=received_from,
+        received_to=received_to,
+    )
     with factory.begin() as session:
-        rows = session.scalars(query).all()
-        page = rows[:limit]
-        record_access(
-            session,
-            AuditLog,
-            principal,
-            action="read",
-            resource=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
-            patient_ids=[r.patient_id for r in page],
-        )
+        page, next_cursor = page_of(session, query, [DicomObject.id], cursor=cursor, limit=limit)
+        _audit(session, principal, request, [r.patient_id for r in page])
         items = [ObjectOut.model_validate(r, from_attributes=True) for r in page]
-    next_cursor = _encode_cursor(page[-1].id) if len(rows) > limit else None
     return ObjectPage(items=items, next_cursor=next_cursor)
 
 
@@ -117,7 +96,7 @@ def list_objects(
 )
 def object_content(
     sop_instance_uid: str,
-    principal: ContentReader,
+    principal: RecordReader,
     factory: FactoryDep,
     store: StoreDep,
     request: Request,
@@ -126,16 +105,8 @@ def object_content(
 ) -> Response:
     """The stored bytes of an object's latest revision (or ``revision``) as received, file
     meta added; ``format=pdf`` returns an Encapsulated PDF's document itself."""
-    query = (
-        select(DicomObject)
-        .where(DicomObject.sop_instance_uid == sop_instance_uid)
-        .order_by(DicomObject.revision.desc())
-        .limit(1)
-    )
-    if revision is not None:
-        query = query.where(DicomObject.revision == revision)
     with factory.begin() as session:
-        row = session.scalars(query).first()
+        row = object_revision(session, sop_instance_uid, revision)
         if row is None:
             which = f"revision {revision} of " if revision is not None else ""
             raise NotFound(
@@ -147,14 +118,7 @@ def object_content(
                 f"object {sop_instance_uid} is a {sop.NAMES.get(row.sop_class_uid, 'DICOM')} "
                 "object, not an Encapsulated PDF: ask without format=pdf"
             )
-        record_access(
-            session,
-            AuditLog,
-            principal,
-            action="read",
-            resource=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
-            patient_ids=[row.patient_id],
-        )
+        _audit(session, principal, request, [row.patient_id])
         path = store.path(row.storage_key)
         filename = f"{row.sop_instance_uid}.{row.revision}"
     if as_format == "pdf":
@@ -169,12 +133,15 @@ def object_content(
     return FileResponse(path, media_type="application/dicom", filename=f"{filename}.dcm")
 
 
-def _encode_cursor(row_id: int) -> str:
-    return base64.urlsafe_b64encode(str(row_id).encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        return int(base64.urlsafe_b64decode(cursor.encode()).decode())
-    except ValueError as exc:
-        raise RuleViolation("cursor is not one this API returned; start without it") from exc
+def _audit(
+    session: Session, principal: Principal, request: Request, patient_ids: list[str | None]
+) -> None:
+    query = f"?{request.url.query}" if request.url.query else ""
+    record_access(
+        session,
+        AuditLog,
+        principal,
+        action="read",
+        resource=request.url.path + query,
+        patient_ids=patient_ids,
+    )

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.scp_listener import extract, sop
 from services.scp_listener.extract import MalformedObject, Undecodable, read_header
 from services.scp_listener.objectstore import ObjectStore, sha256_of
-from services.scp_listener.store import DicomObject, ImageSeries, Outbox
+from services.scp_listener.store import DicomObject, ImageSeries
 from shared.events import (
     DicomEvent,
     ImageApproval,
@@ -34,12 +34,10 @@ from shared.events import (
     Patient,
     SourceDevice,
     StoredObject,
-    envelope,
 )
-from shared.outbox import add_to_outbox
+from shared.outbox import emit
 
 log = structlog.get_logger(__name__)
-EVENT_SOURCE = "rtops/scp_listener"
 
 
 class Status(IntEnum):
@@ -257,9 +255,7 @@ class Ingestor:
                     },
                 )
                 if event is not None:
-                    add_to_outbox(
-                        session, Outbox, envelope(event, source=EVENT_SOURCE, subject=uid)
-                    )
+                    emit(session, event, subject=uid)
                 if facts is not None:
                     self._touch_series(session, ds, sop_class_uid, facts, source, now)
         except BaseException:
@@ -349,11 +345,7 @@ class Ingestor:
             ).all()
             for row in series:
                 event = self._imaging_event(session, row)
-                add_to_outbox(
-                    session,
-                    Outbox,
-                    envelope(event, source=EVENT_SOURCE, subject=row.series_instance_uid),
-                )
+                emit(session, event, subject=row.series_instance_uid)
                 session.execute(
                     update(ImageSeries)
                     .where(

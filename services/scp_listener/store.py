@@ -1,16 +1,25 @@
-"""Tables of the SCP: the object index, image series awaiting their event, and the outbox."""
+"""Tables of the SCP (the object index, image series awaiting their event, and the kit's
+outbox, inbox and audit log) and the queries its API runs."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Integer, String, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Integer,
+    Select,
+    String,
+    UniqueConstraint,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from shared.audit import AuditMixin
 from shared.db import UtcDateTime, new_metadata
-from shared.outbox import OutboxMixin
+from shared.tables import kit_tables
 
 
 class Base(DeclarativeBase):
@@ -55,9 +64,42 @@ class ImageSeries(Base):
     published_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class Outbox(OutboxMixin, Base):
-    pass
+# The SCP consumes no events: its inbox stays empty, but every service has the same three.
+Outbox, ProcessedEvent, AuditLog = kit_tables(Base)
 
 
-class AuditLog(AuditMixin, Base):
-    pass
+def received_objects(
+    *,
+    patient_id: str | None = None,
+    calling_ae: str | None = None,
+    sop_class_uid: str | None = None,
+    received_from: datetime | None = None,
+    received_to: datetime | None = None,
+) -> Select[tuple[DicomObject]]:
+    """Stored objects matching every filter given (the API pages them newest first)."""
+    query = select(DicomObject)
+    for column, value in (
+        (DicomObject.patient_id, patient_id),
+        (DicomObject.calling_ae, calling_ae),
+        (DicomObject.sop_class_uid, sop_class_uid),
+    ):
+        if value:
+            query = query.where(column == value)
+    if received_from:
+        query = query.where(DicomObject.received_at >= received_from)
+    if received_to:
+        query = query.where(DicomObject.received_at < received_to)
+    return query
+
+
+def object_revision(session: Session, uid: str, revision: int | None = None) -> DicomObject | None:
+    """One stored revision of an object: ``revision``, else the latest."""
+    query = (
+        select(DicomObject)
+        .where(DicomObject.sop_instance_uid == uid)
+        .order_by(DicomObject.revision.desc())
+        .limit(1)
+    )
+    if revision is not None:
+        query = query.where(DicomObject.revision == revision)
+    return session.scalars(query).first()

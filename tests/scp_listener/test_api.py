@@ -144,3 +144,56 @@ def test_content_of_revisions_and_unknown_objects(scp: RunningScp, tmp_path: Pat
     not_a_pdf = httpx.get(url, params={"format": "pdf"}, headers=headers)
     assert not_a_pdf.status_code == 422
     assert len(audit_rows(scp)) == 2  # only the two reads that returned content
+
+
+async def test_the_rest_app_runs_without_dicom_or_nats(
+    base_settings: dict[str, object], tmp_path: Path
+) -> None:
+    """The runtime bundle lets a REST test build the app alone: objects ingested straight
+    through the use case, listed page by page over httpx, no listener, no NATS."""
+    from services.scp_listener.app import create_app
+    from shared.db import migrate
+    from shared.events import SourceDevice
+    from tests.support import MIGRATIONS, drop_test_schema, scp_settings
+
+    settings = scp_settings(base_settings)
+    engine = make_engine(settings, SERVICE)
+    migrate(engine, settings, SERVICE, MIGRATIONS)
+    engine.dispose()
+    app = create_app(settings, background=False)
+    try:
+        linac = SourceDevice(ae_title="TRUEBEAM1", role="linac", machine="TrueBeam1")
+        for i in range(1, 6):
+            path = f.write(f.treatment_record(plan_uid="1.2.3", fraction_number=i), tmp_path / "x")
+            outcome = app.state.ingestor.ingest(
+                path,
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.481.4",
+                sop_instance_uid="",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                source=linac,
+            )
+            assert outcome.created
+        auth = {
+            "Authorization": f"Bearer {issue_dev_token(settings, user='u', roles=['therapist'])}"
+        }
+        transport = httpx.ASGITransport(app=app)
+        seen: list[str] = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://scp") as client:
+            cursor = None
+            while True:
+                params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+                body = (await client.get("/v1/objects", params=params, headers=auth)).json()
+                seen += [o["sop_instance_uid"] for o in body["items"]]
+                cursor = body["next_cursor"]
+                if cursor is None:
+                    break
+            bad = await client.get("/v1/objects", params={"cursor": "e30="}, headers=auth)
+            ready = await client.get("/readyz")
+        assert len(seen) == len(set(seen)) == 5
+        assert bad.status_code == 422
+        assert bad.headers["content-type"] == "application/problem+json"
+        assert ready.json()["checks"] == {"database": "ok", "nats": "fail"}
+        assert not hasattr(app.state, "dicom_server")
+    finally:
+        app.state.runtime.close()
+        drop_test_schema(settings)
