@@ -208,15 +208,14 @@ def load_chunk(session: Session, scopes: dict[str, Scope], zone: ZoneInfo) -> Lo
     )
 
 
-def revisions_of(session: Session, keys: Iterable[str]) -> dict[str, FractionRevision]:
-    """The published revisions of these fraction keys (ORM objects, updated in place)."""
+def revisions_of(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """Fraction key -> (revision, digest) last published, for those of ``keys`` published."""
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return {}
-    return {
-        r.key: r
-        for r in session.scalars(select(FractionRevision).where(FractionRevision.key.in_(wanted)))
-    }
+    t = FractionRevision.__table__
+    rows = session.execute(select(t.c.key, t.c.revision, t.c.digest).where(t.c.key.in_(wanted)))
+    return {key: (revision, digest) for key, revision, digest in rows}
 
 
 def patients_with_facts(session: Session) -> list[str]:
