@@ -2,7 +2,9 @@
 
 ``python -m services.qa_tracker reassess`` re-derives every fraction with the current review
 policy, e.g. after ``RTOPS_QA_POLICY``'s file changed (fractions otherwise keep the verdict of
-the policy in force when their facts last changed).
+the policy in force when their facts last changed), and publishes ``rtops.qa.fraction.assessed``
+for every verdict that changed. Run it once after upgrading to the release that introduced that
+event: it sends revision 1 of every fraction's state, which billing starts from.
 """
 
 from __future__ import annotations

@@ -16,15 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.qa_tracker.keys import FractionKey
 from services.qa_tracker.store import Fraction, FractionRevision
 from services.qa_tracker.store.rebuild_queries import revisions_of
-from shared.events import EventPayload, Patient, envelope
+from shared.events import EventPayload, Patient
 from shared.events.qa import FractionAssessed, ReviewDocumented
-from shared.outbox import OUTBOX_INFO, SOURCE_INFO, emit
+from shared.outbox import emit, emit_many
 
 REMOVED = "removed"  # the digest of a fraction that is gone
 
@@ -152,33 +151,8 @@ def publish_assessed(
         session.execute(insert(FractionRevision), inserts)
     if updates:
         session.execute(update(FractionRevision), updates)
-    emit_all(session, queued)
+    emit_many(session, queued)
     return len(queued)
-
-
-def emit_all(session: Session, items: Sequence[tuple[EventPayload, str]]) -> None:
-    """``shared.outbox.emit`` for many events in one executemany: a rebuild of a busy day
-    queues thousands, and one INSERT each cost a third of the rebuild."""
-    if not items:
-        return
-    model, source = session.info[OUTBOX_INFO], session.info[SOURCE_INFO]
-    now = datetime.now(UTC)
-    rows = []
-    for payload, subject in items:
-        event = envelope(payload, source=source, subject=subject, time=now)
-        rows.append(
-            {
-                "event_id": event.id,
-                "subject": event.nats_subject,
-                "body": event.to_json(),
-                "created_at": now,
-                "attempts": 0,
-            }
-        )
-    dialect = session.get_bind().dialect.name
-    insert_ignore = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    # An id already queued (a replayed batch) is skipped, as ``emit`` does.
-    session.execute(insert_ignore(model.__table__).on_conflict_do_nothing(), rows)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -23,7 +23,7 @@ from shared.db import UtcDateTime, new_metadata
 from shared.errors import NotFound, Poison, RuleViolation, TransientError, is_permanent
 from shared.events import CloudEvent, InvalidEvent, Patient, SimCompleted, envelope
 from shared.jetstream import ConsumerPolicy, publish, subject_for
-from shared.outbox import emit
+from shared.outbox import emit, emit_many
 from shared.pagination import decode_cursor, encode_cursor, page_of
 from shared.periodic import every
 from shared.runtime import Runtime
@@ -234,6 +234,18 @@ def test_emit_queues_in_the_callers_transaction_with_the_services_source(
         rows = session.scalars(select(outbox)).all()  # type: ignore[call-overload]
     assert len(rows) == 1
     assert b'"source":"rtops/kit_test"' in rows[0].body
+
+
+def test_emit_many_queues_each_id_once(runtime: Runtime) -> None:
+    outbox = runtime.tables.outbox
+    with runtime.factory.begin() as session:
+        emit_many(session, [(sim(1).data, "P1"), (sim(2).data, None)])
+    with runtime.factory.begin() as session:  # a replayed batch: the same ids are skipped
+        emit_many(session, [(sim(2).data, None), (sim(3).data, "P3")])
+        emit_many(session, [])
+    with runtime.factory() as session:
+        rows = session.scalars(select(outbox).order_by(outbox.id)).all()  # type: ignore[attr-defined]
+    assert [r.event_id for r in rows] == [sim(n).id for n in (1, 2, 3)]
 
 
 def test_emit_needs_a_session_from_a_runtime(settings: RtopsSettings) -> None:
