@@ -33,14 +33,8 @@ from services.qa_tracker.consumer import CONSUMER_BATCH
 from services.qa_tracker.settings import QaSettings
 from shared.auth import issue_dev_token
 from shared.events import CloudEvent
-from tests.qa_tracker.factories import (
-    Clock,
-    at,
-    imaged_day,
-    make_service,
-    plan_event,
-    qa_database,
-)
+from tests.events import Clock, at, imaged_day, plan_event
+from tests.qa_tracker.factories import make_service, qa_database
 
 FRACTIONS_PER_COURSE = 25
 

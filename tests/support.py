@@ -4,11 +4,10 @@ stream, and send DICOM with pynetdicom or DCMTK."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,14 @@ import uvicorn
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import Verification
-from sqlalchemy import MetaData, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp_listener.app import SERVICE, create_app
 from services.scp_listener.settings import ScpSettings
-from shared.db import drop_schema, ensure_schema, make_engine, migrate, session_factory
+from shared.db import make_engine, migrate, session_factory
 from shared.events import CloudEvent, parse_event
-from shared.settings import RtopsSettings
+from tests.databases import drop_service_schema
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -120,27 +119,8 @@ def scp_settings(base: dict[str, object], **overrides: object) -> ScpSettings:
     return ScpSettings(**values)  # type: ignore[arg-type]
 
 
-@contextlib.contextmanager
-def scratch_database(
-    settings: RtopsSettings, name: str, metadata: MetaData
-) -> Iterator[sessionmaker[Session]]:
-    """Tables of ``metadata`` in a database (or PostgreSQL schema) of their own, dropped after."""
-    engine = make_engine(settings, name)
-    ensure_schema(engine, settings, name)
-    metadata.create_all(engine)
-    try:
-        yield session_factory(engine)
-    finally:
-        drop_schema(engine, settings, name)
-        engine.dispose()
-
-
 def drop_test_schema(settings: ScpSettings) -> None:
-    engine = make_engine(settings, SERVICE)
-    try:
-        drop_schema(engine, settings, SERVICE)
-    finally:
-        engine.dispose()
+    drop_service_schema(settings, SERVICE)
 
 
 # ---------------------------------------------------------------- events

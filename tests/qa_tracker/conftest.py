@@ -7,7 +7,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
-from tests.qa_tracker.factories import Clock, at, make_service, qa_database
+from tests.events import Clock, at
+from tests.qa_tracker.factories import make_service, qa_database
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from services.qa_tracker.store import AuditLog, Fraction, Outbox, ReviewRow
 from shared.auth import issue_dev_token
 from shared.events import ReviewDocumented, parse_event
 from shared.web import PROBLEM_JSON
-from tests.qa_tracker.factories import (
+from tests.events import (
     NY,
     PLAN_UID,
     Clock,

@@ -27,14 +27,7 @@ from shared.events import CloudEvent, ImageApproval, ReviewDocumented, parse_eve
 from shared.events.qa import FractionAssessed
 from shared.jetstream import ConsumerPolicy, NatsLink, subject_for
 from shared.outbox import OutboxRelay
-from tests.qa_tracker.factories import (
-    PLAN_UID,
-    Clock,
-    at,
-    imaged_day,
-    imaging_event,
-    record_event,
-)
+from tests.events import PLAN_UID, Clock, at, imaged_day, imaging_event, record_event
 
 ASSESSED = "rtops.qa.fraction.assessed"
 DOCUMENTED = "rtops.qa.review.documented"

@@ -13,7 +13,7 @@ from services.qa_tracker.overdue import OVERDUE, PENDING, status_at
 from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import Fraction
 from services.qa_tracker.store.reads import fraction_has_status, fraction_status
-from tests.qa_tracker.factories import at
+from tests.events import at
 
 DUE = at("2026-11-24", "08:00")
 STORED = ["pending", "reviewed_on_time", "reviewed_late", "not_imaged"]

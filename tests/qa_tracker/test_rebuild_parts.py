@@ -12,7 +12,7 @@ from services.qa_tracker.approvals import plan_placements
 from services.qa_tracker.derive import Approval, derive
 from services.qa_tracker.keys import FractionKey, keys_of_record
 from services.qa_tracker.scope import Scope
-from tests.qa_tracker.factories import NY, at
+from tests.events import NY, at
 
 START = at("2026-11-23", "08:00")
 

@@ -30,19 +30,18 @@ from shared.events import (
     Vector3,
     envelope,
 )
-from tests.qa_tracker.factories import (
+from tests.databases import sub_database
+from tests.events import (
     LINAC,
     NY,
     Clock,
     at,
     imaging_event,
-    make_service,
     plan_event,
-    qa_database,
     record_event,
     registration_event,
-    sub_database,
 )
+from tests.qa_tracker.factories import make_service, qa_database
 from tests.qa_tracker.test_fraction_assessed import (
     assert_published_state_is_current,
     outbox_events,

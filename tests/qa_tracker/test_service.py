@@ -23,18 +23,17 @@ from services.qa_tracker.store import Fraction, ImagingSeries, Outbox, Registrat
 from shared.auth import Principal
 from shared.events import CloudEvent, ImageApproval, envelope, parse_event
 from shared.jetstream import ConsumerPolicy, NatsLink
-from tests.qa_tracker.factories import (
+from tests.databases import sub_database
+from tests.events import (
     Clock,
     at,
     imaged_day,
     imaging_event,
-    make_service,
     plan_event,
-    qa_database,
     record_event,
     registration_event,
-    sub_database,
 )
+from tests.qa_tracker.factories import make_service, qa_database
 
 ASSESSED = "rtops.qa.fraction.assessed"
 DR = Principal(user="dr.olga", roles=frozenset({"physician"}))

@@ -49,7 +49,7 @@ from shared.outbox import (
     outbox_depth,
 )
 from shared.settings import RtopsSettings
-from tests.support import scratch_database
+from tests.databases import scratch_database
 
 T = TypeVar("T")
 DEAD_LETTER_REASON = "Rtops-Dead-Letter-Reason"

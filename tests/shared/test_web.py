@@ -27,7 +27,7 @@ from shared.db import new_metadata
 from shared.errors import NotFound
 from shared.settings import RtopsSettings
 from shared.web import PROBLEM_JSON, ReadinessCheck, create_app
-from tests.support import scratch_database
+from tests.databases import scratch_database
 
 ISSUER = "https://idp.example.org/realms/rtops"
 KID = "test-key-1"
