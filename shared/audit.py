@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from fastapi import Request
 from sqlalchemy import Integer, String
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -49,4 +50,25 @@ def record_access(
             patient_id=pid,
         )  # type: ignore[call-arg]
         for pid in ids
+    )
+
+
+def record_request(
+    session: Session,
+    model: type[AuditMixin],
+    principal: Principal,
+    request: Request,
+    *,
+    patient_ids: Iterable[str | None],
+    action: str = "read",
+) -> None:
+    """``record_access`` for an API request: the resource is its path and query string."""
+    query = f"?{request.url.query}" if request.url.query else ""
+    record_access(
+        session,
+        model,
+        principal,
+        action=action,
+        resource=request.url.path + query,
+        patient_ids=patient_ids,
     )

@@ -24,8 +24,8 @@ from services.qa_tracker.store.reads import (
     fraction_page,
     summary_rows,
 )
-from shared.audit import record_access
-from shared.auth import ClinicalReader, PhysicianOnly, Principal
+from shared.audit import record_request
+from shared.auth import ClinicalReader, PhysicianOnly
 from shared.calendar import iso_week_bounds
 from shared.errors import NotFound, RuleViolation
 from shared.pagination import Page
@@ -134,24 +134,6 @@ def _out(fraction: Fraction, now: datetime) -> dict[str, Any]:
     }
 
 
-def _audit(
-    session: Session,
-    principal: Principal,
-    request: Request,
-    action: str,
-    patient_ids: list[str | None],
-) -> None:
-    query = f"?{request.url.query}" if request.url.query else ""
-    record_access(
-        session,
-        AuditLog,
-        principal,
-        action=action,
-        resource=request.url.path + query,
-        patient_ids=patient_ids,
-    )
-
-
 @router.get("/fractions", response_model=Page[FractionOut])
 def list_fractions(
     principal: ClinicalReader,
@@ -171,7 +153,9 @@ def list_fractions(
     where = FractionFilter(patient_id, treated_from, treated_to, status, machine)
     with factory.begin() as session:
         page, next_cursor = fraction_page(session, where, now=now, cursor=cursor, limit=limit)
-        _audit(session, principal, request, "read", [f.patient_id for f in page])
+        record_request(
+            session, AuditLog, principal, request, patient_ids=[f.patient_id for f in page]
+        )
         items = [FractionOut(**_out(f, now)) for f in page]
     return Page[FractionOut](items=items, next_cursor=next_cursor)
 
@@ -189,7 +173,7 @@ def get_fraction(
         fraction = session.get(Fraction, fraction_id)
         if fraction is None:
             raise NotFound(f"no fraction {fraction_id}")
-        _audit(session, principal, request, "read", [fraction.patient_id])
+        record_request(session, AuditLog, principal, request, patient_ids=[fraction.patient_id])
         evidence = evidence_of(session, fraction)
         return FractionDetail(
             **_out(fraction, now),
@@ -240,12 +224,12 @@ def flags(
     but not documented, and rejected reviews without a later approval."""
     with factory.begin() as session:
         groups = service.open_flags(session)
-        _audit(
+        record_request(
             session,
+            AuditLog,
             principal,
             request,
-            "read",
-            [flag.patient_id for items in groups.values() for flag in items],
+            patient_ids=[flag.patient_id for items in groups.values() for flag in items],
         )
     return {
         "status": status,
@@ -276,7 +260,7 @@ def weekly(
         rows = summary_rows(
             session, start=start, end=end, now=service.now(), machine=machine, physician=physician
         )
-        _audit(session, principal, request, "read", [])
+        record_request(session, AuditLog, principal, request, patient_ids=[])
     summary = domain.weekly_summary(rows)
     body = {
         "week": week,

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.scp_listener import extract, sop
 from services.scp_listener.objectstore import ObjectStore
 from services.scp_listener.store import AuditLog, DicomObject, object_revision, received_objects
-from shared.audit import record_access
-from shared.auth import DeviceOperator, Principal, RecordReader
+from shared.audit import record_request
+from shared.auth import DeviceOperator, RecordReader
 from shared.errors import NotFound, RuleViolation
 from shared.pagination import page_of
 
@@ -79,7 +79,9 @@ def list_objects(
     )
     with factory.begin() as session:
         page, next_cursor = page_of(session, query, [DicomObject.id], cursor=cursor, limit=limit)
-        _audit(session, principal, request, [r.patient_id for r in page])
+        record_request(
+            session, AuditLog, principal, request, patient_ids=[r.patient_id for r in page]
+        )
         items = [ObjectOut.model_validate(r, from_attributes=True) for r in page]
     return ObjectPage(items=items, next_cursor=next_cursor)
 
@@ -118,7 +120,7 @@ def object_content(
                 f"object {sop_instance_uid} is a {sop.NAMES.get(row.sop_class_uid, 'DICOM')} "
                 "object, not an Encapsulated PDF: ask without format=pdf"
             )
-        _audit(session, principal, request, [row.patient_id])
+        record_request(session, AuditLog, principal, request, patient_ids=[row.patient_id])
         path = store.path(row.storage_key)
         filename = f"{row.sop_instance_uid}.{row.revision}"
     if as_format == "pdf":
@@ -131,17 +133,3 @@ def object_content(
             headers={"Content-Disposition": f'inline; filename="{filename}.pdf"'},
         )
     return FileResponse(path, media_type="application/dicom", filename=f"{filename}.dcm")
-
-
-def _audit(
-    session: Session, principal: Principal, request: Request, patient_ids: list[str | None]
-) -> None:
-    query = f"?{request.url.query}" if request.url.query else ""
-    record_access(
-        session,
-        AuditLog,
-        principal,
-        action="read",
-        resource=request.url.path + query,
-        patient_ids=patient_ids,
-    )

@@ -14,7 +14,6 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker.__main__ import reassess
-from services.qa_tracker.consumer import run_consumer
 from services.qa_tracker.domain import Decision
 from services.qa_tracker.rebuild import Rebuilder
 from services.qa_tracker.service import NewReview, QaService
@@ -22,7 +21,6 @@ from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import Fraction, ImagingSeries, Outbox, Registration, ReviewRow
 from shared.auth import Principal
 from shared.events import CloudEvent, ImageApproval, envelope, parse_event
-from shared.jetstream import ConsumerPolicy, NatsLink
 from tests.databases import sub_database
 from tests.events import (
     Clock,
@@ -34,6 +32,7 @@ from tests.events import (
     registration_event,
 )
 from tests.qa_tracker.factories import make_service, qa_database
+from tests.qa_tracker.test_fraction_assessed import running, until
 
 ASSESSED = "rtops.qa.fraction.assessed"
 DR = Principal(user="dr.olga", roles=frozenset({"physician"}))
@@ -243,26 +242,11 @@ def _ids(factory: sessionmaker[Session]) -> list[int]:
 
 async def test_consumer_on_real_nats(service: QaService, qa_db: Db) -> None:
     settings, factory = qa_db
-    link = NatsLink(settings, name="qa-test")
-    runner = asyncio.create_task(link.run())
-    await asyncio.wait_for(link.ready.wait(), 10)
-    stop = asyncio.Event()
-    consumer = asyncio.create_task(
-        run_consumer(
-            link,
-            service,
-            stop=stop,
-            policy=ConsumerPolicy(fetch_timeout_s=0.2, max_deliver=2, backoff_s=(0.1,)),
-        )
-    )
-    try:
+    async with running(service, settings, factory) as link:
         events = week()
         for event in events + events[:3]:  # the same ids again: JetStream or the inbox drops them
             await link.publish(event.type, event.to_json(), event.id + "-resent")
-        for _ in range(200):
-            if len(snapshot(factory)) == 4:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: len(snapshot(factory)) == 4, "four fractions")
         assert [r["fraction_number"] for r in snapshot(factory)] == [1, 2, 3, 4]
         for _ in range(100):
             info = await link.js.consumer_info(settings.stream_name, "qa_tracker")  # type: ignore[union-attr]
@@ -270,11 +254,6 @@ async def test_consumer_on_real_nats(service: QaService, qa_db: Db) -> None:
                 break
             await asyncio.sleep(0.05)
         assert info.num_ack_pending == 0 and info.num_pending == 0
-    finally:
-        stop.set()
-        await asyncio.wait_for(consumer, 10)
-        runner.cancel()
-        await link.close()
 
 
 def awkward_course() -> list[CloudEvent]:
