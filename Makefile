@@ -7,10 +7,11 @@ UV_VERSION := 0.13.8
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export UV_PYTHON_DOWNLOADS := never
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test lint format schemas bench bench-qa clean
+.PHONY: help install run demo test lint format schemas bench bench-qa clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +28,9 @@ install: $(BIN)/.synced ## create .venv and install the locked dependencies
 
 run: install ## start NATS (embedded unless RTOPS_NATS_URL), migrate, run every service
 	$(BIN)/rtops run
+
+demo: install ## send a simulated department's traffic to the running suite (make run first)
+	$(BIN)/rtops demo $(DEMO_ARGS)
 
 test: install ## run the whole test suite (DCMTK tests skip where storescu is absent)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -171,6 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--hours", type=float, default=12.0)
     schemas = sub.add_parser("schemas", help="export event JSON Schemas")
     schemas.add_argument("--out", type=Path, default=Path("docs/events"))
+    sub.add_parser(
+        "demo",
+        add_help=False,
+        help="send a simulated department's DICOM traffic to the running suite "
+        "(rtops demo --help for its options)",
+    )
+    if (argv if argv is not None else sys.argv[1:])[:1] == ["demo"]:
+        # The demo drives the suite from outside, with the test suite's DICOM factories (one
+        # generator of traffic), so it lives beside them.
+        from tests.demo import main as demo
+
+        return demo((argv if argv is not None else sys.argv[1:])[1:])
     args = parser.parse_args(argv)
     settings = RtopsSettings()
     if args.command == "run":
