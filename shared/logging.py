@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", *, service: str = "rtops") -> None:
+    def add_service(_logger: object, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        # Static, not a context variable: the SCP logs from pynetdicom's threads, which do
+        # not inherit the main thread's context.
+        event.setdefault("service", service)
+        return event
+
     shared = [
         structlog.contextvars.merge_contextvars,
+        add_service,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -42,4 +50,3 @@ def configure_logging(level: str = "INFO", fmt: str = "json", *, service: str = 
     root.setLevel(level.upper())
     # pynetdicom logs every PDU at INFO; its association summaries are enough at WARNING.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
-    structlog.contextvars.bind_contextvars(service=service)

@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -28,6 +28,7 @@ from shared.db import ping
 from shared.errors import RtopsError
 from shared.jetstream import NatsLink
 from shared.logging import configure_logging
+from shared.params import reject_unknown_query
 from shared.settings import RtopsSettings
 
 log = structlog.get_logger(__name__)
@@ -60,7 +61,7 @@ def create_app(
 ) -> FastAPI:
     """``readiness`` maps a dependency name ("database", "nats") to a check that raises when
     it is not usable; ``/readyz`` answers 503 naming each failing one."""
-    app = FastAPI(title=title, lifespan=lifespan)
+    app = FastAPI(title=title, lifespan=lifespan, dependencies=[Depends(reject_unknown_query)])
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings)
     app.state.registry = registry
@@ -185,8 +186,39 @@ def readiness_checks(engine: Engine, link: NatsLink) -> dict[str, ReadinessCheck
 def serve(
     create: Callable[[], FastAPI], settings: RtopsSettings, *, host: str, port: int, service: str
 ) -> None:
-    """``python -m services.<name>``: JSON logs, then uvicorn in the foreground."""
+    """``python -m services.<name>``: JSON logs, then uvicorn in the foreground.
+
+    A setting that cannot work (a port in use, a bad device registry, a short signing key) is
+    one line on stderr naming the setting, and exit status 2: no traceback. Every port the
+    settings name (``<x>_port`` with its ``<x>_host``) is checked before anything starts; the
+    HTTP socket is bound here and handed to uvicorn, so no other process can take it between."""
+    import sys
+
     import uvicorn
 
+    from shared.natsd import check_port, listening_socket
+    from shared.settings import SettingError
+
     configure_logging(settings.log_level, settings.log_format, service=service)
-    uvicorn.run(create(), host=host, port=port, log_config=None, access_log=False)
+    ports = {
+        name: getattr(settings, name)
+        for name in type(settings).model_fields
+        if name.endswith("_port") and isinstance(getattr(settings, name), int)
+    }
+    http_setting = next((n for n, p in ports.items() if p == port and "http" in n), "http_port")
+    try:
+        sock = listening_socket(host, port, f"RTOPS_{http_setting.upper()}")
+        for name, other in ports.items():
+            if name != http_setting:
+                other_host = getattr(settings, name.removesuffix("_port") + "_host", host)
+                check_port(other_host, other, f"RTOPS_{name.upper()}")
+        app = create()
+    except SettingError as exc:
+        print(f"{service}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
+    )
+    server.run(sockets=[sock])
+    if not server.started:
+        raise SystemExit(3)  # the lifespan failed: its log says why

@@ -29,6 +29,7 @@ from shared.auth import ClinicalReader, PhysicianOnly
 from shared.calendar import iso_week_bounds
 from shared.errors import NotFound, RuleViolation
 from shared.pagination import Page
+from shared.params import TimeRangeDep
 
 router = APIRouter(prefix="/v1", tags=["qa"])
 StatusName = Literal["pending", "reviewed_on_time", "reviewed_late", "overdue", "not_imaged"]
@@ -140,9 +141,8 @@ def list_fractions(
     service: ServiceDep,
     factory: FactoryDep,
     request: Request,
+    treated: TimeRangeDep,
     patient_id: str | None = None,
-    treated_from: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    treated_to: Annotated[AwareDatetime | None, Query(alias="to")] = None,
     status: StatusName | None = None,
     machine: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -150,7 +150,7 @@ def list_fractions(
 ) -> Page[FractionOut]:
     """Treated fractions, newest first; ``next_cursor`` continues the listing."""
     now = service.now()
-    where = FractionFilter(patient_id, treated_from, treated_to, status, machine)
+    where = FractionFilter(patient_id, treated.start, treated.end, status, machine)
     with factory.begin() as session:
         page, next_cursor = fraction_page(session, where, now=now, cursor=cursor, limit=limit)
         record_request(

@@ -20,6 +20,7 @@ from shared.audit import record_request
 from shared.auth import DeviceOperator, RecordReader
 from shared.errors import NotFound, RuleViolation
 from shared.pagination import page_of
+from shared.params import TimeRangeDep
 
 router = APIRouter(prefix="/v1", tags=["objects"])
 
@@ -61,11 +62,10 @@ def list_objects(
     principal: DeviceOperator,
     factory: FactoryDep,
     request: Request,
+    received: TimeRangeDep,
     patient_id: str | None = None,
     calling_ae: str | None = None,
     sop_class_uid: str | None = None,
-    received_from: Annotated[datetime | None, Query(alias="from")] = None,
-    received_to: Annotated[datetime | None, Query(alias="to")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
 ) -> ObjectPage:
@@ -74,8 +74,8 @@ def list_objects(
         patient_id=patient_id,
         calling_ae=calling_ae,
         sop_class_uid=sop_class_uid,
-        received_from=received_from,
-        received_to=received_to,
+        received_from=received.start,
+        received_to=received.end,
     )
     with factory.begin() as session:
         page, next_cursor = page_of(session, query, [DicomObject.id], cursor=cursor, limit=limit)

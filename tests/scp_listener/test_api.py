@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 from sqlalchemy import select
@@ -188,9 +190,15 @@ async def test_the_rest_app_runs_without_dicom_or_nats(
                 if cursor is None:
                     break
             bad = await client.get("/v1/objects", params={"cursor": "e30="}, headers=auth)
+            # A date is midnight in the clinic's zone (it answered 500 as a naive time once).
+            today = datetime.now(ZoneInfo(settings.clinic_timezone)).date().isoformat()
+            since = await client.get("/v1/objects", params={"from": today}, headers=auth)
+            misspelt = await client.get("/v1/objects", params={"patient": "X"}, headers=auth)
             ready = await client.get("/readyz")
         assert len(seen) == len(set(seen)) == 5
         assert bad.status_code == 422
+        assert since.status_code == 200 and len(since.json()["items"]) == 5
+        assert misspelt.status_code == 422 and "patient_id" in misspelt.text
         assert bad.headers["content-type"] == "application/problem+json"
         assert ready.json()["checks"] == {"database": "ok", "nats": "fail"}
         assert not hasattr(app.state, "dicom_server")

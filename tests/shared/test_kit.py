@@ -11,7 +11,9 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 import structlog.testing
+from fastapi import APIRouter, FastAPI
 from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Integer, String, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -25,10 +27,12 @@ from shared.events import CloudEvent, InvalidEvent, Patient, SimCompleted, envel
 from shared.jetstream import ConsumerPolicy, publish, subject_for
 from shared.outbox import emit, emit_many
 from shared.pagination import decode_cursor, encode_cursor, page_of
+from shared.params import TimeRangeDep
 from shared.periodic import every
 from shared.runtime import Runtime
 from shared.settings import RtopsSettings
 from shared.tables import kit_tables
+from shared.web import create_app
 from tests.shared.test_jetstream import FAST, dead_letter, eventually, plan_event, running_link
 
 
@@ -358,3 +362,77 @@ def test_role_groups_are_real_roles() -> None:
     for group in (auth.CLINICAL_STAFF, auth.PHYSICS, auth.BILLING_STAFF, auth.SCHEDULING_STAFF):
         assert set(group) <= set(ROLES)
     assert "billing" not in auth.CLINICAL_STAFF  # billing staff read charges, not images
+
+
+# ---------------------------------------------------------------- query parameters
+
+
+@pytest.fixture
+def time_app(settings: RtopsSettings) -> FastAPI:
+    router = APIRouter()
+
+    @router.get("/things")
+    def things(when: TimeRangeDep, name: str | None = None) -> dict[str, str | None]:
+        return {
+            "from": when.start.isoformat() if when.start else None,
+            "to": when.end.isoformat() if when.end else None,
+        }
+
+    chicago = settings.model_copy(update={"clinic_timezone": "America/Chicago"})
+    return create_app(
+        title="t", settings=chicago, registry=CollectorRegistry(), readiness={}, routers=[router]
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [
+        ("2026-11-24", "2026-11-24T00:00:00-06:00"),  # a date: midnight, clinic time
+        ("2026-11-24T09:30", "2026-11-24T09:30:00-06:00"),  # naive: clinic time
+        ("2026-11-24T09:30:00Z", "2026-11-24T09:30:00+00:00"),
+        ("2026-07-01T09:30:00-04:00", "2026-07-01T09:30:00-04:00"),
+    ],
+)
+async def test_times_in_queries_are_clinic_time_unless_they_say_otherwise(
+    time_app: FastAPI, given: str, meant: str
+) -> None:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=time_app), base_url="http://t"
+    ) as client:
+        body = (await client.get("/things", params={"from": given, "to": given})).json()
+    assert body == {"from": meant, "to": meant}
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"from": "yesterday"}, "from"), ({"to": "2026-13-01"}, "to"), ({"nmae": "x"}, "nmae")],
+)
+async def test_bad_or_unknown_query_parameters_are_422_problems(
+    time_app: FastAPI, params: dict[str, str], field: str
+) -> None:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=time_app), base_url="http://t"
+    ) as client:
+        response = await client.get("/things", params=params)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    (error,) = response.json()["errors"]
+    assert error["loc"] == ["query", field]
+    if field == "nmae":
+        assert "this endpoint takes: from, name, to" in error["msg"]
+    else:
+        assert "clinic's zone" in error["msg"]
+
+
+def test_log_lines_from_any_thread_name_the_service(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import threading
+
+    from shared.logging import configure_logging
+
+    configure_logging(service="scp_listener")
+    thread = threading.Thread(target=lambda: structlog.get_logger("t").info("stored"))
+    thread.start()
+    thread.join()
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["event"] == "stored" and line["service"] == "scp_listener"
