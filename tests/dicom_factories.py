@@ -2,11 +2,11 @@
 
 No public sample exists for RT Beams Treatment Records, RT Treatment Summary Records, Spatial
 Registrations, Deformable Registrations, Elekta XVI "RPS" exports, linac CBCT series or kV RT
-Images (see the sample README, ``../shared/data/README.md``), so the objects built here follow
+Images (see the sample README, ``tests/data/README.md``), so the objects built here follow
 the IOD descriptions in ``../shared/docs/domain-dicom.md`` sections 4-7 instead of a vendor's
 output. They are plausible, not authoritative: a test that passes on them proves the parser
 handles the *standard's* layout, not that it handles every vendor's quirks. Real vendor files
-live in ``../shared/data`` and must be tested separately.
+live in ``tests/data`` and must be tested separately.
 
 Conventions shared by every builder:
 

@@ -27,7 +27,8 @@ from shared.events import CloudEvent, parse_event
 from tests.databases import drop_service_schema
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Real vendor samples (sources and licences in tests/data/README.md).
+TEST_DATA = REPO / "tests" / "data"
 MIGRATIONS = REPO / "services" / "scp_listener" / "migrations"
 
 

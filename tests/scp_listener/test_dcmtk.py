@@ -11,7 +11,7 @@ import pydicom
 from tests import dicom_factories as f
 from tests.scp_listener.test_scp import IMAGING, PLAN, RECORD, REGISTRATION, counts
 from tests.support import (
-    SHARED_DATA,
+    TEST_DATA,
     RunningScp,
     await_events,
     by_type,
@@ -63,7 +63,7 @@ def test_plan_record_cbct_registration(
 
 
 def test_every_reference_sample_is_accepted_once(scp: RunningScp, dcmtk: dict[str, str]) -> None:
-    files = sorted(SHARED_DATA.rglob("*.dcm"))
+    files = sorted(TEST_DATA.rglob("*.dcm"))
     sent = storescu(dcmtk["storescu"], scp.dicom_port, files, calling="TPS1")
     assert sent.returncode == 0, sent.stdout + sent.stderr
     plans = [

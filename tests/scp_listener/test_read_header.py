@@ -8,7 +8,7 @@ import pytest
 
 from services.scp_listener.extract import Undecodable, read_header
 from tests import dicom_factories as f
-from tests.support import SHARED_DATA
+from tests.support import TEST_DATA
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_garbage_is_refused(tmp_path: Path, kind: str) -> None:
 
 
 def test_reference_samples_with_file_meta_are_complete() -> None:
-    files = [p for p in SHARED_DATA.rglob("*.dcm") if p.read_bytes()[128:132] == b"DICM"]
+    files = [p for p in TEST_DATA.rglob("*.dcm") if p.read_bytes()[128:132] == b"DICM"]
     assert len(files) >= 9
     for path in files:
         read_header(path)

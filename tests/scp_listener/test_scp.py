@@ -264,9 +264,9 @@ def test_stored_data_set_is_the_bytes_sent(
 
 
 def test_every_reference_sample_through_pynetdicom(scp: RunningScp) -> None:
-    from tests.support import SHARED_DATA
+    from tests.support import TEST_DATA
 
-    files = sorted(SHARED_DATA.rglob("*.dcm"))
+    files = sorted(TEST_DATA.rglob("*.dcm"))
     assert pynetdicom_store(scp.dicom_port, files, calling="TPS1") == [0] * len(files)
     assert counts(scp)[0] == len(files)
     plans = [p for p in files if pydicom.dcmread(p, force=True).Modality == "RTPLAN"]
