@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.events import CloudEvent
-from shared.jetstream import ConsumerPolicy, NatsLink
+from shared.jetstream import ConsumeObserver, ConsumerPolicy, NatsLink
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +43,49 @@ class Subscription:
             raise ValueError(f"{self.durable}: a subscription needs at least one subject")
 
 
+class ConsumerMetrics:
+    """Prometheus metrics of a service's consumers (one set per registry): events by outcome
+    and event type, batch time, and the backlog not yet delivered."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "rtops_consumer_events",
+            "events settled by a consumer: applied, retried (nak) or dead_lettered",
+            ["durable", "subject", "outcome"],
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "rtops_consumer_batch_seconds",
+            "time to apply one fetched batch in one transaction",
+            ["durable"],
+            registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
+        self.batch_size = Histogram(
+            "rtops_consumer_batch_events",
+            "events per applied batch",
+            ["durable"],
+            registry=registry,
+            buckets=(1, 5, 20, 50, 100, 200, 500),
+        )
+        self.lag_gauge = Gauge(
+            "rtops_consumer_lag",
+            "events in the stream not yet delivered to the consumer (its backlog)",
+            ["durable"],
+            registry=registry,
+        )
+
+    def settled(self, durable: str, subject: str, outcome: str) -> None:
+        self.events.labels(durable, subject, outcome).inc()
+
+    def batch(self, durable: str, size: int, seconds: float) -> None:
+        self.batch_seconds.labels(durable).observe(seconds)
+        self.batch_size.labels(durable).observe(size)
+
+    def lag(self, durable: str, pending: int) -> None:
+        self.lag_gauge.labels(durable).set(pending)
+
+
 async def run_consumer(
     link: NatsLink,
     subscription: Subscription,
@@ -50,6 +94,7 @@ async def run_consumer(
     apply_batch: ApplyBatch | None = None,
     policy: ConsumerPolicy | None = None,
     stop: asyncio.Event | None = None,
+    metrics: ConsumeObserver | None = None,
 ) -> None:
     """Feed the subscription's events to the service until ``stop`` (or cancellation).
 
@@ -73,4 +118,5 @@ async def run_consumer(
         batch_handler=many if apply_batch is not None else None,
         policy=policy or ConsumerPolicy(batch=subscription.batch),
         stop=stop,
+        observer=metrics,
     )

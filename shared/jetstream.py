@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -36,9 +37,14 @@ def subject_for(settings: RtopsSettings, event_type: str) -> str:
 
 async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> NATS:
     """Connect and keep reconnecting forever; outages are logged, not fatal."""
+    client = NATS()
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected", url=url)
+        # Our own drain or close disconnects too: that is no outage.
+        if client.is_closed or client.is_draining:
+            log.debug("nats connection closed", url=url)
+        else:
+            log.warning("nats disconnected; reconnecting", url=url)
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", url=url)
@@ -46,7 +52,7 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", error=str(exc))
 
-    return await nats.connect(
+    await client.connect(
         servers=[url],
         name=name,
         connect_timeout=connect_timeout,
@@ -57,6 +63,7 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> NATS:
         reconnected_cb=on_reconnect,
         error_cb=on_error,
     )
+    return client
 
 
 async def ensure_stream(js: JetStreamContext, settings: RtopsSettings) -> None:
@@ -88,6 +95,29 @@ async def publish(js: JetStreamContext, subject: str, body: bytes, msg_id: str) 
         log.debug("duplicate publish dropped by stream", subject=subject, msg_id=msg_id)
 
 
+class ConsumeObserver(Protocol):
+    """What a consumer loop reports (``shared.consumer.ConsumerMetrics`` turns it into
+    Prometheus metrics): each message's outcome, each batch's time, the backlog."""
+
+    def settled(self, durable: str, subject: str, outcome: str) -> None: ...
+
+    def batch(self, durable: str, size: int, seconds: float) -> None: ...
+
+    def lag(self, durable: str, pending: int) -> None: ...
+
+
+class _Unobserved:
+    def settled(self, durable: str, subject: str, outcome: str) -> None:
+        pass
+
+    def batch(self, durable: str, size: int, seconds: float) -> None:
+        pass
+
+    def lag(self, durable: str, pending: int) -> None:
+        pass
+
+
+LAG_INTERVAL_S = 10.0
 Handler = Callable[[CloudEvent], Awaitable[None]]
 # Applies a fetched batch all or nothing: one transaction instead of one per event.
 BatchHandler = Callable[[list[CloudEvent]], Awaitable[None]]
@@ -113,6 +143,7 @@ async def consume(
     policy: ConsumerPolicy | None = None,
     stop: asyncio.Event | None = None,
     dead_letter_prefix: str = f"{SUBJECT_PREFIX}.deadletter",
+    observer: ConsumeObserver | None = None,
 ) -> None:
     """Run a durable pull consumer on ``filter_subjects`` until ``stop`` is set (or the task
     is cancelled).
@@ -148,6 +179,7 @@ async def consume(
                     policy=policy,
                     stop=stop,
                     dead_letter_prefix=dead_letter_prefix,
+                    observer=observer,
                 )
                 for subject in subjects
             )
@@ -166,21 +198,31 @@ async def consume(
         config.filter_subjects = subjects
     await js.add_consumer(policy.stream, config)
     sub = await js.pull_subscribe_bind(durable=durable, stream=policy.stream)
+    seen = observer or _Unobserved()
+    lag_due = 0.0
     try:
         while not stop.is_set():
+            if time.monotonic() >= lag_due:
+                lag_due = time.monotonic() + LAG_INTERVAL_S
+                with contextlib.suppress(Exception):  # the backlog is a gauge: skip a round
+                    seen.lag(durable, (await sub.consumer_info()).num_pending)
             try:
                 msgs = await sub.fetch(policy.batch, timeout=policy.fetch_timeout_s)
-            except NatsTimeoutError:
+            except (NatsTimeoutError, TimeoutError):  # idle: nothing to fetch
                 continue
             except Exception as exc:  # broker restarting: the client reconnects by itself
-                log.warning("fetch failed", durable=durable, error=str(exc))
+                log.warning("fetch failed; retrying", durable=durable, error=str(exc) or repr(exc))
                 await asyncio.sleep(policy.fetch_timeout_s)
                 continue
+            started = time.perf_counter()
             if batch_handler is not None and await _apply_batch(msgs, batch_handler, durable):
+                seen.batch(durable, len(msgs), time.perf_counter() - started)
+                for msg in msgs:
+                    seen.settled(durable, _event_subject(msg.subject), "applied")
                 continue
             for msg in msgs:
                 try:
-                    await handle_message(
+                    outcome = await handle_message(
                         js,
                         msg,
                         durable=durable,
@@ -188,6 +230,7 @@ async def consume(
                         policy=policy,
                         dead_letter_prefix=dead_letter_prefix,
                     )
+                    seen.settled(durable, _event_subject(msg.subject), _OUTCOMES[outcome])
                 except Exception as exc:  # ack/nak/dead letter failed: redelivered after ack_wait
                     log.warning(
                         "could not settle message; it will be redelivered",
@@ -200,6 +243,14 @@ async def consume(
         # for its whole timeout at shutdown.
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+_OUTCOMES = {"ack": "applied", "nak": "retried", "term": "dead_lettered"}
+
+
+def _event_subject(subject: str) -> str:
+    """The subject without the suite's prefix: one label value per event type."""
+    return subject.split(".", 1)[-1]
 
 
 def _multi_filter(js: JetStreamContext) -> bool:
@@ -347,6 +398,7 @@ class NatsLink:
         batch_handler: BatchHandler | None = None,
         policy: ConsumerPolicy | None = None,
         stop: asyncio.Event | None = None,
+        observer: ConsumeObserver | None = None,
     ) -> None:
         """The consumer loop of ``consume`` on this link once connected; ``event_filters`` are
         event-type patterns such as ``rtops.dicom.>`` (put under the configured prefix)."""
@@ -362,6 +414,7 @@ class NatsLink:
             policy=policy,
             stop=stop,
             dead_letter_prefix=subject_for(self._settings, "rtops.deadletter"),
+            observer=observer,
         )
 
     async def close(self) -> None:

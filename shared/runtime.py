@@ -6,6 +6,7 @@ start: no NATS and no consumer needed to test an endpoint.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.consumer import ConsumerMetrics
 from shared.db import make_engine, session_factory
 from shared.jetstream import NatsLink
 from shared.outbox import OutboxRelay, outbox_info
@@ -93,6 +95,11 @@ class Runtime:
         app.state.runtime = self
         app.state.session_factory = self.factory
         return app
+
+    @functools.cached_property
+    def consumer_metrics(self) -> ConsumerMetrics:
+        """The consumers' metrics in this service's registry (created once)."""
+        return ConsumerMetrics(self.registry)
 
     def close(self) -> None:
         self.engine.dispose()

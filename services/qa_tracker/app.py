@@ -4,6 +4,7 @@ sweep, and (from the kit's runtime) the outbox relay."""
 from __future__ import annotations
 
 from fastapi import FastAPI
+from prometheus_client import Gauge
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker.api import router
@@ -38,6 +39,18 @@ def create_app(
         on_commit=runtime.relay.wake,
     )
 
+    def overdue_now() -> float:
+        try:
+            return float(service.overdue_count())
+        except Exception:  # database away: the scrape still answers, /readyz says why
+            return float("nan")
+
+    Gauge(
+        "rtops_qa_overdue_reviews",
+        "imaged fractions whose review is past its due time, undocumented",
+        registry=runtime.registry,
+    ).set_function(overdue_now)
+
     def sweep() -> None:
         service.publish_overdue()
         service.publish_digests()
@@ -47,7 +60,7 @@ def create_app(
         routers=[router],
         tasks=(
             lambda: (
-                run_consumer(runtime.link, service),
+                run_consumer(runtime.link, service, metrics=runtime.consumer_metrics),
                 every(settings.qa_sweep_interval_s, "qa overdue and digest sweep", sweep),
             )
         )

@@ -8,7 +8,7 @@ import asyncio
 from services.qa_tracker.service import CONSUMER, QaService
 from shared.consumer import Subscription
 from shared.consumer import run_consumer as run_subscription
-from shared.jetstream import ConsumerPolicy, NatsLink
+from shared.jetstream import ConsumeObserver, ConsumerPolicy, NatsLink
 
 # Events per fetch and per transaction: a batch rebuilds each of its patients once.
 CONSUMER_BATCH = 200
@@ -21,6 +21,7 @@ async def run_consumer(
     *,
     policy: ConsumerPolicy | None = None,
     stop: asyncio.Event | None = None,
+    metrics: ConsumeObserver | None = None,
 ) -> None:
     await run_subscription(
         link,
@@ -29,4 +30,5 @@ async def run_consumer(
         apply_batch=service.apply_batch,
         policy=policy,
         stop=stop,
+        metrics=metrics,
     )

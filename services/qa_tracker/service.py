@@ -25,7 +25,12 @@ from services.qa_tracker.overdue import is_overdue
 from services.qa_tracker.rebuild import CHUNK, Rebuilder
 from services.qa_tracker.scope import Scope
 from services.qa_tracker.store import AuditLog, Fraction, ProcessedEvent, ReviewRow
-from services.qa_tracker.store.reads import flagged_fractions, overdue_unnotified, reviews_of
+from services.qa_tracker.store.reads import (
+    flagged_fractions,
+    overdue_count,
+    overdue_unnotified,
+    reviews_of,
+)
 from services.qa_tracker.store.rebuild_queries import patients_with_facts
 from shared.audit import record_access
 from shared.auth import Principal
@@ -197,6 +202,10 @@ class QaService:
         return len(rows)
 
     # ------------------------------------------------------------ worklist and digest
+
+    def overdue_count(self) -> int:
+        with self._factory() as session:
+            return overdue_count(session, self._now())
 
     def open_flags(self, session: Session) -> dict[str, list[OpenFlag]]:
         """Open problems by physician: overdue reviews, overrides required but not

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -20,7 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from shared import jetstream
 from shared.calendar import CalendarSpec, build_calendar, clinic_calendar, iso_week_of
-from shared.consumer import Subscription, run_consumer
+from shared.consumer import ConsumerMetrics, Subscription, run_consumer
 from shared.db import UtcDateTime, new_metadata
 from shared.errors import NotFound, Poison, RuleViolation, TransientError, is_permanent
 from shared.events import CloudEvent, InvalidEvent, Patient, SimCompleted, envelope
@@ -95,6 +96,7 @@ async def test_a_subscription_reads_its_subjects_and_never_the_dead_letters(
     await publish(js, f"{settings.subject_prefix}.deadletter.other", other.to_json(), "dl-1")
     seen: list[str] = []
     stop = asyncio.Event()
+    registry = CollectorRegistry()
     async with running_link(settings) as link:
         task = asyncio.create_task(
             run_consumer(
@@ -103,6 +105,7 @@ async def test_a_subscription_reads_its_subjects_and_never_the_dead_letters(
                 apply=lambda e: seen.append(e.id),
                 policy=ConsumerPolicy(stream=settings.stream_name, **FAST),
                 stop=stop,
+                metrics=ConsumerMetrics(registry),
             )
         )
         await eventually(lambda: len(seen) >= 2, message="both subjects")
@@ -112,6 +115,22 @@ async def test_a_subscription_reads_its_subjects_and_never_the_dead_letters(
         assert link.nc is not None
         await link.nc.close()
     assert sorted(seen) == sorted(e.id for e in wanted)
+    durables = {s.labels["durable"] for s in _samples(registry, "rtops_consumer_lag")}
+    assert len(durables) == (1 if multi_filter else 2)
+    for subject in ("dicom.plan.received", "scheduler.sim.completed"):
+        assert _value(registry, "rtops_consumer_events_total", subject=subject) == 1
+
+
+def _samples(registry: CollectorRegistry, name: str) -> list[Any]:
+    return [s for m in registry.collect() for s in m.samples if s.name == name]
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for s in _samples(registry, name)
+        if all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 @pytest.mark.parametrize("subject", [">", "rtops.>", "rtops.deadletter.qa_tracker"])
@@ -132,11 +151,13 @@ async def test_a_rule_violation_is_dead_lettered_at_once(
     event = plan_event(7)
     await publish(js, subject_for(settings, event.type), event.to_json(), event.id)
     stop = asyncio.Event()
+    registry = CollectorRegistry()
     async with running_link(settings) as link:
         task = asyncio.create_task(
             run_consumer(
                 link,
                 Subscription("strict", ("rtops.dicom.>",)),
+                metrics=ConsumerMetrics(registry),
                 apply=apply,
                 # Six deliveries allowed: a retry would show as a second call.
                 policy=ConsumerPolicy(stream=settings.stream_name, **{**FAST, "max_deliver": 6}),
@@ -152,6 +173,8 @@ async def test_a_rule_violation_is_dead_lettered_at_once(
     assert calls == [event.id]
     assert dead.headers is not None
     assert "machine the clinic does not have" in dead.headers["Rtops-Dead-Letter-Reason"]
+    assert _value(registry, "rtops_consumer_events_total", outcome="dead_lettered") == 1
+    assert _value(registry, "rtops_consumer_events_total", outcome="retried") == 0
 
 
 class _Strict(BaseModel):

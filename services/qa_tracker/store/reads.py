@@ -138,3 +138,9 @@ def overdue_unnotified(session: Session, now: datetime, *, limit: int) -> Sequen
         )
         .limit(limit)
     ).all()
+
+
+def overdue_count(session: Session, now: datetime) -> int:
+    """Reviews overdue at ``now`` (a gauge operators alert on)."""
+    query = select(func.count()).select_from(Fraction).where(fraction_has_status("overdue", now))
+    return session.scalar(query) or 0
