@@ -37,6 +37,7 @@ test: install ## run the whole test suite (DCMTK tests skip where storescu is ab
 
 lint: install ## ruff, formatting and the import contracts
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
 schemas: install ## export event JSON Schemas to docs/events/
