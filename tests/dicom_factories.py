@@ -345,6 +345,7 @@ def treatment_record(
     instance_number: int = 1,
     fraction_group_number: int = 1,
     fractions_planned: int = 25,
+    first_beam_number: int = 1,
     instance_creation_date: str | None = None,
     instance_creation_time: str | None = None,
     operator: str = "Therapist^Tina",
@@ -353,7 +354,9 @@ def treatment_record(
 ) -> Dataset:
     """RT Beams Treatment Record (1.2.840.10008.5.1.4.1.1.481.4), one session on one machine.
 
-    Beam ``n`` (1-based) references plan beam ``n``, starts 150 s after beam ``n-1`` and carries
+    Beam ``n`` (1-based) references plan beam ``n + first_beam_number - 1`` (so a record that
+    resumes an interrupted fraction can start at the beam that was cut), starts 150 s after
+    beam ``n-1`` and carries
     two control points 60 s apart. All beams deliver ``meterset_mu`` in full except the last,
     which delivers ``meterset_mu * delivered_fraction``; when that is below 1 the last beam ends
     with ``interruption_status`` (OPERATOR by default) instead of NORMAL.
@@ -417,7 +420,7 @@ def treatment_record(
     items = []
     last_moment = (treatment_date, treatment_time)
     for index in range(beams):
-        number = index + 1
+        number = index + first_beam_number
         is_last = index == beams - 1
         fraction = delivered_fraction if is_last else 1.0
         delivered = meterset_mu * fraction
