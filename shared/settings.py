@@ -28,6 +28,11 @@ ROLES: tuple[str, ...] = (
 )
 
 
+class SettingError(ValueError):
+    """A setting's value cannot work. The message names the setting and what to do; a service
+    that meets one at start prints it as one line and exits (no traceback)."""
+
+
 class RtopsSettings(BaseSettings):
     """The settings every service understands; a service subclasses it for its own."""
 
@@ -79,7 +84,15 @@ class RtopsSettings(BaseSettings):
     oidc_audience: str = "rtops"
     roles_claim: str = Field(default="roles", description="JWT claim listing rtops roles")
     dev_signing_key: str | None = Field(
-        default=None, description="HS256 key for the embedded setup; default: var_dir/jwt.key"
+        default=None,
+        description="the HS256 key itself (at least 32 bytes) for the embedded setup; unset "
+        "means the key in dev_signing_key_file. A path here is refused: use "
+        "dev_signing_key_file",
+    )
+    dev_signing_key_file: Path | None = Field(
+        default=None,
+        description="file holding the embedded setup's HS256 key; default var_dir/jwt.key, "
+        "created by `rtops run` (mode 0600)",
     )
 
     def resolved_nats_url(self) -> str:

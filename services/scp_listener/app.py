@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from services.scp_listener import scp
 from services.scp_listener.api import router
-from services.scp_listener.devices import load_registry
+from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import ScpMetrics
 from services.scp_listener.objectstore import ObjectStore
 from services.scp_listener.service import Ingestor
@@ -35,7 +35,7 @@ def create_app(
     link, sweep or relay (what REST tests build)."""
     settings = settings or ScpSettings()
     runtime = runtime or Runtime.create(SERVICE, settings, TABLES)
-    devices = load_registry(settings.scp_device_registry)
+    registry = DeviceRegistry(settings.scp_device_registry)
     metrics = ScpMetrics(runtime.registry)
     metrics.track_outbox(lambda: outbox_depth(runtime.factory, Outbox))
     ingestor = Ingestor(
@@ -50,12 +50,22 @@ def create_app(
         ingestor.publish_quiet_series(now=datetime.now(UTC), quiet=quiet)
 
     def start_dicom(app: FastAPI) -> None:
-        app.state.dicom_server = scp.start(settings, devices, ingestor, metrics)
+        app.state.dicom_server = scp.start(settings, registry, ingestor, metrics)
+        scp.reload_on_sighup(registry)
 
     app = runtime.app(
         title="rtops DICOM SCP",
         routers=[router],
-        tasks=(lambda: (every(settings.scp_sweep_interval_s, "quiet image series sweep", sweep),))
+        tasks=(
+            lambda: (
+                every(settings.scp_sweep_interval_s, "quiet image series sweep", sweep),
+                every(
+                    settings.scp_device_registry_poll_s,
+                    "device registry reload",
+                    registry.reload_if_changed,
+                ),
+            )
+        )
         if background
         else None,
         on_start=start_dicom,
@@ -63,4 +73,5 @@ def create_app(
         on_stop=lambda: app.state.dicom_server.shutdown(),
     )
     app.state.ingestor = ingestor
+    app.state.device_registry = registry
     return app

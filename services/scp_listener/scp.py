@@ -3,22 +3,27 @@ rejects unknown callers at association, and answers C-STORE only after ``Ingesto
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import structlog
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.scp_listener import sop
-from services.scp_listener.devices import Device
+from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import ScpMetrics
 from services.scp_listener.service import Ingestor, Status
 from services.scp_listener.settings import ScpSettings
+from shared.natsd import explain_bind_error
 
 log = structlog.get_logger(__name__)
 
@@ -29,16 +34,19 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 
 # Metric label of a failed C-STORE, where the status name is not the word operators look for.
 _REJECTION_REASONS = {Status.PROCESSING_FAILURE: "internal_error"}
+NOT_AUTHORIZED = 0x0124  # PS3.7 C.4: Refused: Not Authorized
 
 
-def build_ae(settings: ScpSettings, devices: dict[str, Device]) -> AE:
+def build_ae(settings: ScpSettings, registry: DeviceRegistry) -> AE:
     ae = AE(ae_title=settings.scp_ae_title)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for uid in sop.STORAGE:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     # PS3.8 Table 9-21: rejected-permanent / service-user / calling-AE-title-not-recognized
     # (or called-AE-title-not-recognized) is what pynetdicom sends for these two checks.
-    ae.require_calling_aet = sorted(devices)
+    # pynetdicom reads require_calling_aet per association: a reloaded registry applies to the
+    # next association (the registry is never empty, which would mean "anyone").
+    registry.subscribe(lambda devices: setattr(ae, "require_calling_aet", sorted(devices)))
     ae.require_called_aet = True
     ae.maximum_associations = settings.scp_max_associations
     ae.maximum_pdu_size = settings.scp_max_pdu
@@ -50,29 +58,31 @@ def build_ae(settings: ScpSettings, devices: dict[str, Device]) -> AE:
 
 def start(
     settings: ScpSettings,
-    devices: dict[str, Device],
+    registry: DeviceRegistry,
     ingestor: Ingestor,
     metrics: ScpMetrics,
     *,
     port: int | None = None,
 ) -> ThreadedAssociationServer:
     """Start listening (port 0 picks a free one: see ``server.server_address``)."""
-    ae = build_ae(settings, devices)
+    ae = build_ae(settings, registry)
     handlers = [
         (evt.EVT_CONN_OPEN, _no_delay),
-        (evt.EVT_REJECTED, _log_rejection, [settings, devices, metrics]),
-        (evt.EVT_C_STORE, handle_store, [ingestor, devices, metrics]),
+        (evt.EVT_REJECTED, _log_rejection, [settings, registry, metrics]),
+        (evt.EVT_ACCEPTED, _log_acceptance, [registry, metrics]),
+        (evt.EVT_C_ECHO, handle_echo, [registry]),
+        (evt.EVT_C_STORE, handle_store, [ingestor, registry, metrics]),
     ]
-    server = ae.start_server(
-        (settings.scp_host, settings.scp_port if port is None else port),
-        block=False,
-        evt_handlers=handlers,
-    )
+    address = (settings.scp_host, settings.scp_port if port is None else port)
+    try:
+        server = ae.start_server(address, block=False, evt_handlers=handlers)
+    except OSError as exc:
+        raise explain_bind_error(exc, *address, "RTOPS_SCP_PORT") from None
     log.info(
         "DICOM SCP listening",
         ae_title=settings.scp_ae_title,
         address=list(server.server_address),
-        devices=sorted(devices),
+        devices=sorted(registry.devices),
     )
     return server
 
@@ -84,48 +94,135 @@ def _no_delay(event: Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _peer(event: Event) -> str:
+    requestor = event.assoc.requestor
+    return f"{requestor.address}:{requestor.port}"
+
+
 def _log_rejection(
-    event: Event, settings: ScpSettings, devices: dict[str, Device], metrics: ScpMetrics
+    event: Event, settings: ScpSettings, registry: DeviceRegistry, metrics: ScpMetrics
 ) -> None:
+    """One line per refused association, with the reason pynetdicom sent (it checks the
+    called AE title last, so that one wins) and every other problem of the request."""
     rq: Any = event.assoc.requestor.primitive
     calling = str(rq.calling_ae_title).strip()
     called = str(rq.called_ae_title).strip()
-    if calling not in devices:
-        reason = "unknown_calling_ae"
-        words = (
-            f"refused an association from AE title {calling!r}: it is not in the device "
-            f"registry ({settings.scp_device_registry.name})"
-        )
-    elif called != settings.scp_ae_title:
+    devices = registry.devices
+    problems: list[str] = []
+    if called != settings.scp_ae_title:
         reason = "wrong_called_ae"
-        words = (
-            f"refused an association from {calling!r}: it called {called!r}, "
-            f"but this SCP is {settings.scp_ae_title!r}"
+        near = called.upper() == settings.scp_ae_title.upper()
+        hint = (
+            f" (did you mean {settings.scp_ae_title}? AE titles are case-sensitive)" if near else ""
         )
-    else:
+        problems.append(
+            f"it called AE title {called!r}, but this SCP is {settings.scp_ae_title!r}{hint}; "
+            f"set the called AE title (echoscu/storescu: -aec {settings.scp_ae_title})"
+        )
+    if calling not in devices:
+        reason = "unknown_calling_ae" if not problems else reason
+        near = registry.case_hint(calling)
+        hint = f"; did you mean {near}? AE titles are case-sensitive" if near else ""
+        problems.append(
+            f"its AE title {calling!r} is not in the device registry "
+            f"({settings.scp_device_registry}){hint}"
+        )
+    if not problems:
         reason = "too_many_associations"
-        words = f"refused an association from {calling!r}: too many associations at once"
+        problems.append(
+            f"too many associations at once (RTOPS_SCP_MAX_ASSOCIATIONS="
+            f"{settings.scp_max_associations})"
+        )
     metrics.rejections.labels(reason).inc()
     log.warning(
-        words,
+        f"refused an association from {calling!r} at {_peer(event)}: " + "; and ".join(problems),
         reason=reason,
         calling_ae=calling,
         called_ae=called,
-        peer=event.assoc.requestor.address,
+        peer=_peer(event),
     )
 
 
+def _log_acceptance(event: Event, registry: DeviceRegistry, metrics: ScpMetrics) -> None:
+    """One line per accepted association; contexts refused (a SOP class rtops does not keep,
+    or no transfer syntax in common) are named and counted by their reason."""
+    assoc: Any = event.assoc
+    calling = str(assoc.requestor.ae_title).strip()
+    device = registry.devices.get(calling)
+    accepted = assoc.accepted_contexts
+    refused: dict[str, list[str]] = {}
+    for cx in assoc.rejected_contexts:
+        # PS3.8 9.3.3.2: 3 = abstract syntax not supported, 4 = transfer syntaxes not supported
+        reason = {3: "sop_class_not_supported", 4: "transfer_syntax_not_supported"}.get(
+            cx.result, "presentation_context_refused"
+        )
+        uid = str(cx.abstract_syntax)
+        name = sop.NAMES.get(uid) or getattr(UID(uid), "name", uid) or uid
+        refused.setdefault(reason, []).append(name)
+        metrics.rejections.labels(reason).inc()
+    fields: dict[str, Any] = {
+        "calling_ae": calling,
+        "role": device.role if device else None,
+        "machine": device.machine if device else None,
+        "peer": _peer(event),
+        "accepted_contexts": len(accepted),
+    }
+    if refused:
+        fields["refused_contexts"] = {k: sorted(set(v)) for k, v in refused.items()}
+    if not accepted:
+        log.warning(
+            f"accepted an association from {calling!r} but refused every presentation context "
+            "it proposed: rtops does not keep these SOP classes (or shares no transfer syntax)",
+            **fields,
+        )
+    elif refused:
+        log.info(
+            "association accepted; some presentation contexts refused (SOP classes rtops does "
+            "not keep are not stored)",
+            **fields,
+        )
+    else:
+        log.info("association accepted", **fields)
+
+
+def handle_echo(event: Event, registry: DeviceRegistry) -> int:
+    calling = str(event.assoc.requestor.ae_title).strip()
+    device = registry.devices.get(calling)
+    log.info(
+        "C-ECHO answered",
+        calling_ae=calling,
+        role=device.role if device else None,
+        machine=device.machine if device else None,
+        peer=_peer(event),
+    )
+    return 0x0000
+
+
 def handle_store(
-    event: Event, ingestor: Ingestor, devices: dict[str, Device], metrics: ScpMetrics
+    event: Event, ingestor: Ingestor, registry: DeviceRegistry, metrics: ScpMetrics
 ) -> int:
     start_t = time.perf_counter()
     request: Any = event.request
     sop_class = str(request.AffectedSOPClassUID)
     calling = str(event.assoc.requestor.ae_title).strip()
-    device = devices[calling]  # the association was refused for anyone else
+    device = registry.devices.get(calling)
     if sop_class not in sop.STORAGE:
         metrics.rejections.labels("sop_class_not_supported").inc()
+        log.warning(
+            "C-STORE refused: rtops does not keep this SOP class",
+            sop_class=sop_class,
+            calling_ae=calling,
+        )
         return Status.SOP_CLASS_NOT_SUPPORTED
+    if device is None:
+        # Removed from the registry (reloaded) after its association was accepted.
+        metrics.rejections.labels("unknown_calling_ae").inc()
+        log.warning(
+            f"C-STORE refused: {calling!r} was removed from the device registry during its "
+            "association",
+            calling_ae=calling,
+        )
+        return NOT_AUTHORIZED
     outcome = ingestor.ingest(
         Path(event.dataset_path),
         sop_class_uid=sop_class,
@@ -169,3 +266,15 @@ def handle_store(
             calling_ae=calling,
         )
     return outcome.status
+
+
+def reload_on_sighup(registry: DeviceRegistry) -> None:
+    """``kill -HUP <pid>`` reloads the registry at once (in the main thread's event loop; an
+    app served from another thread, as in tests, relies on the file-change check)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP,
+            lambda: threading.Thread(target=registry.reload, args=("SIGHUP",)).start(),
+        )
+    except (RuntimeError, ValueError, NotImplementedError):
+        return

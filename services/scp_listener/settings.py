@@ -23,6 +23,11 @@ class ScpSettings(RtopsSettings):
     scp_device_registry: Path = Field(
         default=DEV_DEVICES, description="YAML: calling AE titles allowed to connect"
     )
+    scp_device_registry_poll_s: float = Field(
+        default=2.0,
+        description="how often the registry file is checked for changes (reloaded without a "
+        "restart; SIGHUP reloads at once)",
+    )
     scp_object_store: Path | None = Field(
         default=None, description="where objects are kept; default var_dir/objects"
     )
