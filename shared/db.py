@@ -39,6 +39,10 @@ NAMING_CONVENTION = {
 }
 
 
+SQLITE_CACHE_KIB = 64 * 1024  # page cache per connection (PRAGMA cache_size; default 2 MB)
+SQLITE_MMAP_BYTES = 1 << 30  # memory-mapped part of the file (PRAGMA mmap_size; default 0)
+
+
 def new_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -70,6 +74,16 @@ def make_engine(settings: RtopsSettings, service: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # The default page cache is 2 MB. Keys such as event ids and DICOM UIDs are
+            # random, so every batch inserts into leaves all over its indexes; once those
+            # outgrow the cache, each insert reads its page back with a system call and the
+            # cost per event rises with the size of the database (measured on the QA
+            # tracker: 8 reads per event after a month, 15 after two). Memory-mapping the
+            # file serves those reads from the OS page cache without a system call or a copy,
+            # and a larger cache keeps the interior pages and the transaction's dirty pages.
+            # Both are upper bounds: a small database uses no more than its size.
+            cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
             cur.close()
 
         return engine

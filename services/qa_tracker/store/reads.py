@@ -63,10 +63,17 @@ class FractionEvidence:
 def evidence_of(session: Session, fraction: Fraction) -> FractionEvidence:
     """The imaging matched to a fraction, the registrations of that imaging, its reviews."""
     imaging = session.scalars(
-        select(ImagingSeries).where(ImagingSeries.fraction_key == fraction.key)
+        # Matches never cross patients: the patient's (patient, time) indexes find them.
+        select(ImagingSeries).where(
+            ImagingSeries.patient_id == fraction.patient_id,
+            ImagingSeries.fraction_key == fraction.key,
+        )
     ).all()
     registrations = session.scalars(
-        select(Registration).where(Registration.session_uid.in_([s.series_uid for s in imaging]))
+        select(Registration).where(
+            Registration.patient_id == fraction.patient_id,
+            Registration.session_uid.in_([s.series_uid for s in imaging]),
+        )
     ).all()
     return FractionEvidence(imaging, registrations, reviews_of(session, fraction.id))
 

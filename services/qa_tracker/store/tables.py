@@ -73,7 +73,10 @@ class ImagingSeries(Base):
     acquired_at: Mapped[datetime] = mapped_column(UtcDateTime)
     instance_count: Mapped[int] = mapped_column(Integer)
     approvals: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    fraction_key: Mapped[str | None] = mapped_column(String(300), index=True)
+    # The fraction this series prepared (always one of the same patient's): found through the
+    # patient's series (ix_imaging_session_patient_time), not an index of its own, which every
+    # match would update at a random place (migration 0004).
+    fraction_key: Mapped[str | None] = mapped_column(String(300))
 
 
 class Registration(Base):
@@ -89,7 +92,8 @@ class Registration(Base):
     moving_series: Mapped[list[str]] = mapped_column(JSON)
     translation_mm: Mapped[list[float] | None] = mapped_column(JSON)
     rotation_deg: Mapped[list[float] | None] = mapped_column(JSON)
-    session_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    # The series matched (always one of the same patient's): not indexed, see fraction_key.
+    session_uid: Mapped[str | None] = mapped_column(UID)
 
 
 class RegistrationSeries(Base):
