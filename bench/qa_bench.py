@@ -37,6 +37,7 @@ from tests.events import Clock, at, imaged_day, plan_event
 from tests.qa_tracker.factories import make_service, qa_database
 
 FRACTIONS_PER_COURSE = 25
+MONTH = 20  # treatment days: the first and last month's medians show whether the rate holds
 
 
 def business_days(start: date, count: int) -> list[date]:
@@ -163,6 +164,12 @@ def main() -> None:
         f"{min(daily):,.0f}; median of the first {tenth} days "
         f"{statistics.median(daily[:tenth]):,.0f}, of the last {tenth} "
         f"{statistics.median(daily[-tenth:]):,.0f}"
+    )
+    month = min(MONTH, len(daily))
+    first, last = statistics.median(daily[:month]), statistics.median(daily[-month:])
+    print(
+        f"first month ({month} treatment days): median {first:,.0f} events/s; last month "
+        f"{last:,.0f}; last/first {last / first:.2f} (target >= 0.85)"
     )
     print(
         f"weekly summary: p50 {statistics.median(times):.1f} ms, p95 {p95:.1f} ms over "
