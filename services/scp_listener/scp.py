@@ -145,7 +145,8 @@ def _log_rejection(
 
 def _log_acceptance(event: Event, registry: DeviceRegistry, metrics: ScpMetrics) -> None:
     """One line per accepted association; contexts refused (a SOP class rtops does not keep,
-    or no transfer syntax in common) are named and counted by their reason."""
+    or no transfer syntax in common) are named and counted by their reason, once per SOP
+    class and association (a sender may propose one class in several contexts)."""
     assoc: Any = event.assoc
     calling = str(assoc.requestor.ae_title).strip()
     device = registry.devices.get(calling)
@@ -158,8 +159,9 @@ def _log_acceptance(event: Event, registry: DeviceRegistry, metrics: ScpMetrics)
         )
         uid = str(cx.abstract_syntax)
         name = sop.NAMES.get(uid) or getattr(UID(uid), "name", uid) or uid
-        refused.setdefault(reason, []).append(name)
-        metrics.rejections.labels(reason).inc()
+        if name not in refused.setdefault(reason, []):
+            refused[reason].append(name)
+            metrics.rejections.labels(reason).inc()  # once per SOP class and association
     fields: dict[str, Any] = {
         "calling_ae": calling,
         "role": device.role if device else None,
