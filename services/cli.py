@@ -8,12 +8,14 @@ themselves never import one another. Imports are made where a command needs them
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -188,6 +190,7 @@ def run(settings: RtopsSettings) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    give_back_terminal = take_terminal()
     code = 0
     try:
         service_ports = check_ports(names)
@@ -240,7 +243,38 @@ def run(settings: RtopsSettings) -> int:
             record.unlink(missing_ok=True)
         lock.close()
         print("rtops: stopped", flush=True)
+        give_back_terminal()
     return code
+
+
+def take_terminal() -> Callable[[], None]:
+    """Make this supervisor the terminal's foreground process group, so that Ctrl-C reaches it
+    alone: `make run` above it would otherwise take the same SIGINT as a failure (exit 130).
+    Returns what gives the terminal back; without a terminal (CI, a service manager) both are
+    no-ops."""
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return lambda: None
+    try:
+        previous = os.tcgetpgrp(tty)
+        if previous != os.getpgrp():  # started in the background: leave the terminal alone
+            os.close(tty)
+            return lambda: None
+        os.setpgid(0, 0)
+        # A background group that sets the foreground group is sent SIGTTOU, which stops it.
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        os.tcsetpgrp(tty, os.getpgrp())
+    except OSError:
+        os.close(tty)
+        return lambda: None
+
+    def give_back() -> None:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(tty, previous)
+        os.close(tty)
+
+    return give_back
 
 
 # ---------------------------------------------------------------- token

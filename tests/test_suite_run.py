@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,8 +48,10 @@ class Suite:
         return {"Authorization": f"Bearer {token}"}
 
 
-@contextmanager
-def running_suite(tmp_path: Path, isolation: dict[str, str], **extra: str) -> Iterator[Suite]:
+def suite_env(
+    tmp_path: Path, isolation: dict[str, str], **extra: str
+) -> tuple[dict[str, str], int, int, int]:
+    """The environment of a suite of the test's own, on free ports."""
     dicom_port, scp_port, qa_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
@@ -64,6 +67,12 @@ def running_suite(tmp_path: Path, isolation: dict[str, str], **extra: str) -> It
         "RTOPS_SUBJECT_PREFIX": isolation["subject_prefix"],
         **extra,
     }
+    return env, dicom_port, scp_port, qa_port
+
+
+@contextmanager
+def running_suite(tmp_path: Path, isolation: dict[str, str], **extra: str) -> Iterator[Suite]:
+    env, dicom_port, scp_port, qa_port = suite_env(tmp_path, isolation, **extra)
     # A file, not a pipe: nobody reads a pipe while the test runs, and a full one would block
     # every service writing its logs to it.
     log_path = tmp_path / "suite.log"
@@ -139,6 +148,55 @@ def test_run_starts_the_suite_and_ctrl_c_stops_it(
         assert "rtops: stopped" in suite.log.read_text()
         _gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"left running: {alive}"
+
+
+def test_ctrl_c_at_a_terminal_reaches_the_supervisor_alone(
+    tmp_path: Path, isolation: dict[str, str]
+) -> None:
+    """`make run` runs the supervisor under a shell or make that shares the terminal: Ctrl-C
+    must stop the suite cleanly without interrupting them too (make then reported exit 130)."""
+    import pty
+
+    env, _dicom, scp_port, qa_port = suite_env(tmp_path, isolation)
+    log = tmp_path / "suite.log"
+    script = f'"{sys.executable}" -m services.cli run > "{log}" 2>&1; echo "parent saw $?"'
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: a shell in the foreground of a terminal of its own
+        os.chdir(REPO)
+        os.execve("/bin/sh", ["sh", "-c", script], env)
+    output = b""
+    try:
+        for port in (scp_port, qa_port):
+            wait_for(lambda port=port: _ready(f"http://127.0.0.1:{port}"), timeout=60)
+        os.write(terminal, b"\x03")  # what the terminal sends for Ctrl-C
+        deadline = time.monotonic() + 60
+        while b"parent saw" not in output and time.monotonic() < deadline:
+            try:
+                output += os.read(terminal, 1024)
+            except OSError:  # the child closed the terminal
+                break
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(terminal)
+        settings = ScpSettings(
+            var_dir=tmp_path / "var", database_schema_prefix=isolation["database_schema_prefix"]
+        )
+        for service in ("scp_listener", "qa_tracker"):
+            engine = make_engine(settings, service)
+            drop_schema(engine, settings, service)
+            engine.dispose()
+    assert b"parent saw 0" in output, output.decode(errors="replace")
+    assert "rtops: stopped" in (tmp_path / "suite.log").read_text()
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; reaps it once it has ended."""
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return False
 
 
 # A past week (Mon 2026-11-02 .. Fri 11-06), so that every due time has passed whatever today is.
