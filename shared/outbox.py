@@ -170,6 +170,26 @@ def _insert_ignore(session: Session, table: Table, values: dict[str, object]) ->
     return session.execute(stmt).first() is not None
 
 
+# Handlers are idempotent on their own (facts are upserted by UID and revision), so the inbox
+# only has to outlast redelivery and JetStream's duplicate window; kept far longer than both,
+# it stops growing with the history (it was the largest random-key index the QA tracker wrote).
+INBOX_KEEP = timedelta(days=30)
+
+
+def prune_inbox(
+    factory: sessionmaker[Session],
+    model: type[ProcessedEventMixin],
+    *,
+    keep: timedelta = INBOX_KEEP,
+    now: datetime | None = None,
+) -> int:
+    """Forget handled event ids older than ``keep``; returns how many."""
+    cutoff = (now or utcnow()) - keep
+    with factory.begin() as session:
+        result = session.execute(delete(model).where(model.processed_at < cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def outbox_depth(factory: sessionmaker[Session], model: type[OutboxMixin]) -> int:
     with factory() as session:
         return (

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.consumer import ConsumerMetrics
 from shared.db import make_engine, session_factory
 from shared.jetstream import NatsLink
-from shared.outbox import OutboxRelay, outbox_info
+from shared.outbox import OutboxRelay, outbox_info, prune_inbox
+from shared.periodic import every
 from shared.settings import RtopsSettings
 from shared.tables import KitTables
 from shared.web import background_lifespan, create_app, readiness_checks
@@ -95,6 +96,15 @@ class Runtime:
         app.state.runtime = self
         app.state.session_factory = self.factory
         return app
+
+    def inbox_pruning(self, interval_s: float = 3600.0) -> Task:
+        """The periodic task that keeps the inbox from growing with the history (a service
+        that consumes events runs it beside its consumer)."""
+        return every(
+            interval_s,
+            "prune the processed-event inbox",
+            lambda: prune_inbox(self.factory, self.tables.processed_event),
+        )
 
     @functools.cached_property
     def consumer_metrics(self) -> ConsumerMetrics:

@@ -61,6 +61,7 @@ def create_app(
         tasks=(
             lambda: (
                 run_consumer(runtime.link, service, metrics=runtime.consumer_metrics),
+                runtime.inbox_pruning(),
                 every(settings.qa_sweep_interval_s, "qa overdue and digest sweep", sweep),
             )
         )

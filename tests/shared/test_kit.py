@@ -26,7 +26,7 @@ from shared.db import UtcDateTime, new_metadata
 from shared.errors import NotFound, Poison, RuleViolation, TransientError, is_permanent
 from shared.events import CloudEvent, InvalidEvent, Patient, SimCompleted, envelope
 from shared.jetstream import ConsumerPolicy, publish, subject_for
-from shared.outbox import emit, emit_many
+from shared.outbox import emit, emit_many, prune_inbox
 from shared.pagination import decode_cursor, encode_cursor, page_of
 from shared.params import TimeRangeDep
 from shared.periodic import every
@@ -273,6 +273,20 @@ def test_emit_many_queues_each_id_once(runtime: Runtime) -> None:
     with runtime.factory() as session:
         rows = session.scalars(select(outbox).order_by(outbox.id)).all()  # type: ignore[attr-defined]
     assert [r.event_id for r in rows] == [sim(n).id for n in (1, 2, 3)]
+
+
+def test_the_inbox_forgets_ids_older_than_it_keeps(runtime: Runtime) -> None:
+    inbox = runtime.tables.processed_event
+    now = datetime(2026, 11, 29, 12, tzinfo=UTC)
+    with runtime.factory.begin() as session:
+        session.add_all(
+            inbox(consumer="c", event_id=f"e{days}", processed_at=now - timedelta(days=days))  # type: ignore[call-arg]
+            for days in (0, 29, 31, 400)
+        )
+    assert prune_inbox(runtime.factory, inbox, keep=timedelta(days=30), now=now) == 2
+    with runtime.factory() as session:
+        kept = set(session.scalars(select(inbox.event_id)))  # type: ignore[attr-defined]
+    assert kept == {"e0", "e29"}
 
 
 def test_emit_needs_a_session_from_a_runtime(settings: RtopsSettings) -> None:
