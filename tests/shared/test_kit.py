@@ -25,7 +25,7 @@ from shared.consumer import ConsumerMetrics, Subscription, run_consumer
 from shared.db import UtcDateTime, new_metadata
 from shared.errors import NotFound, Poison, RuleViolation, TransientError, is_permanent
 from shared.events import CloudEvent, InvalidEvent, Patient, SimCompleted, envelope
-from shared.jetstream import ConsumerPolicy, publish, subject_for
+from shared.jetstream import ConsumerPolicy, NatsLink, publish, subject_for
 from shared.outbox import emit, emit_many, prune_inbox
 from shared.pagination import decode_cursor, encode_cursor, page_of
 from shared.params import TimeRangeDep
@@ -131,6 +131,32 @@ def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
         for s in _samples(registry, name)
         if all(s.labels.get(k) == v for k, v in labels.items())
     )
+
+
+async def test_an_idle_consumer_and_an_orderly_stop_log_no_warnings(
+    js: JetStreamContext, settings: RtopsSettings
+) -> None:
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        link = NatsLink(settings, name="quiet")
+        runner = asyncio.create_task(link.run())
+        await asyncio.wait_for(link.ready.wait(), 10)
+        task = asyncio.create_task(
+            run_consumer(
+                link,
+                Subscription("quiet", ("rtops.dicom.>",)),
+                apply=lambda e: None,
+                policy=ConsumerPolicy(stream=settings.stream_name, fetch_timeout_s=0.1),
+                stop=stop,
+            )
+        )
+        await asyncio.sleep(1.5)  # about fifteen empty fetches
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        runner.cancel()
+        await link.close()
+    noisy = [e for e in logs if e["log_level"] in ("warning", "error")]
+    assert noisy == []
 
 
 @pytest.mark.parametrize("subject", [">", "rtops.>", "rtops.deadletter.qa_tracker"])
