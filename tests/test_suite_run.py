@@ -102,13 +102,18 @@ def running_suite(tmp_path: Path, isolation: dict[str, str], **extra: str) -> It
             proc.kill()
             proc.wait()
         log.close()
-        settings = ScpSettings(
-            var_dir=tmp_path / "var", database_schema_prefix=isolation["database_schema_prefix"]
-        )
-        for service in ("scp_listener", "qa_tracker"):
-            engine = make_engine(settings, service)
-            drop_schema(engine, settings, service)
-            engine.dispose()
+        drop_suite_schemas(tmp_path, isolation)
+
+
+def drop_suite_schemas(tmp_path: Path, isolation: dict[str, str]) -> None:
+    """A test suite's PostgreSQL schemas (SQLite files go with the tmp dir)."""
+    settings = ScpSettings(
+        var_dir=tmp_path / "var", database_schema_prefix=isolation["database_schema_prefix"]
+    )
+    for service in ("scp_listener", "qa_tracker"):
+        engine = make_engine(settings, service)
+        drop_schema(engine, settings, service)
+        engine.dispose()
 
 
 def _ready(url: str) -> bool:
@@ -180,13 +185,7 @@ def test_ctrl_c_at_a_terminal_reaches_the_supervisor_alone(
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(terminal)
-        settings = ScpSettings(
-            var_dir=tmp_path / "var", database_schema_prefix=isolation["database_schema_prefix"]
-        )
-        for service in ("scp_listener", "qa_tracker"):
-            engine = make_engine(settings, service)
-            drop_schema(engine, settings, service)
-            engine.dispose()
+        drop_suite_schemas(tmp_path, isolation)
     assert b"parent saw 0" in output, output.decode(errors="replace")
     assert "rtops: stopped" in (tmp_path / "suite.log").read_text()
 

@@ -65,14 +65,9 @@ def qualifying_review(reviews: Sequence[Any]) -> Any | None:
 
 def verdict_fields(fraction: Fraction, reviews: Sequence[Any]) -> dict[str, Any]:
     """The assessed event's fields but the revision, as JSON values."""
-    key = FractionKey.parse(fraction.key)
     review = qualifying_review(reviews)
     return {
-        "patient": {"id": fraction.patient_id, "name": fraction.patient_name},
-        "fraction_key": fraction.key,
-        "plan_uid": key.plan_uid,
-        "fraction_group": key.group,
-        "fraction_number": key.number,
+        **_key_fields(fraction),
         "removed": False,
         "review_status": fraction.review_status,
         "on_time": fraction.review_status == "reviewed_on_time",
@@ -95,7 +90,8 @@ def verdict_fields(fraction: Fraction, reviews: Sequence[Any]) -> dict[str, Any]
     }
 
 
-def removed_fields(fraction: Fraction) -> dict[str, Any]:
+def _key_fields(fraction: Fraction) -> dict[str, Any]:
+    """Which fraction an assessed event is about: its key, whole and in parts."""
     key = FractionKey.parse(fraction.key)
     return {
         "patient": {"id": fraction.patient_id, "name": fraction.patient_name},
@@ -103,6 +99,12 @@ def removed_fields(fraction: Fraction) -> dict[str, Any]:
         "plan_uid": key.plan_uid,
         "fraction_group": key.group,
         "fraction_number": key.number,
+    }
+
+
+def removed_fields(fraction: Fraction) -> dict[str, Any]:
+    return {
+        **_key_fields(fraction),
         "removed": True,
         "treated_at": _iso(fraction.treated_at),
         "machine": fraction.machine,
