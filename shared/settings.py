@@ -7,7 +7,7 @@ composition root, so tests can pass overrides without touching the environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -103,3 +103,26 @@ class RtopsSettings(BaseSettings):
         if url_file.exists():
             return url_file.read_text().strip()
         return "nats://127.0.0.1:4222"
+
+
+S = TypeVar("S", bound=RtopsSettings)
+
+
+def settings_or_exit(cls: type[S], service: str) -> S:
+    """``cls()`` from the environment, or one line per invalid setting on stderr and exit
+    status 2 (no traceback): what a service's ``__main__`` calls first."""
+    import sys
+
+    from pydantic import ValidationError
+
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"][:1]).upper()
+            print(
+                f"{service}: {prefix}{name}: {error['msg']} (got {error.get('input')!r})",
+                file=sys.stderr,
+            )
+        raise SystemExit(2) from None

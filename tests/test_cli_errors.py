@@ -276,3 +276,31 @@ def test_the_signing_key_file_setting(tmp_path: Path) -> None:
         dev_signing_key(settings)
     good = "a-perfectly-fine-base64/key+with/slashes0123456789"
     assert dev_signing_key(ScpSettings(dev_signing_key=good)) == good
+
+
+@pytest.mark.parametrize(
+    ("service", "env", "line"),
+    [
+        ("qa_tracker", {"RTOPS_QA_HTTP_PORT": "abc"}, "qa_tracker: RTOPS_QA_HTTP_PORT: "),
+        (
+            "scp_listener",
+            {"RTOPS_CLINIC_CALENDAR": '{"workdays": ["monday"]}'},
+            "scp_listener: RTOPS_CLINIC_CALENDAR: ",
+        ),
+    ],
+)
+def test_an_invalid_setting_is_one_line_naming_it(
+    tmp_path: Path, service: str, env: dict[str, str], line: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", f"services.{service}"],
+        cwd=REPO,
+        env={**os.environ, "RTOPS_VAR_DIR": str(tmp_path / "var"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(line) and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -17,6 +17,7 @@ from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import Outbox
 from shared.db import make_engine, session_factory
 from shared.outbox import outbox_info
+from shared.settings import settings_or_exit
 from shared.web import serve
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m services.qa_tracker", description=__doc__)
     parser.add_argument("command", nargs="?", choices=["serve", "reassess"], default="serve")
     args = parser.parse_args(argv)
-    settings = QaSettings()
+    settings = settings_or_exit(QaSettings, SERVICE)
     if args.command == "reassess":
         print(f"reassessed the fractions of {reassess(settings)} patients")
         return

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from services.scp_listener.app import create_app
 from services.scp_listener.settings import ScpSettings
+from shared.settings import settings_or_exit
 from shared.web import serve
 
 
 def main() -> None:
-    settings = ScpSettings()
+    settings = settings_or_exit(ScpSettings, "scp_listener")
     serve(
         lambda: create_app(settings),
         settings,
