@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker.api import router
 from services.qa_tracker.consumer import run_consumer
+from services.qa_tracker.pages import router as pages_router
 from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import AuditLog, Outbox, ProcessedEvent
@@ -57,7 +58,7 @@ def create_app(
 
     app = runtime.app(
         title="rtops QA tracker",
-        routers=[router],
+        routers=[router, pages_router],
         tasks=(
             lambda: (
                 run_consumer(runtime.link, service, metrics=runtime.consumer_metrics),
