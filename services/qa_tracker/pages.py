@@ -7,7 +7,6 @@ audited, announced and assessed exactly like one documented through the API.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,18 +14,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
-from sqlalchemy.orm import Session as DbSession
 
 from services.qa_tracker import domain
 from services.qa_tracker.overdue import status_at
 from services.qa_tracker.service import NewReview, QaService
 from services.qa_tracker.store import AuditLog, Fraction, ReviewRow
-from services.qa_tracker.store.reads import reviews_of
+from services.qa_tracker.store.reads import physician_names, reviews_of, worklist_fractions
 from shared.audit import record_request
 from shared.auth import CLINICAL_STAFF
 from shared.errors import NotFound, RuleViolation
-from shared.ui import NavLink, PageRoute, Pages, Session, person_name, ui_router
+from shared.ui import NavLink, PageRoute, Pages, Session, ui_router
 
 WORKLIST = "/ui/worklist"
 LIMIT = 300
@@ -42,31 +39,6 @@ router.include_router(ui_router(pages))
 
 Reader = Annotated[Session, pages.user(*CLINICAL_STAFF)]
 Reviewer = Annotated[Session, pages.user("physician", csrf=True)]
-
-
-# ---------------------------------------------------------------- reads
-
-
-def worklist_fractions(
-    session: DbSession, physicians: Sequence[str] | None, *, limit: int = LIMIT
-) -> Sequence[Fraction]:
-    """Imaged fractions without a review, overdue first, then due soonest (a pending review is
-    overdue once its due time passed, so the due time orders both); ``physicians`` None: all."""
-    query = select(Fraction).where(
-        Fraction.imaged.is_(True), Fraction.review_status == domain.ReviewStatus.PENDING.value
-    )
-    if physicians is not None:
-        query = query.where(Fraction.physician.in_(physicians))
-    order = (Fraction.due_at.is_(None), Fraction.due_at, Fraction.treated_at, Fraction.id)
-    return session.scalars(query.order_by(*order).limit(limit)).all()
-
-
-def physician_names(session: DbSession, user: str) -> list[str]:
-    """The DICOM person names of the fractions' physicians that are ``user``: an exact match of
-    the name given at sign-in, as DICOM writes it ("Oncologist^Olga") or as people do ("Olga
-    Oncologist"). The mapping from an OIDC subject comes with production sign-in."""
-    names = session.scalars(select(Fraction.physician).distinct()).all()
-    return sorted(n for n in names if n and (n == user or person_name(n) == user))
 
 
 @dataclass(frozen=True)
@@ -134,7 +106,7 @@ def worklist(
     now = service.now()
     with request.app.state.session_factory.begin() as session:
         mine = physician_names(session, user.user) if scope == "mine" else None
-        fractions = worklist_fractions(session, mine)
+        fractions = worklist_fractions(session, mine, limit=LIMIT)
         record_request(
             session,
             AuditLog,

@@ -13,6 +13,7 @@ from services.qa_tracker import domain
 from services.qa_tracker.overdue import overdue_sql, status_is_sql, status_sql
 from services.qa_tracker.store.tables import Fraction, ImagingSeries, Registration, ReviewRow
 from shared.pagination import page_of
+from shared.ui.filters import person_name
 
 ORDER = (Fraction.treated_at, Fraction.id)  # newest first; the id breaks ties
 
@@ -151,3 +152,25 @@ def overdue_count(session: Session, now: datetime) -> int:
     """Reviews overdue at ``now`` (a gauge operators alert on)."""
     query = select(func.count()).select_from(Fraction).where(fraction_has_status("overdue", now))
     return session.scalar(query) or 0
+
+
+def worklist_fractions(
+    session: Session, physicians: Sequence[str] | None, *, limit: int
+) -> Sequence[Fraction]:
+    """Imaged fractions without a review, overdue first, then due soonest (a pending review is
+    overdue once its due time passed, so the due time orders both); ``physicians`` None: all."""
+    query = select(Fraction).where(
+        Fraction.imaged.is_(True), Fraction.review_status == domain.ReviewStatus.PENDING.value
+    )
+    if physicians is not None:
+        query = query.where(Fraction.physician.in_(physicians))
+    order = (Fraction.due_at.is_(None), Fraction.due_at, Fraction.treated_at, Fraction.id)
+    return session.scalars(query.order_by(*order).limit(limit)).all()
+
+
+def physician_names(session: Session, user: str) -> list[str]:
+    """The DICOM person names of the fractions' physicians that are ``user``: an exact match of
+    the name given at sign-in, as DICOM writes it ("Oncologist^Olga") or as people do ("Olga
+    Oncologist"). The mapping from an OIDC subject comes with production sign-in."""
+    names = session.scalars(select(Fraction.physician).distinct()).all()
+    return sorted(n for n in names if n and (n == user or person_name(n) == user))
