@@ -1,4 +1,5 @@
-"""Staff pages of the QA tracker (``/ui``): the physician's review worklist.
+"""Staff pages of the QA tracker (``/ui``): the physician's review worklist, a fraction's
+detail, the weekly compliance report (with its CSV) and the compliance trend.
 
 Built on ``shared.ui`` (layout, sign-in, CSRF, filters). A review posted here goes through the
 same use case as ``POST /v1/fractions/{id}/reviews`` (``QaService.add_review``), so it is
@@ -7,31 +8,50 @@ audited, announced and assessed exactly like one documented through the API.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse
+from markupsafe import Markup
 
-from services.qa_tracker import domain
+from services.qa_tracker import domain, report
 from services.qa_tracker.overdue import status_at
 from services.qa_tracker.service import NewReview, QaService
 from services.qa_tracker.store import AuditLog, Fraction, ReviewRow
-from services.qa_tracker.store.reads import physician_names, reviews_of, worklist_fractions
+from services.qa_tracker.store.reads import (
+    evidence_of,
+    physician_names,
+    reviews_of,
+    summary_rows,
+    treated_rows,
+    worklist_fractions,
+)
 from shared.audit import record_request
 from shared.auth import CLINICAL_STAFF
+from shared.calendar import iso_week_bounds, iso_week_of
 from shared.errors import NotFound, RuleViolation
-from shared.ui import NavLink, PageRoute, Pages, Session, ui_router
+from shared.ui import NavLink, PageRoute, Pages, Session, person_name, ui_router
 
 WORKLIST = "/ui/worklist"
+FRACTIONS = "/ui/fractions"
+COMPLIANCE = "/ui/compliance"
+TREND = "/ui/trend"
 LIMIT = 300
+TREND_WEEKS = 12
 AXES = ("x", "y", "z")
+WEEK = r"^\d{4}-W\d{2}$"
 
 pages = Pages(
     Path(__file__).parent / "templates",
-    nav=(NavLink("Review worklist", WORKLIST),),
+    nav=(
+        NavLink("Review worklist", WORKLIST),
+        NavLink("Weekly compliance", COMPLIANCE),
+        NavLink("Trend", TREND),
+    ),
     home=WORKLIST,
 )
 router = APIRouter(route_class=PageRoute, include_in_schema=False, tags=["pages"])
@@ -61,6 +81,15 @@ class Row:
     override_reason: str = ""
 
 
+def axes(values: Sequence[float] | None, limit: float) -> list[Axis]:
+    """A shift per axis, each marked when beyond ``limit`` (absolute)."""
+    shown: list[float | None] = list(values) if values else [None, None, None]
+    return [
+        Axis(name, v, v is not None and abs(v) > limit)
+        for name, v in zip(AXES, shown, strict=False)
+    ]
+
+
 def row_of(
     fraction: Fraction,
     policy: domain.ReviewPolicy,
@@ -70,14 +99,6 @@ def row_of(
     **extra: Any,
 ) -> Row:
     tolerance = domain.tolerance_for(policy, technique=fraction.technique, site=fraction.site)
-
-    def axes(values: list[float] | None, limit: float) -> list[Axis]:
-        values = list(values) if values else [None, None, None]  # type: ignore[list-item]
-        return [
-            Axis(name, v, v is not None and abs(v) > limit)
-            for name, v in zip(AXES, values, strict=False)
-        ]
-
     return Row(
         fraction=fraction,
         status=status_at(fraction.review_status, fraction.due_at, now),
@@ -186,3 +207,160 @@ def review(
             session=user,
             status_code=422 if error else 200,
         )
+
+
+# ---------------------------------------------------------------- a fraction's detail
+
+
+@dataclass(frozen=True)
+class RegistrationRow:
+    sop_uid: str
+    kind: str
+    content_at: datetime
+    creator: str | None
+    translation: list[Axis]
+    rotation: list[Axis]
+
+
+@router.get(FRACTIONS + "/{fraction_id}", response_class=HTMLResponse)
+def fraction_detail(request: Request, fraction_id: int, user: Reader) -> Response:
+    """A fraction: its imaging, the registrations' shifts against the tolerance, its reviews
+    (audited like ``GET /v1/fractions/{id}``)."""
+    service = _service(request)
+    with request.app.state.session_factory.begin() as session:
+        fraction = session.get(Fraction, fraction_id)
+        if fraction is None:
+            return pages.render(
+                request,
+                "error.html",
+                {"title": "Not found", "message": f"There is no fraction {fraction_id}."},
+                session=user,
+                status_code=404,
+            )
+        record_request(
+            session, AuditLog, user.principal, request, patient_ids=[fraction.patient_id]
+        )
+        evidence = evidence_of(session, fraction)
+        row = row_of(fraction, service.policy, service.now())
+        registrations = [
+            RegistrationRow(
+                r.sop_uid,
+                r.kind,
+                r.content_at,
+                r.creator,
+                axes(r.translation_mm, row.tolerance.translation_mm),
+                axes(r.rotation_deg, row.tolerance.rotation_deg),
+            )
+            for r in sorted(evidence.registrations, key=lambda r: r.content_at)
+        ]
+        return pages.render(
+            request,
+            "fraction.html",
+            {
+                "row": row,
+                "imaging": sorted(evidence.imaging, key=lambda s: s.acquired_at),
+                "registrations": registrations,
+                "reviews": evidence.reviews,
+            },
+            session=user,
+        )
+
+
+# ---------------------------------------------------------------- weekly compliance
+
+
+def _week_bounds(service: QaService, week: str | None) -> tuple[str, datetime, datetime]:
+    """The week asked for, else the last full ISO week in the clinic's zone."""
+    zone = service.policy.calendar.zone
+    if week is None:
+        today = service.now().astimezone(zone).date()
+        week = iso_week_of(today - timedelta(days=today.weekday() + 7))
+    try:
+        start, end = iso_week_bounds(week, zone)
+    except ValueError as exc:
+        raise RuleViolation(str(exc)) from exc
+    return week, start, end
+
+
+def _weekly(request: Request, user: Session, week: str | None) -> dict[str, Any]:
+    service = _service(request)
+    week, start, end = _week_bounds(service, week)
+    with request.app.state.session_factory.begin() as session:
+        rows = summary_rows(session, start=start, end=end, now=service.now())
+        record_request(session, AuditLog, user.principal, request, patient_ids=[])
+    return report.weekly_body(week, start, end, domain.weekly_summary(rows))
+
+
+@router.get(COMPLIANCE, response_class=HTMLResponse)
+def compliance(
+    request: Request, user: Reader, week: Annotated[str | None, Query(pattern=WEEK)] = None
+) -> Response:
+    """The week's review compliance, by machine and by physician (``GET
+    /v1/compliance/weekly``'s numbers), with its CSV and the neighbouring weeks."""
+    body = _weekly(request, user, week)
+    start = datetime.fromisoformat(body["from"])
+    local = start.date()
+    return pages.render(
+        request,
+        "compliance.html",
+        {
+            "report": body,
+            "first_day": local,
+            "last_day": local + timedelta(days=6),
+            "previous": iso_week_of(local - timedelta(days=7)),
+            "next": iso_week_of(local + timedelta(days=7)),
+            "chart": Markup(report.weekly_chart(body["by_machine"])),  # escaped inside
+            "columns": report.CSV_COLUMNS,
+        },
+        session=user,
+    )
+
+
+@router.get(COMPLIANCE + ".csv")
+def compliance_csv(
+    request: Request, user: Reader, week: Annotated[str | None, Query(pattern=WEEK)] = None
+) -> Response:
+    """The week's report as CSV: the API's ``Accept: text/csv`` answer, with the page's
+    session instead of a bearer token."""
+    body = _weekly(request, user, week)
+    return Response(
+        report.weekly_csv(body),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{body["week"]}.csv"'},
+    )
+
+
+# ---------------------------------------------------------------- the trend
+
+
+@router.get(TREND, response_class=HTMLResponse)
+def trend(request: Request, user: Reader) -> Response:
+    """Compliance over the last 12 full ISO weeks, by machine and by physician."""
+    service = _service(request)
+    zone = service.policy.calendar.zone
+    now = service.now()
+    weeks = report.last_weeks(now.astimezone(zone).date(), TREND_WEEKS)
+    start = iso_week_bounds(weeks[0], zone)[0]
+    end = iso_week_bounds(weeks[-1], zone)[1]
+    with request.app.state.session_factory.begin() as session:
+        rows = treated_rows(session, start=start, end=end, now=now)
+        record_request(session, AuditLog, user.principal, request, patient_ids=[])
+    result = report.trend(rows, weeks, zone)
+    # The chart's legend writes names as people do; the table does the same with the filter.
+    by_physician = {person_name(n) or n: v for n, v in result.by_physician.items()}
+    charts = {
+        "machine": report.trend_chart("Compliance by machine", weeks, result.by_machine),
+        "physician": report.trend_chart("Compliance by physician", weeks, by_physician),
+    }
+    return pages.render(
+        request,
+        "trend.html",
+        {
+            "trend": result,
+            "groups": [
+                ("By machine", result.by_machine, Markup(charts["machine"])),  # escaped inside
+                ("By physician", result.by_physician, Markup(charts["physician"])),
+            ],
+        },
+        session=user,
+    )

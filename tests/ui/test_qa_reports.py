@@ -1,0 +1,215 @@
+"""The QA tracker's report pages over httpx: a fraction's detail, the weekly compliance report
+(and its CSV) and the 12-week trend.
+
+The clock is Monday 2026-11-23 12:00 New York, so the last full week is 2026-W47 and the trend
+covers W36 to W47. Besides ``test_qa_pages``'s patients (Olga's QA-001 on TrueBeam1: fractions
+on Thursday and Friday of W47, the Friday one 7 mm off; Paul's QA-002 today), Pat's QA-003 was
+treated on TrueBeam2 around the end of daylight saving time (Sunday 2026-11-01 02:00): Sunday
+23:30 EST (04:30 UTC, Monday) is still W44, Monday 00:30 and 08:00 are W45.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.qa_tracker.app import api_app
+from services.qa_tracker.service import QaService
+from services.qa_tracker.settings import QaSettings
+from shared.auth import issue_dev_token
+from tests.qa_tracker.test_api import admit, ids, treat
+from tests.ui.test_qa_pages import OLGA, PAUL, audit_rows, sign_in
+
+PAT = "Physician^Pat"
+Db = tuple[QaSettings, sessionmaker[Session]]
+
+
+@pytest.fixture
+def app(qa_db: Db, service: QaService) -> FastAPI:
+    settings, factory = qa_db
+    admit(service, "QA-001", OLGA)
+    admit(service, "QA-002", PAUL)
+    admit(service, "QA-003", PAT)
+    treat(service, 1, "2026-11-19")
+    treat(service, 2, "2026-11-20", shift_mm=(7.0, 0.0, 0.5))
+    treat(service, 3, "2026-11-23")
+    treat(service, 1, "2026-11-23", "09:00", pid="QA-002")
+    treat(service, 1, "2026-11-01", "23:30", pid="QA-003", machine="TrueBeam2")
+    treat(service, 2, "2026-11-02", "00:30", pid="QA-003", machine="TrueBeam2")
+    treat(service, 3, "2026-11-02", "08:00", pid="QA-003", machine="TrueBeam2")
+    return api_app(settings, factory, service)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+def bearer(qa_db: Db, role: str = "physicist") -> dict[str, str]:
+    token = issue_dev_token(qa_db[0], user="Physicist^Phil", roles=[role])
+    return {"Authorization": f"Bearer {token}"}
+
+
+def cells(html: str, table_id: str) -> list[list[list[str]]]:
+    """A table's body cells as words (tags dropped), row by row."""
+    table = re.search(rf'<table[^>]*id="{table_id}".*?<tbody>(.*?)</tbody>', html, re.S)
+    assert table, html
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table.group(1), re.S)
+    return [
+        [re.sub(r"<[^>]+>", " ", c).split() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)]
+        for r in rows
+    ]
+
+
+@pytest.mark.parametrize(
+    "path", ["/ui/fractions/1", "/ui/compliance", "/ui/compliance.csv", "/ui/trend"]
+)
+async def test_billing_gets_a_403_page(client: httpx.AsyncClient, path: str) -> None:
+    await sign_in(client, "Biller^Bob", "billing")
+    answer = await client.get(path)
+    assert answer.status_code == 403
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "billing" in answer.text
+
+
+async def test_the_pages_are_in_the_navigation_and_the_worklist_links_the_detail(
+    client: httpx.AsyncClient, qa_db: Db
+) -> None:
+    await sign_in(client, OLGA)
+    page = await client.get("/ui/worklist")
+    for href in ('href="/ui/worklist"', 'href="/ui/compliance"', 'href="/ui/trend"'):
+        assert href in page.text
+    fid = ids(qa_db[1])[("QA-001", 2)]
+    assert f'href="/ui/fractions/{fid}"' in page.text
+
+
+async def test_a_fraction_shows_imaging_shifts_against_tolerance_and_reviews(
+    client: httpx.AsyncClient, qa_db: Db
+) -> None:
+    fid = ids(qa_db[1])[("QA-001", 2)]
+    csrf = await sign_in(client, OLGA)
+    posted = await client.post(
+        f"/ui/worklist/{fid}/review",
+        data={
+            "csrf_token": csrf,
+            "decision": "approved",
+            "override_reason": "Bony anatomy matched, soft tissue fine",
+            "comment": "ok",
+        },
+    )
+    assert posted.status_code == 200, posted.text
+    page = await client.get(f"/ui/fractions/{fid}")
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert "Olga Oncologist" in html and "QA-001" in html and "TrueBeam1" in html
+    assert "9.9.QA-001.2026-11-20.08:00" in html  # the CBCT series
+    assert '<span class="over" title="x">x +7.0</span>' in html
+    assert '<span class="" title="y">y +0.0</span>' in html
+    assert "tolerance ±5 mm" in html
+    assert "approved" in html and "Bony anatomy matched, soft tissue fine" in html
+    assert "required, documented" in html
+    assert ("read", OLGA, f"/ui/fractions/{fid}", "QA-001") in audit_rows(qa_db[1])
+
+
+async def test_an_unknown_fraction_is_a_404_page(client: httpx.AsyncClient) -> None:
+    await sign_in(client, OLGA)
+    answer = await client.get("/ui/fractions/9999")
+    assert answer.status_code == 404
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "There is no fraction 9999" in answer.text
+
+
+async def test_compliance_shows_the_apis_numbers_for_the_last_full_week(
+    client: httpx.AsyncClient, qa_db: Db
+) -> None:
+    api = (await client.get("/v1/compliance/weekly?week=2026-W47", headers=bearer(qa_db))).json()
+    await sign_in(client, "Physicist^Phil", "physicist")
+    page = await client.get("/ui/compliance")  # the default: the last full week, W47
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert "week 2026-W47" in html
+    assert 'href="?week=2026-W46"' in html and 'href="?week=2026-W48"' in html
+    assert 'href="/ui/compliance.csv?week=2026-W47"' in html
+    assert "<svg" in html  # the chart by machine
+    columns = (
+        "imaged_fractions",
+        "reviewed_on_time",
+        "reviewed_late",
+        "overdue",
+        "pending",
+        "overrides_required",
+        "overrides_documented",
+        "compliance_pct",
+    )
+
+    def shown(value: object) -> list[str]:
+        return [] if value is None else [str(value)]
+
+    assert cells(html, "total") == [[["All", "machines"], *(shown(api[c]) for c in columns)]]
+    assert cells(html, "by-machine") == [
+        [[name], *(shown(t[c]) for c in columns)] for name, t in api["by_machine"].items()
+    ]
+    assert api["imaged_fractions"] == 2 and api["overdue"] == 2
+    assert [r[0] for r in cells(html, "by-physician")] == [["Olga", "Oncologist"]]
+    assert ("read", "Physicist^Phil", "/ui/compliance", None) in audit_rows(qa_db[1])
+
+
+async def test_compliance_of_another_week_and_its_csv_match_the_api(
+    client: httpx.AsyncClient, qa_db: Db
+) -> None:
+    api = await client.get(
+        "/v1/compliance/weekly?week=2026-W45",
+        headers={**bearer(qa_db), "Accept": "text/csv"},
+    )
+    await sign_in(client, OLGA)
+    page = await client.get("/ui/compliance?week=2026-W45")
+    assert page.status_code == 200
+    assert cells(page.text, "by-machine")[0][:2] == [["TrueBeam2"], ["2"]]
+    download = await client.get("/ui/compliance.csv?week=2026-W45")
+    assert download.status_code == 200
+    assert download.headers["content-type"].startswith("text/csv")
+    assert download.headers["content-disposition"] == 'attachment; filename="2026-W45.csv"'
+    assert download.text == api.text
+    rows = list(csv.reader(io.StringIO(download.text)))
+    assert rows[1][:4] == ["2026-W45", "total", "", "2"]
+    audit = audit_rows(qa_db[1])
+    assert ("read", OLGA, "/ui/compliance.csv?week=2026-W45", None) in audit
+
+
+async def test_the_trend_groups_by_clinic_week_across_the_dst_change(
+    client: httpx.AsyncClient, qa_db: Db
+) -> None:
+    await sign_in(client, OLGA)
+    page = await client.get("/ui/trend")
+    assert page.status_code == 200, page.text
+    html = page.text
+    weeks = re.findall(r'<th><a href="/ui/compliance\?week=(\d{4}-W\d{2})">', html)
+    assert weeks == [f"2026-W{n}" for n in range(36, 48)]
+    # Two SVG line charts; TrueBeam2's consecutive weeks W44 and W45 are joined by a line.
+    assert html.count("<svg") == 2 and "<polyline" in html
+
+    def by_week(table_id: str) -> dict[str, list[list[str]]]:
+        return {" ".join(r[0]): r[1:] for r in cells(html, table_id)}
+
+    total = by_week("trend-total")["All"]
+    counts = dict(zip(weeks, total, strict=True))
+    # Sunday 23:30 EST is 04:30 UTC on Monday: still W44 in the clinic's zone.
+    assert counts["2026-W44"] == ["0.0%", "of", "1"]
+    assert counts["2026-W45"] == ["0.0%", "of", "2"]
+    assert counts["2026-W47"] == ["0.0%", "of", "2"]
+    assert counts["2026-W46"] == ["\u2013"]  # an en dash: no fractions
+    machines = by_week("trend-by-machine")
+    assert set(machines) == {"TrueBeam1", "TrueBeam2"}
+    assert dict(zip(weeks, machines["TrueBeam2"], strict=True))["2026-W44"][-1] == "1"
+    physicians = by_week("trend-by-physician")
+    assert set(physicians) == {"Olga Oncologist", "Pat Physician"}
+    assert ("read", OLGA, "/ui/trend", None) in audit_rows(qa_db[1])
