@@ -13,6 +13,7 @@ from services.scp_listener.api import router
 from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import ScpMetrics
 from services.scp_listener.objectstore import ObjectStore
+from services.scp_listener.pages import router as pages_router
 from services.scp_listener.service import Ingestor
 from services.scp_listener.settings import ScpSettings
 from services.scp_listener.store import AuditLog, Outbox, ProcessedEvent
@@ -55,7 +56,7 @@ def create_app(
 
     app = runtime.app(
         title="rtops DICOM SCP",
-        routers=[router],
+        routers=[router, pages_router],
         tasks=(
             lambda: (
                 every(settings.scp_sweep_interval_s, "quiet image series sweep", sweep),
@@ -74,4 +75,5 @@ def create_app(
     )
     app.state.ingestor = ingestor
     app.state.device_registry = registry
+    app.state.problems = metrics.problems  # the problems page reads what the DICOM side records
     return app

@@ -1,14 +1,61 @@
-"""Prometheus metrics of the SCP, in a registry of its own (one per app instance)."""
+"""Prometheus metrics of the SCP, in a registry of its own (one per app instance), and the
+recent refusals and failed stores, with their reasons, that the problems page lists."""
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+RECENT_PROBLEMS = 500
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One refused association, refused presentation context or failed C-STORE."""
+
+    kind: Literal["association", "context", "store"]
+    reason: str  # the metric label: unknown_calling_ae, wrong_called_ae, cannot_understand...
+    calling_ae: str
+    detail: str  # the words of the log line (with the case hint, the status's reason)
+    status: int | None = None  # a C-STORE's answer (0xC210, 0xA900, 0xA700, 0x0110, ...)
+    sop_class: str | None = None  # a SOP class name (sop.NAMES) or UID
+    sop_instance_uid: str | None = None
+    called_ae: str | None = None
+    peer: str | None = None
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class RecentProblems:
+    """The last ``size`` problems, kept in memory by the SCP process (thread-safe: the DICOM
+    side records from its association threads, the pages read). A restart empties it; the
+    log lines and the ``rtops_scp_rejections`` counter are the lasting record."""
+
+    def __init__(self, size: int = RECENT_PROBLEMS) -> None:
+        self._items: deque[Problem] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self.size = size
+        self.total = 0  # since the process started, including those pushed out
+        self.since = datetime.now(UTC)
+
+    def record(self, problem: Problem) -> None:
+        with self._lock:
+            self._items.append(problem)
+            self.total += 1
+
+    def newest_first(self) -> list[Problem]:
+        with self._lock:
+            return list(reversed(self._items))
 
 
 class ScpMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.problems = RecentProblems()
         self.objects = Counter(
             "rtops_scp_objects_stored",
             "new objects stored, by SOP class",

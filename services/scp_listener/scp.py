@@ -20,7 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from services.scp_listener import sop
 from services.scp_listener.devices import DeviceRegistry
-from services.scp_listener.metrics import ScpMetrics
+from services.scp_listener.metrics import Problem, ScpMetrics
 from services.scp_listener.service import Ingestor, Status
 from services.scp_listener.settings import ScpSettings
 from shared.natsd import explain_bind_error
@@ -134,6 +134,16 @@ def _log_rejection(
             f"{settings.scp_max_associations})"
         )
     metrics.rejections.labels(reason).inc()
+    metrics.problems.record(
+        Problem(
+            kind="association",
+            reason=reason,
+            calling_ae=calling,
+            called_ae=called,
+            peer=_peer(event),
+            detail="; and ".join(problems),
+        )
+    )
     log.warning(
         f"refused an association from {calling!r} at {_peer(event)}: " + "; and ".join(problems),
         reason=reason,
@@ -171,6 +181,17 @@ def _log_acceptance(event: Event, registry: DeviceRegistry, metrics: ScpMetrics)
     }
     if refused:
         fields["refused_contexts"] = {k: sorted(set(v)) for k, v in refused.items()}
+        for reason, names in fields["refused_contexts"].items():
+            metrics.problems.record(
+                Problem(
+                    kind="context",
+                    reason=reason,
+                    calling_ae=calling,
+                    peer=_peer(event),
+                    detail=f"presentation contexts refused ({reason.replace('_', ' ')}): "
+                    + ", ".join(names),
+                )
+            )
     if not accepted:
         log.warning(
             f"accepted an association from {calling!r} but refused every presentation context "
@@ -210,6 +231,18 @@ def handle_store(
     device = registry.devices.get(calling)
     if sop_class not in sop.STORAGE:
         metrics.rejections.labels("sop_class_not_supported").inc()
+        metrics.problems.record(
+            Problem(
+                kind="store",
+                reason="sop_class_not_supported",
+                calling_ae=calling,
+                status=Status.SOP_CLASS_NOT_SUPPORTED,
+                sop_class=sop_class,
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                peer=_peer(event),
+                detail="rtops does not keep this SOP class",
+            )
+        )
         log.warning(
             "C-STORE refused: rtops does not keep this SOP class",
             sop_class=sop_class,
@@ -219,6 +252,18 @@ def handle_store(
     if device is None:
         # Removed from the registry (reloaded) after its association was accepted.
         metrics.rejections.labels("unknown_calling_ae").inc()
+        metrics.problems.record(
+            Problem(
+                kind="store",
+                reason="unknown_calling_ae",
+                calling_ae=calling,
+                status=NOT_AUTHORIZED,
+                sop_class=sop.NAMES.get(sop_class, sop_class),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                peer=_peer(event),
+                detail=f"{calling!r} was removed from the device registry during its association",
+            )
+        )
         log.warning(
             f"C-STORE refused: {calling!r} was removed from the device registry during its "
             "association",
@@ -256,9 +301,20 @@ def handle_store(
     else:
         if outcome.status == Status.PROCESSING_FAILURE:
             metrics.internal_errors.inc()
-        metrics.rejections.labels(
-            _REJECTION_REASONS.get(outcome.status, outcome.status.name.lower())
-        ).inc()
+        reason = _REJECTION_REASONS.get(outcome.status, outcome.status.name.lower())
+        metrics.rejections.labels(reason).inc()
+        metrics.problems.record(
+            Problem(
+                kind="store",
+                reason=reason,
+                calling_ae=calling,
+                status=outcome.status,
+                sop_class=name,
+                sop_instance_uid=outcome.sop_instance_uid or None,
+                peer=_peer(event),
+                detail=outcome.reason,
+            )
+        )
         log.warning(
             "C-STORE failed",
             status=f"0x{outcome.status:04X}",

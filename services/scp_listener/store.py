@@ -1,9 +1,10 @@
 """Tables of the SCP (the object index, image series awaiting their event, and the kit's
-outbox, inbox and audit log) and the queries its API runs."""
+outbox, inbox and audit log) and the queries its API and pages run."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Select,
     String,
     UniqueConstraint,
+    func,
     select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -103,3 +105,54 @@ def object_revision(session: Session, uid: str, revision: int | None = None) -> 
     if revision is not None:
         query = query.where(DicomObject.revision == revision)
     return session.scalars(query).first()
+
+
+@dataclass(frozen=True)
+class ArrivalCount:
+    """How many objects one device sent of one SOP class, and when the last one arrived."""
+
+    calling_ae: str
+    sop_class_uid: str
+    objects: int
+    last_received_at: datetime
+
+
+def arrival_counts(session: Session, objects: Select[tuple[DicomObject]]) -> list[ArrivalCount]:
+    """``objects`` (a ``received_objects`` query) counted by device and SOP class."""
+    matching = objects.subquery()
+    rows = session.execute(
+        select(
+            matching.c.calling_ae,
+            matching.c.sop_class_uid,
+            func.count().label("objects"),
+            func.max(matching.c.received_at).label("last"),
+        )
+        .group_by(matching.c.calling_ae, matching.c.sop_class_uid)
+        .order_by(matching.c.calling_ae, matching.c.sop_class_uid)
+    ).all()
+    return [ArrivalCount(r.calling_ae, r.sop_class_uid, r.objects, _aware(r.last)) for r in rows]
+
+
+@dataclass(frozen=True)
+class DeviceActivity:
+    last_received_at: datetime
+    objects_since: int  # objects received at or after the ``since`` asked for (today)
+
+
+def device_activity(session: Session, since: datetime) -> dict[str, DeviceActivity]:
+    """Calling AE title -> when it last sent an object, and how many it sent since ``since``."""
+    rows = session.execute(
+        select(
+            DicomObject.calling_ae,
+            func.max(DicomObject.received_at).label("last"),
+            func.count().filter(DicomObject.received_at >= since).label("recent"),
+        ).group_by(DicomObject.calling_ae)
+    ).all()
+    return {r.calling_ae: DeviceActivity(_aware(r.last), r.recent) for r in rows}
+
+
+def _aware(value: datetime) -> datetime:
+    """An aggregate bypasses the column's type on some databases: a naive value is UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
