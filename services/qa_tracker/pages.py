@@ -8,13 +8,14 @@ audited, announced and assessed exactly like one documented through the API.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 
@@ -43,7 +44,7 @@ TREND = "/ui/trend"
 LIMIT = 300
 TREND_WEEKS = 12
 AXES = ("x", "y", "z")
-WEEK = r"^\d{4}-W\d{2}$"
+WEEK = r"\d{4}-W\d{2}"
 
 pages = Pages(
     Path(__file__).parent / "templates",
@@ -270,34 +271,52 @@ def fraction_detail(request: Request, fraction_id: int, user: Reader) -> Respons
 
 
 def _week_bounds(service: QaService, week: str | None) -> tuple[str, datetime, datetime]:
-    """The week asked for, else the last full ISO week in the clinic's zone."""
+    """The week asked for, else the last full ISO week in the clinic's zone; ValueError for
+    a week that is not one (``2026-W60``, ``soon``)."""
     zone = service.policy.calendar.zone
     if week is None:
         today = service.now().astimezone(zone).date()
         week = iso_week_of(today - timedelta(days=today.weekday() + 7))
-    try:
-        start, end = iso_week_bounds(week, zone)
-    except ValueError as exc:
-        raise RuleViolation(str(exc)) from exc
+    start, end = iso_week_bounds(week, zone)  # ValueError: not an ISO week
     return week, start, end
+
+
+class BadWeek(Exception):
+    pass
 
 
 def _weekly(request: Request, user: Session, week: str | None) -> dict[str, Any]:
     service = _service(request)
-    week, start, end = _week_bounds(service, week)
+    try:
+        if week is not None and not re.fullmatch(WEEK, week):
+            raise ValueError(week)
+        week, start, end = _week_bounds(service, week)
+    except ValueError:
+        raise BadWeek(f"{week!r} is not an ISO week such as 2026-W47.") from None
     with request.app.state.session_factory.begin() as session:
         rows = summary_rows(session, start=start, end=end, now=service.now())
         record_request(session, AuditLog, user.principal, request, patient_ids=[])
     return report.weekly_body(week, start, end, domain.weekly_summary(rows))
 
 
+def _bad_week(request: Request, user: Session, exc: BadWeek) -> Response:
+    return pages.render(
+        request,
+        "error.html",
+        {"title": "Not a week", "message": str(exc)},
+        session=user,
+        status_code=422,
+    )
+
+
 @router.get(COMPLIANCE, response_class=HTMLResponse)
-def compliance(
-    request: Request, user: Reader, week: Annotated[str | None, Query(pattern=WEEK)] = None
-) -> Response:
+def compliance(request: Request, user: Reader, week: str | None = None) -> Response:
     """The week's review compliance, by machine and by physician (``GET
     /v1/compliance/weekly``'s numbers), with its CSV and the neighbouring weeks."""
-    body = _weekly(request, user, week)
+    try:
+        body = _weekly(request, user, week)
+    except BadWeek as exc:
+        return _bad_week(request, user, exc)
     start = datetime.fromisoformat(body["from"])
     local = start.date()
     return pages.render(
@@ -317,12 +336,13 @@ def compliance(
 
 
 @router.get(COMPLIANCE + ".csv")
-def compliance_csv(
-    request: Request, user: Reader, week: Annotated[str | None, Query(pattern=WEEK)] = None
-) -> Response:
+def compliance_csv(request: Request, user: Reader, week: str | None = None) -> Response:
     """The week's report as CSV: the API's ``Accept: text/csv`` answer, with the page's
     session instead of a bearer token."""
-    body = _weekly(request, user, week)
+    try:
+        body = _weekly(request, user, week)
+    except BadWeek as exc:
+        return _bad_week(request, user, exc)
     return Response(
         report.weekly_csv(body),
         media_type="text/csv",

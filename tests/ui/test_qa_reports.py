@@ -12,19 +12,30 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import shutil
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.qa_tracker.app import api_app
-from services.qa_tracker.service import QaService
+from services.qa_tracker import domain
+from services.qa_tracker.app import SERVICE, TABLES, api_app
+from services.qa_tracker.policy import load_policy
+from services.qa_tracker.service import NewReview, QaService
 from services.qa_tracker.settings import QaSettings
-from shared.auth import issue_dev_token
+from shared.auth import Principal, issue_dev_token
+from shared.runtime import Runtime
+from tests.events import imaging_event, plan_event, record_event, registration_event
 from tests.qa_tracker.test_api import admit, ids, treat
+from tests.support import REPO
+from tests.test_suite_run import running_suite
+from tests.ui.test_browser import CHROMIUM, NY, seed
 from tests.ui.test_qa_pages import OLGA, PAUL, audit_rows, sign_in
 
 PAT = "Physician^Pat"
@@ -213,3 +224,94 @@ async def test_the_trend_groups_by_clinic_week_across_the_dst_change(
     physicians = by_week("trend-by-physician")
     assert set(physicians) == {"Olga Oncologist", "Pat Physician"}
     assert ("read", OLGA, "/ui/trend", None) in audit_rows(qa_db[1])
+
+
+def seed_weeks(tmp_path: Path, isolation: dict[str, str]) -> None:
+    """Pat's QA-003 on TrueBeam2: a fraction each weekday of the last 11 full weeks, reviewed
+    on time (by noon) on a share that varies from week to week, so the trend has lines."""
+    settings = QaSettings(
+        var_dir=tmp_path / "var",
+        database_url=os.environ.get("RTOPS_DATABASE_URL") or None,
+        database_schema_prefix=isolation["database_schema_prefix"],
+    )
+    runtime = Runtime.create(SERVICE, settings, TABLES)
+    service = QaService(factory=runtime.factory, policy=load_policy(None, zone="America/New_York"))
+    plan = "1.2.826.0.1.3680043.10.1.3"
+    service.apply(plan_event(plan_uid=plan, pid="QA-003", physician=PAT))
+    today = datetime.now(NY).date()
+    monday = today - timedelta(days=today.weekday())
+    number = 0
+    for week in range(11, 0, -1):
+        for weekday in range(5):
+            day = (monday - timedelta(weeks=week, days=-weekday)).isoformat()
+            number += 1
+            series = f"9.9.QA-003.{day}"
+            service.apply(imaging_event(series, day, "09:55", pid="QA-003", machine="TrueBeam2"))
+            service.apply(
+                registration_event(f"8.8.QA-003.{day}", series, day, "09:58", pid="QA-003")
+            )
+            service.apply(
+                record_event(number, day, "10:00", pid="QA-003", plan_uid=plan, machine="TrueBeam2")
+            )
+            if (weekday + week) % 5 < 3 + week % 3:
+                fid = ids(runtime.factory)[("QA-003", number)]
+                service.add_review(
+                    fid,
+                    NewReview(
+                        decision=domain.Decision.APPROVED,
+                        comment=None,
+                        override_reason=None,
+                        reviewed_at=datetime.fromisoformat(f"{day}T12:00").replace(tzinfo=NY),
+                    ),
+                    principal=Principal(PAT, frozenset({"physician"})),
+                    resource="/seed",
+                )
+    runtime.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
+def test_the_report_pages_in_a_browser(tmp_path: Path, isolation: dict[str, str]) -> None:
+    """Each report page opens in Chromium against ``rtops run`` (the browser test's seed);
+    ``RTOPS_UPDATE_SCREENSHOTS=1`` saves them to ``docs/screenshots/``."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_suite(tmp_path, isolation) as suite:
+        seed(suite, tmp_path, isolation)
+        seed_weeks(tmp_path, isolation)
+        reader = suite.token("physician", "e2e")
+        listed = httpx.get(f"{suite.qa_http}/v1/fractions?patient_id=QA-002", headers=reader)
+        fid = listed.json()["items"][0]["id"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 720})
+                page.set_default_timeout(10_000)
+                page.goto(f"{suite.qa_http}/ui/sign-in?next=%2Fui%2Ftrend")
+                page.fill("input[name=name]", "Physicist^Phil")
+                page.select_option("select[name=role]", "physicist")
+                page.click("button[type=submit]:has-text('Sign in')")
+                shots = {
+                    "qa-trend.png": ("/ui/trend", "#trend-by-machine"),
+                    "qa-compliance.png": ("/ui/compliance", "#by-machine"),
+                    "qa-fraction.png": (f"/ui/fractions/{fid}", "table.registrations"),
+                }
+                for name, (path, selector) in shots.items():
+                    page.goto(f"{suite.qa_http}{path}")
+                    expect(page.locator(selector)).to_be_visible()
+                    shot = tmp_path / name
+                    page.screenshot(path=str(shot), full_page=True)
+                    if os.environ.get("RTOPS_UPDATE_SCREENSHOTS") == "1":
+                        shutil.copyfile(shot, REPO / "docs" / "screenshots" / name)
+            finally:
+                browser.close()
+
+
+@pytest.mark.parametrize("week", ["2026-W60", "soon"])
+async def test_a_week_that_is_not_one_is_a_422_page(client: httpx.AsyncClient, week: str) -> None:
+    await sign_in(client, OLGA)
+    for path in ("/ui/compliance", "/ui/compliance.csv"):
+        answer = await client.get(path, params={"week": week})
+        assert answer.status_code == 422
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "is not an ISO week" in answer.text
