@@ -3,8 +3,6 @@ the weekly compliance report (JSON, CSV or a printable HTML page)."""
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -15,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker import domain
 from services.qa_tracker.overdue import status_at
-from services.qa_tracker.report import weekly_html
+from services.qa_tracker.report import weekly_body, weekly_csv, weekly_html
 from services.qa_tracker.service import NewReview, QaService
 from services.qa_tracker.store import AuditLog, Fraction
 from services.qa_tracker.store.reads import (
@@ -261,47 +259,14 @@ def weekly(
             session, start=start, end=end, now=service.now(), machine=machine, physician=physician
         )
         record_request(session, AuditLog, principal, request, patient_ids=[])
-    summary = domain.weekly_summary(rows)
-    body = {
-        "week": week,
-        "from": start.isoformat(),
-        "to": end.isoformat(),
-        **summary.total.as_dict(),
-        "by_machine": {k: v.as_dict() for k, v in summary.by_machine.items()},
-        "by_physician": {k: v.as_dict() for k, v in summary.by_physician.items()},
-    }
+    body = weekly_body(week, start, end, domain.weekly_summary(rows))
     accept = request.headers.get("accept", "")
     if "text/csv" in accept:
         return Response(
-            _csv(body),
+            weekly_csv(body),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{week}.csv"'},
         )
     if "text/html" in accept:
         return HTMLResponse(weekly_html(body))
     return body
-
-
-_COLUMNS = (
-    "imaged_fractions",
-    "reviewed_on_time",
-    "reviewed_late",
-    "overdue",
-    "pending",
-    "overrides_required",
-    "overrides_documented",
-    "compliance_pct",
-)
-
-
-def _csv(body: dict[str, Any]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["week", "group", "name", *_COLUMNS])
-    writer.writerow([body["week"], "total", "", *(body[c] for c in _COLUMNS)])
-    for group in ("by_machine", "by_physician"):
-        for name, tally in body[group].items():
-            writer.writerow(
-                [body["week"], group.removeprefix("by_"), name, *(tally[c] for c in _COLUMNS)]
-            )
-    return out.getvalue()
