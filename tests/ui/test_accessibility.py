@@ -49,14 +49,17 @@ def sign_in(page: Page, base: str, name: str, role: str, next_path: str) -> None
 
 
 def send_and_refuse(suite: Suite, tmp_path: Path) -> None:
-    """A treatment record and a sim CT slice from their devices, then an association refused
-    for a mis-cased calling AE title (Truebeam1)."""
-    record = f.write(f.treatment_record(plan_uid="1.2.3"), tmp_path / "rec.dcm")
-    assert pynetdicom_store(suite.dicom_port, [record]) == [0]
+    """Two treatment records from TRUEBEAM1 and a sim CT slice from CTSIM1, then an
+    association refused for a mis-cased calling AE title (Truebeam1)."""
+    records = [
+        f.write(f.treatment_record(plan_uid="1.2.3", fraction_number=n), tmp_path / f"rec{n}.dcm")
+        for n in (1, 2)
+    ]
+    assert pynetdicom_store(suite.dicom_port, records) == [0, 0]
     ct = f.write_series(f.sim_ct_series(n_slices=1), tmp_path / "ct")
     assert pynetdicom_store(suite.dicom_port, ct, calling="CTSIM1") == [0]
     with pytest.raises(ConnectionRefusedError):
-        pynetdicom_store(suite.dicom_port, [record], calling="Truebeam1")
+        pynetdicom_store(suite.dicom_port, records, calling="Truebeam1")
 
 
 def serious_violations(page: Page) -> list[dict[str, Any]]:
