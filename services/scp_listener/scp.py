@@ -189,7 +189,7 @@ def _log_acceptance(event: Event, registry: DeviceRegistry, metrics: ScpMetrics)
                     calling_ae=calling,
                     peer=_peer(event),
                     detail=f"presentation contexts refused ({reason.replace('_', ' ')}): "
-                    + ", ".join(names),
+                    + _first_of(names),
                 )
             )
     if not accepted:
@@ -336,3 +336,10 @@ def reload_on_sighup(registry: DeviceRegistry) -> None:
         )
     except (RuntimeError, ValueError, NotImplementedError):
         return
+
+
+def _first_of(names: list[str], shown: int = 5) -> str:
+    """A few names and a count: a device proposing every class it knows would otherwise fill
+    the problems page with a hundred names per association (the log keeps them all)."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")

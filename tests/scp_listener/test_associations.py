@@ -116,3 +116,11 @@ def test_an_unsupported_sop_class_is_logged_and_counted(
     assert entry["accepted_contexts"] == 0
     assert entry["refused_contexts"] == {"sop_class_not_supported": ["MR Image Storage"]}
     assert rejections(scp) == {"sop_class_not_supported": 1.0}
+
+
+def test_a_long_list_of_refused_classes_is_shortened_for_the_problems_page() -> None:
+    from services.scp_listener.scp import _first_of
+
+    names = [f"Class {n}" for n in range(1, 101)]
+    assert _first_of(names) == "Class 1, Class 2, Class 3, Class 4, Class 5 and 95 more"
+    assert _first_of(names[:2]) == "Class 1, Class 2"
