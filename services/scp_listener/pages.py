@@ -198,7 +198,8 @@ def devices(request: Request, user: Operator) -> Response:
     return pages.render(
         request,
         "devices.html",
-        {"rows": rows, "today": today, "path": str(_registry(request).path)},
+        # The file name and the setting, not a server path (it would show the machine layout).
+        {"rows": rows, "today": today, "path": _registry(request).path.name},
         session=user,
     )
 

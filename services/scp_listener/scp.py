@@ -125,7 +125,7 @@ def _log_rejection(
         hint = f"; did you mean {near}? AE titles are case-sensitive" if near else ""
         problems.append(
             f"its AE title {calling!r} is not in the device registry "
-            f"({settings.scp_device_registry}){hint}"
+            f"({settings.scp_device_registry.name}, RTOPS_SCP_DEVICE_REGISTRY){hint}"
         )
     if not problems:
         reason = "too_many_associations"
