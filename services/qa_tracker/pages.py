@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import Form, Request, Response
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 
@@ -35,7 +35,7 @@ from shared.audit import record_request
 from shared.auth import CLINICAL_STAFF
 from shared.calendar import iso_week_bounds, iso_week_of
 from shared.errors import NotFound, RuleViolation
-from shared.ui import NavLink, PageRoute, Pages, Session, person_name, ui_router
+from shared.ui import NavLink, Session, page_router, person_name
 
 WORKLIST = "/ui/worklist"
 FRACTIONS = "/ui/fractions"
@@ -46,7 +46,7 @@ TREND_WEEKS = 12
 AXES = ("x", "y", "z")
 WEEK = r"\d{4}-W\d{2}"
 
-pages = Pages(
+pages, router = page_router(
     Path(__file__).parent / "templates",
     nav=(
         NavLink("Review worklist", WORKLIST),
@@ -55,8 +55,6 @@ pages = Pages(
     ),
     home=WORKLIST,
 )
-router = APIRouter(route_class=PageRoute, include_in_schema=False, tags=["pages"])
-router.include_router(ui_router(pages))
 
 Reader = Annotated[Session, pages.user(*CLINICAL_STAFF)]
 Reviewer = Annotated[Session, pages.user("physician", csrf=True)]

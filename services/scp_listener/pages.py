@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from fastapi.responses import HTMLResponse
 from pydicom.uid import UID
 
@@ -36,14 +36,14 @@ from shared.calendar import local_midnight
 from shared.errors import RuleViolation
 from shared.outbox import outbox_depth
 from shared.pagination import page_of
-from shared.ui import NavLink, PageRoute, Pages, Session, ui_router
+from shared.ui import NavLink, Session, page_router
 
 ARRIVALS = "/ui/arrivals"
 DEVICES = "/ui/devices"
 PROBLEMS = "/ui/problems"
 PAGE_SIZE = 50
 
-pages = Pages(
+pages, router = page_router(
     Path(__file__).parent / "templates",
     nav=(
         NavLink("Arrivals", ARRIVALS),
@@ -52,8 +52,6 @@ pages = Pages(
     ),
     home=ARRIVALS,
 )
-router = APIRouter(route_class=PageRoute, include_in_schema=False, tags=["pages"])
-router.include_router(ui_router(pages))
 
 Operator = Annotated[Session, pages.user(*DEVICE_OPERATIONS)]
 

@@ -2,7 +2,7 @@
 template filters. ``docs/pages.md`` shows how a service adds a page."""
 
 from shared.ui.filters import clinic_time, person_name
-from shared.ui.pages import NavLink, PageForbidden, PageRoute, Pages, ui_router
+from shared.ui.pages import NavLink, PageForbidden, PageRoute, Pages, page_router, ui_router
 from shared.ui.session import CSRF_FIELD, SESSION_COOKIE, Session
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Pages",
     "Session",
     "clinic_time",
+    "page_router",
     "person_name",
     "ui_router",
 ]

@@ -292,6 +292,15 @@ def ui_router(pages: Pages) -> APIRouter:
     return router
 
 
+def page_router(templates: Path, *, nav: Sequence[NavLink], home: str) -> tuple[Pages, APIRouter]:
+    """A service's ``Pages`` (its templates, its navigation, its home page) and the router its
+    pages go on, which already serves sign-in, sign-out and the static files."""
+    pages = Pages(templates, nav=nav, home=home)
+    router = APIRouter(route_class=PageRoute, include_in_schema=False, tags=["pages"])
+    router.include_router(ui_router(pages))
+    return pages, router
+
+
 def _no_dev_sign_in(pages: Pages, request: Request) -> Response:
     return pages.render(
         request,
