@@ -14,9 +14,11 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import nats
 import pytest
 from nats.js.errors import NotFoundError
@@ -67,6 +69,14 @@ def base_settings(tmp_path: Path, nats_url: str, isolation: dict[str, str]) -> d
         "log_format": "console",
         **isolation,
     }
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """httpx on the module's ``app`` fixture (the real ASGI app, no server)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
 
 
 def dcmtk_tool(name: str) -> str | None:

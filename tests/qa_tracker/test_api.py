@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -81,13 +81,6 @@ def app(qa_db: Db, service: QaService) -> FastAPI:
     """What ``create_app`` builds, minus the lifespan tasks; the service runs on ``clock``."""
     settings, factory = qa_db
     return api_app(settings, factory, service)
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
 
 
 @pytest.fixture

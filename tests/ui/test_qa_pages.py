@@ -9,7 +9,6 @@ fraction today.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -29,23 +28,21 @@ PAUL = "Oncologist^Paul"
 Db = tuple[QaSettings, sessionmaker[Session]]
 
 
-@pytest.fixture
-def app(qa_db: Db, service: QaService) -> FastAPI:
-    settings, factory = qa_db
+def two_physicians(service: QaService) -> None:
+    """Olga's patient with three fractions (the second beyond tolerance), Paul's with one."""
     admit(service, "QA-001", OLGA)
     admit(service, "QA-002", PAUL)
     treat(service, 1, "2026-11-19")
     treat(service, 2, "2026-11-20", shift_mm=(7.0, 0.0, 0.5))
     treat(service, 3, "2026-11-23")
     treat(service, 1, "2026-11-23", "09:00", pid="QA-002")
-    return api_app(settings, factory, service)
 
 
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
+def app(qa_db: Db, service: QaService) -> FastAPI:
+    settings, factory = qa_db
+    two_physicians(service)
+    return api_app(settings, factory, service)
 
 
 def token_in(html: str) -> str:

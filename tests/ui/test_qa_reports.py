@@ -15,7 +15,6 @@ import io
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from tests.qa_tracker.test_api import admit, ids, treat
 from tests.support import REPO
 from tests.test_suite_run import running_suite
 from tests.ui.test_browser import CHROMIUM, NY, seed
-from tests.ui.test_qa_pages import OLGA, PAUL, audit_rows, sign_in
+from tests.ui.test_qa_pages import OLGA, audit_rows, sign_in, two_physicians
 
 PAT = "Physician^Pat"
 Db = tuple[QaSettings, sessionmaker[Session]]
@@ -45,24 +44,12 @@ Db = tuple[QaSettings, sessionmaker[Session]]
 @pytest.fixture
 def app(qa_db: Db, service: QaService) -> FastAPI:
     settings, factory = qa_db
-    admit(service, "QA-001", OLGA)
-    admit(service, "QA-002", PAUL)
+    two_physicians(service)
     admit(service, "QA-003", PAT)
-    treat(service, 1, "2026-11-19")
-    treat(service, 2, "2026-11-20", shift_mm=(7.0, 0.0, 0.5))
-    treat(service, 3, "2026-11-23")
-    treat(service, 1, "2026-11-23", "09:00", pid="QA-002")
     treat(service, 1, "2026-11-01", "23:30", pid="QA-003", machine="TrueBeam2")
     treat(service, 2, "2026-11-02", "00:30", pid="QA-003", machine="TrueBeam2")
     treat(service, 3, "2026-11-02", "08:00", pid="QA-003", machine="TrueBeam2")
     return api_app(settings, factory, service)
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
 
 
 def bearer(qa_db: Db, role: str = "physicist") -> dict[str, str]:

@@ -7,7 +7,7 @@ association handlers with stand-in events, so they are recorded as the DICOM sid
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,13 +62,6 @@ def ingest(app: FastAPI, path: Path, sop_class: str, source: Any) -> None:
         source=source,
     )
     assert outcome.created, outcome
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
 
 
 async def sign_in(client: httpx.AsyncClient, name: str = "Ivan IT", role: str = "admin") -> None:
