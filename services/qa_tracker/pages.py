@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
-from fastapi import Form, Request, Response
+from fastapi import Form, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 
@@ -29,7 +30,7 @@ from services.qa_tracker.store.reads import (
     reviews_of,
     summary_rows,
     treated_rows,
-    worklist_fractions,
+    worklist_page,
 )
 from shared.audit import record_request
 from shared.auth import CLINICAL_STAFF
@@ -118,23 +119,42 @@ def _service(request: Request) -> QaService:
 
 @router.get(WORKLIST, response_class=HTMLResponse)
 def worklist(
-    request: Request, user: Reader, scope: Literal["mine", "all"] | None = None
+    request: Request,
+    user: Reader,
+    scope: Literal["mine", "all"] | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=LIMIT)] = LIMIT,
 ) -> Response:
-    """The review worklist: a physician's own fractions by default, everyone's for the rest."""
+    """The review worklist: a physician's own fractions by default, everyone's for the rest;
+    ``LIMIT`` rows a page, "Next page" continues after the last one shown (``cursor``)."""
     service = _service(request)
     scope = scope or ("mine" if user.role == "physician" else "all")
     now = service.now()
     with request.app.state.session_factory.begin() as session:
         mine = physician_names(session, user.user) if scope == "mine" else None
-        fractions = worklist_fractions(session, mine, limit=LIMIT)
+        try:
+            page = worklist_page(session, mine, now=now, cursor=cursor, limit=limit)
+        except RuleViolation:
+            return pages.render(
+                request,
+                "error.html",
+                {
+                    "title": "Not a worklist page",
+                    "message": "The link's page marker (cursor) is not one the worklist gave; "
+                    "open the worklist again from its first page.",
+                },
+                session=user,
+                status_code=422,
+            )
         record_request(
             session,
             AuditLog,
             user.principal,
             request,
-            patient_ids=[f.patient_id for f in fractions],
+            patient_ids=[f.patient_id for f in page.fractions],
         )
-        rows = [row_of(f, service.policy, now) for f in fractions]
+        rows = [row_of(f, service.policy, now) for f in page.fractions]
+        link = {"scope": scope} | ({"limit": str(limit)} if limit != LIMIT else {})
         return pages.render(
             request,
             "worklist.html",
@@ -143,8 +163,19 @@ def worklist(
                 "scope": scope,
                 "mine": mine,
                 "can_review": user.role == "physician",
-                "overdue": sum(r.status == "overdue" for r in rows),
-                "limit": LIMIT,
+                "total": page.total,
+                "overdue": page.overdue,
+                "after": page.after,
+                # The page's rows are the total's first..last (the API's cursor, no offset).
+                "first": max(page.total - page.after - len(rows), 0) + 1,
+                "last": page.total - page.after,
+                "paged": bool(cursor) or page.next_cursor is not None,
+                "first_page": None if not cursor else "?" + urlencode(link),
+                "next_page": (
+                    "?" + urlencode(link | {"cursor": page.next_cursor})
+                    if page.next_cursor
+                    else None
+                ),
             },
             session=user,
         )

@@ -1,6 +1,7 @@
 """One end-to-end run in a real browser: headless Chromium (Debian's, /usr/bin/chromium) via
 Playwright against ``rtops run``. A physician signs in, approves the most overdue fraction from
-the worklist with the keyboard, and the REST API shows it reviewed.
+the worklist with the keyboard, and the REST API shows it reviewed; on the worklist's second
+page the keys work the same.
 
 The QA tracker's database is seeded in-process through its service (the running suite reads
 the same database). The screenshot goes to the test's tmp dir; with
@@ -10,6 +11,7 @@ the same database). The screenshot goes to the test's tmp dir; with
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -132,6 +134,21 @@ def test_a_physician_approves_an_overdue_fraction_with_the_keyboard(
                     dest = REPO / "docs" / "screenshots" / "qa-worklist.png"
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(shot, dest)
+
+                # One row a page: "Next page" opens QA-002's (the override to acknowledge),
+                # selected for the keys like the first page's.
+                page.goto(f"{suite.qa_http}/ui/worklist?limit=1")
+                expect(page.locator("[data-key-row]")).to_have_count(1)
+                page.click("a[rel=next]")
+                expect(page).to_have_url(re.compile(r"[?&]cursor="))
+                second = page.locator("[data-key-row]")
+                expect(second).to_have_count(1)
+                expect(second).to_have_attribute("aria-selected", "true")
+                expect(second).to_contain_text("QA-002")
+                page.fill("input[name=override_reason]", "known setup")
+                page.keyboard.press("Escape")
+                page.keyboard.press("a")
+                expect(second.locator(".status.approved")).to_be_visible()
             finally:
                 browser.close()
 

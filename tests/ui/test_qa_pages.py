@@ -9,6 +9,8 @@ fraction today.
 from __future__ import annotations
 
 import re
+from datetime import datetime
+from html import unescape
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from services.qa_tracker.app import api_app
 from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import AuditLog, Fraction, ReviewRow
+from shared.pagination import encode_cursor
 from shared.ui import SESSION_COOKIE
 from tests.qa_tracker.test_api import admit, ids, treat
 
@@ -161,6 +164,140 @@ async def test_the_display_name_finds_the_same_worklist(client: httpx.AsyncClien
     await sign_in(client, "Olga Oncologist")
     page = await client.get("/ui/worklist")
     assert page.text.count("data-key-row") == 3
+
+
+def next_link(html: str) -> str | None:
+    found = re.search(r'<a rel="next" href="([^"]+)"', html)
+    return "/ui/worklist" + unescape(found.group(1)) if found else None
+
+
+def rows_of(first: int, last: int, total: int) -> str:
+    return f"{first}\N{EN DASH}{last} of {total}"
+
+
+def shown(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'data-fraction="(\d+)"', html)]
+
+
+@pytest.fixture
+def backlog(qa_db: Db, service: QaService) -> dict[int, str]:
+    """Three more fractions on top of ``two_physicians``' four: QA-003 treated with QA-002
+    (the same due and treatment times: the id breaks the tie), QA-004 with QA-001's second
+    (the same due time), QA-005 without a due time (a row from before due times: last).
+    Fraction id -> patient id."""
+    admit(service, "QA-003", PAUL)
+    treat(service, 1, "2026-11-23", "09:00", pid="QA-003")
+    admit(service, "QA-004", OLGA)
+    treat(service, 1, "2026-11-20", pid="QA-004")
+    admit(service, "QA-005", PAUL)
+    treat(service, 1, "2026-11-16", pid="QA-005")
+    factory = qa_db[1]
+    with factory.begin() as session:
+        fractions = {f.patient_id: f for f in session.scalars(select(Fraction))}
+        fractions["QA-005"].due_at = None
+        assert fractions["QA-003"].due_at == fractions["QA-002"].due_at
+        assert fractions["QA-003"].treated_at == fractions["QA-002"].treated_at
+        assert fractions["QA-004"].due_at == session.get(Fraction, ids(factory)["QA-001", 2]).due_at  # type: ignore[union-attr]
+    with factory() as session:
+        return {f.id: f.patient_id for f in session.scalars(select(Fraction))}
+
+
+async def test_the_worklist_pages_on_without_a_gap_or_a_repeat(
+    client: httpx.AsyncClient, qa_db: Db, backlog: dict[int, str]
+) -> None:
+    await sign_in(client)
+    whole = await client.get("/ui/worklist?scope=all")
+    order = shown(whole.text)
+    fraction = ids(qa_db[1])
+    assert order == [
+        fraction["QA-001", 1],
+        *sorted([fraction["QA-001", 2], fraction["QA-004", 1]]),  # one due time: treated, id
+        fraction["QA-001", 3],
+        *sorted([fraction["QA-002", 1], fraction["QA-003", 1]]),  # one due and treated time
+        fraction["QA-005", 1],  # no due time: last
+    ]
+    assert "7 to review" in whole.text and "3 overdue" in whole.text
+    assert next_link(whole.text) is None and "Next page" not in whole.text
+
+    for limit in range(1, 7):  # every page boundary, the ties' included
+        url: str | None = f"/ui/worklist?scope=all&limit={limit}"
+        pages: list[list[int]] = []
+        while url:
+            page = await client.get(url)
+            assert page.status_code == 200, page.text
+            pages.append(shown(page.text))
+            assert "7 to review" in page.text and "3 overdue" in page.text  # the total's
+            assert 1 <= len(pages[-1]) <= limit
+            start = sum(map(len, pages[:-1]))
+            assert rows_of(start + 1, start + len(pages[-1]), 7) in page.text
+            left = 7 - start - len(pages[-1])
+            assert (f"({left} more)" in page.text) == bool(left)
+            # The page read is audited with the patients it showed, cursor and all.
+            resource = url.removeprefix("http://test")
+            read = {r[3] for r in audit_rows(qa_db[1]) if r[0] == "read" and r[2] == resource}
+            assert read == {backlog[i] for i in pages[-1]}
+            url = next_link(page.text)
+            if len(pages) > 1:
+                assert 'href="?scope=all&amp;limit=' in page.text  # back to the first page
+        assert [i for p in pages for i in p] == order, limit
+        assert len(pages) == -(-7 // limit)
+
+
+async def test_my_worklist_pages_count_mine_only(
+    client: httpx.AsyncClient, backlog: dict[int, str]
+) -> None:
+    await sign_in(client)
+    first = await client.get("/ui/worklist?limit=3")
+    assert "4 to review" in first.text and "3 overdue" in first.text
+    assert rows_of(1, 3, 4) in first.text and "(1 more)" in first.text
+    link = next_link(first.text)
+    assert link is not None and "scope=mine" in link
+    second = await client.get(link)
+    assert len(shown(second.text)) == 1 and {backlog[i] for i in shown(second.text)} == {"QA-001"}
+    assert rows_of(4, 4, 4) in second.text and next_link(second.text) is None
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "e30=",  # {}
+        "not a cursor",
+        encode_cursor(["2026-11-23", "x", 1]),  # the shape, not the types
+        encode_cursor([datetime(2026, 11, 23), datetime(2026, 11, 23), 1])[:-4],  # cut
+    ],
+)
+async def test_a_tampered_cursor_is_a_422_page(
+    client: httpx.AsyncClient, qa_db: Db, cursor: str
+) -> None:
+    await sign_in(client)
+    answer = await client.get("/ui/worklist", params={"cursor": cursor})
+    assert answer.status_code == 422
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "Not a worklist page" in answer.text and "first page" in answer.text
+    assert [r for r in audit_rows(qa_db[1]) if r[2].startswith("/ui/worklist?")] == []
+
+
+@pytest.mark.parametrize("limit", ["0", "301", "many"])
+async def test_a_page_size_beyond_300_is_refused(client: httpx.AsyncClient, limit: str) -> None:
+    await sign_in(client)
+    answer = await client.get("/ui/worklist", params={"limit": limit})
+    assert answer.status_code == 422  # like a scope that is not one
+
+
+async def test_a_page_after_its_rows_were_reviewed_offers_the_first(
+    client: httpx.AsyncClient, qa_db: Db
+) -> None:
+    csrf = await sign_in(client)
+    first = await client.get("/ui/worklist?limit=2")
+    link = next_link(first.text)
+    assert link is not None
+    fraction = ids(qa_db[1])
+    for fid in (fraction["QA-001", 2], fraction["QA-001", 3]):  # the first page's and the next
+        data = {"csrf_token": csrf, "decision": "approved", "override_reason": "known setup"}
+        assert (await client.post(f"/ui/worklist/{fid}/review", data=data)).status_code == 200
+    after = await client.get(link)
+    assert after.status_code == 200 and shown(after.text) == []
+    assert "1 to review" in after.text and "Back to the first page" in after.text
 
 
 async def test_approve_from_the_worklist(client: httpx.AsyncClient, qa_db: Db) -> None:

@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from services.qa_tracker import domain
 from services.qa_tracker.overdue import overdue_sql, status_is_sql, status_sql
 from services.qa_tracker.store.tables import Fraction, ImagingSeries, Registration, ReviewRow
-from shared.pagination import page_of
+from shared.errors import RuleViolation
+from shared.pagination import decode_cursor, encode_cursor, page_of
 from shared.ui.filters import person_name
 
 ORDER = (Fraction.treated_at, Fraction.id)  # newest first; the id breaks ties
@@ -154,18 +155,87 @@ def overdue_count(session: Session, now: datetime) -> int:
     return session.scalar(query) or 0
 
 
-def worklist_fractions(
-    session: Session, physicians: Sequence[str] | None, *, limit: int
-) -> Sequence[Fraction]:
+# Overdue first, then due soonest; no due time last.
+WORKLIST_ORDER = (Fraction.due_at.is_(None), Fraction.due_at, Fraction.treated_at, Fraction.id)
+
+
+@dataclass(frozen=True)
+class WorklistPage:
+    """One page of the worklist and the counts of the whole filtered worklist."""
+
+    fractions: Sequence[Fraction]
+    next_cursor: str | None  # None on the last page
+    total: int  # every fraction to review, not only this page's
+    overdue: int  # of ``total``
+    after: int  # beyond this page (the next pages')
+
+
+def worklist_page(
+    session: Session,
+    physicians: Sequence[str] | None,
+    *,
+    now: datetime,
+    cursor: str | None,
+    limit: int,
+) -> WorklistPage:
     """Imaged fractions without a review, overdue first, then due soonest (a pending review is
-    overdue once its due time passed, so the due time orders both); ``physicians`` None: all."""
-    query = select(Fraction).where(
-        Fraction.imaged.is_(True), Fraction.review_status == domain.ReviewStatus.PENDING.value
-    )
+    overdue once its due time passed, so the due time orders both; no due time last, then the
+    treatment time, the id breaking ties); ``physicians`` None: all. Keyset paging: ``cursor``
+    names the last row shown, so a page starts where the previous one stopped even when rows
+    were reviewed meanwhile. A cursor this worklist did not give is a ``RuleViolation``."""
+    where = [
+        Fraction.imaged.is_(True),
+        Fraction.review_status == domain.ReviewStatus.PENDING.value,
+    ]
     if physicians is not None:
-        query = query.where(Fraction.physician.in_(physicians))
-    order = (Fraction.due_at.is_(None), Fraction.due_at, Fraction.treated_at, Fraction.id)
-    return session.scalars(query.order_by(*order).limit(limit)).all()
+        where.append(Fraction.physician.in_(physicians))
+    query = select(Fraction).where(*where).order_by(*WORKLIST_ORDER)
+    if cursor:
+        query = query.where(_worklist_after(*_worklist_key(cursor)))
+    rows = session.scalars(query.limit(limit + 1)).all()
+    page = rows[:limit]
+    last = page[-1] if len(rows) > limit else None  # the row the next page starts after
+    # One COUNT over the same filter: the whole worklist, its overdue, what follows this page.
+    beyond = _worklist_after(last.due_at, last.treated_at, last.id) if last else None
+    counts = select(
+        func.count(),
+        func.count(case((fraction_has_status("overdue", now), 1))),
+        func.count(case((beyond, 1))) if beyond is not None else literal(0),
+    ).where(*where)
+    total, overdue, after = session.execute(counts).one()
+    return WorklistPage(page, _worklist_cursor(last) if last else None, total, overdue, after)
+
+
+def _worklist_cursor(last: Fraction) -> str:
+    if last.due_at is None:  # two values: after it come only fractions without a due time
+        return encode_cursor([last.treated_at, last.id])
+    return encode_cursor([last.due_at, last.treated_at, last.id])
+
+
+def _worklist_key(cursor: str) -> tuple[datetime | None, datetime, int]:
+    try:
+        due, treated, fraction_id = decode_cursor(cursor, (datetime, datetime, int))
+    except RuleViolation:
+        treated, fraction_id = decode_cursor(cursor, (datetime, int))  # no due time
+        return None, treated, fraction_id
+    return due, treated, fraction_id
+
+
+def _worklist_after(
+    due: datetime | None, treated: datetime, fraction_id: int
+) -> ColumnElement[bool]:
+    """Rows after (due, treated, id) in ``WORKLIST_ORDER``."""
+    later = or_(
+        Fraction.treated_at > treated,
+        and_(Fraction.treated_at == treated, Fraction.id > fraction_id),
+    )
+    if due is None:
+        return and_(Fraction.due_at.is_(None), later)
+    return or_(
+        Fraction.due_at.is_(None),
+        Fraction.due_at > due,
+        and_(Fraction.due_at == due, later),
+    )
 
 
 def physician_names(session: Session, user: str) -> list[str]:
