@@ -1,0 +1,172 @@
+"""From treatment records to fractions to treatment sessions, the unit every count uses.
+
+- A fraction is (plan, fraction group, Current Fraction Number): an interrupted fraction resumed
+  in a later record, even on a later day, is one fraction (domain-dicom.md s. 4.2); so is a
+  record that names the interrupted one in its Referenced Treatment Record Sequence.
+- A session is the fractions of one local day whose starts follow each other by less than the
+  distinct break (CMS Pub 100-04 Ch. 13 s. 70: twice-daily sessions with a distinct break are
+  each payable). Concurrent boost groups delivered together are therefore one session, not the
+  sum of their fraction numbers (domain-dicom.md s. 4.2).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from services.billing.domain.facts import TreatmentRecordFacts
+from services.billing.domain.policy import BillingSettings
+
+FractionKey = tuple[str, int, int | None]  # (plan UID or "record:<uid>", group, number)
+
+
+@dataclass(frozen=True)
+class Fraction:
+    key: FractionKey
+    started_at: datetime
+    kind: str  # record kind: beams / ion_beams / brachy
+    partial: bool
+    record_uids: tuple[str, ...]
+    event_ids: tuple[str, ...]
+
+    @property
+    def plan_uid(self) -> str | None:
+        return None if self.key[0].startswith("record:") else self.key[0]
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str  # local day and ordinal within it: "2026-03-02#2"
+    day: date
+    started_at: datetime
+    kind: str
+    fractions: tuple[Fraction, ...]
+
+    @property
+    def evidence(self) -> tuple[str, ...]:
+        return tuple(sorted({e for f in self.fractions for e in f.event_ids}))
+
+    @property
+    def plan_uids(self) -> tuple[str, ...]:
+        return tuple(sorted({f.plan_uid for f in self.fractions if f.plan_uid}))
+
+    @property
+    def partial(self) -> bool:
+        return all(f.partial for f in self.fractions)
+
+
+def latest_records(records: Iterable[TreatmentRecordFacts]) -> list[TreatmentRecordFacts]:
+    """One record per UID, its highest revision (ties broken by content, not arrival)."""
+    latest: dict[str, TreatmentRecordFacts] = {}
+    for record in records:
+        held = latest.get(record.record_uid)
+        if held is None or (record.revision, repr(record)) > (held.revision, repr(held)):
+            latest[record.record_uid] = record
+    return sorted(latest.values(), key=lambda r: r.record_uid)
+
+
+def fractions_of(records: Iterable[TreatmentRecordFacts]) -> list[Fraction]:
+    """Delivered fractions: simulated or non-delivering records and records without a time
+    are not treatment."""
+    usable = [
+        r
+        for r in latest_records(records)
+        if r.delivered
+        and r.treated_at is not None
+        and (r.content_origin or "").upper() != "SIMULATION"
+    ]
+    by_uid = {r.record_uid: r for r in usable}
+    keys_of: dict[str, list[FractionKey]] = {r.record_uid: _keys(r) for r in usable}
+
+    parent: dict[FractionKey, FractionKey] = {k: k for ks in keys_of.values() for k in ks}
+
+    def find(k: FractionKey) -> FractionKey:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    def union(a: FractionKey, b: FractionKey) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb, key=_order)] = min(ra, rb, key=_order)
+
+    for record in usable:
+        for ref in record.referenced_record_uids:
+            if ref in by_uid:
+                for a in keys_of[record.record_uid]:
+                    for b in keys_of[ref]:
+                        union(a, b)
+
+    members: dict[FractionKey, list[TreatmentRecordFacts]] = defaultdict(list)
+    for uid, keys in keys_of.items():
+        for k in keys:
+            members[find(k)].append(by_uid[uid])
+
+    fractions = []
+    for key, recs in members.items():
+        recs = sorted(set(recs), key=lambda r: r.record_uid)
+        first = min(recs, key=lambda r: (r.treated_at, r.record_uid))
+        fractions.append(
+            Fraction(
+                key=key,
+                started_at=first.treated_at,  # type: ignore[arg-type]
+                kind=first.record_kind,
+                # One record completing the fraction makes it whole.
+                partial=all(r.partial for r in recs),
+                record_uids=tuple(r.record_uid for r in recs),
+                event_ids=tuple(sorted({r.event_id for r in recs})),
+            )
+        )
+    return sorted(fractions, key=lambda f: (f.started_at, _order(f.key)))
+
+
+def count_sessions(
+    records: Iterable[TreatmentRecordFacts], settings: BillingSettings
+) -> tuple[Session, ...]:
+    """The course's treatment sessions in time order."""
+    fractions = [
+        f for f in fractions_of(records) if settings.count_partial_fractions or not f.partial
+    ]
+    by_day: dict[tuple[date, str], list[Fraction]] = defaultdict(list)
+    for fraction in fractions:
+        day = fraction.started_at.astimezone(settings.zone).date()
+        by_day[(day, fraction.kind)].append(fraction)
+
+    sessions: list[Session] = []
+    for (day, kind), day_fractions in sorted(by_day.items()):
+        clusters: list[list[Fraction]] = []
+        for fraction in day_fractions:  # already in time order
+            previous = clusters[-1][-1] if clusters else None
+            if previous is None or fraction.started_at - previous.started_at >= settings.bid_break:
+                clusters.append([fraction])
+            else:
+                clusters[-1].append(fraction)
+        ordinal_base = sum(1 for s in sessions if s.day == day)
+        for i, cluster in enumerate(clusters, start=1):
+            sessions.append(
+                Session(
+                    id=f"{day.isoformat()}#{ordinal_base + i}",
+                    day=day,
+                    started_at=cluster[0].started_at,
+                    kind=kind,
+                    fractions=tuple(cluster),
+                )
+            )
+    return tuple(sorted(sessions, key=lambda s: (s.started_at, s.id)))
+
+
+def _keys(record: TreatmentRecordFacts) -> list[FractionKey]:
+    course = record.plan_uid or f"record:{record.record_uid}"
+    group = record.fraction_group or 1  # as the QA tracker keys its fractions
+    numbers: list[int | None] = sorted(set(record.fraction_numbers)) or [None]
+    if numbers == [None]:
+        # Without a fraction number the record is its own fraction.
+        return [(f"record:{record.record_uid}", group, None)]
+    return [(course, group, n) for n in numbers]
+
+
+def _order(key: FractionKey) -> tuple[str, int, int]:
+    return (key[0], key[1], -1 if key[2] is None else key[2])
