@@ -21,6 +21,7 @@ from services.billing.domain.facts import (
     TreatmentRecordFacts,
 )
 from services.billing.domain.policy import BillingSettings, Payer
+from services.billing.domain.reconcile import ClaimLine, Discrepancy, reconcile
 from services.billing.domain.ruleset import RulesError, RuleSet, load_bundled_rules, parse_rules
 from services.billing.domain.sessions import Session, count_sessions
 
@@ -30,9 +31,11 @@ __all__ = [
     "BrachyChannelFacts",
     "BundledCharge",
     "Charge",
+    "ClaimLine",
     "CourseEvaluation",
     "CourseFacts",
     "CourseStatus",
+    "Discrepancy",
     "DocumentFacts",
     "FractionReviewFacts",
     "Payer",
@@ -52,4 +55,5 @@ __all__ = [
     "evaluate_course",
     "load_bundled_rules",
     "parse_rules",
+    "reconcile",
 ]

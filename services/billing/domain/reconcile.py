@@ -1,0 +1,362 @@
+"""Expected charges against claim lines: the discrepancy report before a claim goes out.
+
+Kinds (issue 11): ``missing_charge`` (earned, not claimed), ``unsupported_charge`` (claimed,
+no evidence, or evidence on hold), ``excess_units``, ``duplicate_charge``, ``wrong_modifier``,
+``bundled_charge``, ``deleted_code`` (not valid on the date of service, e.g. 77385 after 2025),
+and ``unknown_code`` (a code the rules do not know: reported, never guessed).
+
+A claim line matches an expected charge of the same patient and code whose period covers the
+line's date (a 77427 line dated the first or the fifth day of its block matches either way).
+Codes the rules only recognise (E/M, hyperthermia) have no facts behind them and are not judged.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Literal
+
+from services.billing.domain.charges import BundledCharge, Charge
+from services.billing.domain.ruleset import RuleSet
+
+DiscrepancyKind = Literal[
+    "missing_charge",
+    "unsupported_charge",
+    "excess_units",
+    "duplicate_charge",
+    "wrong_modifier",
+    "bundled_charge",
+    "deleted_code",
+    "unknown_code",
+]
+COMPONENT_MODIFIERS = frozenset({"26", "TC"})
+
+
+@dataclass(frozen=True)
+class ClaimLine:
+    """One line of an imported claim (CSV, HL7 DFT^P03, X12 837P/837I all reduce to this)."""
+
+    claim_id: str
+    patient_id: str
+    service_date: date
+    cpt: str
+    modifiers: tuple[str, ...] = ()
+    units: int = 1
+    line: int | None = None  # position in the source file, for the report
+
+    @property
+    def code(self) -> str:
+        return self.cpt.strip().upper()
+
+    @property
+    def component(self) -> frozenset[str]:
+        return frozenset(m.strip().upper() for m in self.modifiers) & COMPONENT_MODIFIERS
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    kind: DiscrepancyKind
+    patient_id: str
+    cpt: str
+    service_date: date
+    rule: str
+    citation: str
+    claim_id: str | None = None
+    line: int | None = None
+    charge_id: str | None = None
+    units: int = 0
+    detail: str = ""
+
+
+def reconcile(
+    expected: Iterable[Charge],
+    claims: Iterable[ClaimLine],
+    rules: RuleSet,
+    *,
+    payer_id: str = "medicare",
+    bundled: Iterable[BundledCharge] = (),
+    window: tuple[date, date] | None = None,
+) -> tuple[Discrepancy, ...]:
+    """``window``: only expected charges dated inside it can be missing (the claim file's
+    period); claim lines are judged wherever they fall."""
+    charges = sorted(set(expected), key=lambda c: (c.patient_id, c.service_date, c.cpt, c.id))
+    # Not a set: two identical lines are exactly what duplicate_charge reports.
+    lines = sorted(claims, key=_line_order)
+    remaining = {c.id: c.units for c in charges}
+    by_code: dict[tuple[str, str], list[Charge]] = defaultdict(list)
+    for charge in charges:
+        by_code[(charge.patient_id, charge.cpt)].append(charge)
+    suppressed = list(bundled)
+
+    out: list[Discrepancy] = []
+    judged: list[ClaimLine] = []
+    seen: set[tuple[str, date, str, frozenset[str]]] = set()
+    for line in lines:
+        code_problem = _code_problem(line, rules)
+        if code_problem is not None:
+            out.append(code_problem)
+            continue
+        if _recognised_only(line, rules):
+            continue
+        judged.append(line)
+        identity = (line.patient_id, line.service_date, line.code, line.component)
+        candidates = _candidates(by_code[(line.patient_id, line.code)], line)
+        units_left = line.units
+        for charge in candidates:
+            if units_left <= 0:
+                break
+            take = min(units_left, remaining[charge.id])
+            if take <= 0:
+                continue
+            remaining[charge.id] -= take
+            units_left -= take
+            out.extend(_matched_problems(line, charge))
+        if units_left > 0:
+            out.append(
+                _unmatched(line, units_left, candidates, identity in seen, suppressed, rules)
+            )
+        seen.add(identity)
+
+    out.extend(_claim_bundles(judged, rules, payer_id, out))
+    for charge in charges:
+        if charge.status != "ready" or remaining[charge.id] <= 0:
+            continue
+        if window and not window[0] <= charge.service_date <= window[1]:
+            continue
+        out.append(
+            Discrepancy(
+                kind="missing_charge",
+                patient_id=charge.patient_id,
+                cpt=charge.cpt,
+                service_date=charge.service_date,
+                rule=charge.rule,
+                citation=charge.citation,
+                charge_id=charge.id,
+                units=remaining[charge.id],
+                detail=_modifier_text(charge.modifiers),
+            )
+        )
+    return tuple(sorted(set(out), key=_discrepancy_order))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _line_order(line: ClaimLine) -> tuple[object, ...]:
+    return (
+        line.patient_id,
+        line.service_date,
+        line.code,
+        line.claim_id,
+        -1 if line.line is None else line.line,
+        tuple(sorted(line.modifiers)),
+        line.units,
+    )
+
+
+def _discrepancy_order(d: Discrepancy) -> tuple[object, ...]:
+    return (
+        d.patient_id,
+        d.service_date,
+        d.cpt,
+        d.kind,
+        d.claim_id or "",
+        -1 if d.line is None else d.line,
+        d.charge_id or "",
+        d.units,
+        d.detail,
+    )
+
+
+def _code_problem(line: ClaimLine, rules: RuleSet) -> Discrepancy | None:
+    if not rules.known(line.code):
+        return _claim_discrepancy("unknown_code", line, "unknown_code", "", line.units)
+    if rules.valid_on(line.code, line.service_date):
+        return None
+    rule = max(rules.rules_for_code(line.code), key=lambda r: (r.effective_to or date.max, r.id))
+    when = (
+        f"valid {rule.effective_from or '...'} to {rule.effective_to or '...'}"
+        if rule.effective_from or rule.effective_to
+        else ""
+    )
+    return _claim_discrepancy("deleted_code", line, rule.id, rule.citation, line.units, when)
+
+
+def _recognised_only(line: ClaimLine, rules: RuleSet) -> bool:
+    return all(r.unit_rule == "recognised" for r in rules.rules_for_code(line.code))
+
+
+def _candidates(charges: list[Charge], line: ClaimLine) -> list[Charge]:
+    """Charges the line can stand for, best first: same modifiers, then its own date."""
+    covering = [c for c in charges if c.period[0] <= line.service_date <= c.period[1]]
+    return sorted(
+        covering,
+        key=lambda c: (
+            _component(c.modifiers) != line.component,
+            c.service_date != line.service_date,
+            c.service_date,
+            c.id,
+        ),
+    )
+
+
+def _component(modifiers: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(modifiers) & COMPONENT_MODIFIERS
+
+
+def _matched_problems(line: ClaimLine, charge: Charge) -> list[Discrepancy]:
+    out = []
+    if charge.status != "ready":
+        out.append(
+            _claim_discrepancy(
+                "unsupported_charge",
+                line,
+                charge.rule,
+                charge.citation,
+                line.units,
+                f"charge on hold: {charge.hold_reason}",
+                charge.id,
+            )
+        )
+    if _component(charge.modifiers) != line.component:
+        out.append(
+            _claim_discrepancy(
+                "wrong_modifier",
+                line,
+                charge.rule,
+                charge.citation,
+                line.units,
+                f"expected {_modifier_text(charge.modifiers)}, "
+                f"claimed {_modifier_text(line.modifiers)}",
+                charge.id,
+            )
+        )
+    return out
+
+
+def _unmatched(
+    line: ClaimLine,
+    units: int,
+    candidates: list[Charge],
+    repeated: bool,
+    suppressed: list[BundledCharge],
+    rules: RuleSet,
+) -> Discrepancy:
+    for b in suppressed:
+        c = b.charge
+        if (
+            c.patient_id == line.patient_id
+            and c.cpt == line.code
+            and c.period[0] <= line.service_date <= c.period[1]
+        ):
+            return _claim_discrepancy(
+                "bundled_charge",
+                line,
+                b.bundle,
+                b.citation,
+                units,
+                f"included in {b.primary_charge_id}",
+                c.id,
+            )
+    if repeated:
+        return _claim_discrepancy(
+            "duplicate_charge", line, _rule_id(line, rules), _citation(line, rules), units
+        )
+    if candidates:
+        best = candidates[0]
+        return _claim_discrepancy(
+            "excess_units",
+            line,
+            best.rule,
+            best.citation,
+            units,
+            f"{units} unit(s) beyond the evidence",
+            best.id,
+        )
+    return _claim_discrepancy(
+        "unsupported_charge",
+        line,
+        _rule_id(line, rules),
+        _citation(line, rules),
+        units,
+        "no delivered treatment, plan or simulation supports it",
+    )
+
+
+def _claim_bundles(
+    lines: list[ClaimLine], rules: RuleSet, payer_id: str, found: list[Discrepancy]
+) -> list[Discrepancy]:
+    """Bundled pairs on the claims themselves, whatever the engine expected (a payer denies
+    77300 beside a claimed 77306 even when rtops never derived the 77306)."""
+    flagged = {
+        (d.claim_id, d.line, d.cpt, d.service_date) for d in found if d.kind == "bundled_charge"
+    }
+    out = []
+    for bundle in rules.bundles:
+        window = bundle.window_for(payer_id)
+        primaries = [p for p in lines if p.code in bundle.primary]
+        for line in lines:
+            if line.code not in bundle.bundled:
+                continue
+            if (line.claim_id, line.line, line.code, line.service_date) in flagged:
+                continue
+            for primary in primaries:
+                if primary.patient_id != line.patient_id or primary is line:
+                    continue
+                lo = primary.service_date - timedelta(days=window.before)
+                hi = primary.service_date + timedelta(days=window.after)
+                if lo <= line.service_date <= hi:
+                    out.append(
+                        _claim_discrepancy(
+                            "bundled_charge",
+                            line,
+                            bundle.id,
+                            bundle.citation,
+                            line.units,
+                            f"claimed beside {primary.code} of {primary.service_date.isoformat()}",
+                        )
+                    )
+                    flagged.add((line.claim_id, line.line, line.code, line.service_date))
+                    break
+    return out
+
+
+def _rule_id(line: ClaimLine, rules: RuleSet) -> str:
+    effective = [r for r in rules.rules_for_code(line.code) if r.effective(line.service_date)]
+    return min(effective, key=lambda r: r.id).id if effective else line.code
+
+
+def _citation(line: ClaimLine, rules: RuleSet) -> str:
+    effective = [r for r in rules.rules_for_code(line.code) if r.effective(line.service_date)]
+    return min(effective, key=lambda r: r.id).citation if effective else ""
+
+
+def _claim_discrepancy(
+    kind: DiscrepancyKind,
+    line: ClaimLine,
+    rule: str,
+    citation: str,
+    units: int,
+    detail: str = "",
+    charge_id: str | None = None,
+) -> Discrepancy:
+    return Discrepancy(
+        kind=kind,
+        patient_id=line.patient_id,
+        cpt=line.code,
+        service_date=line.service_date,
+        rule=rule,
+        citation=citation,
+        claim_id=line.claim_id,
+        line=line.line,
+        charge_id=charge_id,
+        units=units,
+        detail=detail,
+    )
+
+
+def _modifier_text(modifiers: Iterable[str]) -> str:
+    mods = sorted(m.upper() for m in modifiers)
+    return "-" + "-".join(mods) if mods else "no modifier"
