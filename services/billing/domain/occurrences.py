@@ -199,13 +199,13 @@ def _review_hold(
     approved_on_time = [r for r in current if r.on_time and r.decision != "rejected"]
     if approved_on_time:
         return None
+    if any(r.on_time for r in current):
+        return "review_rejected"  # reviewed in time, but the physician did not approve
     if any(r.on_time for r in revisions):
         # An earlier revision showed the review on time; the latest no longer does.
         return "review_withdrawn"
     if not current:
         return "not_imaged"
-    if any(r.on_time for r in current):
-        return "review_rejected"
     if any(r.review_status == "pending" for r in current):
         return "review_pending"
     return "review_late"

@@ -127,7 +127,10 @@ class RuleSet:
 
 
 def parse_rules(text: str) -> RuleSet:
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise RulesError(f"the rules file is not valid YAML: {exc}") from exc
     if not isinstance(data, Mapping):
         raise RulesError("the rules file must be a mapping with 'format', 'version', 'rules'")
     if data.get("format") != 1:
