@@ -98,9 +98,9 @@ def reconcile(
         if code_problem is not None:
             out.append(code_problem)
             continue
+        judged.append(line)  # recognised codes still take part in the claim's bundles
         if _recognised_only(line, rules):
             continue
-        judged.append(line)
         identity = (line.patient_id, line.service_date, line.code, line.component)
         candidates = _candidates(by_code[(line.patient_id, line.code)], line)
         units_left = line.units
