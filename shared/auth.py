@@ -145,7 +145,7 @@ def issue_dev_token(
         "iat": now,
         "exp": now + ttl,
     }
-    *parents, leaf = settings.roles_claim.split(".")  # the nesting _roles() reads
+    *parents, leaf = settings.roles_claim.split(".")  # the nesting roles_in() reads
     node = claims
     for part in parents:
         node = node.setdefault(part, {})
@@ -200,10 +200,10 @@ class Authenticator:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid bearer token: {exc}") from exc
         user = claims.get("preferred_username") or claims["sub"]
-        return Principal(user=str(user), roles=frozenset(_roles(claims, s.roles_claim)))
+        return Principal(user=str(user), roles=frozenset(roles_in(claims, s.roles_claim)))
 
 
-def _roles(claims: dict[str, Any], claim: str) -> list[str]:
+def roles_in(claims: dict[str, Any], claim: str) -> list[str]:
     value: Any = claims
     for part in claim.split("."):  # Keycloak keeps roles under e.g. realm_access.roles
         value = value.get(part, []) if isinstance(value, dict) else []

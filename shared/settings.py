@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.calendar import CalendarSpec
@@ -31,6 +31,21 @@ ROLES: tuple[str, ...] = (
 class SettingError(ValueError):
     """A setting's value cannot work. The message names the setting and what to do; a service
     that meets one at start prints it as one line and exits (no traceback)."""
+
+
+class StaffIdentity(BaseModel):
+    """Who a signed-in user is in the department's DICOM: the person names their fractions and
+    plans carry ("Oncologist^Olga"), and their NPI where known."""
+
+    dicom_names: list[str] = Field(default_factory=list)
+    npi: str | None = None
+
+
+# The development ports of ``make run``; a service not built yet is simply absent.
+DEV_SERVICE_URLS: dict[str, str] = {
+    "scp_listener": "http://localhost:8000",
+    "qa_tracker": "http://localhost:8001",
+}
 
 
 class RtopsSettings(BaseSettings):
@@ -93,6 +108,45 @@ class RtopsSettings(BaseSettings):
         default=None,
         description="file holding the embedded setup's HS256 key; default var_dir/jwt.key, "
         "created by `rtops run` (mode 0600)",
+    )
+
+    # Staff pages (shared/ui). Production sign-in is the OIDC authorization-code flow with
+    # PKCE against oidc_issuer; it is on when oidc_client_id is set too.
+    oidc_client_id: str | None = Field(
+        default=None,
+        description="the staff pages' OIDC client id; with oidc_issuer, /ui/sign-in signs in "
+        "through the identity provider (authorization code + PKCE)",
+    )
+    oidc_client_secret: str | None = Field(
+        default=None, description="for a confidential client; a public client leaves it unset"
+    )
+    oidc_scopes: str = "openid profile email"
+    oidc_names_claim: str = Field(
+        default="dicom_names",
+        description="ID-token claim with the user's DICOM person names (a list or one name)",
+    )
+    oidc_npi_claim: str = Field(default="npi", description="ID-token claim with the user's NPI")
+    ui_session_key: str | None = Field(
+        default=None,
+        description="key signing the pages' session cookie (at least 32 bytes, the same in "
+        "every service); required with OIDC sign-in; unset in the embedded setup means a key "
+        "derived from the development signing key",
+    )
+    ui_identities: dict[str, StaffIdentity] = Field(
+        default_factory=dict,
+        description='JSON: user -> {"dicom_names": [...], "npi": "..."}; the user is the OIDC '
+        "subject, preferred_username or email, or the name given at the development sign-in",
+    )
+    ui_service_urls: dict[str, str] = Field(
+        default_factory=lambda: dict(DEV_SERVICE_URLS),
+        description="JSON: service -> the base URL its pages and API are reached at (a full "
+        'URL, or a path such as "/qa" on one host); the pages\' navigation and the patient '
+        "timeline use them",
+    )
+    root_path: str = Field(
+        default="",
+        description='the path this service is served under behind a proxy ("/qa"); its '
+        "pages' links carry it",
     )
 
     def resolved_nats_url(self) -> str:

@@ -30,6 +30,7 @@ from shared.jetstream import NatsLink
 from shared.logging import configure_logging
 from shared.params import reject_unknown_query
 from shared.settings import RtopsSettings
+from shared.ui.session import check_session_settings
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +65,7 @@ def create_app(
     app = FastAPI(title=title, lifespan=lifespan, dependencies=[Depends(reject_unknown_query)])
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings)
+    check_session_settings(settings)
     app.state.registry = registry
 
     requests = Counter(
@@ -217,7 +219,14 @@ def serve(
         print(f"{service}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            root_path=settings.root_path,
+        )
     )
     server.run(sockets=[sock])
     if not server.started:

@@ -110,6 +110,14 @@ def row_of(
     )
 
 
+def dicom_names(user: Session) -> tuple[str, ...]:
+    """Whom "my worklist" is for: the names the sign-in maps the user to; at the development
+    sign-in, failing a mapping, the name typed there."""
+    if user.names:
+        return user.names
+    return (user.user,) if user.origin == "dev" else ()
+
+
 def _service(request: Request) -> QaService:
     return request.app.state.qa_service  # type: ignore[no-any-return]
 
@@ -131,7 +139,7 @@ def worklist(
     scope = scope or ("mine" if user.role == "physician" else "all")
     now = service.now()
     with request.app.state.session_factory.begin() as session:
-        mine = physician_names(session, user.user) if scope == "mine" else None
+        mine = physician_names(session, dicom_names(user)) if scope == "mine" else None
         try:
             page = worklist_page(session, mine, now=now, cursor=cursor, limit=limit)
         except RuleViolation:

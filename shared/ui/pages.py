@@ -8,6 +8,7 @@ sign-in page, a missing role answers a 403 page, a form without the session's CS
 page. ``ui_router(pages)`` adds the sign-in and sign-out pages and the static files.
 """
 
+import hmac
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -16,14 +17,17 @@ from typing import Annotated, Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+import structlog
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 
-from shared.errors import NotFound
+from shared.errors import NotFound, RtopsError
 from shared.settings import ROLES, RtopsSettings
 from shared.ui import filters
+from shared.ui.identity import staff_identity
+from shared.ui.oidc import OidcClient
 from shared.ui.session import (
     CSRF_FIELD,
     CsrfError,
@@ -32,11 +36,16 @@ from shared.ui.session import (
     check_token,
     dev_sign_in_allowed,
     end_session,
+    keep_api_token,
+    keep_pending,
+    oidc_sign_in,
     pre_session_token,
     read_session,
     start_session,
+    take_pending,
 )
 
+log = structlog.get_logger(__name__)
 UI = Path(__file__).parent
 SHARED_TEMPLATES = UI / "templates"
 STATIC = UI / "static"
@@ -46,6 +55,24 @@ STATIC_FILES = {  # name -> media type: nothing else under /ui/static is served
     "rtops.css": "text/css",
 }
 SIGN_IN = "/ui/sign-in"
+CALLBACK = "/ui/auth/callback"
+SIGNED_OUT = "/ui/signed-out"
+# The navigation's names for the services (RTOPS_UI_SERVICE_URLS says where each is).
+SERVICE_LABELS = {
+    "scp_listener": "DICOM arrivals",
+    "qa_tracker": "IGRT review",
+    "scheduler": "Simulation",
+    "documents": "Documents",
+    "billing": "Billing",
+}
+
+
+@dataclass(frozen=True)
+class ServiceLink:
+    name: str
+    label: str
+    href: str
+    current: bool
 
 
 @dataclass(frozen=True)
@@ -105,6 +132,8 @@ class Pages:
                 csrf_token=session.csrf if session else "",
                 nav=self.nav,
                 home=self.home,
+                root=request.scope.get("root_path", ""),
+                services=service_links(request),
                 clinic_zone=settings.clinic_timezone,
                 **(context or {}),
             )
@@ -119,7 +148,7 @@ class Pages:
             session = read_session(request, request.app.state.settings)
             if session is None:
                 raise SignInRequired(self)
-            if roles and session.role not in roles:
+            if roles and not session.has(*roles):
                 raise PageForbidden(
                     self,
                     f"This page needs one of the roles {', '.join(roles)}; "
@@ -144,6 +173,18 @@ class Pages:
         return Depends(with_token)
 
 
+def service_links(request: Request) -> list[ServiceLink]:
+    """The suite's services with pages, for the layout's service switcher: where each is
+    (``RTOPS_UI_SERVICE_URLS``), this one marked."""
+    settings: RtopsSettings = request.app.state.settings
+    runtime = getattr(request.app.state, "runtime", None)
+    current = runtime.service if runtime is not None else None
+    return [
+        ServiceLink(name, SERVICE_LABELS.get(name, name), url.rstrip("/") + "/ui/", name == current)
+        for name, url in settings.ui_service_urls.items()
+    ]
+
+
 def _clinic_time(value: Any, fmt: str = "%a %d %b %H:%M", *, zone: ZoneInfo) -> str:
     return filters.clinic_time(value, zone, fmt)
 
@@ -162,10 +203,10 @@ class PageError(Exception):
 
 class SignInRequired(PageError):
     def response(self, request: Request) -> Response:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        target = _here(request)
         if request.method != "GET":
-            target = request.headers.get("hx-current-url") or self.pages.home
-        location = f"{SIGN_IN}?next={quote(_local(target), safe='')}"
+            target = self.pages.home
+        location = f"{_root(request)}{SIGN_IN}?next={quote(_local(target), safe='')}"
         if request.headers.get("hx-request"):
             return Response(status_code=200, headers={"HX-Redirect": location})
         return RedirectResponse(location, status_code=303)
@@ -197,6 +238,19 @@ class PageRoute(APIRoute):
         return page_handler
 
 
+def _root(request: Request) -> str:
+    return str(request.scope.get("root_path", ""))
+
+
+def _here(request: Request) -> str:
+    """This request's page, relative to the service's root path."""
+    path = request.url.path
+    root = _root(request)
+    if root and path.startswith(root + "/"):
+        path = path[len(root) :]
+    return path + (f"?{request.url.query}" if request.url.query else "")
+
+
 def _local(target: str | None) -> str:
     """Only a path on this site (no open redirect)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -212,14 +266,20 @@ def ui_router(pages: Pages) -> APIRouter:
     @router.get(SIGN_IN, response_class=HTMLResponse)
     def sign_in_form(request: Request, next: str | None = None) -> Response:
         settings: RtopsSettings = request.app.state.settings
+        target = _local(next or pages.home)
+        if oidc_sign_in(settings):
+            url, pending = _oidc(request).begin(_absolute(request, CALLBACK))
+            response = RedirectResponse(url, status_code=303)
+            keep_pending(response, request, settings, {**pending, "next": target})
+            return response
         if not dev_sign_in_allowed(settings):
-            return _no_dev_sign_in(pages, request)
+            return _no_sign_in(pages, request)
         cookies = Response()
         token = pre_session_token(request, cookies, settings)
         body = pages.render(
             request,
             "sign_in.html",
-            {"roles": ROLES, "next": _local(next or pages.home), "signin_token": token},
+            {"roles": ROLES, "next": target, "signin_token": token},
             session=None,
         )
         for value in cookies.headers.getlist("set-cookie"):
@@ -236,7 +296,7 @@ def ui_router(pages: Pages) -> APIRouter:
     ) -> Response:
         settings: RtopsSettings = request.app.state.settings
         if not dev_sign_in_allowed(settings):
-            return _no_dev_sign_in(pages, request)
+            return _no_sign_in(pages, request)
         try:
             check_pre_session_token(request, settings, csrf_token)
         except CsrfError as exc:
@@ -255,8 +315,86 @@ def ui_router(pages: Pages) -> APIRouter:
                 session=None,
                 status_code=422,
             )
-        response = RedirectResponse(_local(next or pages.home), status_code=303)
-        start_session(response, request, settings, user=name, role=role)
+        identity = staff_identity(settings, [name])
+        response = RedirectResponse(_root(request) + _local(next or pages.home), 303)
+        start_session(
+            response,
+            request,
+            settings,
+            user=name,
+            roles=[role],
+            names=identity.dicom_names,
+            npi=identity.npi,
+        )
+        return response
+
+    @router.get(CALLBACK, response_class=HTMLResponse, name="oidc_callback")
+    def oidc_callback(
+        request: Request,
+        code: str | None = None,
+        state: str | None = None,
+        error: str | None = None,
+        error_description: str | None = None,
+        iss: str | None = None,
+        session_state: str | None = None,
+    ) -> Response:
+        settings: RtopsSettings = request.app.state.settings
+        if not oidc_sign_in(settings):
+            return _no_sign_in(pages, request)
+        pending = take_pending(request, settings)
+        if error:
+            return _sign_in_failed(
+                pages,
+                request,
+                f"The identity provider did not sign you in: {error_description or error}.",
+                401,
+            )
+        if pending is None or not state or not code:
+            return _sign_in_failed(
+                pages,
+                request,
+                "This sign-in is not the one this browser started, or it took "
+                "longer than ten minutes. Start again.",
+                400,
+            )
+        if not hmac.compare_digest(pending.get("state", ""), state):  # RFC 6749 10.12
+            return _sign_in_failed(
+                pages,
+                request,
+                "The sign-in's state does not match this browser's. Start again.",
+                400,
+            )
+        try:
+            who = _oidc(request).finish(
+                _absolute(request, CALLBACK), code, pending, request.app.state.authenticator
+            )
+        except RtopsError as exc:
+            log.warning("oidc sign-in refused", reason=str(exc))
+            return _sign_in_failed(pages, request, f"Sign-in refused: {exc}", exc.status)
+        if not who.roles:
+            return _sign_in_failed(
+                pages,
+                request,
+                f"{who.user} is signed in at the identity provider but holds no rtops role "
+                f"(claim {settings.roles_claim!r}); ask IT to grant one of {', '.join(ROLES)}.",
+                403,
+            )
+        identity = staff_identity(
+            settings, [who.subject, who.user, who.claims.get("email")], who.claims
+        )
+        response = RedirectResponse(_root(request) + _local(pending.get("next")), 303)
+        start_session(
+            response,
+            request,
+            settings,
+            user=who.user,
+            roles=who.roles,
+            names=identity.dicom_names,
+            npi=identity.npi,
+            origin="oidc",
+        )
+        keep_api_token(response, request, settings, who.access_token, who.expires_at)
+        log.info("signed in", user=who.user, roles=who.roles, mapped=bool(identity.dicom_names))
         return response
 
     @router.get("/ui/sign-out", response_class=HTMLResponse)
@@ -265,19 +403,29 @@ def ui_router(pages: Pages) -> APIRouter:
 
     @router.post("/ui/sign-out")
     def sign_out(request: Request, csrf_token: Annotated[str | None, Form()] = None) -> Response:
-        session = read_session(request, request.app.state.settings)
+        settings: RtopsSettings = request.app.state.settings
+        session = read_session(request, settings)
         if session is not None:
             try:
                 check_token(session.csrf, csrf_token)
             except CsrfError as exc:
                 raise PageForbidden(pages, str(exc), session) from None
-        response = RedirectResponse(SIGN_IN, status_code=303)
+        target = _root(request) + SIGN_IN
+        if oidc_sign_in(settings):
+            done = _absolute(request, SIGNED_OUT)
+            target = _oidc(request).end_session_url(done) or done
+        response = RedirectResponse(target, status_code=303)
         end_session(response)
         return response
 
+    @router.get(SIGNED_OUT, response_class=HTMLResponse)
+    def signed_out(request: Request) -> Response:
+        return pages.render(request, "sign_out.html", session=None)
+
     @router.get("/ui/")
-    def home() -> Response:
-        return RedirectResponse(pages.home if pages.home != "/ui/" else SIGN_IN, status_code=303)
+    def home(request: Request) -> Response:
+        target = pages.home if pages.home != "/ui/" else SIGN_IN
+        return RedirectResponse(_root(request) + target, status_code=303)
 
     @router.get("/ui/static/{name}")
     def static(name: str) -> Response:
@@ -292,6 +440,19 @@ def ui_router(pages: Pages) -> APIRouter:
     return router
 
 
+def _oidc(request: Request) -> OidcClient:
+    state = request.app.state
+    if getattr(state, "oidc", None) is None:
+        state.oidc = OidcClient(state.settings)
+    return state.oidc  # type: ignore[no-any-return]
+
+
+def _absolute(request: Request, path: str) -> str:
+    """``path`` on this service as the browser reaches it (scheme and host from the request,
+    which uvicorn takes from X-Forwarded-* behind a trusted proxy; the root path kept)."""
+    return f"{request.url.scheme}://{request.url.netloc}{_root(request)}{path}"
+
+
 def page_router(templates: Path, *, nav: Sequence[NavLink], home: str) -> tuple[Pages, APIRouter]:
     """A service's ``Pages`` (its templates, its navigation, its home page) and the router its
     pages go on, which already serves sign-in, sign-out and the static files."""
@@ -301,16 +462,27 @@ def page_router(templates: Path, *, nav: Sequence[NavLink], home: str) -> tuple[
     return pages, router
 
 
-def _no_dev_sign_in(pages: Pages, request: Request) -> Response:
+def _no_sign_in(pages: Pages, request: Request) -> Response:
     return pages.render(
         request,
         "error.html",
         {
             "title": "Sign-in not available",
-            "message": "An OIDC issuer is configured (RTOPS_OIDC_ISSUER), so the development "
-            "sign-in is refused. Sign-in through the hospital's identity provider comes in a "
-            "later release; use the REST API with a bearer token meanwhile.",
+            "message": "An OIDC issuer is configured (RTOPS_OIDC_ISSUER) but no client for the "
+            "staff pages (RTOPS_OIDC_CLIENT_ID), so neither sign-in works: the development "
+            "sign-in is refused wherever an issuer is set. Use the REST API with a bearer "
+            "token meanwhile.",
         },
         session=None,
         status_code=501,
+    )
+
+
+def _sign_in_failed(pages: Pages, request: Request, message: str, status: int) -> Response:
+    return pages.render(
+        request,
+        "error.html",
+        {"title": "Not signed in", "message": message, "retry": SIGN_IN},
+        session=None,
+        status_code=status,
     )

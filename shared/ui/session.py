@@ -1,46 +1,92 @@
 """The staff pages' session: a signed, HttpOnly, SameSite=Lax cookie holding who signed in, the
 role chosen, and a per-session CSRF token that every form carries in a hidden field.
 
-Only the embedded setup signs people in here (the development sign-in page); its key is derived
-from the development signing key (``shared.auth.dev_signing_key``). With an OIDC issuer
-configured no session is accepted: production sign-in (authorization code + PKCE) comes later.
+The cookie is signed with ``RTOPS_UI_SESSION_KEY`` (the same in every service, so one sign-in
+serves every service's pages), or in the embedded setup with a key derived from the development
+signing key (``shared.auth.dev_signing_key``). Who may start a session: the development sign-in
+page in the embedded setup, the OIDC callback (``shared.ui.oidc``) in production; a session
+made by the one is refused by the other.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from shared.auth import Principal, dev_signing_key
-from shared.settings import ROLES, RtopsSettings
+from shared.auth import KEY_MIN_BYTES, Principal, dev_signing_key
+from shared.settings import ROLES, RtopsSettings, SettingError
 
 SESSION_COOKIE = "rtops_session"
-PRE_SESSION_COOKIE = "rtops_signin"  # carries the sign-in form's CSRF token before a session
+PRE_SESSION_COOKIE = "rtops_signin"  # the sign-in form's CSRF token, or a pending OIDC sign-in
+TOKEN_COOKIE = "rtops_api_token"
+PENDING_MAX_AGE_S = 600  # an OIDC sign-in left at the identity provider longer starts over
+TOKEN_MARGIN_S = 30  # a token about to expire is not forwarded
 MAX_AGE_S = 12 * 3600  # a clinic shift; the same lifetime as `rtops token`
 CSRF_FIELD = "csrf_token"
 
 
 @dataclass(frozen=True)
 class Session:
+    """Who signed in: ``user`` as shown and audited, ``roles`` (rtops roles, in ``ROLES``
+    order), the DICOM person ``names`` and ``npi`` they appear under (empty: not mapped), and
+    how (``origin``: "dev" or "oidc")."""
+
     user: str
-    role: str
+    roles: tuple[str, ...]
     csrf: str
+    names: tuple[str, ...] = ()
+    npi: str | None = None
+    origin: str = "dev"
+
+    @property
+    def role(self) -> str:
+        """The role the pages are shown for: the first of ``roles`` in ``ROLES`` order."""
+        return self.roles[0]
+
+    def has(self, *roles: str) -> bool:
+        return bool(set(roles) & set(self.roles))
 
     @property
     def principal(self) -> Principal:
-        return Principal(user=self.user, roles=frozenset({self.role}))
+        return Principal(user=self.user, roles=frozenset(self.roles))
 
 
 class CsrfError(Exception):
     """A form without the session's CSRF token (forged, or from an expired session)."""
 
 
+def session_key(settings: RtopsSettings) -> str:
+    if settings.ui_session_key:
+        return settings.ui_session_key
+    if oidc_sign_in(settings):
+        raise SettingError(
+            "RTOPS_UI_SESSION_KEY is not set: OIDC sign-in needs a session key shared by every "
+            "service (python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )
+    return dev_signing_key(settings)
+
+
+def check_session_settings(settings: RtopsSettings) -> None:
+    """At start: ``SettingError`` for page settings that cannot work."""
+    key = settings.ui_session_key
+    if key is not None and len(key.encode()) < KEY_MIN_BYTES:
+        raise SettingError(
+            f"RTOPS_UI_SESSION_KEY is {len(key.encode())} bytes; it needs at least "
+            f"{KEY_MIN_BYTES} (python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )
+    if oidc_sign_in(settings):
+        session_key(settings)
+
+
 def _serializer(settings: RtopsSettings, purpose: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(dev_signing_key(settings), salt=f"rtops.ui.{purpose}")
+    return URLSafeTimedSerializer(session_key(settings), salt=f"rtops.ui.{purpose}")
 
 
 def dev_sign_in_allowed(settings: RtopsSettings) -> bool:
@@ -48,17 +94,39 @@ def dev_sign_in_allowed(settings: RtopsSettings) -> bool:
     return not settings.oidc_issuer and not settings.oidc_jwks_url
 
 
+def oidc_sign_in(settings: RtopsSettings) -> bool:
+    """Production sign-in: an issuer and the pages' client id are configured."""
+    return bool(settings.oidc_issuer and settings.oidc_client_id)
+
+
+def _origin_allowed(settings: RtopsSettings) -> str | None:
+    if dev_sign_in_allowed(settings):
+        return "dev"
+    return "oidc" if oidc_sign_in(settings) else None
+
+
 def read_session(request: Request, settings: RtopsSettings) -> Session | None:
     raw = request.cookies.get(SESSION_COOKIE)
-    if not raw or not dev_sign_in_allowed(settings):
+    origin = _origin_allowed(settings)
+    if not raw or origin is None:
         return None
     try:
         data = _serializer(settings, "session").loads(raw, max_age=MAX_AGE_S)
     except BadSignature:
         return None
-    if not isinstance(data, dict) or data.get("r") not in ROLES or not data.get("u"):
+    if not isinstance(data, dict) or not data.get("u") or data.get("o", "dev") != origin:
         return None
-    return Session(user=str(data["u"]), role=str(data["r"]), csrf=str(data.get("c", "")))
+    roles = tuple(r for r in ROLES if r in (data.get("r") or ()))
+    if not roles:
+        return None
+    return Session(
+        user=str(data["u"]),
+        roles=roles,
+        csrf=str(data.get("c", "")),
+        names=tuple(str(n) for n in data.get("n") or ()),
+        npi=data.get("p"),
+        origin=origin,
+    )
 
 
 def _cookie(response: Response, request: Request, name: str, value: str) -> None:
@@ -74,17 +142,83 @@ def _cookie(response: Response, request: Request, name: str, value: str) -> None
 
 
 def start_session(
-    response: Response, request: Request, settings: RtopsSettings, *, user: str, role: str
+    response: Response,
+    request: Request,
+    settings: RtopsSettings,
+    *,
+    user: str,
+    roles: Sequence[str],
+    names: Sequence[str] = (),
+    npi: str | None = None,
+    origin: str = "dev",
 ) -> Session:
-    session = Session(user=user, role=role, csrf=secrets.token_urlsafe(32))
-    value = _serializer(settings, "session").dumps({"u": user, "r": role, "c": session.csrf})
+    ordered = tuple(r for r in ROLES if r in roles)
+    session = Session(
+        user=user,
+        roles=ordered,
+        csrf=secrets.token_urlsafe(32),
+        names=tuple(names),
+        npi=npi,
+        origin=origin,
+    )
+    value = _serializer(settings, "session").dumps(
+        {"u": user, "r": list(ordered), "c": session.csrf, "n": list(names), "p": npi, "o": origin}
+    )
     _cookie(response, request, SESSION_COOKIE, value)
     response.delete_cookie(PRE_SESSION_COOKIE, path="/")
     return session
 
 
 def end_session(response: Response) -> None:
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    for name in (SESSION_COOKIE, TOKEN_COOKIE):
+        response.delete_cookie(name, path="/", httponly=True, samesite="lax")
+
+
+def keep_api_token(
+    response: Response, request: Request, settings: RtopsSettings, token: str, expires_at: float
+) -> None:
+    """The identity provider's access token, for the pages that ask other services' APIs on
+    the user's behalf (the patient timeline). Its own cookie: the session stays small."""
+    value = _serializer(settings, "token").dumps({"t": token, "e": expires_at})
+    _cookie(response, request, TOKEN_COOKIE, value)
+
+
+def api_token(request: Request, settings: RtopsSettings, session: Session) -> str | None:
+    """A bearer token the services' APIs accept for ``session``'s user, or None when the
+    identity provider's token has expired (signing in again renews it). The embedded setup
+    signs a short one with the development key, as ``rtops token`` does."""
+    if session.origin == "dev":
+        from shared.auth import issue_dev_token
+
+        return issue_dev_token(
+            settings, user=session.user, roles=list(session.roles), ttl=timedelta(minutes=5)
+        )
+    try:
+        data = _serializer(settings, "token").loads(
+            request.cookies.get(TOKEN_COOKIE, ""), max_age=MAX_AGE_S
+        )
+    except BadSignature:
+        return None
+    if not isinstance(data, dict) or float(data.get("e") or 0) < time.time() + TOKEN_MARGIN_S:
+        return None
+    return str(data["t"])
+
+
+def keep_pending(
+    response: Response, request: Request, settings: RtopsSettings, pending: dict[str, str]
+) -> None:
+    """What the OIDC callback must find again: state, nonce, PKCE verifier, the page asked."""
+    _cookie(response, request, PRE_SESSION_COOKIE, _serializer(settings, "oidc").dumps(pending))
+
+
+def take_pending(request: Request, settings: RtopsSettings) -> dict[str, str] | None:
+    try:
+        data = _serializer(settings, "oidc").loads(
+            request.cookies.get(PRE_SESSION_COOKIE, ""), max_age=PENDING_MAX_AGE_S
+        )
+    except BadSignature:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def pre_session_token(request: Request, response: Response, settings: RtopsSettings) -> str:

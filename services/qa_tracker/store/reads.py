@@ -238,12 +238,12 @@ def _worklist_after(
     )
 
 
-def physician_names(session: Session, user: str) -> list[str]:
-    """The DICOM person names of the fractions' physicians that are ``user``: an exact match of
-    the name given at sign-in, as DICOM writes it ("Oncologist^Olga") or as people do ("Olga
-    Oncologist"). The mapping from an OIDC subject comes with production sign-in."""
-    names = session.scalars(select(Fraction.physician).distinct()).all()
-    return sorted(n for n in names if n and (n == user or person_name(n) == user))
+def physician_names(session: Session, names: Sequence[str]) -> list[str]:
+    """The fractions' physicians (DICOM person names) that are one of ``names``: a DICOM name
+    ("Oncologist^Olga") or a name as people write it ("Olga Oncologist")."""
+    wanted = set(names)
+    known = session.scalars(select(Fraction.physician).distinct()).all()
+    return sorted(n for n in known if n and (n in wanted or person_name(n) in wanted))
 
 
 def treated_rows(
