@@ -143,6 +143,12 @@ class RtopsSettings(BaseSettings):
         'URL, or a path such as "/qa" on one host); the pages\' navigation and the patient '
         "timeline use them",
     )
+    ui_api_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON: service -> the base URL a service calls another's API at, server "
+        "side (the patient timeline; in Kubernetes the cluster-internal Service URL); a "
+        "service not named here is called at its RTOPS_UI_SERVICE_URLS address",
+    )
     root_path: str = Field(
         default="",
         description='the path this service is served under behind a proxy ("/qa"); its '

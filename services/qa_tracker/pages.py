@@ -37,6 +37,7 @@ from shared.auth import CLINICAL_STAFF
 from shared.calendar import iso_week_bounds, iso_week_of
 from shared.errors import NotFound, RuleViolation
 from shared.ui import NavLink, Session, page_router, person_name
+from shared.ui.patients import PATIENTS, timeline_router
 
 WORKLIST = "/ui/worklist"
 FRACTIONS = "/ui/fractions"
@@ -53,9 +54,12 @@ pages, router = page_router(
         NavLink("Review worklist", WORKLIST),
         NavLink("Weekly compliance", COMPLIANCE),
         NavLink("Trend", TREND),
+        NavLink("Patient timeline", PATIENTS),
     ),
     home=WORKLIST,
 )
+
+router.include_router(timeline_router(pages))
 
 Reader = Annotated[Session, pages.user(*CLINICAL_STAFF)]
 Reviewer = Annotated[Session, pages.user("physician", csrf=True)]

@@ -5,8 +5,8 @@ that removes or re-types a field adds a new ``version`` and an upcaster in ``UPC
 The JSON Schemas of every payload are exported to ``docs/events/`` (``rtops schemas``).
 
 One module per producer: ``base`` (envelope, ids, shared building blocks), ``dicom`` (the
-SCP), ``qa`` (the QA tracker), ``scheduler``; ``registry`` parses any of them. Import from
-``shared.events``.
+SCP), ``qa`` (the QA tracker), ``scheduler``, ``documents``, ``billing``; ``registry`` parses
+any of them. Import from ``shared.events``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ from shared.events.base import (
     SourceDevice,
     envelope,
     event_id,
+)
+from shared.events.billing import (
+    ChargePosted,
+    ChargeVoided,
 )
 from shared.events.dicom import (
     BeamDelivery,
@@ -42,6 +46,10 @@ from shared.events.dicom import (
     TreatmentRecorded,
     TreatmentSummarized,
     Vector3,
+)
+from shared.events.documents import (
+    CourseRegrouped,
+    NoteSigned,
 )
 from shared.events.qa import (
     DigestItem,
@@ -65,8 +73,11 @@ __all__ = [
     "SUBJECT_PREFIX",
     "UPCASTERS",
     "BeamDelivery",
+    "ChargePosted",
+    "ChargeVoided",
     "CloudEvent",
     "CouchPosition",
+    "CourseRegrouped",
     "DicomEvent",
     "DigestItem",
     "DoseReference",
@@ -77,6 +88,7 @@ __all__ = [
     "ImageApproval",
     "ImagingAcquired",
     "InvalidEvent",
+    "NoteSigned",
     "Override",
     "Patient",
     "PlanReceived",

@@ -8,10 +8,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.events import dicom, qa, scheduler
+from shared.events import billing, dicom, documents, qa, scheduler
 from shared.events.base import CloudEvent, EventPayload, InvalidEvent
 
-PAYLOADS: tuple[type[EventPayload], ...] = (*dicom.PAYLOADS, *qa.PAYLOADS, *scheduler.PAYLOADS)
+PAYLOADS: tuple[type[EventPayload], ...] = (
+    *dicom.PAYLOADS,
+    *qa.PAYLOADS,
+    *scheduler.PAYLOADS,
+    *documents.PAYLOADS,
+    *billing.PAYLOADS,
+)
 _BY_TYPE: dict[tuple[str, int], type[EventPayload]] = {
     (p.type, p.model_fields["version"].default): p for p in PAYLOADS
 }

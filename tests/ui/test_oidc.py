@@ -240,3 +240,26 @@ def test_oidc_sign_in_needs_a_session_key(
         oidc_app(qa_db, service, provider, seed=False, ui_session_key=None)
     with pytest.raises(SettingError, match="at least 32"):
         oidc_app(qa_db, service, provider, seed=False, ui_session_key="short")
+
+
+async def test_the_timeline_forwards_the_providers_token(
+    qa_db: Db, service: QaService, provider: Provider
+) -> None:
+    """The timeline asks the QA API with the access token the provider gave; once it has
+    expired (here: dropped), the page signs in again at the provider rather than guess."""
+    app = oidc_app(qa_db, service, provider, ui_service_urls={"qa_tracker": APP})
+    app.state.http_mounts = {APP: httpx.ASGITransport(app=app)}
+    async with httpx.AsyncClient(
+        base_url=APP, mounts={APP: httpx.ASGITransport(app=app)}, follow_redirects=True
+    ) as client:
+        page = await client.get("/ui/patients/QA-001")
+        assert page.status_code == 200, page.text
+        assert "Fraction 3 treated" in page.text
+        signed_in = len(provider.token_requests)
+        client.cookies.delete("rtops_api_token")
+        again = await client.get("/ui/patients/QA-001")
+        assert "Fraction 3 treated" in again.text
+        assert len(provider.token_requests) == signed_in + 1
+    with app.state.session_factory() as session:
+        readers = set(session.scalars(select(AuditLog.user).where(AuditLog.resource.like("/v1/%"))))
+    assert readers == {"olga"}  # the API read the provider's user from the forwarded token
