@@ -140,6 +140,27 @@ def running_var_dirs() -> list[Path]:
 # ---------------------------------------------------------------- run
 
 
+def service_urls(names: list[str]) -> dict[str, str]:
+    """Each service's pages at its HTTP port on this machine: the staff pages' switcher and
+    the patient timeline under ``rtops run`` (ports moved by settings included)."""
+    import importlib
+
+    urls = {}
+    for name in names:
+        module = importlib.import_module(f"services.{name}.settings")
+        for cls in vars(module).values():
+            if (
+                isinstance(cls, type)
+                and issubclass(cls, RtopsSettings)
+                and cls is not RtopsSettings
+            ):
+                settings = cls()
+                field = next((f for f in cls.model_fields if f.endswith("http_port")), None)
+                if field:
+                    urls[name] = f"http://localhost:{getattr(settings, field)}"
+    return urls
+
+
 def check_ports(names: list[str]) -> frozenset[int]:
     """Before anything starts: every port the services' settings name is free, and no two
     name the same port. ``SettingError`` names the port and the setting."""
@@ -201,6 +222,8 @@ def run(settings: RtopsSettings) -> int:
             nats = EmbeddedNats(settings.var_dir / "nats", avoid=service_ports).start()
             env["RTOPS_NATS_URL"] = nats.url
             print(f"rtops: embedded NATS (JetStream) at {nats.url}", flush=True)
+        if "RTOPS_UI_SERVICE_URLS" not in env:
+            env["RTOPS_UI_SERVICE_URLS"] = json.dumps(service_urls(names))
         migrate_all(settings, names)
         record = record_running(settings.var_dir)
         for name in names:

@@ -111,6 +111,8 @@ def test_no_page_has_serious_accessibility_violations(
                     (f"/ui/fractions/{fid}", "table.registrations"),
                     ("/ui/compliance", "main h1"),
                     ("/ui/trend", "main h1"),
+                    ("/ui/patients/QA-002", "table.timeline"),
+                    ("/ui/patients", "input[name=patient_id]"),
                 ):
                     page.goto(f"{suite.qa_http}{path}")
                     scan(page, selector)

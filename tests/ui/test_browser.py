@@ -15,6 +15,7 @@ import re
 import shutil
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -28,6 +29,9 @@ from shared.runtime import Runtime
 from tests.events import imaging_event, plan_event, record_event, registration_event
 from tests.support import REPO
 from tests.test_suite_run import Suite, running_suite
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = "/usr/bin/chromium"
 OLGA = "Oncologist^Olga"
@@ -80,6 +84,17 @@ def seed(suite: Suite, tmp_path: Path, isolation: dict[str, str]) -> None:
     runtime.close()
 
 
+def shoot(page: Page, tmp_path: Path, name: str) -> None:
+    """A full-page screenshot into the test's tmp dir; with RTOPS_UPDATE_SCREENSHOTS=1 into
+    docs/screenshots/ as well."""
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("RTOPS_UPDATE_SCREENSHOTS") == "1":
+        dest = REPO / "docs" / "screenshots" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, dest)
+
+
 def test_a_physician_approves_an_overdue_fraction_with_the_keyboard(
     tmp_path: Path, isolation: dict[str, str]
 ) -> None:
@@ -128,12 +143,7 @@ def test_a_physician_approves_an_overdue_fraction_with_the_keyboard(
                     f"fraction-{target['id']}"
                 )
 
-                shot = tmp_path / "qa-worklist.png"
-                page.screenshot(path=str(shot), full_page=True)
-                if os.environ.get("RTOPS_UPDATE_SCREENSHOTS") == "1":
-                    dest = REPO / "docs" / "screenshots" / "qa-worklist.png"
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(shot, dest)
+                shoot(page, tmp_path, "qa-worklist.png")
 
                 # One row a page: "Next page" opens QA-002's (the override to acknowledge),
                 # selected for the keys like the first page's.
@@ -149,6 +159,15 @@ def test_a_physician_approves_an_overdue_fraction_with_the_keyboard(
                 page.keyboard.press("Escape")
                 page.keyboard.press("a")
                 expect(second.locator(".status.approved")).to_be_visible()
+
+                # The patient's timeline from the row's patient link: the review just made,
+                # read back through the QA API; the SCP's device index is not a physician's.
+                page.goto(f"{suite.qa_http}/ui/worklist?scope=all")
+                page.click("a[href='/ui/patients/QA-001']")
+                expect(page).to_have_url(f"{suite.qa_http}/ui/patients/QA-001")
+                expect(page.locator("table.timeline").first).to_contain_text("approved")
+                expect(page.locator("li.source.forbidden")).to_contain_text("DICOM arrivals")
+                shoot(page, tmp_path, "qa-timeline.png")
             finally:
                 browser.close()
 
