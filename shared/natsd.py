@@ -80,11 +80,15 @@ def listening_socket(host: str, port: int, setting: str) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio turns Nagle off only on sockets that say they are TCP;
+        # with protocol 0 every kept-alive response waited ~40 ms for the client's delayed ACK
+        # between its headers and its body (bench/README.md, "Staff pages").
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except OSError as exc:
         raise explain_bind_error(exc, host, port, setting) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(address)
         sock.listen(2048)
     except OSError as exc:
