@@ -29,7 +29,7 @@ from services.qa_tracker.store.reads import (
     physician_names,
     reviews_of,
     summary_rows,
-    treated_rows,
+    weekly_rows,
     worklist_page,
 )
 from shared.audit import record_request
@@ -401,12 +401,11 @@ def trend(request: Request, user: Reader) -> Response:
     zone = service.policy.calendar.zone
     now = service.now()
     weeks = report.last_weeks(now.astimezone(zone).date(), TREND_WEEKS)
-    start = iso_week_bounds(weeks[0], zone)[0]
-    end = iso_week_bounds(weeks[-1], zone)[1]
+    bounds = [(week, *iso_week_bounds(week, zone)) for week in weeks]
     with request.app.state.session_factory.begin() as session:
-        rows = treated_rows(session, start=start, end=end, now=now)
+        rows = weekly_rows(session, bounds, now=now)
         record_request(session, AuditLog, user.principal, request, patient_ids=[])
-    result = report.trend(rows, weeks, zone)
+    result = report.trend(rows, weeks)
     # The chart's legend writes names as people do; the table does the same with the filter.
     by_physician = {person_name(n) or n: v for n, v in result.by_physician.items()}
     charts = {

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from html import escape
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from services.qa_tracker import domain
 from shared.calendar import iso_week_of
@@ -152,16 +151,13 @@ class Trend:
     by_physician: dict[str, dict[str, domain.Tally]]
 
 
-def trend(
-    rows: Iterable[tuple[datetime, domain.SummaryRow]], weeks: Sequence[str], zone: ZoneInfo
-) -> Trend:
-    """Fractions (treated at, what the tally tells apart) counted per ISO week of the treatment
-    day in the clinic's zone (so a DST change moves no fraction to another week), per machine
-    and per physician. Weeks outside ``weeks`` are left out; a week without fractions is
-    empty (its compliance None)."""
+def trend(rows: Iterable[tuple[str, domain.SummaryRow]], weeks: Sequence[str]) -> Trend:
+    """Tally rows (each with its ISO week, of the treatment day in the clinic's zone) per week,
+    per machine and per physician. Weeks outside ``weeks`` are left out; a week without
+    fractions is empty (its compliance None)."""
     buckets: dict[str, list[domain.SummaryRow]] = defaultdict(list)
-    for treated_at, row in rows:
-        buckets[iso_week_of(treated_at.astimezone(zone).date())].append(row)
+    for week, row in rows:
+        buckets[week].append(row)
 
     def group(key: str) -> dict[str, dict[str, domain.Tally]]:
         names = sorted({getattr(r, key) or "unassigned" for w in weeks for r in buckets[w]})

@@ -246,22 +246,36 @@ def physician_names(session: Session, names: Sequence[str]) -> list[str]:
     return sorted(n for n in known if n and (n in wanted or person_name(n) in wanted))
 
 
-def treated_rows(
-    session: Session, *, start: datetime, end: datetime, now: datetime
-) -> list[tuple[datetime, domain.SummaryRow]]:
-    """Fractions treated in [start, end), one (treated at, tally row) each, in one query: the
-    trend puts them in ISO weeks of the clinic's zone in Python, since week functions differ
-    between SQLite and PostgreSQL (and a zone's weeks move with its DST changes). Only the
-    columns the tally needs are read."""
-    query = select(
-        Fraction.treated_at,
+def weekly_rows(
+    session: Session, weeks: Sequence[tuple[str, datetime, datetime]], *, now: datetime
+) -> list[tuple[str, domain.SummaryRow]]:
+    """Fractions treated in each of ``weeks`` ((name, start, end), in order, contiguous),
+    counted in SQL by what the tally tells apart: a few hundred rows for a year of a busy
+    department instead of one per fraction. The weeks' bounds are the clinic zone's Monday
+    midnights as UTC instants, computed by the caller, since week functions differ between
+    SQLite and PostgreSQL (and a zone's weeks move with its DST changes)."""
+    if not weeks:
+        return []
+    week = case(
+        *((Fraction.treated_at < end, index) for index, (_, _, end) in enumerate(weeks)),
+        else_=None,
+    ).label("week")
+    status = fraction_status(now).label("status")
+    keys = (
+        week,
         Fraction.machine,
         Fraction.physician,
-        fraction_status(now),
+        status,
         Fraction.override_required,
         Fraction.override_documented,
-    ).where(Fraction.treated_at >= start, Fraction.treated_at < end)
+    )
+    query = (
+        select(*keys, func.count())
+        .where(Fraction.treated_at >= weeks[0][1], Fraction.treated_at < weeks[-1][2])
+        .group_by(*keys)
+    )
     return [
-        (t, domain.SummaryRow(m, p, domain.ReviewStatus(s), required, documented))
-        for t, m, p, s, required, documented in session.execute(query)
+        (weeks[w][0], domain.SummaryRow(m, p, domain.ReviewStatus(st), req, doc, count))
+        for w, m, p, st, req, doc, count in session.execute(query)
+        if w is not None
     ]
