@@ -13,13 +13,18 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
+from services.billing.store import Base as BillingBase
 from services.qa_tracker.store import Base as QaBase
 from services.scp_listener.store import Base as ScpBase
 from shared.db import alembic_config, drop_schema, make_engine, migrate
 from shared.settings import RtopsSettings
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"scp_listener": ScpBase.metadata, "qa_tracker": QaBase.metadata}
+MODELS = {
+    "scp_listener": ScpBase.metadata,
+    "qa_tracker": QaBase.metadata,
+    "billing": BillingBase.metadata,
+}
 
 
 @pytest.fixture(params=sorted(MODELS))

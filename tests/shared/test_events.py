@@ -50,7 +50,9 @@ from shared.events import (
     event_id,
     parse_event,
 )
+from shared.events.billing import ChargePosted, ChargeVoided
 from shared.events.dicom import DocumentReceived
+from shared.events.documents import CourseRegrouped, NoteSigned
 from shared.events.qa import FractionAssessed, QualifyingReview
 
 REPO = Path(__file__).resolve().parents[2]
@@ -279,6 +281,58 @@ SAMPLES: dict[type[EventPayload], EventPayload] = {
         treating_physician="Oncologist^Olga",
         site="Lung",
         room="CT-SIM-1",
+    ),
+    CourseRegrouped: CourseRegrouped(
+        patient=PATIENT,
+        regrouping_id="regroup-1",
+        sequence=4,
+        plan_uids=("1.2.3.4.1", "1.2.3.4.2"),
+        course_id="course:1.2.3.4.1",
+        corrected_by="dosimetrist.dan",
+        corrected_at=WHEN,
+        reason="boost is part of the course",
+    ),
+    NoteSigned: NoteSigned(
+        patient=PATIENT,
+        note_id="note-1",
+        revision=2,
+        course_id="course:1.2.3.4.1",
+        week="2026-W48",
+        kind="management_note",
+        author="Oncologist^Olga",
+        signed_at=WHEN,
+        visit_date=date(2026, 11, 24),
+        face_to_face=True,
+    ),
+    ChargePosted: ChargePosted(
+        patient=PATIENT,
+        charge_id="course:1.2.3.4.1|77427|unit-1|",
+        revision=1,
+        course_id="course:1.2.3.4.1",
+        cpt="77427",
+        units=1,
+        service_date=date(2026, 11, 27),
+        period_start=date(2026, 11, 23),
+        period_end=date(2026, 11, 27),
+        status="hold",
+        hold_reason="missing_management_note",
+        evidence=("ev-1", "ev-2"),
+        rule="management-77427",
+        citation="CMS Pub 100-04 Ch. 13 s. 70",
+        rules_version="2026.1",
+    ),
+    ChargeVoided: ChargeVoided(
+        patient=PATIENT,
+        charge_id="course:1.2.3.4.1|77387|2026-11-24#1|26",
+        revision=3,
+        course_id="course:1.2.3.4.1",
+        cpt="77387",
+        modifiers=("26",),
+        units=1,
+        service_date=date(2026, 11, 24),
+        reason="hold",
+        hold_reason="review_withdrawn",
+        exported_at=WHEN,
     ),
 }
 

@@ -1,0 +1,407 @@
+"""Use cases of the billing service: apply events, close a course, export charges.
+
+A batch of events is stored as the facts they state (``intake``); then each patient whose facts
+changed is evaluated again from everything stored (``assemble`` + the domain's engine), in the
+same transaction: courses are regrouped, charges upserted by their deterministic id, and the
+changes queued in the outbox (``rtops.billing.charge.posted`` for every new or changed charge,
+``rtops.billing.charge.voided`` when an exported charge goes to hold or disappears). So the
+charges never depend on the order events arrive in, and a redelivered event changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.billing import domain
+from services.billing.assemble import assemble
+from services.billing.domain import Charge, CourseEvaluation, StaffClosure
+from services.billing.intake import fact_of
+from services.billing.store import AuditLog, ChargeRow, Course, CourseClosure, ProcessedEvent
+from services.billing.store.queries import (
+    CHUNK,
+    ChargeFilter,
+    add_facts,
+    charges_of,
+    charges_to_export,
+    closures_of,
+    courses_of,
+    facts_of,
+    patients_with_facts,
+    patients_with_open_courses,
+)
+from shared.audit import record_access
+from shared.auth import Principal
+from shared.errors import NotFound, RuleViolation
+from shared.events import ChargePosted, ChargeVoided, CloudEvent, EventPayload, Patient
+from shared.outbox import claim_events, emit_many
+
+log = structlog.get_logger(__name__)
+CONSUMER = "billing"
+
+
+class BillingService:
+    def __init__(
+        self,
+        *,
+        factory: sessionmaker[Session],
+        rules: domain.RuleSet,
+        settings: domain.BillingSettings,
+        payer: domain.Payer,
+        gap_days: int = 30,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._factory = factory
+        self._rules = rules
+        self._settings = settings
+        self._payer = payer
+        self._gap_days = gap_days
+        self._now = clock
+        self._on_commit = on_commit
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return self._settings.zone
+
+    def now(self) -> datetime:
+        return self._now()
+
+    def today(self) -> date:
+        """The engine's ``as_of``: today in the clinic's zone."""
+        return self._now().astimezone(self.zone).date()
+
+    # ------------------------------------------------------------ events in
+
+    def apply(self, event: CloudEvent) -> bool:
+        """Apply one event; False when it was applied before."""
+        return self.apply_batch([event]) == 1
+
+    def apply_batch(self, events: Sequence[CloudEvent]) -> int:
+        """Apply events in one transaction, evaluating each affected patient once; returns how
+        many were new. All or nothing: the consumer retries a failed batch one event at a
+        time."""
+        with self._factory.begin() as session:
+            fresh = claim_events(session, ProcessedEvent, CONSUMER, [e.id for e in events])
+            todo = {e.id: e for e in events if e.id in fresh}.values()
+            facts = [f for f in (fact_of(e) for e in todo) if f is not None]
+            patients = add_facts(session, facts)
+            self._evaluate(session, patients)
+        if fresh:
+            self._on_commit()
+        return len(fresh)
+
+    def reevaluate(self, patients: Iterable[str] | None = None) -> int:
+        """Evaluate patients again (default: every patient with facts), e.g. after the rules
+        file or a setting changed; returns the number of patients."""
+        with self._factory() as session:
+            todo = sorted(patients) if patients is not None else patients_with_facts(session)
+        self._evaluate_in_chunks(todo)
+        return len(todo)
+
+    def reevaluate_open(self) -> int:
+        """The sweep: courses that are still open, evaluated as of today (a course ends after
+        ``inactivity_days`` without treatment, and no event says so)."""
+        with self._factory() as session:
+            todo = patients_with_open_courses(session)
+        self._evaluate_in_chunks(todo)
+        return len(todo)
+
+    def _evaluate_in_chunks(self, patients: Sequence[str]) -> None:
+        for start in range(0, len(patients), CHUNK):
+            with self._factory.begin() as session:
+                self._evaluate(session, patients[start : start + CHUNK])
+        if patients:
+            self._on_commit()
+
+    # ------------------------------------------------------------ staff
+
+    def close_course(
+        self,
+        course_id: str,
+        *,
+        closed_on: date | None,
+        reason: str | None,
+        principal: Principal,
+        resource: str,
+    ) -> Course:
+        """Staff end a course: its 3-4 fraction remainder is earned at this point (CMS Pub
+        100-04 Ch. 13 s. 70), and treatment after it reopens the course."""
+        today = self.today()
+        closed_on = closed_on or today
+        if closed_on > today:
+            raise RuleViolation(f"closed_on {closed_on} is in the future; at the latest {today}")
+        with self._factory.begin() as session:
+            course = session.get(Course, course_id)
+            if course is None:
+                raise NotFound(f"no course {course_id!r}; GET /v1/courses lists them")
+            if course.first_session and closed_on < course.first_session:
+                raise RuleViolation(
+                    f"closed_on {closed_on} is before the course's first session "
+                    f"({course.first_session})"
+                )
+            patient_id = course.patient_id
+            session.add(
+                CourseClosure(
+                    course_id=course_id,
+                    patient_id=patient_id,
+                    closed_on=closed_on,
+                    closed_by=principal.user,
+                    reason=reason,
+                    recorded_at=self._now(),
+                )
+            )
+            session.flush()
+            record_access(
+                session,
+                AuditLog,
+                principal,
+                action="write",
+                resource=resource,
+                patient_ids=[patient_id],
+            )
+            self._evaluate(session, [patient_id])
+            course = session.get(Course, course_id)
+            assert course is not None  # a closure never regroups
+        self._on_commit()
+        return course
+
+    def export(
+        self,
+        where: ChargeFilter,
+        *,
+        principal: Principal,
+        resource: str,
+    ) -> list[ChargeRow]:
+        """Ready charges not exported yet, marked exported in the same transaction as the
+        audit row: an export is never handed out twice."""
+        now = self._now()
+        with self._factory.begin() as session:
+            rows = charges_to_export(session, where)
+            for row in rows:
+                row.exported = True
+                row.exported_at = now
+            record_access(
+                session,
+                AuditLog,
+                principal,
+                action="export",
+                resource=resource,
+                patient_ids=[r.patient_id for r in rows],
+            )
+        return rows
+
+    # ------------------------------------------------------------ evaluation
+
+    def _evaluate(self, session: Session, patients: Iterable[str]) -> None:
+        today = self.today()
+        for patient_id in sorted(set(patients)):
+            closures: dict[str, list[StaffClosure]] = {}
+            for c in closures_of(session, patient_id=patient_id):
+                closures.setdefault(c.course_id, []).append(
+                    StaffClosure(closed_on=c.closed_on, reference=f"closure:{c.id}")
+                )
+            assembled = assemble(
+                patient_id,
+                facts_of(session, patient_id=patient_id),
+                closures,
+                zone=self.zone,
+                gap_days=self._gap_days,
+            )
+            evaluations = [
+                domain.evaluate_course(
+                    course, self._rules, self._settings, self._payer, as_of=today
+                )
+                for course in assembled.courses
+            ]
+            corrected = {c.id: c.corrected for c in assembled.grouping.courses}
+            plans = {c.id: list(c.plan_uids) for c in assembled.grouping.courses}
+            self._store_courses(session, patient_id, evaluations, plans, corrected)
+            self._store_charges(session, patient_id, [c for e in evaluations for c in e.charges])
+
+    def _store_courses(
+        self,
+        session: Session,
+        patient_id: str,
+        evaluations: Sequence[CourseEvaluation],
+        plans: dict[str, list[str]],
+        corrected: dict[str, bool],
+    ) -> None:
+        held = courses_of(session, patient_id=patient_id)
+        now = self._now()
+        for ev in evaluations:
+            row = held.pop(ev.course_id, None)
+            if row is None:
+                row = Course(id=ev.course_id, patient_id=patient_id)
+                session.add(row)
+            external = [s for s in ev.sessions if s.kind in ("beams", "ion_beams")] or list(
+                ev.sessions
+            )
+            row.plan_uids = plans[ev.course_id]
+            row.corrected = corrected[ev.course_id]
+            row.kind = ev.kind
+            row.status = ev.status.state
+            row.fractions_delivered = ev.fractions_delivered
+            row.first_session = external[0].day if external else None
+            row.last_session = external[-1].day if external else None
+            row.closures = [
+                {
+                    "on": p.on.isoformat(),
+                    "fractions": p.count,
+                    "reason": p.reason,
+                    "evidence": list(p.evidence),
+                }
+                for p in ev.status.closures
+            ]
+            row.unresolved = [
+                {
+                    "family": u.family,
+                    "key": u.key,
+                    "service_date": u.service_date.isoformat(),
+                    "reason": u.reason,
+                    "attrs": {k: _jsonable(v) for k, v in u.attrs},
+                }
+                for u in ev.unresolved
+            ]
+            row.bundled = [
+                {
+                    **charge_fields(b.charge),
+                    "bundle": b.bundle,
+                    "primary_charge_id": b.primary_charge_id,
+                    "bundle_citation": b.citation,
+                }
+                for b in ev.bundled
+            ]
+            row.evaluated_at = now
+        for gone in held.values():  # regrouped away; its charges are removed below
+            session.delete(gone)
+
+    def _store_charges(self, session: Session, patient_id: str, charges: Sequence[Charge]) -> None:
+        held = charges_of(session, patient_id=patient_id)
+        now = self._now()
+        patient = Patient(id=patient_id)
+        out: list[tuple[EventPayload, str | None]] = []
+        for charge in charges:
+            fields = charge_fields(charge)
+            digest = _digest(fields)
+            row = held.pop(charge.id, None)
+            if row is not None and row.digest == digest and not row.removed:
+                continue
+            voided = (
+                row is not None
+                and row.exported
+                and not row.removed
+                and row.status == "ready"
+                and charge.status == "hold"
+            )
+            if row is None:
+                row = ChargeRow(id=charge.id, patient_id=patient_id, revision=0, exported=False)
+                session.add(row)
+            if voided:
+                out.append((_voided(row, charge, patient, "hold"), charge.id))
+            row.course_id = charge.course_id
+            row.cpt = charge.cpt
+            row.modifiers = list(charge.modifiers)
+            row.units = charge.units
+            row.service_date = charge.service_date
+            row.period_start, row.period_end = charge.period
+            row.status = charge.status
+            row.hold_reason = charge.hold_reason
+            row.evidence = list(charge.evidence)
+            row.rule = charge.rule
+            row.citation = charge.citation
+            row.rules_version = charge.rules_version
+            row.revision += 1
+            row.digest = digest
+            row.removed = False
+            row.updated_at = now
+            if voided:
+                row.exported = False
+            out.append((_posted(row, patient), charge.id))
+        for row in held.values():
+            if row.removed:
+                continue
+            if row.exported:
+                out.append((_voided(row, None, patient, "removed"), row.id))
+                row.exported = False
+            row.revision += 1
+            row.removed = True
+            row.updated_at = now
+            out.append((_posted(row, patient), row.id))
+        emit_many(session, out)
+        if out:
+            log.info("charges changed", patient_id=patient_id, events=len(out))
+
+
+def charge_fields(charge: Charge) -> dict[str, Any]:
+    return {
+        "id": charge.id,
+        "patient_id": charge.patient_id,
+        "course_id": charge.course_id,
+        "cpt": charge.cpt,
+        "modifiers": list(charge.modifiers),
+        "units": charge.units,
+        "service_date": charge.service_date.isoformat(),
+        "period": [charge.period[0].isoformat(), charge.period[1].isoformat()],
+        "status": charge.status,
+        "hold_reason": charge.hold_reason,
+        "evidence": list(charge.evidence),
+        "rule": charge.rule,
+        "citation": charge.citation,
+        "rules_version": charge.rules_version,
+    }
+
+
+def _digest(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _jsonable(value: object) -> object:
+    return value if isinstance(value, str | int | float | bool | None) else str(value)
+
+
+def _posted(row: ChargeRow, patient: Patient) -> ChargePosted:
+    return ChargePosted(
+        patient=patient,
+        charge_id=row.id,
+        revision=row.revision,
+        removed=row.removed,
+        course_id=row.course_id,
+        cpt=row.cpt,
+        modifiers=tuple(row.modifiers),
+        units=row.units,
+        service_date=row.service_date,
+        period_start=row.period_start,
+        period_end=row.period_end,
+        status=row.status,  # type: ignore[arg-type]
+        hold_reason=row.hold_reason,
+        evidence=tuple(row.evidence),
+        rule=row.rule,
+        citation=row.citation,
+        rules_version=row.rules_version,
+    )
+
+
+def _voided(row: ChargeRow, charge: Charge | None, patient: Patient, reason: str) -> ChargeVoided:
+    """The void names the charge as it was exported (the row before this change) and the
+    revision that voids it."""
+    return ChargeVoided(
+        patient=patient,
+        charge_id=row.id,
+        revision=row.revision + 1,
+        course_id=row.course_id,
+        cpt=row.cpt,
+        modifiers=tuple(row.modifiers),
+        units=row.units,
+        service_date=row.service_date,
+        reason=reason,  # type: ignore[arg-type]
+        hold_reason=charge.hold_reason if charge else None,
+        exported_at=row.exported_at,
+    )

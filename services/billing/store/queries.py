@@ -1,0 +1,165 @@
+"""The billing service's queries: keyword-only functions that never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.billing.assemble import StoredFact
+from services.billing.intake import FactIn
+from services.billing.store.tables import ChargeRow, Course, CourseClosure, Fact
+from shared.errors import RuleViolation
+from shared.pagination import after, decode_cursor, encode_cursor
+
+# Patients per transaction when many are re-evaluated (the sweep, a rules change).
+CHUNK = 200
+
+
+def add_facts(session: Session, facts: Sequence[FactIn]) -> set[str]:
+    """Store facts not held yet; the patients whose facts changed."""
+    if not facts:
+        return set()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    table = Fact.__table__
+    rows = [
+        {
+            "kind": f.kind,
+            "key": f.key,
+            "revision": f.revision,
+            "patient_id": f.patient_id,
+            "event_id": f.event_id,
+            "event_time": f.event_time,
+            "payload": f.payload,
+        }
+        for f in {(f.kind, f.key, f.revision): f for f in facts}.values()
+    ]
+    stmt = insert(table).on_conflict_do_nothing().returning(table.c.patient_id)  # type: ignore[attr-defined]
+    return set(session.scalars(stmt, rows))
+
+
+def facts_of(session: Session, *, patient_id: str) -> list[StoredFact]:
+    rows = session.execute(
+        select(Fact.kind, Fact.key, Fact.revision, Fact.event_id, Fact.event_time, Fact.payload)
+        .where(Fact.patient_id == patient_id)
+        .order_by(Fact.kind, Fact.key, Fact.revision)
+    )
+    return [StoredFact(*row) for row in rows]
+
+
+def closures_of(session: Session, *, patient_id: str) -> list[CourseClosure]:
+    return list(
+        session.scalars(
+            select(CourseClosure)
+            .where(CourseClosure.patient_id == patient_id)
+            .order_by(CourseClosure.id)
+        )
+    )
+
+
+def courses_of(session: Session, *, patient_id: str) -> dict[str, Course]:
+    return {c.id: c for c in session.scalars(select(Course).where(Course.patient_id == patient_id))}
+
+
+def charges_of(session: Session, *, patient_id: str) -> dict[str, ChargeRow]:
+    return {
+        c.id: c
+        for c in session.scalars(select(ChargeRow).where(ChargeRow.patient_id == patient_id))
+    }
+
+
+def patients_with_open_courses(session: Session) -> list[str]:
+    return list(
+        session.scalars(
+            select(Course.patient_id)
+            .where(Course.status == "open")
+            .distinct()
+            .order_by(Course.patient_id)
+        )
+    )
+
+
+def patients_with_facts(session: Session) -> list[str]:
+    return list(session.scalars(select(Fact.patient_id).distinct().order_by(Fact.patient_id)))
+
+
+# ---------------------------------------------------------------- what the API reads
+
+
+@dataclass(frozen=True)
+class ChargeFilter:
+    patient_id: str | None = None
+    course_id: str | None = None
+    status: str | None = None
+    first_day: date | None = None  # inclusive
+    end_day: date | None = None  # exclusive
+
+
+def _charges(where: ChargeFilter) -> Select[Any]:
+    query = select(ChargeRow).where(ChargeRow.removed.is_(False))
+    if where.patient_id:
+        query = query.where(ChargeRow.patient_id == where.patient_id)
+    if where.course_id:
+        query = query.where(ChargeRow.course_id == where.course_id)
+    if where.status:
+        query = query.where(ChargeRow.status == where.status)
+    if where.first_day:
+        query = query.where(ChargeRow.service_date >= where.first_day)
+    if where.end_day:
+        query = query.where(ChargeRow.service_date < where.end_day)
+    return query
+
+
+def charge_page(
+    session: Session, where: ChargeFilter, *, cursor: str | None, limit: int
+) -> tuple[list[ChargeRow], str | None]:
+    """Charges newest date of service first, then by id; keyset cursor (date, id)."""
+    query = _charges(where).order_by(ChargeRow.service_date.desc(), ChargeRow.id.desc())
+    if cursor:
+        day, charge_id = decode_cursor(cursor, [str, str])
+        try:
+            last = date.fromisoformat(day)
+        except ValueError as exc:
+            raise RuleViolation("cursor is not one this API returned; start without it") from exc
+        query = query.where(after([ChargeRow.service_date, ChargeRow.id], [last, charge_id]))
+    rows = list(session.scalars(query.limit(limit + 1)))
+    page = rows[:limit]
+    more = len(rows) > limit
+    next_cursor = encode_cursor([page[-1].service_date.isoformat(), page[-1].id]) if more else None
+    return page, next_cursor
+
+
+def charges_to_export(session: Session, where: ChargeFilter) -> list[ChargeRow]:
+    """Ready charges not exported yet, oldest first."""
+    query = _charges(where).where(ChargeRow.status == "ready", ChargeRow.exported.is_(False))
+    return list(
+        session.scalars(query.order_by(ChargeRow.service_date, ChargeRow.id).with_for_update())
+    )
+
+
+def course_page(
+    session: Session,
+    *,
+    patient_id: str | None,
+    status: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Course], str | None]:
+    """Courses by id, descending; keyset cursor on the id."""
+    query = select(Course)
+    if patient_id:
+        query = query.where(Course.patient_id == patient_id)
+    if status:
+        query = query.where(Course.status == status)
+    query = query.order_by(Course.id.desc())
+    if cursor:
+        (last,) = decode_cursor(cursor, [str])
+        query = query.where(Course.id < last)
+    rows = list(session.scalars(query.limit(limit + 1)))
+    page = rows[:limit]
+    return page, encode_cursor([page[-1].id]) if len(rows) > limit else None

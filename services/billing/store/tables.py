@@ -1,0 +1,108 @@
+"""Tables of the billing service: the facts the events stated (every one kept, so the charges
+can be derived again from scratch), the courses and charges derived from them, and the staff
+closures of courses."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Date, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import UtcDateTime, new_metadata
+from shared.tables import kit_tables
+
+PATIENT = String(64)
+COURSE = String(100)  # "course:" + a plan UID (64)
+CHARGE = String(300)  # course|code|occurrence|modifiers
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+class Fact(Base):
+    """What one event stated, by kind (``plan``, ``record``, ``summary``, ``assessed``,
+    ``simulation``, ``regrouping``, ``note``) and business key with its revision: an event
+    applied twice, or a revision already held, inserts nothing. Every revision is kept; the
+    rules decide which one counts (the latest, and for an assessed fraction also whether an
+    earlier revision showed its review on time)."""
+
+    __tablename__ = "fact"
+    __table_args__ = (Index("ix_fact_patient_kind", "patient_id", "kind"),)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(PATIENT)
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Course(Base):
+    """A course as billing grouped it at the last evaluation (derived)."""
+
+    __tablename__ = "course"
+    id: Mapped[str] = mapped_column(COURSE, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(PATIENT, index=True)
+    plan_uids: Mapped[list[str]] = mapped_column(JSON)
+    corrected: Mapped[bool] = mapped_column(Boolean, default=False)
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(10), index=True)  # open / closed
+    fractions_delivered: Mapped[int] = mapped_column(Integer)
+    first_session: Mapped[date | None] = mapped_column(Date)
+    last_session: Mapped[date | None] = mapped_column(Date)
+    closures: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # Occurrences no rule codes (reported, never guessed) and charges a bundle dropped.
+    unresolved: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    bundled: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    evaluated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class CourseClosure(Base):
+    """Staff closed a course (``POST /v1/courses/{id}/close``); kept under the course id it was
+    given, so a closure follows the course as long as its first plan does."""
+
+    __tablename__ = "course_closure"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    course_id: Mapped[str] = mapped_column(COURSE, index=True)
+    patient_id: Mapped[str] = mapped_column(PATIENT, index=True)
+    closed_on: Mapped[date] = mapped_column(Date)
+    closed_by: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ChargeRow(Base):
+    """A charge by the domain's deterministic id. ``revision`` counts the versions published as
+    ``rtops.billing.charge.posted``; ``digest`` is the last one's content, so an unchanged
+    charge is not published again. A charge the facts stop giving is kept ``removed`` (its
+    revisions continue if it comes back)."""
+
+    __tablename__ = "charge"
+    __table_args__ = (Index("ix_charge_patient_date", "patient_id", "service_date"),)
+    id: Mapped[str] = mapped_column(CHARGE, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(PATIENT)
+    course_id: Mapped[str] = mapped_column(COURSE, index=True)
+    cpt: Mapped[str] = mapped_column(String(10))
+    modifiers: Mapped[list[str]] = mapped_column(JSON)
+    units: Mapped[int] = mapped_column(Integer)
+    service_date: Mapped[date] = mapped_column(Date, index=True)
+    period_start: Mapped[date] = mapped_column(Date)
+    period_end: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(10))  # ready / hold
+    hold_reason: Mapped[str | None] = mapped_column(String(100))
+    evidence: Mapped[list[str]] = mapped_column(JSON)
+    rule: Mapped[str] = mapped_column(String(100))
+    citation: Mapped[str] = mapped_column(Text)
+    rules_version: Mapped[str] = mapped_column(String(40))
+    revision: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    exported: Mapped[bool] = mapped_column(Boolean, default=False)
+    exported_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+Outbox, ProcessedEvent, AuditLog = kit_tables(Base)
