@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker.app import api_app
 from services.qa_tracker.consumer import CONSUMER_BATCH
+from services.qa_tracker.service import QaService
 from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import Outbox, ProcessedEvent
 from shared.auth import issue_dev_token
@@ -124,6 +126,44 @@ def analyze(factory: sessionmaker[Session]) -> None:
             session.commit()
 
 
+@dataclass
+class Replay:
+    events: int  # events applied
+    elapsed: float  # seconds in apply_batch (the timed part)
+    daily: list[float]  # events/s of each treatment day: the run's spread
+    housekeeping: float  # seconds of housekeeping, outside the timed part
+
+
+def replay(
+    service: QaService,
+    factory: sessionmaker[Session],
+    days: int,
+    linacs: int,
+    per_linac: int,
+    batch: int = CONSUMER_BATCH,
+) -> Replay:
+    """The department's ``days`` applied through ``service.apply_batch`` in batches of
+    ``batch``, with the housekeeping between days and ANALYZE as the rows grow (the data set
+    of this benchmark; ``bench.pages_bench`` builds its pages' data with it too)."""
+    done = Replay(0, 0.0, [], 0.0)
+    since_analyze = 0
+    housekept = Housekeeping(factory)
+    for events in department(days, linacs, per_linac):
+        start = time.perf_counter()
+        for first in range(0, len(events), batch):
+            service.apply_batch(events[first : first + batch])
+        took = time.perf_counter() - start
+        done.daily.append(len(events) / took)
+        done.elapsed += took
+        done.events += len(events)
+        done.housekeeping += housekept.end_of_day()
+        since_analyze += len(events)
+        if since_analyze >= done.events / 10:  # autovacuum's default: 10 % of rows changed
+            analyze(factory)
+            since_analyze = 0
+    return done
+
+
 async def summary_latency(app: object, token: str, week: str, calls: int) -> list[float]:
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     times = []
@@ -155,22 +195,9 @@ def main() -> None:
         base = {"var_dir": Path(tmp), "database_schema_prefix": f"bench_{uuid.uuid4().hex[:8]}_"}
         with qa_database(base) as (settings, factory):
             service = make_service(settings, factory, Clock(at("2026-12-31", "12:00")))
-            count, elapsed, since_analyze, housekeeping = 0, 0.0, 0, 0.0
-            daily: list[float] = []  # events/s of each treatment day: the run's spread
-            housekept = Housekeeping(factory)
-            for events in department(args.days, args.linacs, args.per_linac):
-                start = time.perf_counter()
-                for first in range(0, len(events), args.batch):
-                    service.apply_batch(events[first : first + args.batch])
-                took = time.perf_counter() - start
-                daily.append(len(events) / took)
-                elapsed += took
-                count += len(events)
-                housekeeping += housekept.end_of_day()
-                since_analyze += len(events)
-                if since_analyze >= count / 10:  # autovacuum's default: 10 % of rows changed
-                    analyze(factory)
-                    since_analyze = 0
+            replayed = replay(service, factory, args.days, args.linacs, args.per_linac, args.batch)
+            count, elapsed, daily = replayed.events, replayed.elapsed, replayed.daily
+            housekeeping = replayed.housekeeping
             rate = count / elapsed
             print(
                 f"{count} events ({args.days} days, {args.linacs} linacs x {args.per_linac} "
