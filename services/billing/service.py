@@ -34,6 +34,7 @@ from services.billing.store.queries import (
     closures_of,
     courses_of,
     facts_of,
+    lock_patient,
     patients_with_facts,
     patients_with_open_courses,
 )
@@ -203,6 +204,7 @@ class BillingService:
     def _evaluate(self, session: Session, patients: Iterable[str]) -> None:
         today = self.today()
         for patient_id in sorted(set(patients)):
+            lock_patient(session, patient_id=patient_id)
             closures: dict[str, list[StaffClosure]] = {}
             for c in closures_of(session, patient_id=patient_id):
                 closures.setdefault(c.course_id, []).append(

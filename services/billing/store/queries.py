@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -66,11 +66,27 @@ def courses_of(session: Session, *, patient_id: str) -> dict[str, Course]:
     return {c.id: c for c in session.scalars(select(Course).where(Course.patient_id == patient_id))}
 
 
+def lock_patient(session: Session, *, patient_id: str) -> None:
+    """Serialize the evaluations of one patient until the transaction ends (PostgreSQL; SQLite
+    serializes every write transaction anyway). Replicas share the consumer and on an older
+    NATS each subject has a durable of its own, so two batches may touch one patient at once:
+    the second then evaluates after the first committed, over every fact of both."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"billing:{patient_id}"},
+        )
+
+
 def charges_of(session: Session, *, patient_id: str) -> dict[str, ChargeRow]:
-    return {
-        c.id: c
-        for c in session.scalars(select(ChargeRow).where(ChargeRow.patient_id == patient_id))
-    }
+    """The patient's charges, locked (an export marking them waits, and is seen)."""
+    rows = session.scalars(
+        select(ChargeRow)
+        .where(ChargeRow.patient_id == patient_id)
+        .order_by(ChargeRow.id)
+        .with_for_update()
+    )
+    return {c.id: c for c in rows}
 
 
 def patients_with_open_courses(session: Session) -> list[str]:
@@ -135,11 +151,11 @@ def charge_page(
 
 
 def charges_to_export(session: Session, where: ChargeFilter) -> list[ChargeRow]:
-    """Ready charges not exported yet, oldest first."""
+    """Ready charges not exported yet, oldest first; locked in id order, as an evaluation
+    locks them."""
     query = _charges(where).where(ChargeRow.status == "ready", ChargeRow.exported.is_(False))
-    return list(
-        session.scalars(query.order_by(ChargeRow.service_date, ChargeRow.id).with_for_update())
-    )
+    rows = session.scalars(query.order_by(ChargeRow.id).with_for_update())
+    return sorted(rows, key=lambda r: (r.service_date, r.id))
 
 
 def course_page(
