@@ -120,13 +120,14 @@ def arrivals(
     errors: list[str] = []
     first, last = _day(start, "from", errors), _day(end, "to", errors)
     device, kind, patient = (device or "").strip(), (kind or "").strip(), (patient or "").strip()
-    query = received_objects(
-        patient_id=patient or None,
-        calling_ae=device or None,
-        sop_class_uid=kind or None,
-        received_from=local_midnight(first, zone) if first else None,
-        received_to=local_midnight(last + timedelta(days=1), zone) if last else None,
-    )
+    filters = {
+        "patient_id": patient or None,
+        "calling_ae": device or None,
+        "sop_class_uid": kind or None,
+        "received_from": local_midnight(first, zone) if first else None,
+        "received_to": local_midnight(last + timedelta(days=1), zone) if last else None,
+    }
+    query = received_objects(**filters)
     rows: list[DicomObject] = []
     next_cursor = None
     with request.app.state.session_factory.begin() as session:
@@ -137,14 +138,14 @@ def arrivals(
                 )
             except RuleViolation as exc:
                 errors.append(str(exc))
-        counts = arrival_counts(session, query) if not errors else []
+        counts = arrival_counts(session, **filters) if not errors else []
         record_request(
             session, AuditLog, user.principal, request, patient_ids=[r.patient_id for r in rows]
         )
         known = {c.calling_ae for c in counts} | set(_registry(request).devices)
         choices = sorted(known | ({device} if device else set()))
-        filters = {"device": device, "kind": kind, "patient": patient}
-        filters |= {"from": start or "", "to": end or ""}
+        shown = {"device": device, "kind": kind, "patient": patient}
+        shown |= {"from": start or "", "to": end or ""}
         return pages.render(
             request,
             "arrivals.html",
@@ -155,7 +156,7 @@ def arrivals(
                 "next_cursor": next_cursor,
                 "first_page": not cursor,
                 "errors": errors,
-                "filters": filters,
+                "filters": shown,
                 "devices": choices,
                 "kinds": sorted(sop.NAMES.items(), key=lambda kv: kv[1]),
                 "kind_name": kind_name,

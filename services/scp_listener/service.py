@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.scp_listener import extract, sop
 from services.scp_listener.extract import MalformedObject, Undecodable, read_header
 from services.scp_listener.objectstore import ObjectStore, sha256_of
-from services.scp_listener.store import DicomObject, ImageSeries
+from services.scp_listener.store import ArrivalHour, DicomObject, ImageSeries, hour_of
 from shared.events import (
     DicomEvent,
     ImageApproval,
@@ -94,6 +94,22 @@ _INSERT_OBJECT = insert(_objects)
 _SELECT_REVISIONS = select(_objects.c.revision, _objects.c.sha256).where(
     _objects.c.sop_instance_uid == bindparam("uid")
 )
+
+
+@functools.cache
+def _count_arrival(dialect: str) -> Any:
+    """One more object in its device's, class's and hour's count."""
+    table = ArrivalHour.__table__
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return stmt.on_conflict_do_update(
+        index_elements=["calling_ae", "sop_class_uid", "hour"],
+        set_={
+            "objects": table.c.objects + 1,
+            "last_received_at": func.max(table.c.last_received_at, stmt.excluded.last_received_at)
+            if dialect == "sqlite"
+            else func.greatest(table.c.last_received_at, stmt.excluded.last_received_at),
+        },
+    )
 
 
 @functools.cache
@@ -252,6 +268,16 @@ class Ingestor:
                         "received_at": now,
                         "acquired_at": facts.get("acquired_at") if facts else None,
                         "approval": approval.model_dump(mode="json") if approval else None,
+                    },
+                )
+                conn.execute(
+                    _count_arrival(conn.dialect.name),
+                    {
+                        "calling_ae": source.ae_title,
+                        "sop_class_uid": sop_class_uid,
+                        "hour": hour_of(now),
+                        "objects": 1,
+                        "last_received_at": now,
                     },
                 )
                 if event is not None:
