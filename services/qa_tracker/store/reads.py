@@ -189,10 +189,7 @@ def worklist_page(
     ]
     if physicians is not None:
         where.append(Fraction.physician.in_(physicians))
-    query = select(Fraction).where(*where).order_by(*WORKLIST_ORDER)
-    if cursor:
-        query = query.where(_worklist_after(*_worklist_key(cursor)))
-    rows = session.scalars(query.limit(limit + 1)).all()
+    rows = _worklist_rows(session, where, _worklist_key(cursor) if cursor else None, limit + 1)
     page = rows[:limit]
     last = page[-1] if len(rows) > limit else None  # the row the next page starts after
     # One COUNT over the same filter: the whole worklist, its overdue, what follows this page.
@@ -204,6 +201,31 @@ def worklist_page(
     ).where(*where)
     total, overdue, after = session.execute(counts).one()
     return WorklistPage(page, _worklist_cursor(last) if last else None, total, overdue, after)
+
+
+def _worklist_rows(
+    session: Session,
+    where: list[ColumnElement[bool]],
+    after: tuple[datetime | None, datetime, int] | None,
+    limit: int,
+) -> list[Fraction]:
+    """``WORKLIST_ORDER`` as two queries, fractions with a due time, then those without, each
+    in the order of the index ``ix_fraction_worklist``: the database reads one page, instead of
+    sorting every open fraction (150,000 in a year's benchmark) on each load."""
+    rows: list[Fraction] = []
+    if after is None or after[0] is not None:
+        query = select(Fraction).where(*where, Fraction.due_at.is_not(None))
+        if after is not None:
+            query = query.where(Fraction.due_at >= after[0], _worklist_after(*after))
+        order = (Fraction.due_at, Fraction.treated_at, Fraction.id)
+        rows.extend(session.scalars(query.order_by(*order).limit(limit)))
+    if len(rows) < limit:
+        query = select(Fraction).where(*where, Fraction.due_at.is_(None))
+        if after is not None and after[0] is None:
+            query = query.where(_worklist_after(*after))
+        order = (Fraction.treated_at, Fraction.id)
+        rows.extend(session.scalars(query.order_by(*order).limit(limit - len(rows))))
+    return rows
 
 
 def _worklist_cursor(last: Fraction) -> str:
