@@ -21,7 +21,7 @@ def test_readme_documents_every_setting() -> None:
 
 def test_kubernetes_manifests_parse_and_use_real_settings() -> None:
     fields = {*ScpSettings.model_fields, *QaSettings.model_fields}
-    known = {f"RTOPS_{name.upper()}" for name in fields} | {"TMPDIR"}
+    known = {f"RTOPS_{name.upper()}" for name in fields} | {"TMPDIR", "FORWARDED_ALLOW_IPS"}
     kinds = []
     for path in sorted((REPO / "deploy" / "k8s").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
