@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from services.cli import existing_services
 from services.scp_listener.settings import ScpSettings
 from shared.db import drop_schema, make_engine
 from shared.natsd import free_port
@@ -65,8 +66,14 @@ def suite_env(
         "RTOPS_DATABASE_SCHEMA_PREFIX": isolation["database_schema_prefix"],
         "RTOPS_STREAM_NAME": isolation["stream_name"],
         "RTOPS_SUBJECT_PREFIX": isolation["subject_prefix"],
-        **extra,
     }
+    # Every other service rtops run starts (billing, ...) on a free port of its own too.
+    for name in existing_services():
+        if name not in ("scp_listener", "qa_tracker"):
+            prefix = f"RTOPS_{name.upper()}_HTTP"
+            env[f"{prefix}_PORT"] = str(free_port())
+            env[f"{prefix}_HOST"] = "127.0.0.1"
+    env.update(extra)
     return env, dicom_port, scp_port, qa_port
 
 
