@@ -7,7 +7,8 @@ import asyncio
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,22 @@ def scp_settings(base: dict[str, object], **overrides: object) -> ScpSettings:
 
 def drop_test_schema(settings: ScpSettings) -> None:
     drop_service_schema(settings, SERVICE)
+
+
+@contextmanager
+def scp_rest_app(settings: ScpSettings) -> Iterator[Any]:
+    """The SCP's app on a migrated database of its own, without DICOM or NATS
+    (``background=False``): for REST and page tests that ingest through ``app.state.ingestor``.
+    The schema goes away afterwards."""
+    engine = make_engine(settings, SERVICE)
+    migrate(engine, settings, SERVICE, MIGRATIONS)
+    engine.dispose()
+    app = create_app(settings, background=False)
+    try:
+        yield app
+    finally:
+        app.state.runtime.close()
+        drop_test_schema(settings)
 
 
 # ---------------------------------------------------------------- events

@@ -12,7 +12,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp_listener import sop
-from services.scp_listener.app import SERVICE, create_app
+from services.scp_listener.app import SERVICE
 from services.scp_listener.store import (
     DicomObject,
     _counted_objects,
@@ -22,7 +22,7 @@ from services.scp_listener.store import (
 )
 from shared.db import make_engine, migrate, session_factory
 from tests import dicom_factories as f
-from tests.support import MIGRATIONS, drop_test_schema, scp_settings
+from tests.support import MIGRATIONS, drop_test_schema, scp_rest_app, scp_settings
 from tests.ui.test_scp_pages import ingest
 
 T0 = datetime(2026, 11, 23, 5, 30, tzinfo=UTC)  # Monday 00:30 New York
@@ -100,12 +100,7 @@ def test_migration_fills_the_counts_from_the_stored_objects(
 
 
 def test_every_ingest_counts_once(base_settings: dict[str, object], tmp_path: Path) -> None:
-    settings = scp_settings(base_settings)
-    engine = make_engine(settings, SERVICE)
-    migrate(engine, settings, SERVICE, MIGRATIONS)
-    engine.dispose()
-    app = create_app(settings, background=False)
-    try:
+    with scp_rest_app(scp_settings(base_settings)) as app:
         linac = app.state.device_registry.devices["TRUEBEAM1"].as_source()
         paths = [
             f.write(f.treatment_record(plan_uid="1.2.3", fraction_number=n), tmp_path / f"{n}.dcm")
@@ -127,6 +122,3 @@ def test_every_ingest_counts_once(base_settings: dict[str, object], tmp_path: Pa
             assert from_hours(session) == exact(session)
             today = device_activity(session, datetime.now(UTC) - timedelta(hours=1))
         assert today["TRUEBEAM1"].objects_since == 3
-    finally:
-        app.state.runtime.close()
-        drop_test_schema(settings)

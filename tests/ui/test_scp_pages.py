@@ -20,11 +20,9 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from services.scp_listener import pages, scp, sop
-from services.scp_listener.app import SERVICE, create_app
 from services.scp_listener.store import AuditLog, DicomObject
-from shared.db import make_engine, migrate
 from tests import dicom_factories as f
-from tests.support import MIGRATIONS, drop_test_schema, scp_settings
+from tests.support import scp_rest_app, scp_settings
 
 OTHER = f.PatientSpec(patient_id="RTOPS-TEST-002", name="Phantom^Head")
 
@@ -33,12 +31,7 @@ OTHER = f.PatientSpec(patient_id="RTOPS-TEST-002", name="Phantom^Head")
 def app(base_settings: dict[str, object], tmp_path: Path) -> Iterator[FastAPI]:
     """TRUEBEAM1 sent four treatment records of the default patient and a PDF of OTHER's;
     CTSIM1 and TPS1 never sent anything."""
-    settings = scp_settings(base_settings)
-    engine = make_engine(settings, SERVICE)
-    migrate(engine, settings, SERVICE, MIGRATIONS)
-    engine.dispose()
-    app = create_app(settings, background=False)
-    try:
+    with scp_rest_app(scp_settings(base_settings)) as app:
         linac = app.state.device_registry.devices["TRUEBEAM1"].as_source()
         for i in range(1, 5):
             path = f.write(
@@ -48,9 +41,6 @@ def app(base_settings: dict[str, object], tmp_path: Path) -> Iterator[FastAPI]:
         pdf = f.write(f.encapsulated_pdf(patient=OTHER), tmp_path / "pdf.dcm")
         ingest(app, pdf, sop.ENCAPSULATED_PDF, linac)
         yield app
-    finally:
-        app.state.runtime.close()
-        drop_test_schema(settings)
 
 
 def ingest(app: FastAPI, path: Path, sop_class: str, source: Any) -> None:

@@ -20,13 +20,11 @@ from services.qa_tracker.service import NewReview, QaService
 from services.qa_tracker.store import AuditLog as QaAudit
 from services.qa_tracker.store import Fraction
 from services.scp_listener import sop
-from services.scp_listener.app import SERVICE, create_app
 from services.scp_listener.store import AuditLog as ScpAudit
 from shared.auth import Principal
-from shared.db import make_engine, migrate
 from tests import dicom_factories as f
 from tests.qa_tracker.test_api import admit, treat
-from tests.support import MIGRATIONS, drop_test_schema, scp_settings
+from tests.support import scp_rest_app, scp_settings
 from tests.ui.test_qa_pages import OLGA, Db, token_in
 from tests.ui.test_scp_pages import OTHER, ingest
 
@@ -37,12 +35,8 @@ QA, SCP = "http://qa.test", "http://scp.test"
 
 @pytest.fixture
 def scp_app(base_settings: dict[str, object], tmp_path: Path) -> Iterator[FastAPI]:
-    settings = scp_settings(base_settings).model_copy(update={"dev_signing_key": KEY})
-    engine = make_engine(settings, SERVICE)
-    migrate(engine, settings, SERVICE, MIGRATIONS)
-    engine.dispose()
-    app = create_app(settings, background=False)
-    try:
+    settings = scp_settings(base_settings, dev_signing_key=KEY)
+    with scp_rest_app(settings) as app:
         linac = app.state.device_registry.devices["TRUEBEAM1"].as_source()
         for i in (1, 2):
             record = f.treatment_record(plan_uid="1.2.3", fraction_number=i)
@@ -50,9 +44,6 @@ def scp_app(base_settings: dict[str, object], tmp_path: Path) -> Iterator[FastAP
         pdf = f.write(f.encapsulated_pdf(patient=OTHER), tmp_path / "pdf.dcm")
         ingest(app, pdf, sop.ENCAPSULATED_PDF, linac)
         yield app
-    finally:
-        app.state.runtime.close()
-        drop_test_schema(settings)
 
 
 def qa_app(qa_db: Db, service: QaService, scp: FastAPI | None, urls: dict[str, str]) -> FastAPI:
