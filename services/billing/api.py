@@ -9,9 +9,12 @@ from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.billing.claims.csvfile import COLUMNS as CLAIM_CSV_COLUMNS
+from services.billing.reconciliation import ClaimFileRejected, Reconciliation
 from services.billing.service import BillingService
 from services.billing.store import AuditLog, ChargeRow, Course
 from services.billing.store.queries import ChargeFilter, charge_page, course_page
@@ -20,6 +23,7 @@ from shared.auth import BillingStaff
 from shared.errors import NotFound
 from shared.pagination import Page
 from shared.params import TimeRange, TimeRangeDep
+from shared.web import problem
 
 router = APIRouter(prefix="/v1", tags=["billing"])
 
@@ -32,7 +36,12 @@ def _factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.session_factory  # type: ignore[no-any-return]
 
 
+def _reconciliation(request: Request) -> Reconciliation:
+    return request.app.state.reconciliation  # type: ignore[no-any-return]
+
+
 ServiceDep = Annotated[BillingService, Depends(_service)]
+ReconciliationDep = Annotated[Reconciliation, Depends(_reconciliation)]
 FactoryDep = Annotated[sessionmaker[Session], Depends(_factory)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
@@ -134,14 +143,12 @@ def list_charges(
     return Page[ChargeOut](items=items, next_cursor=next_cursor)
 
 
+# The claim CSV that POST /v1/claims reads (claim_id = the course), then what identifies the
+# charge; readers of that format ignore the further columns.
 EXPORT_COLUMNS = (
+    *CLAIM_CSV_COLUMNS,
     "charge_id",
-    "patient_id",
     "course_id",
-    "service_date",
-    "cpt",
-    "modifiers",
-    "units",
     "rule",
     "rules_version",
 )
@@ -159,9 +166,11 @@ def export_charges(
     span: TimeRangeDep,
     patient_id: str | None = None,
 ) -> Response:
-    """Ready charges not exported before, as CSV (modifiers joined by ``;``), oldest first;
-    they are marked exported. A charge on hold is never exported; an exported charge that later
-    goes to hold or disappears is voided (``rtops.billing.charge.voided``)."""
+    """Ready charges not exported before, oldest first, as the claim CSV ``POST /v1/claims``
+    reads (``claim_id`` is the course; modifiers joined by ``:``) with the charge's id, course,
+    rule and rules version after it; they are marked exported. A charge on hold is never
+    exported; an exported charge that later goes to hold or disappears is voided
+    (``rtops.billing.charge.voided``)."""
     first, end = _days(span, service)
     rows = service.export(
         ChargeFilter(patient_id=patient_id, first_day=first, end_day=end),
@@ -174,13 +183,14 @@ def export_charges(
     for r in rows:
         writer.writerow(
             (
-                r.id,
-                r.patient_id,
                 r.course_id,
+                r.patient_id,
                 r.service_date.isoformat(),
                 r.cpt,
-                ";".join(r.modifiers),
+                ":".join(r.modifiers),
                 r.units,
+                r.id,
+                r.course_id,
                 r.rule,
                 r.rules_version,
             )
@@ -247,3 +257,139 @@ def close_course(
         resource=request.url.path,
     )
     return _course(row)
+
+
+# ---------------------------------------------------------------- claims and discrepancies
+
+MAX_CLAIM_FILE = 64 * 1024 * 1024
+
+
+class ImportedOut(BaseModel):
+    id: int
+    format: str
+    lines: int = Field(description="claim lines stored")
+    remittances: int = Field(description="denied or adjusted 835 lines stored")
+    patients: int
+
+
+class DiscrepancyOut(BaseModel):
+    kind: str = Field(
+        description="missing_charge, unsupported_charge, excess_units, duplicate_charge, "
+        "wrong_modifier, bundled_charge, deleted_code, unknown_code; from an 835: "
+        "denied_line, adjusted_line"
+    )
+    patient_id: str
+    cpt: str
+    service_date: date
+    rule: str | None
+    citation: str | None
+    claim_id: str | None = None
+    line: int | None = Field(default=None, description="line or segment in the claim file")
+    charge_id: str | None = None
+    units: int = 0
+    detail: str = ""
+
+
+@router.post(
+    "/claims",
+    response_model=ImportedOut,
+    status_code=201,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
+                "text/csv": {"schema": {"type": "string"}},
+                "application/edi-x12": {"schema": {"type": "string"}},
+                "x-application/hl7-v2+er7": {"schema": {"type": "string"}},
+            },
+            "required": True,
+        }
+    },
+)
+async def post_claims(
+    principal: BillingStaff, reconciliation: ReconciliationDep, request: Request
+) -> Any:
+    """Import claim lines: CSV (``claim_id,patient_id,service_date,cpt,modifiers,units``),
+    HL7 v2 DFT^P03, X12 5010 837P / 837I, or an 835 remittance; as a multipart upload (field
+    ``file``) or the raw body. The format is told by the content. A file with any error is a
+    422 listing every error by line, and nothing of it is stored; the same file twice is 409."""
+    content_type = request.headers.get("content-type", "")
+    filename: str | None = None
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return problem(
+                422,
+                "Claim file rejected",
+                "send the file in the multipart field 'file'",
+                instance=request.url.path,
+                errors=[],
+            )
+        content = await upload.read()
+        filename, content_type = upload.filename, upload.content_type or ""
+    else:
+        content = await request.body()
+    if len(content) > MAX_CLAIM_FILE:
+        return problem(
+            413,
+            "Claim file too large",
+            f"at most {MAX_CLAIM_FILE // (1024 * 1024)} MiB; split the file",
+            instance=request.url.path,
+        )
+    try:
+        imported = await run_in_threadpool(
+            reconciliation.import_claims,
+            content,
+            content_type=content_type or None,
+            filename=filename,
+            principal=principal,
+            resource=request.url.path,
+        )
+    except ClaimFileRejected as exc:
+        return problem(
+            422,
+            "Claim file rejected",
+            f"{len(exc.errors)} error(s); nothing of the file was stored",
+            instance=request.url.path,
+            format=exc.format,
+            errors=[{"line": e.line, "segment": e.segment, "reason": e.reason} for e in exc.errors],
+        )
+    return ImportedOut(**imported.__dict__)
+
+
+@router.get("/discrepancies")
+def discrepancies(
+    principal: BillingStaff,
+    service: ServiceDep,
+    reconciliation: ReconciliationDep,
+    factory: FactoryDep,
+    request: Request,
+    span: TimeRangeDep,
+    patient_id: str | None = None,
+) -> dict[str, list[DiscrepancyOut]]:
+    """The charges billing derived against the claim lines imported, for dates of service in
+    ``from``/``to``: each discrepancy with its kind, rule and citation; an 835's denied and
+    adjusted lines after them. With both ``from`` and ``to``, ``missing_charge`` is limited to
+    that period (the claim file's)."""
+    first, end = _days(span, service)
+    with factory.begin() as session:
+        found, remittances = reconciliation.discrepancies(
+            session, patient_id=patient_id, first=first, end=end
+        )
+        record_request(
+            session,
+            AuditLog,
+            principal,
+            request,
+            patient_ids=[d.patient_id for d in found] + [r.patient_id for r in remittances],
+        )
+    items = [DiscrepancyOut.model_validate(d, from_attributes=True) for d in found]
+    items += [DiscrepancyOut(**r.__dict__, rule=None, citation=None) for r in remittances]
+    return {"items": items}

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.billing.api import router
 from services.billing.consumer import run_consumer
+from services.billing.reconciliation import Reconciliation
 from services.billing.service import BillingService
 from services.billing.settings import BillingSettings
 from services.billing.store import AuditLog, Outbox, ProcessedEvent
@@ -60,6 +61,9 @@ def create_app(
         else None,
     )
     app.state.billing_service = service
+    app.state.reconciliation = Reconciliation(
+        factory=runtime.factory, rules=service.rules, payer=service.payer, clock=service.now
+    )
     return app
 
 

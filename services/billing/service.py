@@ -69,6 +69,14 @@ class BillingService:
         self._on_commit = on_commit
 
     @property
+    def rules(self) -> domain.RuleSet:
+        return self._rules
+
+    @property
+    def payer(self) -> domain.Payer:
+        return self._payer
+
+    @property
     def zone(self) -> ZoneInfo:
         return self._settings.zone
 

@@ -3,19 +3,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.billing.app import SERVICE, TABLES
+from services.billing.app import SERVICE, TABLES, api_app
 from services.billing.service import BillingService
 from services.billing.settings import BillingSettings
+from shared.auth import issue_dev_token
 from tests.databases import service_database
 from tests.events import Clock, at
 
 Db = tuple[BillingSettings, sessionmaker[Session]]
+Auth = Callable[..., dict[str, str]]
 
 
 @contextmanager
@@ -53,3 +56,28 @@ def clock() -> Clock:
 def service(billing_db: Db, clock: Clock) -> BillingService:
     settings, factory = billing_db
     return make_service(settings, factory, clock)
+
+
+# ---------------------------------------------------------------- the REST app
+
+
+@pytest.fixture
+def app(billing_db: Db, service: BillingService) -> FastAPI:
+    settings, factory = billing_db
+    return api_app(settings, factory, service)
+
+
+@pytest.fixture
+def auth(billing_db: Db) -> Auth:
+    settings, _ = billing_db
+
+    def headers(role: str = "billing", user: str = "bea") -> dict[str, str]:
+        token = issue_dev_token(settings, user=user, roles=[role])
+        return {"Authorization": f"Bearer {token}"}
+
+    return headers
+
+
+@pytest.fixture
+def factory(billing_db: Db) -> sessionmaker[Session]:
+    return billing_db[1]

@@ -7,22 +7,18 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from collections.abc import Callable
 from datetime import date
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.billing.app import api_app
 from services.billing.service import BillingService
 from services.billing.store import AuditLog, ChargeRow, CourseClosure
-from shared.auth import issue_dev_token
 from shared.web import PROBLEM_JSON
-from tests.billing.conftest import Db
+from tests.billing.conftest import Auth
 from tests.billing.events import (
     MONDAY,
     PID,
@@ -54,29 +50,6 @@ CHARGE_FIELDS = {
     "exported",
     "exported_at",
 }
-Auth = Callable[..., dict[str, str]]
-
-
-@pytest.fixture
-def app(billing_db: Db, service: BillingService) -> FastAPI:
-    settings, factory = billing_db
-    return api_app(settings, factory, service)
-
-
-@pytest.fixture
-def auth(billing_db: Db) -> Auth:
-    settings, _ = billing_db
-
-    def headers(role: str = "billing", user: str = "bea") -> dict[str, str]:
-        token = issue_dev_token(settings, user=user, roles=[role])
-        return {"Authorization": f"Bearer {token}"}
-
-    return headers
-
-
-@pytest.fixture
-def factory(billing_db: Db) -> sessionmaker[Session]:
-    return billing_db[1]
 
 
 def problem(response: httpx.Response, status: int) -> dict[str, Any]:

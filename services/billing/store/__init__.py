@@ -4,20 +4,26 @@ from services.billing.store.tables import (
     AuditLog,
     Base,
     ChargeRow,
+    ClaimFileRow,
+    ClaimLineRow,
     Course,
     CourseClosure,
     Fact,
     Outbox,
     ProcessedEvent,
+    RemittanceRow,
 )
 
 __all__ = [
     "AuditLog",
     "Base",
     "ChargeRow",
+    "ClaimFileRow",
+    "ClaimLineRow",
     "Course",
     "CourseClosure",
     "Fact",
     "Outbox",
     "ProcessedEvent",
+    "RemittanceRow",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Date, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Date, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UtcDateTime, new_metadata
@@ -103,6 +103,60 @@ class ChargeRow(Base):
     exported: Mapped[bool] = mapped_column(Boolean, default=False)
     exported_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ClaimFileRow(Base):
+    """An imported claim file (``POST /v1/claims``), accepted whole; the same bytes twice are
+    refused (``sha256``)."""
+
+    __tablename__ = "claim_file"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    filename: Mapped[str | None] = mapped_column(String(300))
+    format: Mapped[str] = mapped_column(String(20))
+    lines: Mapped[int] = mapped_column(Integer)
+    remittances: Mapped[int] = mapped_column(Integer)
+    uploaded_by: Mapped[str] = mapped_column(String(200))
+    uploaded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ClaimLineRow(Base):
+    """One claim line of an imported file (``services.billing.domain.ClaimLine``)."""
+
+    __tablename__ = "claim_line"
+    __table_args__ = (Index("ix_claim_line_patient_date", "patient_id", "service_date"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("claim_file.id"), index=True)
+    claim_id: Mapped[str] = mapped_column(String(100))
+    patient_id: Mapped[str] = mapped_column(PATIENT)
+    service_date: Mapped[date] = mapped_column(Date, index=True)
+    cpt: Mapped[str] = mapped_column(String(10))
+    modifiers: Mapped[list[str]] = mapped_column(JSON)
+    units: Mapped[int] = mapped_column(Integer)
+    line: Mapped[int | None] = mapped_column(Integer)
+
+
+class RemittanceRow(Base):
+    """A service line an 835 remittance denied or adjusted; it joins the discrepancy report."""
+
+    __tablename__ = "remittance_line"
+    __table_args__ = (Index("ix_remittance_line_patient_date", "patient_id", "service_date"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("claim_file.id"), index=True)
+    claim_id: Mapped[str] = mapped_column(String(100))
+    claim_status: Mapped[str] = mapped_column(String(10))
+    patient_id: Mapped[str] = mapped_column(PATIENT)
+    service_date: Mapped[date] = mapped_column(Date)
+    cpt: Mapped[str] = mapped_column(String(10))
+    modifiers: Mapped[list[str]] = mapped_column(JSON)
+    billed_units: Mapped[int] = mapped_column(Integer)
+    paid_units: Mapped[int] = mapped_column(Integer)
+    charged_amount: Mapped[str] = mapped_column(String(30))  # Decimal as text, exact
+    paid_amount: Mapped[str] = mapped_column(String(30))
+    denied: Mapped[bool] = mapped_column(Boolean)
+    adjustments: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    remark_codes: Mapped[list[str]] = mapped_column(JSON)
+    line: Mapped[int | None] = mapped_column(Integer)
 
 
 Outbox, ProcessedEvent, AuditLog = kit_tables(Base)
