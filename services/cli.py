@@ -141,12 +141,15 @@ def running_var_dirs() -> list[Path]:
 
 
 def service_urls(names: list[str]) -> dict[str, str]:
-    """Each service's pages at its HTTP port on this machine: the staff pages' switcher and
-    the patient timeline under ``rtops run`` (ports moved by settings included)."""
+    """Each service with pages (a ``pages.py``) at its HTTP port on this machine: the staff
+    pages' switcher and the patient timeline under ``rtops run`` (ports moved by settings
+    included)."""
     import importlib
 
     urls = {}
     for name in names:
+        if not (SERVICES_DIR / name / "pages.py").exists():
+            continue
         module = importlib.import_module(f"services.{name}.settings")
         for cls in vars(module).values():
             if (
