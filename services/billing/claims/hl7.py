@@ -12,8 +12,10 @@ One claim line per FT1 segment:
 | PID-3 | patient id (component 1 of the first repetition) |
 | PV1-19 visit number, else MSH-10 | claim id |
 
-A file may hold several messages (with or without FHS/BHS batch envelopes); segments are
-separated by CR, LF or CRLF. ``line`` is the segment's line in the file.
+hl7apy reads each message's other segments; FT1 is cut by position with the encoding
+characters hl7apy found in MSH (see ``_message_lines``). A file may hold several messages
+(with or without FHS/BHS batch envelopes); segments are separated by CR, LF or CRLF. ``line``
+is the segment's line in the file.
 """
 
 from __future__ import annotations
@@ -88,10 +90,15 @@ def _split(text: str, errors: list[ClaimError]) -> list[_Message]:
 
 
 def _message_lines(message: _Message, errors: list[ClaimError]) -> list[ClaimLine]:
+    """hl7apy parses the message without its FT1 segments (MSH, EVN, PID, PV1, ...: the
+    version, the encoding characters, the identifiers); the FT1 segments, which make up nearly
+    all of a large file, are cut with the same encoding characters (hl7apy builds an object per
+    field and component, about 1.4 ms an FT1: minutes for 100,000 charges)."""
     msh_line = message.lines[0][0]
+    others = [(n, s) for n, s in message.lines if not s.startswith("FT1")]
     try:
         parsed = parse_message(
-            "\r".join(s for _, s in message.lines),
+            "\r".join(s for _, s in others),
             validation_level=VALIDATION_LEVEL.TOLERANT,
             find_groups=False,
         )
@@ -106,27 +113,29 @@ def _message_lines(message: _Message, errors: list[ClaimError]) -> list[ClaimLin
         errors.append(ClaimError(msh_line, "MSH", f"MSH-9 {shown!r}: not a DFT^P03 message"))
         return []
     segments = list(parsed.children)
-    numbers = [n for n, _ in message.lines]
-    if len(segments) != len(numbers):  # hl7apy dropped or merged a segment: fall back to MSH
-        numbers = [msh_line] * len(segments)
+    if len(segments) != len(others):  # hl7apy dropped or merged a segment
+        errors.append(ClaimError(msh_line, "MSH", "hl7apy read the message's segments apart"))
+        return []
+    by_line = {n: seg for (n, _), seg in zip(others, segments, strict=True)}
 
     patient_id = claim_id = ""
     pid_seen = found_ft1 = False
     out: list[ClaimLine] = []
-    for number, segment in zip(numbers, segments, strict=True):
-        if segment.name == "PID" and not pid_seen:
+    for number, text in message.lines:
+        segment = by_line.get(number)
+        if segment is None:  # FT1
+            if not pid_seen and not found_ft1:  # once per message
+                errors.append(ClaimError(number, "FT1", "FT1 before any PID: no patient"))
+            found_ft1 = True
+            line = _ft1(number, enc.fields(text), enc, claim_id or control_id, patient_id, errors)
+            if line is not None:
+                out.append(line)
+        elif segment.name == "PID" and not pid_seen:
             pid_seen, patient_id = True, enc.first(segment, "PID_3")
             if not patient_id:
                 errors.append(ClaimError(number, "PID", "PID-3 patient identifier is empty"))
         elif segment.name == "PV1" and not claim_id:
             claim_id = enc.first(segment, "PV1_19")
-        elif segment.name == "FT1":
-            if not pid_seen and not found_ft1:  # once per message
-                errors.append(ClaimError(number, "FT1", "FT1 before any PID: no patient"))
-            found_ft1 = True
-            line = _ft1(number, segment, enc, claim_id or control_id, patient_id, errors)
-            if line is not None:
-                out.append(line)
     if not found_ft1:
         errors.append(
             ClaimError(msh_line, "MSH", f"message {control_id or '(no MSH-10)'} has no FT1 segment")
@@ -138,33 +147,38 @@ def _message_lines(message: _Message, errors: list[ClaimError]) -> list[ClaimLin
 
 def _ft1(
     number: int,
-    segment: Segment,
+    fields: list[str],
     enc: _Encoding,
     claim_id: str,
     patient_id: str,
     errors: list[ClaimError],
 ) -> ClaimLine | None:
+    def first(n: int) -> str:
+        return enc.head(fields[n]) if n < len(fields) else ""
+
     problems = []
-    kind = enc.first(segment, "FT1_6").upper()
+    kind = first(6).upper()
     if kind not in _CHARGE_TYPES:
         problems.append(f"FT1-6 transaction type {kind!r}: only charges (CG) are claim lines")
-    raw_date = enc.first(segment, "FT1_4")
+    raw_date = first(4)
     day = ccyymmdd(raw_date)
     if day is None:
         problems.append(f"FT1-4 transaction date {raw_date!r} is not a date (YYYYMMDD...)")
-    code = enc.first(segment, "FT1_7").upper()
-    if cpt_problem(code) and not cpt_problem(alternative := enc.first(segment, "FT1_25").upper()):
+    code = first(7).upper()
+    if cpt_problem(code) and not cpt_problem(alternative := first(25).upper()):
         code = alternative  # FT1-7 held a chargemaster code, FT1-25 the CPT
     if problem := cpt_problem(code):
         problems.append(f"FT1-7 transaction code: {problem}")
-    modifiers = tuple(m.upper() for m in enc.repetitions(segment, "FT1_26") if m)
+    repeated = fields[26].split(enc.repetition) if len(fields) > 26 else []
+    modifiers = tuple(m for m in (enc.head(r).upper() for r in repeated) if m)
     if problem := modifiers_problem(modifiers):
         problems.append(f"FT1-26: {problem}")
-    quantity = enc.first(segment, "FT1_10")
+    quantity = first(10)
     units = whole_number(quantity) if quantity else 1
     if units is None:
         problems.append(f"FT1-10 quantity {quantity!r} is not a positive whole number")
-    errors.extend(ClaimError(number, "FT1", p) for p in problems)
+    if problems:
+        errors.extend(ClaimError(number, "FT1", p) for p in problems)
     if problems or day is None or units is None or not patient_id or not claim_id:
         return None
     return ClaimLine(claim_id, patient_id, day, code, modifiers, units, line=number)
@@ -175,7 +189,9 @@ class _Encoding:
 
     def __init__(self, message: Message) -> None:
         chars = message.encoding_chars
+        self.field = chars["FIELD"]
         self.component = chars["COMPONENT"]
+        self.repetition = chars["REPETITION"]
         self.subcomponent = chars["SUBCOMPONENT"]
 
     def text(self, segment: Segment, field: str) -> str:
@@ -184,10 +200,13 @@ class _Encoding:
 
     def first(self, segment: Segment, field: str) -> str:
         """Component 1 of the field's first repetition."""
-        return self._head(self.text(segment, field))
+        return self.head(self.text(segment, field))
 
-    def repetitions(self, segment: Segment, field: str) -> list[str]:
-        return [self._head(f.to_er7()) for f in segment.children.get(field)]
+    def fields(self, segment: str) -> list[str]:
+        """A segment's fields by position: ``fields[4]`` is FT1-4 (not for MSH)."""
+        return segment.split(self.field)
 
-    def _head(self, value: str) -> str:
+    def head(self, value: str) -> str:
+        """Component 1 (subcomponent 1) of a field's first repetition."""
+        value = value.split(self.repetition, 1)[0]
         return value.split(self.component, 1)[0].split(self.subcomponent, 1)[0].strip()

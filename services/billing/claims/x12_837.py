@@ -161,7 +161,8 @@ def _service_line(
     units = whole_number(quantity)
     if units is None:
         problems.append(f"{name}{basis_at + 1:02d} {quantity!r} is not a positive whole number")
-    errors.extend(ClaimError(sv.number, name, p) for p in problems)
+    if problems:
+        errors.extend(ClaimError(sv.number, name, p) for p in problems)
 
     day = _dtp_day(service.dtp) if service.dtp is not None else None
     if service.dtp is not None and day is None:

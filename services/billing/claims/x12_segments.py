@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from services.billing.claims.model import ClaimError
 
 ISA_LENGTH = 106
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(NamedTuple):  # a tuple: cheap to build for each of 500,000 segments
     number: int  # 1-based position in the file (ISA = 1), as pyx12 counts
     id: str
-    elements: tuple[str, ...]  # elements[1] is XX01
+    elements: list[str]  # elements[1] is XX01
 
     def get(self, position: int) -> str:
         return self.elements[position] if position < len(self.elements) else ""
@@ -65,12 +64,15 @@ def tokenize(text: str, errors: list[ClaimError]) -> tuple[Delimiters, list[Segm
         pieces.pop()
     for number, piece in enumerate(pieces, 1):
         raw = piece.strip("\r\n")
-        seg_id = raw.split(element, 1)[0]
         if not raw:
             errors.append(ClaimError(number, None, "empty segment (two segment terminators)"))
             continue
-        if not 2 <= len(seg_id) <= 3 or not set(seg_id) <= _ID_CHARS:
+        elements = raw.split(element)
+        seg_id = elements[0]
+        if not (2 <= len(seg_id) <= 3 and seg_id.isascii() and seg_id.isalnum()) or (
+            seg_id != seg_id.upper()
+        ):
             errors.append(ClaimError(number, None, f"{seg_id[:20]!r} is not a segment id"))
             continue
-        segments.append(Segment(number, seg_id, tuple(raw.split(element))))
+        segments.append(Segment(number, seg_id, elements))
     return delimiters, segments
