@@ -10,11 +10,8 @@ charges never depend on the order events arrive in, and a redelivered event chan
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -22,14 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.billing import domain
 from services.billing.assemble import assemble
-from services.billing.domain import Charge, CourseEvaluation, StaffClosure
+from services.billing.domain import CourseEvaluation, StaffClosure
 from services.billing.intake import fact_of
+from services.billing.posting import charge_fields, store_charges
 from services.billing.store import AuditLog, ChargeRow, Course, CourseClosure, ProcessedEvent
 from services.billing.store.queries import (
     CHUNK,
     ChargeFilter,
     add_facts,
-    charges_of,
     charges_to_export,
     closures_of,
     courses_of,
@@ -41,8 +38,8 @@ from services.billing.store.queries import (
 from shared.audit import record_access
 from shared.auth import Principal
 from shared.errors import NotFound, RuleViolation
-from shared.events import ChargePosted, ChargeVoided, CloudEvent, EventPayload, Patient
-from shared.outbox import claim_events, emit_many
+from shared.events import CloudEvent
+from shared.outbox import claim_events
 
 log = structlog.get_logger(__name__)
 CONSUMER = "billing"
@@ -234,7 +231,8 @@ class BillingService:
             corrected = {c.id: c.corrected for c in assembled.grouping.courses}
             plans = {c.id: list(c.plan_uids) for c in assembled.grouping.courses}
             self._store_courses(session, patient_id, evaluations, plans, corrected)
-            self._store_charges(session, patient_id, [c for e in evaluations for c in e.charges])
+            charges = [c for e in evaluations for c in e.charges]
+            store_charges(session, patient_id, charges, now=self._now())
 
     def _store_courses(
         self,
@@ -293,125 +291,6 @@ class BillingService:
         for gone in held.values():  # regrouped away; its charges are removed below
             session.delete(gone)
 
-    def _store_charges(self, session: Session, patient_id: str, charges: Sequence[Charge]) -> None:
-        held = charges_of(session, patient_id=patient_id)
-        now = self._now()
-        patient = Patient(id=patient_id)
-        out: list[tuple[EventPayload, str | None]] = []
-        for charge in charges:
-            fields = charge_fields(charge)
-            digest = _digest(fields)
-            row = held.pop(charge.id, None)
-            if row is not None and row.digest == digest and not row.removed:
-                continue
-            voided = (
-                row is not None
-                and row.exported
-                and not row.removed
-                and row.status == "ready"
-                and charge.status == "hold"
-            )
-            if row is None:
-                row = ChargeRow(id=charge.id, patient_id=patient_id, revision=0, exported=False)
-                session.add(row)
-            if voided:
-                out.append((_voided(row, charge, patient, "hold"), charge.id))
-            row.course_id = charge.course_id
-            row.cpt = charge.cpt
-            row.modifiers = list(charge.modifiers)
-            row.units = charge.units
-            row.service_date = charge.service_date
-            row.period_start, row.period_end = charge.period
-            row.status = charge.status
-            row.hold_reason = charge.hold_reason
-            row.evidence = list(charge.evidence)
-            row.rule = charge.rule
-            row.citation = charge.citation
-            row.rules_version = charge.rules_version
-            row.revision += 1
-            row.digest = digest
-            row.removed = False
-            row.updated_at = now
-            if voided:
-                row.exported = False
-            out.append((_posted(row, patient), charge.id))
-        for row in held.values():
-            if row.removed:
-                continue
-            if row.exported:
-                out.append((_voided(row, None, patient, "removed"), row.id))
-                row.exported = False
-            row.revision += 1
-            row.removed = True
-            row.updated_at = now
-            out.append((_posted(row, patient), row.id))
-        emit_many(session, out)
-        if out:
-            log.info("charges changed", patient_id=patient_id, events=len(out))
-
-
-def charge_fields(charge: Charge) -> dict[str, Any]:
-    return {
-        "id": charge.id,
-        "patient_id": charge.patient_id,
-        "course_id": charge.course_id,
-        "cpt": charge.cpt,
-        "modifiers": list(charge.modifiers),
-        "units": charge.units,
-        "service_date": charge.service_date.isoformat(),
-        "period": [charge.period[0].isoformat(), charge.period[1].isoformat()],
-        "status": charge.status,
-        "hold_reason": charge.hold_reason,
-        "evidence": list(charge.evidence),
-        "rule": charge.rule,
-        "citation": charge.citation,
-        "rules_version": charge.rules_version,
-    }
-
-
-def _digest(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
 
 def _jsonable(value: object) -> object:
     return value if isinstance(value, str | int | float | bool | None) else str(value)
-
-
-def _posted(row: ChargeRow, patient: Patient) -> ChargePosted:
-    return ChargePosted(
-        patient=patient,
-        charge_id=row.id,
-        revision=row.revision,
-        removed=row.removed,
-        course_id=row.course_id,
-        cpt=row.cpt,
-        modifiers=tuple(row.modifiers),
-        units=row.units,
-        service_date=row.service_date,
-        period_start=row.period_start,
-        period_end=row.period_end,
-        status=row.status,  # type: ignore[arg-type]
-        hold_reason=row.hold_reason,
-        evidence=tuple(row.evidence),
-        rule=row.rule,
-        citation=row.citation,
-        rules_version=row.rules_version,
-    )
-
-
-def _voided(row: ChargeRow, charge: Charge | None, patient: Patient, reason: str) -> ChargeVoided:
-    """The void names the charge as it was exported (the row before this change) and the
-    revision that voids it."""
-    return ChargeVoided(
-        patient=patient,
-        charge_id=row.id,
-        revision=row.revision + 1,
-        course_id=row.course_id,
-        cpt=row.cpt,
-        modifiers=tuple(row.modifiers),
-        units=row.units,
-        service_date=row.service_date,
-        reason=reason,  # type: ignore[arg-type]
-        hold_reason=charge.hold_reason if charge else None,
-        exported_at=row.exported_at,
-    )
