@@ -1,0 +1,84 @@
+"""parse_claim_file: the format from the content, text decoding, and unreadable uploads."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from services.billing.claims import ClaimError, ClaimFile, parse_claim_file
+from tests.billing.claims.builders import sample
+
+CSV = b"claim_id,patient_id,service_date,cpt,modifiers,units\nC1,P1,2026-01-05,77412,,1\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("claims.csv", "csv"),
+        ("dft_p03.hl7", "hl7"),
+        ("dft_p03_batch.hl7", "hl7"),
+        ("837p.x12", "x12-837p"),
+        ("837i.x12", "x12-837i"),
+        ("835.x12", "x12-835"),
+    ],
+)
+def test_the_format_comes_from_the_content_not_the_name(name: str, expected: str) -> None:
+    misleading = parse_claim_file(sample(name), "text/csv", "claims.hl7")
+    assert misleading.format == expected and misleading.ok
+
+
+def test_leading_blank_lines_and_a_bom_before_isa() -> None:
+    content = "\ufeff\r\n".encode() + sample("837p.x12")
+    parsed = parse_claim_file(content, None, None)
+    assert parsed.format == "x12-837p" and parsed.ok
+
+
+@pytest.mark.parametrize("content", [b"", b"   \r\n\n"])
+def test_an_empty_file(content: bytes) -> None:
+    assert parse_claim_file(content, None, "empty.csv") == ClaimFile(
+        "unknown", errors=(ClaimError(1, None, "empty file"),)
+    )
+
+
+def test_binary_garbage() -> None:
+    garbage = random.Random(11).randbytes(4096)
+    parsed = parse_claim_file(garbage, "application/octet-stream", "claims.837")
+    assert parsed.format == "unknown" and parsed.lines == ()
+    (error,) = parsed.errors
+    assert error.segment is None and error.line >= 1
+    assert error.reason.startswith("not utf-8-sig text") or error.reason.startswith("binary")
+
+
+def test_a_nul_inside_text_is_binary() -> None:
+    parsed = parse_claim_file(CSV + b"C2,P1,2026-01-05,77412,,1\x00\n", None, None)
+    assert parsed.errors == (ClaimError(3, None, "binary content: control character '\\x00'"),)
+
+
+def test_an_undecodable_byte_names_its_line() -> None:
+    parsed = parse_claim_file(CSV + b"C2,P\xe9,2026-01-05,77412,,1\n", None, None)
+    assert parsed.errors[0].line == 3 and "utf-8" in parsed.errors[0].reason
+
+
+def test_the_content_types_charset_decodes() -> None:
+    content = CSV + "C2,PATIENT-É,2026-01-05,77412,,1\n".encode("latin-1")
+    parsed = parse_claim_file(content, "text/csv; charset=ISO-8859-1", None)
+    assert parsed.ok and parsed.lines[1].patient_id == "PATIENT-É"
+    unknown = parse_claim_file(CSV, 'text/csv; charset="klingon"', None)
+    assert unknown.errors == (ClaimError(1, None, "unknown charset 'klingon' in the content type"),)
+
+
+def test_an_unknown_format_names_the_file() -> None:
+    parsed = parse_claim_file(b"PATIENT;CODE\nP1;77412\n", "text/plain", "export.txt")
+    assert parsed.format == "unknown"
+    (error,) = parsed.errors
+    assert error.line == 1 and "'export.txt'" in error.reason
+    assert "ISA" in error.reason and "MSH|" in error.reason and "claim_id" in error.reason
+
+
+def test_results_are_frozen() -> None:
+    parsed = parse_claim_file(CSV, None, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.format = "hl7"  # type: ignore[misc]
+    assert isinstance(parsed.lines, tuple) and isinstance(parsed.errors, tuple)
