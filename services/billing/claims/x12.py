@@ -10,9 +10,9 @@ Two passes over the same text:
    cut here with the delimiters the ISA segment declares. They report what pyx12 does not
    judge (a code that is no CPT, fractional units, a line without a service date).
 
-pyx12 walks the guide's map for every segment, which costs about 0.3 ms a segment (a
-100,000-line 837P takes ~35 s); ``validate=False`` skips it and checks only the envelopes
-(SE/GE/IEA counts and control numbers) by hand.
+pyx12 walks the guide's map for every segment, which costs about 0.1 ms a segment (a
+100,000-line 837P, 312,000 segments, takes ~35 s); ``validate=False`` skips it and checks
+only the envelopes (SE/GE/IEA counts and control numbers) by hand.
 """
 
 from __future__ import annotations
