@@ -117,7 +117,7 @@ def drop_suite_schemas(tmp_path: Path, isolation: dict[str, str]) -> None:
     settings = ScpSettings(
         var_dir=tmp_path / "var", database_schema_prefix=isolation["database_schema_prefix"]
     )
-    for service in ("scp_listener", "qa_tracker"):
+    for service in existing_services():
         engine = make_engine(settings, service)
         drop_schema(engine, settings, service)
         engine.dispose()

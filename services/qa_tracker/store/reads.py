@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from services.qa_tracker import domain
@@ -192,15 +192,38 @@ def worklist_page(
     rows = _worklist_rows(session, where, _worklist_key(cursor) if cursor else None, limit + 1)
     page = rows[:limit]
     last = page[-1] if len(rows) > limit else None  # the row the next page starts after
-    # One COUNT over the same filter: the whole worklist, its overdue, what follows this page.
-    beyond = _worklist_after(last.due_at, last.treated_at, last.id) if last else None
-    counts = select(
-        func.count(),
-        func.count(case((fraction_has_status("overdue", now), 1))),
-        func.count(case((beyond, 1))) if beyond is not None else literal(0),
-    ).where(*where)
-    total, overdue, after = session.execute(counts).one()
+    # The whole worklist, its overdue, what follows this page: each a range of the worklist's
+    # indexes, counted there (one COUNT with a CASE per row read every row's columns).
+    total = _count(session, where)
+    overdue = _count(session, [*where, Fraction.due_at < now])
+    if last is None:
+        after = 0
+    elif cursor is None:  # the first page is the worklist's first rows
+        after = total - len(page)
+    else:
+        after = _count_after(session, where, last)
     return WorklistPage(page, _worklist_cursor(last) if last else None, total, overdue, after)
+
+
+def _count_after(session: Session, where: list[ColumnElement[bool]], last: Fraction) -> int:
+    """Rows after ``last`` in ``WORKLIST_ORDER``, as index ranges (an OR over the key is not
+    one)."""
+    later = or_(
+        Fraction.treated_at > last.treated_at,
+        and_(Fraction.treated_at == last.treated_at, Fraction.id > last.id),
+    )
+    no_due = Fraction.due_at.is_(None)
+    if last.due_at is None:
+        return _count(session, [*where, no_due, later])
+    return (
+        _count(session, [*where, Fraction.due_at > last.due_at])
+        + _count(session, [*where, Fraction.due_at == last.due_at, later])
+        + _count(session, [*where, no_due])
+    )
+
+
+def _count(session: Session, where: list[ColumnElement[bool]]) -> int:
+    return session.scalar(select(func.count()).select_from(Fraction).where(*where)) or 0
 
 
 def _worklist_rows(

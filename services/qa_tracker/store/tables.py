@@ -110,9 +110,14 @@ class Fraction(Base):
     over several treatment records. Derived: rebuilt from the tables above on every event."""
 
     __tablename__ = "fraction"
-    # The review worklist's order (store/reads.py, _worklist_rows), read a page at a time.
+    # The review worklist's order (store/reads.py, _worklist_rows), read a page at a time and
+    # counted in the index, everyone's and a physician's.
     __table_args__ = (
         Index("ix_fraction_worklist", "review_status", "imaged", "due_at", "treated_at", "id"),
+        Index(
+            "ix_fraction_worklist_physician",
+            *("physician", "review_status", "imaged", "due_at", "treated_at", "id"),
+        ),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(300), unique=True)

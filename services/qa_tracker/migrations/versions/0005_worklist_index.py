@@ -1,4 +1,5 @@
-"""the review worklist's order as an index (a page read without sorting every open fraction)
+"""the review worklist's order as indexes, everyone's and a physician's (a page read and counted
+without sorting every open fraction)
 
 Revision ID: 0005
 Revises: 0004
@@ -22,7 +23,14 @@ def upgrade() -> None:
         ["review_status", "imaged", "due_at", "treated_at", "id"],
         unique=False,
     )
+    op.create_index(
+        "ix_fraction_worklist_physician",
+        "fraction",
+        ["physician", "review_status", "imaged", "due_at", "treated_at", "id"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_fraction_worklist_physician", table_name="fraction")
     op.drop_index("ix_fraction_worklist", table_name="fraction")
