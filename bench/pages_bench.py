@@ -586,8 +586,24 @@ def scp_database(args: argparse.Namespace, tmp: Path) -> Iterator[ScpData]:
         )
 
 
+def arrival_hours(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` counted per device, SOP class and UTC hour, as the ingest counts them."""
+    from services.scp_listener.store import hour_of
+
+    counted: dict[tuple[str, str, datetime], list[Any]] = {}
+    for r in rows:
+        key = (r["calling_ae"], r["sop_class_uid"], hour_of(r["received_at"]))
+        entry = counted.setdefault(key, [0, r["received_at"]])
+        entry[0] += 1
+        entry[1] = max(entry[1], r["received_at"])
+    return [
+        {"calling_ae": ae, "sop_class_uid": c, "hour": h, "objects": n, "last_received_at": last}
+        for (ae, c, h), (n, last) in counted.items()
+    ]
+
+
 def fill_scp(args: argparse.Namespace, data: ScpData) -> int:
-    from services.scp_listener.store import DicomObject
+    from services.scp_listener.store import ArrivalHour, DicomObject
 
     log(f"inserting {args.days} treatment days of objects into the SCP's index ...")
     started, count = time.perf_counter(), 0
@@ -596,6 +612,8 @@ def fill_scp(args: argparse.Namespace, data: ScpData) -> int:
         with data.factory.begin() as session:
             for first in range(0, len(rows), 5000):
                 session.execute(insert(table), rows[first : first + 5000])
+            # The hourly counts the ingest keeps beside each object (arrival_hour).
+            session.execute(insert(ArrivalHour.__table__), arrival_hours(rows))
         count += len(rows)
     analyze(data.factory)
     log(f"  {count:,} rows in {time.perf_counter() - started:.0f} s")
