@@ -6,6 +6,8 @@ import dataclasses
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.billing.claims import ClaimError, ClaimFile, parse_claim_file
 from tests.billing.claims.builders import sample
@@ -82,3 +84,31 @@ def test_results_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         parsed.format = "hl7"  # type: ignore[misc]
     assert isinstance(parsed.lines, tuple) and isinstance(parsed.errors, tuple)
+
+
+SAMPLES = ["claims.csv", "dft_p03.hl7", "dft_p03_batch.hl7", "837p.x12", "837i.x12", "835.x12"]
+splices = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=6000),
+        st.integers(min_value=0, max_value=30),
+        st.binary(max_size=4) | st.sampled_from([b"*", b":", b"~", b"|", b"^", b"\n", b"\r"]),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(SAMPLES), edits=splices)
+def test_mangled_files_are_reported_never_raised(
+    name: str, edits: list[tuple[int, int, bytes]]
+) -> None:
+    """Cut, overwrite or insert bytes anywhere in a good sample: the parser returns a result
+    (errors at lines >= 1), it never raises."""
+    data = bytearray(sample(name))
+    for at, length, insert in edits:
+        at = at % (len(data) + 1)
+        data[at : at + length] = insert
+    parsed = parse_claim_file(bytes(data), None, None)
+    assert all(e.line >= 1 and e.reason for e in parsed.errors)
+    assert parsed.format != "unknown" or parsed.errors  # an unread file is never accepted
