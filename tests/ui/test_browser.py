@@ -144,6 +144,12 @@ def test_a_physician_approves_an_overdue_fraction_with_the_keyboard(
                 )
 
                 shoot(page, tmp_path, "qa-worklist.png")
+                # A tablet held upright (iPad Air, 820 x 1180): the page fits its width.
+                page.set_viewport_size({"width": 820, "height": 1180})
+                shoot(page, tmp_path, "qa-worklist-tablet.png")
+                width = page.evaluate("document.documentElement.scrollWidth")
+                assert width <= 820, f"the worklist is {width} px wide on a tablet"
+                page.set_viewport_size({"width": 1440, "height": 560})
 
                 # One row a page: "Next page" opens QA-002's (the override to acknowledge),
                 # selected for the keys like the first page's.
