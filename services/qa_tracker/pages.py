@@ -224,6 +224,7 @@ def review(
                     comment=comment.strip() or None,
                     override_reason=override_reason.strip() or None,
                     reviewed_at=None,
+                    physician=user.names[0] if user.names else None,
                 ),
                 principal=user.principal,
                 resource=request.url.path,

@@ -66,6 +66,9 @@ class NewReview:
     comment: str | None
     override_reason: str | None
     reviewed_at: datetime | None
+    # The reviewer as the record names them: the DICOM name the pages' sign-in maps the user
+    # to; None: the authenticated user (a bearer token's). The audit keeps the authenticated one.
+    physician: str | None = None
 
 
 class QaService:
@@ -158,7 +161,7 @@ class QaService:
                 comment=review.comment,
                 override_reason=review.override_reason,
                 reviewed_at=reviewed_at,
-                physician=principal.user,
+                physician=review.physician or principal.user,
                 recorded_at=now,
                 source="api",
                 source_ref=str(uuid.uuid4()),
