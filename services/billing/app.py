@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.billing.api import router
 from services.billing.consumer import run_consumer
+from services.billing.pages import router as pages_router
 from services.billing.reconciliation import Reconciliation
 from services.billing.service import BillingService
 from services.billing.settings import BillingSettings
@@ -45,7 +46,7 @@ def create_app(
     service = service or build_service(settings, runtime)
     app = runtime.app(
         title="rtops billing",
-        routers=[router],
+        routers=[router, pages_router],
         tasks=(
             lambda: (
                 run_consumer(runtime.link, service, metrics=runtime.consumer_metrics),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from itertools import groupby
 from typing import Any
 from urllib.parse import quote
@@ -200,8 +200,46 @@ async def scp_listener(
     return entries, more
 
 
-# Billing, documents and the scheduler add their source here when their pages land.
-SOURCES: dict[str, Source] = {"qa_tracker": qa_tracker, "scp_listener": scp_listener}
+def _service_day(value: str) -> datetime:
+    """A date of service (a clinic date, no time) as the timeline's instant: noon UTC, which
+    is that same date in every zone from UTC-11 to UTC+11."""
+    return datetime.combine(date.fromisoformat(value), time(12), tzinfo=UTC)
+
+
+async def billing(
+    client: httpx.AsyncClient, base: str, patient_id: str
+) -> tuple[list[Entry], str | None]:
+    """Charges by date of service: the code with its modifiers and units, ready or on hold
+    (with the hold's reason); each links to its course's charge timeline."""
+    page = await _get(client, f"{base}/v1/charges", patient_id=patient_id, limit=500)
+    entries = []
+    for c in page["items"]:
+        code = "-".join([c["cpt"], *c["modifiers"]])
+        units = f"{c['units']} unit{'' if c['units'] == 1 else 's'}"
+        held = c["status"] == "hold"
+        reason = (c.get("hold_reason") or "").replace("_", " ")
+        detail = [units, f"on hold: {reason}" if held else "", c.get("rule") or ""]
+        entries.append(
+            Entry(
+                at=_service_day(c["service_date"]),
+                service="billing",
+                kind="charge",
+                title=f"Charge {code}",
+                detail=" · ".join(d for d in detail if d),
+                href=f"{base}/ui/courses/{quote(c['course_id'], safe='')}",
+                status="on_hold" if held else "ready",
+            )
+        )
+    more = "the 500 latest charges are shown" if page.get("next_cursor") else None
+    return entries, more
+
+
+# Documents and the scheduler add their source here when their pages land.
+SOURCES: dict[str, Source] = {
+    "qa_tracker": qa_tracker,
+    "scp_listener": scp_listener,
+    "billing": billing,
+}
 
 
 async def gather_timeline(
