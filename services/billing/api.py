@@ -78,7 +78,22 @@ class CourseOut(BaseModel):
     patient_id: str
     plan_uids: list[str]
     corrected: bool = Field(description="grouped by a staff correction")
-    kind: str
+    kind: str = Field(
+        description="as billed: conventional, srs or sbrt (after the limits: SRS "
+        "in more than one session bills as SBRT, SBRT beyond five as conventional)"
+    )
+    kind_confirmed: Literal["conventional", "srs", "sbrt"] | None = Field(
+        description="the kind staff confirmed (POST /v1/courses/{id}/kind); null: not set"
+    )
+    kind_candidate: dict[str, Any] | None = Field(
+        description="why the plan facts make the course possibly stereotactic (suggested kind, "
+        "fractions planned, dose per fraction, threshold, cranial site, plans); null: they do "
+        "not, and the course is conventional unless staff set a kind"
+    )
+    kind_status: Literal["default", "unconfirmed", "confirmed"] = Field(
+        description="unconfirmed: a candidate whose kind-dependent charges (delivery, "
+        "management, image guidance) are held as course_kind_unconfirmed"
+    )
     status: Literal["open", "closed"]
     fractions_delivered: int = Field(description="treatment sessions counted (external beam)")
     first_session: date | None
@@ -101,8 +116,24 @@ def _charge(row: ChargeRow) -> ChargeOut:
     return ChargeOut.model_validate(row, from_attributes=True)
 
 
+class KindIn(BaseModel):
+    kind: Literal["conventional", "srs", "sbrt"]
+    reason: str | None = Field(default=None, max_length=2000)
+
+
 def _course(row: Course) -> CourseOut:
-    return CourseOut.model_validate(row, from_attributes=True)
+    if row.kind_confirmed:
+        status = "confirmed"
+    elif row.kind_candidate:
+        status = "unconfirmed"
+    else:
+        status = "default"
+    return CourseOut.model_validate(
+        {
+            **{k: getattr(row, k) for k in CourseOut.model_fields if k != "kind_status"},
+            "kind_status": status,
+        }
+    )
 
 
 def _days(span: TimeRange, service: BillingService) -> tuple[date | None, date | None]:
@@ -252,6 +283,30 @@ def close_course(
     row = service.close_course(
         course_id,
         closed_on=body.closed_on,
+        reason=body.reason,
+        principal=principal,
+        resource=request.url.path,
+    )
+    return _course(row)
+
+
+@router.post("/courses/{course_id}/kind", response_model=CourseOut)
+def set_course_kind(
+    course_id: str,
+    body: KindIn,
+    principal: BillingStaff,
+    service: ServiceDep,
+    request: Request,
+) -> CourseOut:
+    """Confirm a course's kind (``conventional``, ``srs`` or ``sbrt``): DICOM does not say,
+    and billing never guesses it. The course is evaluated again: charges held as
+    ``course_kind_unconfirmed`` are released under the kind's codes (77427/77431 or
+    77432/77435, 77371-77373, no IGRT with SRS/SBRT); exported charges that change are voided.
+    Kept under the course id: a regrouping that keeps the id keeps the kind. Setting the same
+    kind again changes nothing."""
+    row = service.set_course_kind(
+        course_id,
+        kind=body.kind,
         reason=body.reason,
         principal=principal,
         resource=request.url.path,

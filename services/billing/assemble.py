@@ -8,14 +8,18 @@ no clock). docs/billing.md's table "Building the facts from events" is what this
   signed for it;
 - a simulation carries no plan: it belongs to the course that is next to start on or after its
   date, else to a course under way on that date (a re-simulation); with neither it waits for
-  its course.
+  its course;
+- a course's kind is the one staff confirmed, else conventional; ``screen_kind`` flags a course
+  whose plan facts make it *possibly* stereotactic, and ``hold_unconfirmed_kind`` holds the
+  charges whose code depends on the kind until staff confirm it.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,15 +27,18 @@ from zoneinfo import ZoneInfo
 from services.billing.domain import (
     BeamTechnique,
     BrachyChannelFacts,
+    CourseEvaluation,
     CourseFacts,
     DocumentFacts,
     FractionReviewFacts,
     PlanTechnique,
+    RuleSet,
     SimulationFacts,
     StaffClosure,
     SummaryFacts,
     TreatmentRecordFacts,
 )
+from services.billing.domain.facts import CourseKind
 from shared.courses import Grouping, PlanFacts, PlanLink, Regrouping, group_courses
 from shared.events import CourseRegrouped, NoteSigned, PlanReceived, TreatmentSummarized
 from shared.events.dicom import TreatmentRecorded
@@ -56,6 +63,8 @@ class Assembled:
     grouping: Grouping
     courses: tuple[CourseFacts, ...]
     waiting: Mapping[str, int] = field(default_factory=dict)  # facts with no course yet, by kind
+    # Courses whose plan facts make them possibly stereotactic, by course id (``screen_kind``).
+    screens: Mapping[str, KindScreen] = field(default_factory=dict)
 
 
 def assemble(
@@ -65,7 +74,13 @@ def assemble(
     *,
     zone: ZoneInfo,
     gap_days: int,
+    kinds: Mapping[str, CourseKind] | None = None,
+    stereotactic_dose_gy: float = 6.0,
 ) -> Assembled:
+    """``kinds``: the kinds staff confirmed, by course id (others are conventional);
+    ``stereotactic_dose_gy``: the dose per fraction from which a short course is screened as
+    possibly stereotactic (``screen_kind``)."""
+    kinds = kinds or {}
     by_kind: dict[str, list[StoredFact]] = defaultdict(list)
     for fact in facts:
         by_kind[fact.kind].append(fact)
@@ -142,10 +157,141 @@ def assemble(
             summaries=tuple(summaries[c.id]),
             closures=tuple(closures.get(c.id, ())),
             documents=tuple(documents[c.id]),
+            kind=kinds.get(c.id, "conventional"),
         )
         for c in grouping.courses
     )
-    return Assembled(grouping=grouping, courses=courses, waiting=dict(waiting))
+    screens = {
+        c.id: screen
+        for c in grouping.courses
+        if (
+            screen := screen_kind(
+                [plans[u] for u in c.plan_uids], min_dose_per_fraction_gy=stereotactic_dose_gy
+            )
+        )
+        is not None
+    }
+    return Assembled(grouping=grouping, courses=courses, waiting=dict(waiting), screens=screens)
+
+
+# ---------------------------------------------------------------- course kind
+
+# CPT 77373 / 77435: an SBRT course has at most five fractions; a longer one is billed as
+# conventional (MAC LCD, domain-billing.md s. 1.5), so it is never a candidate.
+STEREOTACTIC_MAX_FRACTIONS = 5
+KIND_UNCONFIRMED = "course_kind_unconfirmed"
+# Words of a Treatment Site (3010,0077) that name the brain or the skull's contents: a
+# single-fraction course there is suggested as SRS (CPT 77371/77372/77432: cranial, one
+# session), elsewhere as SBRT. Only a suggestion: staff confirm the kind.
+_CRANIAL = re.compile(
+    r"brain|cran|cereb|pituitar|sella|skull\s*base|vestibular|acoustic|trigemin|\bavm\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class KindScreen:
+    """Why a course may be stereotactic, from its plans' facts alone (never from plan names or
+    labels). DICOM has no attribute for SRS/SBRT: the kind waits for staff to confirm it."""
+
+    suggested: CourseKind  # srs (cranial, one fraction) or sbrt
+    fractions_planned: int  # the most any fraction group of the course's current plans plans
+    dose_per_fraction_gy: float | None  # the highest stated; None when no plan states one
+    threshold_gy: float
+    cranial: bool
+    plan_uids: tuple[str, ...]
+    sites: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "suggested": self.suggested,
+            "fractions_planned": self.fractions_planned,
+            "dose_per_fraction_gy": self.dose_per_fraction_gy,
+            "threshold_gy": self.threshold_gy,
+            "cranial": self.cranial,
+            "plan_uids": list(self.plan_uids),
+            "sites": list(self.sites),
+        }
+
+
+def screen_kind(
+    plans: Sequence[PlanReceived], *, min_dose_per_fraction_gy: float
+) -> KindScreen | None:
+    """A course is possibly stereotactic when its current photon plans (those no PREDECESSOR
+    re-plan of the course replaced) plan at most five fractions in every fraction group, and
+    either a group's dose per fraction is at or above ``min_dose_per_fraction_gy`` or, with no
+    dose stated, the course is one fraction to a cranial site. A group's dose per fraction is
+    the event's ``dose_per_fraction_gy`` (prescription / fractions), else, for a plan of one
+    fraction group, the sum of its treatment beams' Beam Dose when every one states it. Any
+    group of more than five fractions, or no planned fraction count, makes it conventional."""
+    superseded = {
+        r.sop_instance_uid
+        for p in plans
+        for r in p.referenced_plans
+        if (r.relationship or "").upper() == "PREDECESSOR"
+    }
+    current = [p for p in plans if p.object.sop_instance_uid not in superseded] or list(plans)
+    photon = [p for p in current if not p.ion and _photon(p)]
+    counts = [g.fractions_planned for p in photon for g in p.fraction_groups]
+    planned = [n for n in counts if n is not None]
+    if not planned or max(planned) > STEREOTACTIC_MAX_FRACTIONS:
+        return None
+    doses = [d for p in photon for d in _doses_per_fraction(p) if d is not None]
+    dose = max(doses, default=None)
+    sites = tuple(sorted({p.treatment_site for p in photon if p.treatment_site}))
+    cranial = any(_CRANIAL.search(site) for site in sites)
+    fractions = max(planned)
+    if dose is not None and dose < min_dose_per_fraction_gy:
+        return None
+    if dose is None and not (cranial and fractions == 1):
+        return None
+    return KindScreen(
+        suggested="srs" if cranial and fractions == 1 else "sbrt",
+        fractions_planned=fractions,
+        dose_per_fraction_gy=dose,
+        threshold_gy=min_dose_per_fraction_gy,
+        cranial=cranial,
+        plan_uids=tuple(sorted(p.object.sop_instance_uid for p in photon)),
+        sites=sites,
+    )
+
+
+def _photon(plan: PlanReceived) -> bool:
+    therapeutic = [b for b in plan.beams if (b.delivery_type or "TREATMENT").upper() == "TREATMENT"]
+    types = {(b.radiation_type or "").upper() for b in therapeutic} or {
+        t.upper() for t in plan.radiation_types
+    }
+    return "PHOTON" in types
+
+
+def _doses_per_fraction(plan: PlanReceived) -> list[float | None]:
+    out: list[float | None] = [g.dose_per_fraction_gy for g in plan.fraction_groups]
+    if len(plan.fraction_groups) == 1 and out[0] is None:
+        beams = [b for b in plan.beams if (b.delivery_type or "TREATMENT").upper() == "TREATMENT"]
+        if beams and all(b.beam_dose_gy is not None for b in beams):
+            out[0] = round(sum(b.beam_dose_gy or 0.0 for b in beams), 4)
+    return out
+
+
+def kind_dependent_families(rules: RuleSet) -> frozenset[str]:
+    """Families whose code depends on the course's kind: those with a rule conditioned on
+    ``course_kind`` (delivery, image guidance, management in the bundled rules)."""
+    return frozenset(r.family for r in rules.rules if "course_kind" in r.when)
+
+
+def hold_unconfirmed_kind(evaluation: CourseEvaluation, rules: RuleSet) -> CourseEvaluation:
+    """The course was evaluated as conventional while its kind is unconfirmed: every charge of
+    a kind-dependent family goes to ``hold`` (``course_kind_unconfirmed``) until staff say
+    which codes apply (77427/77431 or 77432/77435, delivery or 77371-77373, IGRT or none)."""
+    families = kind_dependent_families(rules)
+    family_of = {r.id: r.family for r in rules.rules}
+    charges = tuple(
+        replace(c, status="hold", hold_reason=KIND_UNCONFIRMED)
+        if family_of.get(c.rule) in families
+        else c
+        for c in evaluation.charges
+    )
+    return replace(evaluation, charges=charges)
 
 
 # ---------------------------------------------------------------- one fact at a time

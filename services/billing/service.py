@@ -12,17 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.billing import domain
-from services.billing.assemble import assemble
+from services.billing.assemble import STEREOTACTIC_MAX_FRACTIONS, assemble, hold_unconfirmed_kind
 from services.billing.domain import CourseEvaluation, StaffClosure
+from services.billing.domain.facts import CourseKind
 from services.billing.intake import fact_of
 from services.billing.posting import charge_fields, store_charges
-from services.billing.store import AuditLog, ChargeRow, Course, CourseClosure, ProcessedEvent
+from services.billing.store import (
+    AuditLog,
+    ChargeRow,
+    Course,
+    CourseClosure,
+    CourseKindRow,
+    ProcessedEvent,
+)
 from services.billing.store.queries import (
     CHUNK,
     ChargeFilter,
@@ -31,6 +40,7 @@ from services.billing.store.queries import (
     closures_of,
     courses_of,
     facts_of,
+    kinds_of,
     lock_patient,
     patients_with_facts,
     patients_with_open_courses,
@@ -179,6 +189,51 @@ class BillingService:
         self._on_commit()
         return course
 
+    def set_course_kind(
+        self,
+        course_id: str,
+        *,
+        kind: CourseKind,
+        reason: str | None,
+        principal: Principal,
+        resource: str,
+    ) -> Course:
+        """Staff confirm a course's kind (DICOM has no attribute for SRS/SBRT): the course is
+        evaluated again with it, so held kind-dependent charges are released under the right
+        codes and exported charges that change are voided. Setting the kind it has changes
+        nothing (the request is still audited)."""
+        with self._factory.begin() as session:
+            course = session.get(Course, course_id)
+            if course is None:
+                raise NotFound(f"no course {course_id!r}; GET /v1/courses lists them")
+            patient_id = course.patient_id
+            held = session.get(CourseKindRow, course_id)
+            changed = held is None or held.kind != kind
+            if held is None:
+                held = CourseKindRow(course_id=course_id, patient_id=patient_id)
+                session.add(held)
+            if changed:
+                held.kind = kind
+                held.set_by = principal.user
+                held.reason = reason
+                held.set_at = self._now()
+                session.flush()
+            record_access(
+                session,
+                AuditLog,
+                principal,
+                action="write",
+                resource=resource,
+                patient_ids=[patient_id],
+            )
+            if changed:
+                self._evaluate(session, [patient_id])
+            course = session.get(Course, course_id)
+            assert course is not None  # a kind never regroups
+        if changed:
+            self._on_commit()
+        return course
+
     def export(
         self,
         where: ChargeFilter,
@@ -215,22 +270,38 @@ class BillingService:
                 closures.setdefault(c.course_id, []).append(
                     StaffClosure(closed_on=c.closed_on, reference=f"closure:{c.id}")
                 )
+            kinds: dict[str, CourseKind] = {
+                k.course_id: cast(CourseKind, k.kind)
+                for k in kinds_of(session, patient_id=patient_id).values()
+            }
             assembled = assemble(
                 patient_id,
                 facts_of(session, patient_id=patient_id),
                 closures,
                 zone=self.zone,
                 gap_days=self._gap_days,
+                kinds=kinds,
+                stereotactic_dose_gy=self._settings.stereotactic_dose_per_fraction_gy,
             )
-            evaluations = [
-                domain.evaluate_course(
+            evaluations = []
+            candidates: dict[str, dict[str, object] | None] = {}
+            for course in assembled.courses:
+                evaluation = domain.evaluate_course(
                     course, self._rules, self._settings, self._payer, as_of=today
                 )
-                for course in assembled.courses
-            ]
+                screen = assembled.screens.get(course.course_id)
+                # Beyond five sessions even a confirmed SBRT course bills as conventional.
+                if screen and evaluation.fractions_delivered > STEREOTACTIC_MAX_FRACTIONS:
+                    screen = None
+                candidates[course.course_id] = screen.as_json() if screen else None
+                if screen and course.course_id not in kinds:
+                    evaluation = hold_unconfirmed_kind(evaluation, self._rules)
+                evaluations.append(evaluation)
             corrected = {c.id: c.corrected for c in assembled.grouping.courses}
             plans = {c.id: list(c.plan_uids) for c in assembled.grouping.courses}
-            self._store_courses(session, patient_id, evaluations, plans, corrected)
+            self._store_courses(
+                session, patient_id, evaluations, plans, corrected, kinds, candidates
+            )
             charges = [c for e in evaluations for c in e.charges]
             store_charges(session, patient_id, charges, now=self._now())
 
@@ -241,6 +312,8 @@ class BillingService:
         evaluations: Sequence[CourseEvaluation],
         plans: dict[str, list[str]],
         corrected: dict[str, bool],
+        kinds: dict[str, CourseKind],
+        candidates: dict[str, dict[str, object] | None],
     ) -> None:
         held = courses_of(session, patient_id=patient_id)
         now = self._now()
@@ -255,6 +328,8 @@ class BillingService:
             row.plan_uids = plans[ev.course_id]
             row.corrected = corrected[ev.course_id]
             row.kind = ev.kind
+            row.kind_confirmed = kinds.get(ev.course_id)
+            row.kind_candidate = candidates[ev.course_id]
             row.status = ev.status.state
             row.fractions_delivered = ev.fractions_delivered
             row.first_session = external[0].day if external else None

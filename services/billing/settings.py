@@ -69,6 +69,13 @@ class BillingSettings(RtopsSettings):
         ge=0,
         description="a management note this many days outside a 77427 block still documents it",
     )
+    billing_stereotactic_dose_per_fraction_gy: float = Field(
+        default=6.0,
+        gt=0,
+        description="a course of at most 5 planned fractions with this dose per fraction (Gy) "
+        "or more is possibly SRS/SBRT: its kind-dependent charges wait for staff to confirm "
+        "the kind (POST /v1/courses/{id}/kind)",
+    )
     billing_course_gap_days: int = Field(
         default=30, ge=0, description="plans without references further apart start a new course"
     )
@@ -92,6 +99,7 @@ class BillingSettings(RtopsSettings):
             physics_remainder_policy=self.billing_physics_remainder_policy,
             dosimetry_units_per=self.billing_dosimetry_units_per,
             management_note_grace_days=self.billing_management_note_grace_days,
+            stereotactic_dose_per_fraction_gy=self.billing_stereotactic_dose_per_fraction_gy,
         )
 
     def payer(self) -> Payer:

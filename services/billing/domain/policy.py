@@ -34,6 +34,10 @@ class BillingSettings:
     dosimetry_units_per: Literal["beam", "plan"] = "beam"
     # A management note this many days outside a 77427 block still documents it.
     management_note_grace_days: int = 0
+    # Not the engine's: the service screens a course of at most five planned fractions as
+    # possibly stereotactic from this dose per fraction (Gy) on, and holds its kind-dependent
+    # charges until staff confirm the kind. A convention, not a regulation: CPT names no dose.
+    stereotactic_dose_per_fraction_gy: float = 6.0
 
     @property
     def global_billing(self) -> bool:

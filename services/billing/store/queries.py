@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.billing.assemble import StoredFact
 from services.billing.intake import FactIn
-from services.billing.store.tables import ChargeRow, Course, CourseClosure, Fact
+from services.billing.store.tables import ChargeRow, Course, CourseClosure, CourseKindRow, Fact
 from shared.errors import RuleViolation
 from shared.pagination import after, decode_cursor, encode_cursor
 
@@ -60,6 +60,16 @@ def closures_of(session: Session, *, patient_id: str) -> list[CourseClosure]:
             .order_by(CourseClosure.id)
         )
     )
+
+
+def kinds_of(session: Session, *, patient_id: str) -> dict[str, CourseKindRow]:
+    """The kinds staff confirmed for the patient's courses, by course id."""
+    return {
+        k.course_id: k
+        for k in session.scalars(
+            select(CourseKindRow).where(CourseKindRow.patient_id == patient_id)
+        )
+    }
 
 
 def courses_of(session: Session, *, patient_id: str) -> dict[str, Course]:

@@ -48,7 +48,11 @@ class Course(Base):
     patient_id: Mapped[str] = mapped_column(PATIENT, index=True)
     plan_uids: Mapped[list[str]] = mapped_column(JSON)
     corrected: Mapped[bool] = mapped_column(Boolean, default=False)
-    kind: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(20))  # as billed (after the SRS/SBRT limits)
+    # The kind staff confirmed (``course_kind``), and why the plan facts make the course
+    # possibly stereotactic (``assemble.KindScreen``; None when they do not).
+    kind_confirmed: Mapped[str | None] = mapped_column(String(20))
+    kind_candidate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(10), index=True)  # open / closed
     fractions_delivered: Mapped[int] = mapped_column(Integer)
     first_session: Mapped[date | None] = mapped_column(Date)
@@ -72,6 +76,20 @@ class CourseClosure(Base):
     closed_by: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class CourseKindRow(Base):
+    """The kind staff confirmed for a course (``POST /v1/courses/{id}/kind``): one row per
+    course id, kept under that id like a closure, so it follows the course through a regrouping
+    as long as its first plan does."""
+
+    __tablename__ = "course_kind"
+    course_id: Mapped[str] = mapped_column(COURSE, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(PATIENT, index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # conventional / srs / sbrt
+    set_by: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    set_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class ChargeRow(Base):
