@@ -1,10 +1,12 @@
 """REST API of the billing service (``/v1``): charges with their holds and evidence, courses,
-closing a course, and the CSV export. Roles: billing and admin; every read is audited."""
+closing a course, confirming its kind, and the CSV and HL7 DFT^P03 exports. Roles: billing and
+admin; every read is audited."""
 
 from __future__ import annotations
 
 import csv
 import io
+import uuid
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
@@ -13,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.billing import export as hl7_export
 from services.billing.claims.csvfile import COLUMNS as CLAIM_CSV_COLUMNS
 from services.billing.reconciliation import ClaimFileRejected, Reconciliation
 from services.billing.service import BillingService
@@ -231,6 +234,42 @@ def export_charges(
         out.getvalue(),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="charges-{stamp}.csv"'},
+    )
+
+
+@router.get(
+    "/charges/export.hl7",
+    response_class=Response,
+    responses={200: {"content": {hl7_export.MEDIA_TYPE: {}}}},
+)
+def export_charges_hl7(
+    principal: BillingStaff,
+    service: ServiceDep,
+    request: Request,
+    span: TimeRangeDep,
+    patient_id: str | None = None,
+) -> Response:
+    """The same selection as ``export.csv`` (ready charges not exported before; they are marked
+    exported, once, whichever format took them) as an HL7 v2.5 batch of DFT^P03 messages: one
+    message per patient (PID-3), one FT1 per charge (FT1-4 date of service, FT1-6 ``CG``, FT1-7
+    CPT/HCPCS, FT1-10 units, FT1-26 modifiers, FT1-2 the charge id); ``POST /v1/claims``
+    reads it back."""
+    first, end = _days(span, service)
+    rows = service.export(
+        ChargeFilter(patient_id=patient_id, first_day=first, end_day=end),
+        principal=principal,
+        resource=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+    )
+    now = service.now().astimezone(service.zone)
+    body = hl7_export.dft_p03(rows, at=now, export_id=uuid.uuid4().hex[:14].upper())
+    return Response(
+        body,
+        media_type=hl7_export.MEDIA_TYPE,
+        headers={
+            "Content-Disposition": (
+                f'attachment; filename="charges-{now.strftime("%Y%m%dT%H%M%S")}.hl7"'
+            )
+        },
     )
 
 
