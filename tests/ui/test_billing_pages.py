@@ -468,3 +468,22 @@ async def test_a_therapist_sees_billing_is_not_for_their_role(
     html = (await client.get(f"/ui/patients/{PID}")).text
     assert re.search(r"<strong>Billing</strong>:\s*not visible to your role", html)
     assert "Charge 77" not in html
+
+
+async def test_every_link_form_and_redirect_carries_the_root_path(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app, root_path="/billing")
+    async with httpx.AsyncClient(transport=transport, base_url="http://rtops.test") as client:
+        away = await client.get("/ui/charges")
+        assert away.headers["location"] == "/billing/ui/sign-in?next=%2Fui%2Fcharges"
+        token = await sign_in(client)
+        links: list[str] = []
+        for path in ("/ui/charges", "/ui/discrepancies", f"/ui/courses/{COURSE}"):
+            html = (await client.get(path)).text
+            links += re.findall(r'(?:href|action|src|hx-post|hx-get)="(/[^"]*)"', html)
+        closed = await client.post(
+            f"/ui/courses/{COURSE}/close", data={"csrf_token": token, "closed_on": "2026-03-11"}
+        )
+        uploaded = await upload(client, GOOD_CSV, token)
+    assert links and [link for link in links if not link.startswith("/billing/")] == []
+    assert closed.headers["location"].startswith("/billing/ui/courses/")
+    assert uploaded.headers["location"].startswith("/billing/ui/discrepancies?imported=")
