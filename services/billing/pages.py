@@ -73,6 +73,10 @@ HOLD_TEXT = {
     "add_on_without_primary": ("Add-on without its primary code", "the planning charge"),
     "exceeds_max_units": ("Units beyond the rule's maximum", "nothing: held to show"),
     "plan_facts_missing": ("The plan was not received", "the plan's DICOM (RT Plan)"),
+    "course_kind_unconfirmed": (
+        "Possibly SRS/SBRT: course kind not confirmed",
+        "staff confirming the kind (POST /v1/courses/{id}/kind)",
+    ),
 }
 KIND_TEXT = {
     "missing_charge": "earned, not claimed",
