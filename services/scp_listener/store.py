@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Index,
     Integer,
     Select,
     String,
@@ -36,6 +37,9 @@ class DicomObject(Base):
     __table_args__ = (
         UniqueConstraint("sop_instance_uid", "revision"),
         UniqueConstraint("sop_instance_uid", "sha256"),
+        # The arrivals page: a kind within dates. (A kind alone keeps its own index, which
+        # lists it newest first without a sort.)
+        Index("ix_dicom_object_class_received", "sop_class_uid", "received_at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
@@ -49,7 +53,7 @@ class DicomObject(Base):
     series_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
     calling_ae: Mapped[str] = mapped_column(String(16))
-    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     acquired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     approval: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
