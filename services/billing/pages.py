@@ -38,6 +38,7 @@ from shared.audit import record_request
 from shared.auth import BILLING_STAFF
 from shared.errors import Conflict, NotFound, RuleViolation
 from shared.ui import NavLink, Session, page_router, person_name
+from shared.ui.forms import form_day
 
 CHARGES = "/ui/charges"
 DISCREPANCIES = "/ui/discrepancies"
@@ -113,16 +114,6 @@ def _reconciliation(request: Request) -> Reconciliation:
 
 def _settings(request: Request) -> BillingSettings:
     return request.app.state.settings  # type: ignore[no-any-return]
-
-
-def _day(value: str | None, name: str, errors: list[str]) -> date | None:
-    if not value or not value.strip():
-        return None
-    try:
-        return date.fromisoformat(value.strip())
-    except ValueError:
-        errors.append(f"{name} {value!r} is not a date (2026-03-02)")
-        return None
 
 
 def code_of(cpt: str, modifiers: list[str] | tuple[str, ...]) -> str:
@@ -319,7 +310,7 @@ def charges(
     (exact), status, course, dates of service (clinic dates, both included)."""
     zone = _service(request).zone
     errors: list[str] = []
-    first, last = _day(start, "from", errors), _day(end, "to", errors)
+    first, last = form_day(start, "from", errors), form_day(end, "to", errors)
     patient, course = (patient or "").strip(), (course or "").strip()
     status = (status or "").strip()
     if status not in ("", "hold", "ready"):
@@ -421,7 +412,7 @@ def _discrepancy_page(
     imported: int | None = None,
 ) -> Response:
     errors: list[str] = []
-    first, last = _day(start, "from", errors), _day(end, "to", errors)
+    first, last = form_day(start, "from", errors), form_day(end, "to", errors)
     patient, kind = (patient or "").strip(), (kind or "").strip()
     items: list[Any] = []
     with request.app.state.session_factory.begin() as session:
@@ -675,7 +666,7 @@ def close_course(
     """Close the course (``BillingService.close_course``, as ``POST /v1/courses/{id}/close``);
     back to its timeline, which shows the closure point and what it earned."""
     errors: list[str] = []
-    day = _day(closed_on, "closed on", errors)
+    day = form_day(closed_on, "closed on", errors)
     form = {"closed_on": closed_on, "reason": reason}
     if errors:
         return _course_page(request, user, course_id, error=errors[0], form=form)

@@ -10,7 +10,7 @@ audited like the API.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -37,6 +37,7 @@ from shared.errors import RuleViolation
 from shared.outbox import outbox_depth
 from shared.pagination import page_of
 from shared.ui import NavLink, Session, page_router
+from shared.ui.forms import form_day
 
 ARRIVALS = "/ui/arrivals"
 DEVICES = "/ui/devices"
@@ -90,16 +91,6 @@ def _registry(request: Request) -> DeviceRegistry:
     return request.app.state.device_registry  # type: ignore[no-any-return]
 
 
-def _day(value: str | None, name: str, errors: list[str]) -> date | None:
-    if not value:
-        return None
-    try:
-        return date.fromisoformat(value.strip())
-    except ValueError:
-        errors.append(f"{name} {value!r} is not a date (2026-11-24)")
-        return None
-
-
 # ---------------------------------------------------------------- arrivals
 
 
@@ -118,7 +109,7 @@ def arrivals(
     AE title, the SOP class, the patient ID) and the dates are clinic dates, both included."""
     zone = _zone(request)
     errors: list[str] = []
-    first, last = _day(start, "from", errors), _day(end, "to", errors)
+    first, last = form_day(start, "from", errors), form_day(end, "to", errors)
     device, kind, patient = (device or "").strip(), (kind or "").strip(), (patient or "").strip()
     filters = {
         "patient_id": patient or None,
