@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run demo test lint format schemas bench bench-qa bench-pages clean
+.PHONY: help install run demo test lint format schemas bench bench-qa bench-billing bench-pages clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ clean: ## remove .venv and var/
 
 bench-qa: install ## QA tracker replay benchmark (RTOPS_DATABASE_URL for PostgreSQL)
 	$(BIN)/python -m bench.qa_bench --days 20
+
+bench-billing: install ## billing: 5,000 courses, 100,000 claim lines, consumer on SQLite and PostgreSQL
+	$(BIN)/python -m bench.billing_bench
 
 bench-pages: install ## staff pages benchmark, 60 days (--days 250: the year; RTOPS_DATABASE_URL)
 	$(BIN)/python -m bench.pages_bench --days 60
