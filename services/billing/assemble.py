@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -76,22 +76,25 @@ def assemble(
     gap_days: int,
     kinds: Mapping[str, CourseKind] | None = None,
     stereotactic_dose_gy: float = 6.0,
+    cache: FactCache | None = None,
 ) -> Assembled:
     """``kinds``: the kinds staff confirmed, by course id (others are conventional);
     ``stereotactic_dose_gy``: the dose per fraction from which a short course is screened as
-    possibly stereotactic (``screen_kind``)."""
+    possibly stereotactic (``screen_kind``); ``cache``: facts parsed before (see
+    ``FactCache``)."""
     kinds = kinds or {}
+    parse = cache.parse if cache is not None else parse_fact
     by_kind: dict[str, list[StoredFact]] = defaultdict(list)
     for fact in facts:
         by_kind[fact.kind].append(fact)
 
-    plans = {f.key: PlanReceived.model_validate(f.payload) for f in _latest(by_kind["plan"])}
+    plans: dict[str, PlanReceived] = {f.key: parse(f) for f in _latest(by_kind["plan"])}
     plan_events = {f.key: f.event_id for f in _latest(by_kind["plan"])}
-    records = [_record(f) for f in by_kind["record"]]
+    records: list[TreatmentRecordFacts] = [parse(f) for f in by_kind["record"]]
     treated = _treated_days(records, zone)
     grouping = group_courses(
         (_plan_facts(p, patient_id, treated.get(uid)) for uid, p in plans.items()),
-        regroupings=[_regrouping(f) for f in by_kind["regrouping"]],
+        regroupings=[parse(f) for f in by_kind["regrouping"]],
         gap_days=gap_days,
     )
 
@@ -107,14 +110,14 @@ def assemble(
             waiting["record"] += 1
     reviews: dict[str, list[FractionReviewFacts]] = defaultdict(list)
     for fact in by_kind["assessed"]:
-        review = _review(fact)
+        review: FractionReviewFacts = parse(fact)
         if (course := course_of(review.plan_uid)) is not None:
             reviews[course].append(review)
         else:
             waiting["assessed"] += 1
     summaries: dict[str, list[SummaryFacts]] = defaultdict(list)
     for fact in _latest(by_kind["summary"]):
-        summary = TreatmentSummarized.model_validate(fact.payload)
+        summary: TreatmentSummarized = parse(fact)
         courses = {course_of(u) for u in (summary.plan_uids or (summary.plan_uid,))} - {None}
         for course in courses:
             summaries[course].append(_summary(fact, summary, zone))  # type: ignore[index]
@@ -128,7 +131,7 @@ def assemble(
     }
     simulations: dict[str, list[SimulationFacts]] = defaultdict(list)
     for fact in by_kind["simulation"]:
-        sim = _simulation(fact)
+        sim: SimulationFacts = parse(fact)
         if (course := _course_of_simulation(sim.service_date, starts, ends)) is not None:
             simulations[course].append(sim)
         else:
@@ -137,7 +140,7 @@ def assemble(
     course_ids = {c.id for c in grouping.courses}
     documents: dict[str, list[DocumentFacts]] = defaultdict(list)
     for fact in _latest(by_kind["note"]):
-        note = NoteSigned.model_validate(fact.payload)
+        note: NoteSigned = parse(fact)
         if note.voided or note.kind not in DOCUMENT_KINDS:
             continue
         document = _document(note, zone)
@@ -295,6 +298,42 @@ def hold_unconfirmed_kind(evaluation: CourseEvaluation, rules: RuleSet) -> Cours
 
 
 # ---------------------------------------------------------------- one fact at a time
+
+
+def parse_fact(fact: StoredFact) -> Any:
+    """A stored payload validated into what ``assemble`` reads of its kind (a pure function of
+    the payload and the event id: nothing of the zone or the other facts)."""
+    return _PARSERS[fact.kind](fact)
+
+
+class FactCache:
+    """Facts parsed before, by (kind, key, revision, event id). A stored fact is never
+    changed (``add_facts`` inserts a (kind, key, revision) once and nothing updates it), so
+    what it parsed to stays right, and an evaluation needs the payload only of facts not
+    held here (``missing``). Bounded: ``trim`` drops the oldest entries, between
+    evaluations (never while an evaluation counts on an entry ``missing`` did not name)."""
+
+    def __init__(self, max_size: int = 150_000) -> None:
+        self._max = max_size
+        self._parsed: dict[tuple[str, str, int, str], Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._parsed)
+
+    def holds(self, kind: str, key: str, revision: int, event_id: str) -> bool:
+        return (kind, key, revision, event_id) in self._parsed or kind not in _PARSERS
+
+    def parse(self, fact: StoredFact) -> Any:
+        entry = (fact.kind, fact.key, fact.revision, fact.event_id)
+        parsed = self._parsed.get(entry)
+        if parsed is None:
+            parsed = self._parsed[entry] = parse_fact(fact)
+        return parsed
+
+    def trim(self) -> None:
+        if len(self._parsed) > self._max:
+            for entry in list(self._parsed)[: len(self._parsed) - self._max // 2]:
+                del self._parsed[entry]
 
 
 def _latest(facts: Iterable[StoredFact]) -> list[StoredFact]:
@@ -457,6 +496,17 @@ def _summary(fact: StoredFact, summary: TreatmentSummarized, zone: ZoneInfo) -> 
 def _regrouping(fact: StoredFact) -> Regrouping:
     r = CourseRegrouped.model_validate(fact.payload)
     return Regrouping(plan_uids=frozenset(r.plan_uids), sequence=r.sequence)
+
+
+_PARSERS: dict[str, Callable[[StoredFact], Any]] = {
+    "plan": lambda f: PlanReceived.model_validate(f.payload),
+    "record": _record,
+    "assessed": _review,
+    "summary": lambda f: TreatmentSummarized.model_validate(f.payload),
+    "simulation": _simulation,
+    "regrouping": _regrouping,
+    "note": lambda f: NoteSigned.model_validate(f.payload),
+}
 
 
 def _document(note: NoteSigned, zone: ZoneInfo) -> DocumentFacts:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +15,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from services.billing.domain import Charge
-from services.billing.store import ChargeRow
-from services.billing.store.queries import charges_of
+from services.billing.store.queries import charges_of_many, write_charges
 from shared.events import ChargePosted, ChargeVoided, EventPayload, Patient
 from shared.outbox import emit_many
 
@@ -26,60 +25,100 @@ log = structlog.get_logger(__name__)
 def store_charges(
     session: Session, patient_id: str, charges: Sequence[Charge], *, now: datetime
 ) -> None:
-    """Upsert the patient's charges by id and queue what changed (see the module docstring)."""
-    held = charges_of(session, patient_id=patient_id)
-    patient = Patient(id=patient_id)
+    """Upsert one patient's charges by id and queue what changed (see the module docstring)."""
+    store_charges_of_many(session, [(patient_id, charges)], now=now)
+
+
+def store_charges_of_many(
+    session: Session,
+    evaluated: Sequence[tuple[str, Sequence[Charge]]],
+    *,
+    now: datetime,
+) -> None:
+    """``store_charges`` for many patients at once: one locked read of their charges, one
+    INSERT of the new ones, one executemany UPDATE of the changed ones and one outbox
+    executemany, the events in the order of ``evaluated`` (then the charges' order)."""
+    if not evaluated:
+        return
+    held_of = charges_of_many(session, [p for p, _ in evaluated])
+    new: list[dict[str, Any]] = []
+    changed: list[dict[str, Any]] = []
     out: list[tuple[EventPayload, str | None]] = []
-    for charge in charges:
-        fields = charge_fields(charge)
-        digest = _digest(fields)
-        row = held.pop(charge.id, None)
-        if row is not None and row.digest == digest and not row.removed:
-            continue
-        voided = (
-            row is not None
-            and row.exported
-            and not row.removed
-            and row.status == "ready"
-            and charge.status == "hold"
-        )
-        if row is None:
-            row = ChargeRow(id=charge.id, patient_id=patient_id, revision=0, exported=False)
-            session.add(row)
-        if voided:
-            out.append((_voided(row, charge, patient, "hold"), charge.id))
-        row.course_id = charge.course_id
-        row.cpt = charge.cpt
-        row.modifiers = list(charge.modifiers)
-        row.units = charge.units
-        row.service_date = charge.service_date
-        row.period_start, row.period_end = charge.period
-        row.status = charge.status
-        row.hold_reason = charge.hold_reason
-        row.evidence = list(charge.evidence)
-        row.rule = charge.rule
-        row.citation = charge.citation
-        row.rules_version = charge.rules_version
-        row.revision += 1
-        row.digest = digest
-        row.removed = False
-        row.updated_at = now
-        if voided:
-            row.exported = False
-        out.append((_posted(row, patient), charge.id))
-    for row in held.values():
-        if row.removed:
-            continue
-        if row.exported:
-            out.append((_voided(row, None, patient, "removed"), row.id))
-            row.exported = False
-        row.revision += 1
-        row.removed = True
-        row.updated_at = now
-        out.append((_posted(row, patient), row.id))
+    for patient_id, charges in evaluated:
+        held = held_of.get(patient_id, {})
+        patient = Patient(id=patient_id)
+        count = len(out)
+        for charge in charges:
+            digest = digest_of(charge)
+            old = held.pop(charge.id, None)
+            if old is not None and old.digest == digest and not old.removed:
+                continue
+            voided = (
+                old is not None
+                and old.exported
+                and not old.removed
+                and old.status == "ready"
+                and charge.status == "hold"
+            )
+            if voided:
+                out.append((_voided(old._mapping, charge, patient, "hold"), charge.id))
+            row = {
+                "id": charge.id,
+                "patient_id": patient_id,
+                "course_id": charge.course_id,
+                "cpt": charge.cpt,
+                "modifiers": list(charge.modifiers),
+                "units": charge.units,
+                "service_date": charge.service_date,
+                "period_start": charge.period[0],
+                "period_end": charge.period[1],
+                "status": charge.status,
+                "hold_reason": charge.hold_reason,
+                "evidence": list(charge.evidence),
+                "rule": charge.rule,
+                "citation": charge.citation,
+                "rules_version": charge.rules_version,
+                "revision": (old.revision if old is not None else 0) + 1,
+                "digest": digest,
+                "removed": False,
+                "exported": bool(old.exported) and not voided if old is not None else False,
+                "exported_at": old.exported_at if old is not None else None,
+                "updated_at": now,
+            }
+            (new if old is None else changed).append(row)
+            out.append((_posted(row, patient), charge.id))
+        for old in held.values():
+            if old.removed:
+                continue
+            row = dict(old._mapping)
+            if old.exported:
+                out.append((_voided(row, None, patient, "removed"), old.id))
+                row["exported"] = False
+            row["revision"] += 1
+            row["removed"] = True
+            row["updated_at"] = now
+            changed.append(row)
+            out.append((_posted(row, patient), old.id))
+        if len(out) > count:
+            log.info("charges changed", patient_id=patient_id, events=len(out) - count)
+    write_charges(session, new=new, changed=changed)
     emit_many(session, out)
-    if out:
-        log.info("charges changed", patient_id=patient_id, events=len(out))
+
+
+# Digests of charges seen lately: a re-evaluation yields mostly the same charges again, and
+# the digest is a pure function of the charge (bounded; the oldest half goes when full).
+_DIGESTS: dict[Charge, str] = {}
+_DIGESTS_MAX = 200_000
+
+
+def digest_of(charge: Charge) -> str:
+    digest = _DIGESTS.get(charge)
+    if digest is None:
+        if len(_DIGESTS) >= _DIGESTS_MAX:
+            for old in list(_DIGESTS)[: _DIGESTS_MAX // 2]:
+                del _DIGESTS[old]
+        digest = _DIGESTS[charge] = _digest(charge_fields(charge))
+    return digest
 
 
 def charge_fields(charge: Charge) -> dict[str, Any]:
@@ -105,41 +144,43 @@ def _digest(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def _posted(row: ChargeRow, patient: Patient) -> ChargePosted:
+def _posted(row: Mapping[str, Any], patient: Patient) -> ChargePosted:
     return ChargePosted(
         patient=patient,
-        charge_id=row.id,
-        revision=row.revision,
-        removed=row.removed,
-        course_id=row.course_id,
-        cpt=row.cpt,
-        modifiers=tuple(row.modifiers),
-        units=row.units,
-        service_date=row.service_date,
-        period_start=row.period_start,
-        period_end=row.period_end,
-        status=row.status,  # type: ignore[arg-type]
-        hold_reason=row.hold_reason,
-        evidence=tuple(row.evidence),
-        rule=row.rule,
-        citation=row.citation,
-        rules_version=row.rules_version,
+        charge_id=row["id"],
+        revision=row["revision"],
+        removed=row["removed"],
+        course_id=row["course_id"],
+        cpt=row["cpt"],
+        modifiers=tuple(row["modifiers"]),
+        units=row["units"],
+        service_date=row["service_date"],
+        period_start=row["period_start"],
+        period_end=row["period_end"],
+        status=row["status"],
+        hold_reason=row["hold_reason"],
+        evidence=tuple(row["evidence"]),
+        rule=row["rule"],
+        citation=row["citation"],
+        rules_version=row["rules_version"],
     )
 
 
-def _voided(row: ChargeRow, charge: Charge | None, patient: Patient, reason: str) -> ChargeVoided:
+def _voided(
+    row: Mapping[str, Any], charge: Charge | None, patient: Patient, reason: str
+) -> ChargeVoided:
     """The void names the charge as it was exported (the row before this change) and the
     revision that voids it."""
     return ChargeVoided(
         patient=patient,
-        charge_id=row.id,
-        revision=row.revision + 1,
-        course_id=row.course_id,
-        cpt=row.cpt,
-        modifiers=tuple(row.modifiers),
-        units=row.units,
-        service_date=row.service_date,
+        charge_id=row["id"],
+        revision=row["revision"] + 1,
+        course_id=row["course_id"],
+        cpt=row["cpt"],
+        modifiers=tuple(row["modifiers"]),
+        units=row["units"],
+        service_date=row["service_date"],
         reason=reason,  # type: ignore[arg-type]
         hold_reason=charge.hold_reason if charge else None,
-        exported_at=row.exported_at,
+        exported_at=row["exported_at"],
     )

@@ -10,8 +10,9 @@ charges never depend on the order events arrive in, and a redelivered event chan
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
+from types import MappingProxyType
 from typing import cast
 from zoneinfo import ZoneInfo
 
@@ -19,11 +20,17 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.billing import domain
-from services.billing.assemble import STEREOTACTIC_MAX_FRACTIONS, assemble, hold_unconfirmed_kind
-from services.billing.domain import CourseEvaluation, StaffClosure
+from services.billing.assemble import (
+    STEREOTACTIC_MAX_FRACTIONS,
+    FactCache,
+    StoredFact,
+    assemble,
+    hold_unconfirmed_kind,
+)
+from services.billing.domain import Charge, CourseEvaluation, StaffClosure
 from services.billing.domain.facts import CourseKind
 from services.billing.intake import fact_of
-from services.billing.posting import charge_fields, store_charges
+from services.billing.posting import charge_fields, store_charges_of_many
 from services.billing.store import (
     AuditLog,
     ChargeRow,
@@ -37,13 +44,15 @@ from services.billing.store.queries import (
     ChargeFilter,
     add_facts,
     charges_to_export,
-    closures_of,
-    courses_of,
-    facts_of,
-    kinds_of,
-    lock_patient,
+    closures_of_many,
+    course_ids_of_many,
+    fact_heads_of_many,
+    fact_payloads,
+    kinds_of_many,
+    lock_patients,
     patients_with_facts,
     patients_with_open_courses,
+    write_courses,
 )
 from shared.audit import record_access
 from shared.auth import Principal
@@ -74,6 +83,8 @@ class BillingService:
         self._gap_days = gap_days
         self._now = clock
         self._on_commit = on_commit
+        # Stored facts parsed before, across evaluations (``assemble.FactCache``).
+        self._facts = FactCache()
 
     @property
     def rules(self) -> domain.RuleSet:
@@ -184,7 +195,8 @@ class BillingService:
                 patient_ids=[patient_id],
             )
             self._evaluate(session, [patient_id])
-            course = session.get(Course, course_id)
+            # The evaluation wrote with Core: read the row again, not the identity map's copy.
+            course = session.get(Course, course_id, populate_existing=True)
             assert course is not None  # a closure never regroups
         self._on_commit()
         return course
@@ -228,7 +240,8 @@ class BillingService:
             )
             if changed:
                 self._evaluate(session, [patient_id])
-            course = session.get(Course, course_id)
+            # The evaluation wrote with Core: read the row again, not the identity map's copy.
+            course = session.get(Course, course_id, populate_existing=True)
             assert course is not None  # a kind never regroups
         if changed:
             self._on_commit()
@@ -262,109 +275,147 @@ class BillingService:
     # ------------------------------------------------------------ evaluation
 
     def _evaluate(self, session: Session, patients: Iterable[str]) -> None:
+        """Evaluate the patients again in the caller's transaction, set-based: their advisory
+        locks in one statement, one query per table for all of them (no autoflush between),
+        the engine in memory, then one write per table and one outbox executemany."""
+        todo = sorted(set(patients))
+        if not todo:
+            return
         today = self.today()
-        for patient_id in sorted(set(patients)):
-            lock_patient(session, patient_id=patient_id)
-            closures: dict[str, list[StaffClosure]] = {}
-            for c in closures_of(session, patient_id=patient_id):
-                closures.setdefault(c.course_id, []).append(
-                    StaffClosure(closed_on=c.closed_on, reference=f"closure:{c.id}")
-                )
-            kinds: dict[str, CourseKind] = {
-                k.course_id: cast(CourseKind, k.kind)
-                for k in kinds_of(session, patient_id=patient_id).values()
-            }
-            assembled = assemble(
-                patient_id,
-                facts_of(session, patient_id=patient_id),
-                closures,
-                zone=self.zone,
-                gap_days=self._gap_days,
-                kinds=kinds,
-                stereotactic_dose_gy=self._settings.stereotactic_dose_per_fraction_gy,
-            )
-            evaluations = []
-            candidates: dict[str, dict[str, object] | None] = {}
-            for course in assembled.courses:
-                evaluation = domain.evaluate_course(
-                    course, self._rules, self._settings, self._payer, as_of=today
-                )
-                screen = assembled.screens.get(course.course_id)
-                # Beyond five sessions even a confirmed SBRT course bills as conventional.
-                if screen and evaluation.fractions_delivered > STEREOTACTIC_MAX_FRACTIONS:
-                    screen = None
-                candidates[course.course_id] = screen.as_json() if screen else None
-                if screen and course.course_id not in kinds:
-                    evaluation = hold_unconfirmed_kind(evaluation, self._rules)
-                evaluations.append(evaluation)
-            corrected = {c.id: c.corrected for c in assembled.grouping.courses}
-            plans = {c.id: list(c.plan_uids) for c in assembled.grouping.courses}
-            self._store_courses(
-                session, patient_id, evaluations, plans, corrected, kinds, candidates
-            )
-            charges = [c for e in evaluations for c in e.charges]
-            store_charges(session, patient_id, charges, now=self._now())
-
-    def _store_courses(
-        self,
-        session: Session,
-        patient_id: str,
-        evaluations: Sequence[CourseEvaluation],
-        plans: dict[str, list[str]],
-        corrected: dict[str, bool],
-        kinds: dict[str, CourseKind],
-        candidates: dict[str, dict[str, object] | None],
-    ) -> None:
-        held = courses_of(session, patient_id=patient_id)
         now = self._now()
-        for ev in evaluations:
-            row = held.pop(ev.course_id, None)
-            if row is None:
-                row = Course(id=ev.course_id, patient_id=patient_id)
-                session.add(row)
-            external = [s for s in ev.sessions if s.kind in ("beams", "ion_beams")] or list(
-                ev.sessions
-            )
-            row.plan_uids = plans[ev.course_id]
-            row.corrected = corrected[ev.course_id]
-            row.kind = ev.kind
-            row.kind_confirmed = kinds.get(ev.course_id)
-            row.kind_candidate = candidates[ev.course_id]
-            row.status = ev.status.state
-            row.fractions_delivered = ev.fractions_delivered
-            row.first_session = external[0].day if external else None
-            row.last_session = external[-1].day if external else None
-            row.closures = [
-                {
-                    "on": p.on.isoformat(),
-                    "fractions": p.count,
-                    "reason": p.reason,
-                    "evidence": list(p.evidence),
-                }
-                for p in ev.status.closures
+        cache = self._facts
+        cache.trim()
+        with session.no_autoflush:
+            lock_patients(session, todo)
+            closures_of = closures_of_many(session, todo)
+            kinds_of = kinds_of_many(session, todo)
+            heads_of = fact_heads_of_many(session, todo)
+            missing = [
+                (h.kind, h.key, h.revision)
+                for heads in heads_of.values()
+                for h in heads
+                if not cache.holds(h.kind, h.key, h.revision, h.event_id)
             ]
-            row.unresolved = [
-                {
-                    "family": u.family,
-                    "key": u.key,
-                    "service_date": u.service_date.isoformat(),
-                    "reason": u.reason,
-                    "attrs": {k: _jsonable(v) for k, v in u.attrs},
-                }
-                for u in ev.unresolved
-            ]
-            row.bundled = [
-                {
-                    **charge_fields(b.charge),
-                    "bundle": b.bundle,
-                    "primary_charge_id": b.primary_charge_id,
-                    "bundle_citation": b.citation,
-                }
-                for b in ev.bundled
-            ]
-            row.evaluated_at = now
-        for gone in held.values():  # regrouped away; its charges are removed below
-            session.delete(gone)
+            payloads = fact_payloads(session, missing) if missing else {}
+            held_courses = course_ids_of_many(session, todo)
+            new_courses: list[dict[str, object]] = []
+            changed_courses: list[dict[str, object]] = []
+            gone_courses: set[str] = set()
+            evaluated: list[tuple[str, list[Charge]]] = []
+            for patient_id in todo:
+                closures: dict[str, list[StaffClosure]] = {}
+                for c in closures_of.get(patient_id, ()):
+                    closures.setdefault(c.course_id, []).append(
+                        StaffClosure(closed_on=c.closed_on, reference=f"closure:{c.id}")
+                    )
+                kinds = cast(dict[str, CourseKind], kinds_of.get(patient_id, {}))
+                facts = [
+                    StoredFact(
+                        h.kind,
+                        h.key,
+                        h.revision,
+                        h.event_id,
+                        h.event_time,
+                        payloads.get((h.kind, h.key, h.revision), _NOT_LOADED),
+                    )
+                    for h in heads_of.get(patient_id, ())
+                ]
+                assembled = assemble(
+                    patient_id,
+                    facts,
+                    closures,
+                    zone=self.zone,
+                    gap_days=self._gap_days,
+                    kinds=kinds,
+                    stereotactic_dose_gy=self._settings.stereotactic_dose_per_fraction_gy,
+                    cache=cache,
+                )
+                evaluations = []
+                candidates: dict[str, dict[str, object] | None] = {}
+                for course in assembled.courses:
+                    evaluation = domain.evaluate_course(
+                        course, self._rules, self._settings, self._payer, as_of=today
+                    )
+                    screen = assembled.screens.get(course.course_id)
+                    # Beyond five sessions even a confirmed SBRT course bills as conventional.
+                    if screen and evaluation.fractions_delivered > STEREOTACTIC_MAX_FRACTIONS:
+                        screen = None
+                    candidates[course.course_id] = screen.as_json() if screen else None
+                    if screen and course.course_id not in kinds:
+                        evaluation = hold_unconfirmed_kind(evaluation, self._rules)
+                    evaluations.append(evaluation)
+                corrected = {c.id: c.corrected for c in assembled.grouping.courses}
+                plans = {c.id: list(c.plan_uids) for c in assembled.grouping.courses}
+                held = held_courses.get(patient_id, set())
+                for ev in evaluations:
+                    row = _course_row(patient_id, ev, plans, corrected, kinds, candidates, now=now)
+                    if ev.course_id in held:
+                        held.discard(ev.course_id)
+                        changed_courses.append(row)
+                    else:
+                        new_courses.append(row)
+                gone_courses |= held  # regrouped away; its charges are removed below
+                evaluated.append((patient_id, [c for e in evaluations for c in e.charges]))
+            write_courses(session, new=new_courses, changed=changed_courses, gone=gone_courses)
+            store_charges_of_many(session, evaluated, now=now)
+
+
+_NOT_LOADED: Mapping[str, object] = MappingProxyType({})  # the parse cache holds the fact
+
+
+def _course_row(
+    patient_id: str,
+    ev: CourseEvaluation,
+    plans: dict[str, list[str]],
+    corrected: dict[str, bool],
+    kinds: dict[str, CourseKind],
+    candidates: dict[str, dict[str, object] | None],
+    *,
+    now: datetime,
+) -> dict[str, object]:
+    external = [s for s in ev.sessions if s.kind in ("beams", "ion_beams")] or list(ev.sessions)
+    return {
+        "id": ev.course_id,
+        "patient_id": patient_id,
+        "plan_uids": plans[ev.course_id],
+        "corrected": corrected[ev.course_id],
+        "kind": ev.kind,
+        "kind_confirmed": kinds.get(ev.course_id),
+        "kind_candidate": candidates[ev.course_id],
+        "status": ev.status.state,
+        "fractions_delivered": ev.fractions_delivered,
+        "first_session": external[0].day if external else None,
+        "last_session": external[-1].day if external else None,
+        "closures": [
+            {
+                "on": p.on.isoformat(),
+                "fractions": p.count,
+                "reason": p.reason,
+                "evidence": list(p.evidence),
+            }
+            for p in ev.status.closures
+        ],
+        "unresolved": [
+            {
+                "family": u.family,
+                "key": u.key,
+                "service_date": u.service_date.isoformat(),
+                "reason": u.reason,
+                "attrs": {k: _jsonable(v) for k, v in u.attrs},
+            }
+            for u in ev.unresolved
+        ],
+        "bundled": [
+            {
+                **charge_fields(b.charge),
+                "bundle": b.bundle,
+                "primary_charge_id": b.primary_charge_id,
+                "bundle_citation": b.citation,
+            }
+            for b in ev.bundled
+        ],
+        "evaluated_at": now,
+    }
 
 
 def _jsonable(value: object) -> object:

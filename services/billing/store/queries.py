@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
-from typing import Any
+from datetime import date, datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import Select, select, text
+from sqlalchemy import Row, Select, bindparam, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -19,6 +20,8 @@ from shared.pagination import after, decode_cursor, encode_cursor
 
 # Patients per transaction when many are re-evaluated (the sweep, a rules change).
 CHUNK = 200
+# Values per ``IN (...)`` list: under SQLite's and PostgreSQL's bound-parameter limits.
+IN_CHUNK = 500
 
 
 def add_facts(session: Session, facts: Sequence[FactIn]) -> set[str]:
@@ -97,6 +100,225 @@ def charges_of(session: Session, *, patient_id: str) -> dict[str, ChargeRow]:
         .with_for_update()
     )
     return {c.id: c for c in rows}
+
+
+# ---------------------------------------------------------------- a batch of patients at once
+#
+# An evaluation reads everything of the batch's patients with one query per table (``IN``
+# lists chunked) and writes once: the set-based shape of the QA tracker's ``apply_batch``.
+
+
+def _chunks(values: Collection[str]) -> Iterator[list[str]]:
+    ordered = sorted(values)
+    for start in range(0, len(ordered), IN_CHUNK):
+        yield ordered[start : start + IN_CHUNK]
+
+
+def lock_patients(session: Session, patient_ids: Collection[str]) -> None:
+    """``lock_patient`` for many in one statement, taken in sorted order (two batches locking
+    overlapping sets never deadlock)."""
+    if not patient_ids or session.get_bind().dialect.name != "postgresql":
+        return
+    keys = [f"billing:{p}" for p in sorted(patient_ids)]
+    session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+            "FROM (SELECT k FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k OFFSET 0) AS s"
+        ),
+        {"keys": keys},
+    )
+
+
+class ClosureHead(NamedTuple):
+    id: int
+    course_id: str
+    closed_on: date
+
+
+def closures_of_many(
+    session: Session, patient_ids: Collection[str]
+) -> dict[str, list[ClosureHead]]:
+    """Staff closures by patient, each patient's in id order."""
+    out: dict[str, list[ClosureHead]] = defaultdict(list)
+    for chunk in _chunks(patient_ids):
+        rows = session.execute(
+            select(
+                CourseClosure.patient_id,
+                CourseClosure.id,
+                CourseClosure.course_id,
+                CourseClosure.closed_on,
+            )
+            .where(CourseClosure.patient_id.in_(chunk))
+            .order_by(CourseClosure.id)
+        )
+        for patient_id, *rest in rows:
+            out[patient_id].append(ClosureHead(*rest))
+    return out
+
+
+def kinds_of_many(session: Session, patient_ids: Collection[str]) -> dict[str, dict[str, str]]:
+    """Confirmed course kinds by patient, then course id."""
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for chunk in _chunks(patient_ids):
+        rows = session.execute(
+            select(CourseKindRow.patient_id, CourseKindRow.course_id, CourseKindRow.kind).where(
+                CourseKindRow.patient_id.in_(chunk)
+            )
+        )
+        for patient_id, course_id, kind in rows:
+            out[patient_id][course_id] = kind
+    return out
+
+
+class FactHead(NamedTuple):
+    """A stored fact without its payload (which a parse cache may make unnecessary)."""
+
+    kind: str
+    key: str
+    revision: int
+    event_id: str
+    event_time: datetime
+
+
+def fact_heads_of_many(session: Session, patient_ids: Collection[str]) -> dict[str, list[FactHead]]:
+    """Each patient's facts without payloads, in (kind, key, revision) order."""
+    out: dict[str, list[FactHead]] = defaultdict(list)
+    for chunk in _chunks(patient_ids):
+        rows = session.execute(
+            select(
+                Fact.patient_id, Fact.kind, Fact.key, Fact.revision, Fact.event_id, Fact.event_time
+            )
+            .where(Fact.patient_id.in_(chunk))
+            .order_by(Fact.patient_id, Fact.kind, Fact.key, Fact.revision)
+        )
+        for patient_id, *rest in rows:
+            out[patient_id].append(FactHead(*rest))
+    return out
+
+
+def fact_payloads(
+    session: Session, keys: Collection[tuple[str, str, int]]
+) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Payloads of the facts named by (kind, key, revision), by primary key (one query per
+    kind and chunk of keys)."""
+    by_kind: dict[str, set[str]] = defaultdict(set)
+    for kind, key, _ in keys:
+        by_kind[kind].add(key)
+    wanted = set(keys)
+    out: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for kind, names in sorted(by_kind.items()):
+        for chunk in _chunks(names):
+            rows = session.execute(
+                select(Fact.key, Fact.revision, Fact.payload).where(
+                    Fact.kind == kind, Fact.key.in_(chunk)
+                )
+            )
+            for key, revision, payload in rows:
+                if (kind, key, revision) in wanted:
+                    out[kind, key, revision] = payload
+    return out
+
+
+def course_ids_of_many(session: Session, patient_ids: Collection[str]) -> dict[str, set[str]]:
+    """The ids of the courses held for each patient."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for chunk in _chunks(patient_ids):
+        rows = session.execute(
+            select(Course.patient_id, Course.id).where(Course.patient_id.in_(chunk))
+        )
+        for patient_id, course_id in rows:
+            out[patient_id].add(course_id)
+    return out
+
+
+def write_courses(
+    session: Session,
+    *,
+    new: Sequence[dict[str, Any]],
+    changed: Sequence[dict[str, Any]],
+    gone: Collection[str],
+) -> None:
+    """Insert, update (executemany by id) and delete course rows: plain column dicts."""
+    table = Course.__table__
+    if new:
+        session.execute(insert(table), list(new))
+    if changed:
+        columns = [c for c in changed[0] if c != "id"]
+        stmt = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values({c: bindparam(c) for c in columns})
+        )
+        session.connection().execute(
+            stmt, [{**{c: r[c] for c in columns}, "b_id": r["id"]} for r in changed]
+        )
+    for chunk in _chunks(gone):
+        session.execute(delete(table).where(table.c.id.in_(chunk)))
+
+
+CHARGE_COLUMNS = (
+    "id",
+    "patient_id",
+    "course_id",
+    "cpt",
+    "modifiers",
+    "units",
+    "service_date",
+    "period_start",
+    "period_end",
+    "status",
+    "hold_reason",
+    "evidence",
+    "rule",
+    "citation",
+    "rules_version",
+    "revision",
+    "digest",
+    "removed",
+    "exported",
+    "exported_at",
+    "updated_at",
+)
+
+
+def charges_of_many(
+    session: Session, patient_ids: Collection[str]
+) -> dict[str, dict[str, Row[Any]]]:
+    """The patients' charges as plain rows (every column of ``CHARGE_COLUMNS``), by patient
+    then id; locked in id order (an export marking them waits, and is seen)."""
+    table = ChargeRow.__table__
+    cols = [table.c[c] for c in CHARGE_COLUMNS]
+    out: dict[str, dict[str, Row[Any]]] = defaultdict(dict)
+    for chunk in _chunks(patient_ids):
+        rows = session.execute(
+            select(*cols)
+            .where(table.c.patient_id.in_(chunk))
+            .order_by(table.c.id)
+            .with_for_update()
+        )
+        for row in rows:
+            out[row.patient_id][row.id] = row
+    return out
+
+
+def write_charges(
+    session: Session, *, new: Sequence[dict[str, Any]], changed: Sequence[dict[str, Any]]
+) -> None:
+    """One INSERT for the new charges and one executemany UPDATE by id for the changed ones
+    (every row a full ``CHARGE_COLUMNS`` dict)."""
+    table = ChargeRow.__table__
+    if new:
+        session.execute(insert(table), list(new))
+    if changed:
+        columns = [c for c in CHARGE_COLUMNS if c != "id"]
+        stmt = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values({c: bindparam(c) for c in columns})
+        )
+        session.connection().execute(
+            stmt, [{**{c: r[c] for c in columns}, "b_id": r["id"]} for r in changed]
+        )
 
 
 def patients_with_open_courses(session: Session) -> list[str]:
