@@ -126,8 +126,17 @@ class Reconciliation:
         self, session: Session, *, patient_id: str | None, first: date | None, end: date | None
     ) -> tuple[list[Discrepancy], list[RemittanceItem]]:
         """Stored charges against stored claim lines, for dates of service in [first, end)."""
-        charges = select(ChargeRow).where(ChargeRow.removed.is_(False))
-        lines = select(ClaimLineRow)
+        # Plain column tuples, not ORM rows: a period holds hundreds of thousands of them.
+        charges = select(*_CHARGE_COLUMNS).where(ChargeRow.removed.is_(False))
+        lines = select(
+            ClaimLineRow.claim_id,
+            ClaimLineRow.patient_id,
+            ClaimLineRow.service_date,
+            ClaimLineRow.cpt,
+            ClaimLineRow.modifiers,
+            ClaimLineRow.units,
+            ClaimLineRow.line,
+        )
         remits = select(RemittanceRow)
         courses = select(Course.bundled)
         if patient_id:
@@ -143,7 +152,7 @@ class Reconciliation:
             charges = charges.where(ChargeRow.period_start < end)
             lines = lines.where(ClaimLineRow.service_date < end)
             remits = remits.where(RemittanceRow.service_date < end)
-        expected = [_charge(r) for r in session.scalars(charges)]
+        expected = [_charge(r) for r in session.execute(charges)]
         claimed = [
             ClaimLine(
                 claim_id=r.claim_id,
@@ -154,7 +163,7 @@ class Reconciliation:
                 units=r.units,
                 line=r.line,
             )
-            for r in session.scalars(lines.order_by(ClaimLineRow.id))
+            for r in session.execute(lines.order_by(ClaimLineRow.id))
         ]
         bundled = [
             BundledCharge(
@@ -237,7 +246,26 @@ def _remittance_item(r: RemittanceRow) -> RemittanceItem:
     )
 
 
-def _charge(row: ChargeRow) -> Charge:
+_CHARGE_COLUMNS = (
+    ChargeRow.id,
+    ChargeRow.patient_id,
+    ChargeRow.course_id,
+    ChargeRow.cpt,
+    ChargeRow.modifiers,
+    ChargeRow.units,
+    ChargeRow.service_date,
+    ChargeRow.status,
+    ChargeRow.hold_reason,
+    ChargeRow.evidence,
+    ChargeRow.rule,
+    ChargeRow.citation,
+    ChargeRow.period_start,
+    ChargeRow.period_end,
+    ChargeRow.rules_version,
+)
+
+
+def _charge(row: Any) -> Charge:
     return Charge(
         id=row.id,
         patient_id=row.patient_id,
