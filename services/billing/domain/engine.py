@@ -344,11 +344,11 @@ def apply_bundles(
     bundled: dict[str, BundledCharge] = {}
     for bundle in rules.bundles:
         window = bundle.window_for(payer.id)
-        primaries = [c for c in charges if c.cpt in bundle.primary]
+        primaries = sorted((c for c in charges if c.cpt in bundle.primary), key=_charge_order)
         for charge in charges:
             if charge.cpt not in bundle.bundled or charge.id in bundled:
                 continue
-            for primary in sorted(primaries, key=_charge_order):
+            for primary in primaries:
                 if primary.patient_id != charge.patient_id or primary.id == charge.id:
                     continue
                 lo = primary.service_date - timedelta(days=window.before)

@@ -25,7 +25,7 @@ from services.billing.domain.facts import (
     TreatmentRecordFacts,
 )
 from services.billing.domain.policy import BillingSettings, Payer
-from services.billing.domain.sessions import Session, latest_records
+from services.billing.domain.sessions import Session, later_revision, latest_records
 
 EXTERNAL_KINDS = frozenset({"beams", "ion_beams"})
 COMPLEXITY_ORDER = {"simple": 1, "intermediate": 2, "complex": 3}
@@ -80,7 +80,7 @@ def latest_plans(plans: Sequence[PlanTechnique]) -> dict[str, PlanTechnique]:
     latest: dict[str, PlanTechnique] = {}
     for plan in plans:
         held = latest.get(plan.uid)
-        if held is None or (plan.revision, repr(plan)) > (held.revision, repr(held)):
+        if held is None or later_revision(plan, held):
             latest[plan.uid] = plan
     return latest
 
@@ -100,25 +100,36 @@ def effective_kind(kind: CourseKind, external_sessions: int) -> CourseKind:
 
 def delivery(ctx: CourseContext) -> list[Occurrence]:
     out = []
-    records = {r.record_uid: r for r in latest_records(ctx.course.records)}
+    records: dict[str, TreatmentRecordFacts] | None = None
+    course_attrs = ctx.course_attrs()
+    # Technique levels depend only on the session's kind and plans: once per distinct pair.
+    levels: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
     for session in ctx.sessions:
         plans = ctx.plans_of(session.plan_uids)
-        attrs = ctx.course_attrs()
+        attrs = dict(course_attrs)
         if session.kind == "beams":
             family = "linac_delivery"
-            attrs |= {
-                "level": technique.level_2026(plans),
-                "legacy_level": technique.legacy_level(plans),
-                "modulated": technique.modulated(plans),
-                "imrt_method": technique.imrt_method(plans),
-                "imrt_class": technique.imrt_class(plans),
-                "energy_band": technique.energy_band(plans),
-            }
+            key = (session.kind, session.plan_uids)
+            if key not in levels:
+                levels[key] = {
+                    "level": technique.level_2026(plans),
+                    "legacy_level": technique.legacy_level(plans),
+                    "modulated": technique.modulated(plans),
+                    "imrt_method": technique.imrt_method(plans),
+                    "imrt_class": technique.imrt_class(plans),
+                    "energy_band": technique.energy_band(plans),
+                }
+            attrs |= levels[key]
         elif session.kind == "ion_beams":
             family = "proton_delivery"
-            attrs |= {"proton_level": technique.proton_level(plans)}
+            key = (session.kind, session.plan_uids)
+            if key not in levels:
+                levels[key] = {"proton_level": technique.proton_level(plans)}
+            attrs |= levels[key]
         else:
             family = "brachy_delivery"
+            if records is None:
+                records = {r.record_uid: r for r in latest_records(ctx.course.records)}
             session_records = [
                 records[uid] for f in session.fractions for uid in f.record_uids if uid in records
             ]
@@ -152,6 +163,8 @@ def guidance(ctx: CourseContext) -> list[Occurrence]:
     for review in set(ctx.course.reviews):
         history[(review.plan_uid, review.fraction_group, review.fraction_number)].append(review)
     out = []
+    course_attrs = ctx.course_attrs()
+    modulated: dict[tuple[str, ...], bool] = {}  # per distinct set of plans
     for session in ctx.external:
         revisions = [r for f in session.fractions for r in history.get(f.key, [])]
         if not revisions:
@@ -161,10 +174,11 @@ def guidance(ctx: CourseContext) -> list[Occurrence]:
         if reason == "not_imaged":
             continue
         imaging = {kind for r in latest if not r.removed for kind in r.imaging}
-        plans = ctx.plans_of(session.plan_uids)
-        attrs = ctx.course_attrs() | {
+        if session.plan_uids not in modulated:
+            modulated[session.plan_uids] = technique.modulated(ctx.plans_of(session.plan_uids))
+        attrs = course_attrs | {
             "imaging": "cbct" if "cbct" in imaging else ("kv_2d" if "kv_2d" in imaging else None),
-            "modulated": technique.modulated(plans),
+            "modulated": modulated[session.plan_uids],
         }
         out.append(
             Occurrence(
@@ -186,7 +200,7 @@ def _latest_per_fraction(revisions: Sequence[FractionReviewFacts]) -> list[Fract
     for r in revisions:
         key = (r.plan_uid, r.fraction_group, r.fraction_number)
         held = latest.get(key)
-        if held is None or (r.revision, repr(r)) > (held.revision, repr(held)):
+        if held is None or later_revision(r, held):
             latest[key] = r
     return [latest[k] for k in sorted(latest, key=repr)]
 
@@ -356,7 +370,7 @@ def simulations(ctx: CourseContext) -> list[Occurrence]:
     latest: dict[str, SimulationFacts] = {}
     for sim in set(ctx.course.simulations):
         held = latest.get(sim.booking_id)
-        if held is None or (sim.revision, repr(sim)) > (held.revision, repr(held)):
+        if held is None or later_revision(sim, held):
             latest[sim.booking_id] = sim
     by_day: dict[date, list[SimulationFacts]] = defaultdict(list)
     for sim in latest.values():

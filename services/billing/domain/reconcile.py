@@ -13,9 +13,10 @@ Codes the rules only recognise (E/M, hyperthermia) have no facts behind them and
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from services.billing.domain.charges import BundledCharge, Charge
@@ -46,11 +47,13 @@ class ClaimLine:
     units: int = 1
     line: int | None = None  # position in the source file, for the report
 
-    @property
+    # Read several times per line by reconcile: computed on first use and kept in the
+    # instance's __dict__ (not fields: equality, hashing and repr are unchanged).
+    @cached_property
     def code(self) -> str:
         return self.cpt.strip().upper()
 
-    @property
+    @cached_property
     def component(self) -> frozenset[str]:
         return frozenset(m.strip().upper() for m in self.modifiers) & COMPONENT_MODIFIERS
 
@@ -88,7 +91,9 @@ def reconcile(
     by_code: dict[tuple[str, str], list[Charge]] = defaultdict(list)
     for charge in charges:
         by_code[(charge.patient_id, charge.cpt)].append(charge)
-    suppressed = list(bundled)
+    suppressed: dict[tuple[str, str], list[BundledCharge]] = defaultdict(list)
+    for b in bundled:  # in their order: the first that covers a line is reported
+        suppressed[(b.charge.patient_id, b.charge.cpt)].append(b)
 
     out: list[Discrepancy] = []
     judged: list[ClaimLine] = []
@@ -99,7 +104,7 @@ def reconcile(
             out.append(code_problem)
             continue
         judged.append(line)  # recognised codes still take part in the claim's bundles
-        if _recognised_only(line, rules):
+        if _recognised_only(line.code, rules):
             continue
         identity = (line.patient_id, line.service_date, line.code, line.component)
         candidates = _candidates(by_code[(line.patient_id, line.code)], line)
@@ -115,7 +120,14 @@ def reconcile(
             out.extend(_matched_problems(line, charge))
         if units_left > 0:
             out.append(
-                _unmatched(line, units_left, candidates, identity in seen, suppressed, rules)
+                _unmatched(
+                    line,
+                    units_left,
+                    candidates,
+                    identity in seen,
+                    suppressed.get((line.patient_id, line.code), ()),
+                    rules,
+                )
             )
         seen.add(identity)
 
@@ -184,8 +196,8 @@ def _code_problem(line: ClaimLine, rules: RuleSet) -> Discrepancy | None:
     return _claim_discrepancy("deleted_code", line, rule.id, rule.citation, line.units, when)
 
 
-def _recognised_only(line: ClaimLine, rules: RuleSet) -> bool:
-    return all(r.unit_rule == "recognised" for r in rules.rules_for_code(line.code))
+def _recognised_only(code: str, rules: RuleSet) -> bool:
+    return all(r.unit_rule == "recognised" for r in rules.rules_for_code(code))
 
 
 def _candidates(charges: list[Charge], line: ClaimLine) -> list[Charge]:
@@ -202,6 +214,7 @@ def _candidates(charges: list[Charge], line: ClaimLine) -> list[Charge]:
     )
 
 
+@lru_cache(maxsize=4096)
 def _component(modifiers: tuple[str, ...]) -> frozenset[str]:
     return frozenset(modifiers) & COMPONENT_MODIFIERS
 
@@ -241,16 +254,13 @@ def _unmatched(
     units: int,
     candidates: list[Charge],
     repeated: bool,
-    suppressed: list[BundledCharge],
+    suppressed: Sequence[BundledCharge],
     rules: RuleSet,
 ) -> Discrepancy:
+    """``suppressed``: the bundled charges of the line's patient and code."""
     for b in suppressed:
         c = b.charge
-        if (
-            c.patient_id == line.patient_id
-            and c.cpt == line.code
-            and c.period[0] <= line.service_date <= c.period[1]
-        ):
+        if c.period[0] <= line.service_date <= c.period[1]:
             return _claim_discrepancy(
                 "bundled_charge",
                 line,
@@ -296,14 +306,17 @@ def _claim_bundles(
     out = []
     for bundle in rules.bundles:
         window = bundle.window_for(payer_id)
-        primaries = [p for p in lines if p.code in bundle.primary]
+        primaries: dict[str, list[ClaimLine]] = defaultdict(list)  # by patient, in line order
+        for p in lines:
+            if p.code in bundle.primary:
+                primaries[p.patient_id].append(p)
         for line in lines:
             if line.code not in bundle.bundled:
                 continue
             if (line.claim_id, line.line, line.code, line.service_date) in flagged:
                 continue
-            for primary in primaries:
-                if primary.patient_id != line.patient_id or primary is line:
+            for primary in primaries.get(line.patient_id, ()):
+                if primary is line:
                     continue
                 lo = primary.service_date - timedelta(days=window.before)
                 hi = primary.service_date + timedelta(days=window.after)

@@ -9,9 +9,10 @@ and citation. Bundles say which codes are never paid beside which others, and in
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,20 +89,75 @@ class Bundle:
         return self.payer_windows.get(payer_id, self.window)
 
 
+_UNHASHABLE = object()
+
+
 @dataclass(frozen=True)
 class RuleSet:
+    """The rules and bundles of one rules file. Indexes by family and by code, and the
+    memo of :meth:`select`, are built from the (immutable) rules at construction and are not
+    part of equality, hashing or repr."""
+
     version: str
     rules: tuple[Rule, ...]
     bundles: tuple[Bundle, ...]
+    _by_family: Mapping[str, tuple[Rule, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    _by_code: Mapping[str, tuple[Rule, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    # Per family: the ``when`` keys any of its rules reads, so a memo key holds only those.
+    _family_keys: Mapping[str, tuple[str, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    # Dates where some rule's effectiveness changes: between two of them, every rule is
+    # effective or not throughout, so select's memo keys on the interval, not the day.
+    _boundaries: tuple[date, ...] = field(init=False, repr=False, compare=False, default=())
+    _selected: dict[tuple[Any, ...], tuple[Rule, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        by_family: dict[str, list[Rule]] = {}
+        by_code: dict[str, list[Rule]] = {}
+        keys: dict[str, dict[str, None]] = {}
+        bounds: set[date] = set()
+        for rule in self.rules:
+            by_family.setdefault(rule.family, []).append(rule)
+            by_code.setdefault(rule.code, []).append(rule)
+            keys.setdefault(rule.family, {}).update(dict.fromkeys(rule.when))
+            if rule.effective_from is not None:
+                bounds.add(rule.effective_from)
+            if rule.effective_to is not None and rule.effective_to < date.max:
+                bounds.add(rule.effective_to + timedelta(days=1))
+        object.__setattr__(self, "_by_family", {k: tuple(v) for k, v in by_family.items()})
+        object.__setattr__(self, "_by_code", {k: tuple(v) for k, v in by_code.items()})
+        object.__setattr__(self, "_family_keys", {k: tuple(v) for k, v in keys.items()})
+        object.__setattr__(self, "_boundaries", tuple(sorted(bounds)))
+        object.__setattr__(self, "_selected", {})
 
     def family(self, family: str) -> list[Rule]:
-        return [r for r in self.rules if r.family == family]
+        return list(self._by_family.get(family, ()))
 
     def select(self, family: str, on: date, attrs: Mapping[str, Any]) -> list[Rule]:
         """One rule per slot of the family: the effective rule whose conditions all hold, the
-        most specific where several do (ties by code, so the choice never depends on order)."""
+        most specific where several do (ties by code, so the choice never depends on order).
+        Memoized on (family, the effective-dates interval of ``on``, the attributes the
+        family's rules read)."""
+        values = tuple(attrs.get(k) for k in self._family_keys.get(family, ()))
+        key = (family, bisect_right(self._boundaries, on), values)
+        try:
+            chosen = self._selected.get(key, _UNHASHABLE)
+        except TypeError:  # an unhashable attribute value: no memo
+            return self._select(family, on, attrs)
+        if chosen is _UNHASHABLE:
+            chosen = self._selected[key] = tuple(self._select(family, on, attrs))
+        return list(chosen)  # type: ignore[arg-type]
+
+    def _select(self, family: str, on: date, attrs: Mapping[str, Any]) -> list[Rule]:
         chosen: dict[str, Rule] = {}
-        for rule in self.family(family):
+        for rule in self._by_family.get(family, ()):
             if not (rule.effective(on) and rule.matches(attrs)):
                 continue
             held = chosen.get(rule.slot)
@@ -114,13 +170,13 @@ class RuleSet:
         return [chosen[slot] for slot in sorted(chosen)]
 
     def rules_for_code(self, code: str) -> list[Rule]:
-        return [r for r in self.rules if r.code == code]
+        return list(self._by_code.get(code, ()))
 
     def known(self, code: str) -> bool:
-        return bool(self.rules_for_code(code))
+        return code in self._by_code
 
     def valid_on(self, code: str, on: date) -> bool:
-        return any(r.effective(on) for r in self.rules_for_code(code))
+        return any(r.effective(on) for r in self._by_code.get(code, ()))
 
 
 # ---------------------------------------------------------------- parsing

@@ -15,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import cached_property
+from typing import Any
 
 from services.billing.domain.facts import TreatmentRecordFacts
 from services.billing.domain.policy import BillingSettings
@@ -44,11 +46,15 @@ class Session:
     kind: str
     fractions: tuple[Fraction, ...]
 
-    @property
+    # Derived from the (immutable) fractions and read many times per evaluation: computed on
+    # first use and kept in the instance's __dict__ (cached_property writes there directly, so
+    # it works on a frozen dataclass without slots); not fields, so equality, hashing, repr
+    # and replace() are unchanged.
+    @cached_property
     def evidence(self) -> tuple[str, ...]:
         return tuple(sorted({e for f in self.fractions for e in f.event_ids}))
 
-    @property
+    @cached_property
     def plan_uids(self) -> tuple[str, ...]:
         return tuple(sorted({f.plan_uid for f in self.fractions if f.plan_uid}))
 
@@ -62,9 +68,17 @@ def latest_records(records: Iterable[TreatmentRecordFacts]) -> list[TreatmentRec
     latest: dict[str, TreatmentRecordFacts] = {}
     for record in records:
         held = latest.get(record.record_uid)
-        if held is None or (record.revision, repr(record)) > (held.revision, repr(held)):
+        if held is None or later_revision(record, held):
             latest[record.record_uid] = record
     return sorted(latest.values(), key=lambda r: r.record_uid)
+
+
+def later_revision(new: Any, held: Any) -> bool:
+    """``(new.revision, repr(new)) > (held.revision, repr(held))``, the repr (content, not
+    arrival, breaks a tie) built only when the revisions tie."""
+    if new.revision != held.revision:
+        return bool(new.revision > held.revision)
+    return new is not held and repr(new) > repr(held)
 
 
 def fractions_of(records: Iterable[TreatmentRecordFacts]) -> list[Fraction]:
