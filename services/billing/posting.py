@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from services.billing.domain import Charge
-from services.billing.store.queries import charges_of_many, write_charges
+from services.billing.store.queries import charge_rows, charges_of_many, write_charges
 from shared.events import ChargePosted, ChargeVoided, EventPayload, Patient
 from shared.outbox import emit_many
 
@@ -41,6 +41,13 @@ def store_charges_of_many(
     if not evaluated:
         return
     held_of = charges_of_many(session, [p for p, _ in evaluated])
+    # Whole rows only where an event names the row as it was: a void, a removal.
+    needed = {
+        old.id
+        for patient_id, charges in evaluated
+        for old in _voided_or_removed(held_of.get(patient_id, {}), charges)
+    }
+    whole = charge_rows(session, needed) if needed else {}
     new: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
     out: list[tuple[EventPayload, str | None]] = []
@@ -61,7 +68,7 @@ def store_charges_of_many(
                 and charge.status == "hold"
             )
             if voided:
-                out.append((_voided(old._mapping, charge, patient, "hold"), charge.id))
+                out.append((_voided(whole[charge.id], charge, patient, "hold"), charge.id))
             row = {
                 "id": charge.id,
                 "patient_id": patient_id,
@@ -82,7 +89,7 @@ def store_charges_of_many(
                 "digest": digest,
                 "removed": False,
                 "exported": bool(old.exported) and not voided if old is not None else False,
-                "exported_at": old.exported_at if old is not None else None,
+                "exported_at": None,  # never written over (``write_charges``)
                 "updated_at": now,
             }
             (new if old is None else changed).append(row)
@@ -90,7 +97,7 @@ def store_charges_of_many(
         for old in held.values():
             if old.removed:
                 continue
-            row = dict(old._mapping)
+            row = dict(whole[old.id])
             if old.exported:
                 out.append((_voided(row, None, patient, "removed"), old.id))
                 row["exported"] = False
@@ -103,6 +110,25 @@ def store_charges_of_many(
             log.info("charges changed", patient_id=patient_id, events=len(out) - count)
     write_charges(session, new=new, changed=changed)
     emit_many(session, out)
+
+
+def _voided_or_removed(held: Mapping[str, Any], charges: Sequence[Charge]) -> list[Any]:
+    """The held rows ``store_charges_of_many`` voids (exported, ready, going to hold) or
+    removes (no longer given)."""
+    given = {c.id: c for c in charges}
+    out = []
+    for old in held.values():
+        if old.removed:
+            continue
+        charge = given.get(old.id)
+        if charge is None or (
+            old.exported
+            and old.status == "ready"
+            and charge.status == "hold"
+            and old.digest != digest_of(charge)
+        ):
+            out.append(old)
+    return out
 
 
 # Digests of charges seen lately: a re-evaluation yields mostly the same charges again, and

@@ -281,13 +281,18 @@ CHARGE_COLUMNS = (
 )
 
 
+# What an evaluation compares a charge by: the rest of the row is read (``charge_rows``) only
+# for a charge that is voided or removed, so the JSON columns of the unchanged many stay unread.
+CHARGE_HEAD = ("id", "patient_id", "digest", "removed", "exported", "status", "revision")
+
+
 def charges_of_many(
     session: Session, patient_ids: Collection[str]
 ) -> dict[str, dict[str, Row[Any]]]:
-    """The patients' charges as plain rows (every column of ``CHARGE_COLUMNS``), by patient
-    then id; locked in id order (an export marking them waits, and is seen)."""
+    """The patients' charges (``CHARGE_HEAD`` columns), by patient then id; locked in id order
+    (an export marking them waits, and is seen)."""
     table = ChargeRow.__table__
-    cols = [table.c[c] for c in CHARGE_COLUMNS]
+    cols = [table.c[c] for c in CHARGE_HEAD]
     out: dict[str, dict[str, Row[Any]]] = defaultdict(dict)
     for chunk in _chunks(patient_ids):
         rows = session.execute(
@@ -301,16 +306,28 @@ def charges_of_many(
     return out
 
 
+def charge_rows(session: Session, ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """Whole charge rows (``CHARGE_COLUMNS``) by id, as dicts."""
+    table = ChargeRow.__table__
+    cols = [table.c[c] for c in CHARGE_COLUMNS]
+    out: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(ids):
+        for row in session.execute(select(*cols).where(table.c.id.in_(chunk))):
+            out[row.id] = dict(row._mapping)
+    return out
+
+
 def write_charges(
     session: Session, *, new: Sequence[dict[str, Any]], changed: Sequence[dict[str, Any]]
 ) -> None:
     """One INSERT for the new charges and one executemany UPDATE by id for the changed ones
-    (every row a full ``CHARGE_COLUMNS`` dict)."""
+    (every new row a full ``CHARGE_COLUMNS`` dict; a changed one all but ``exported_at``,
+    which an evaluation never changes)."""
     table = ChargeRow.__table__
     if new:
         session.execute(insert(table), list(new))
     if changed:
-        columns = [c for c in CHARGE_COLUMNS if c != "id"]
+        columns = [c for c in CHARGE_COLUMNS if c not in ("id", "exported_at")]
         stmt = (
             update(table)
             .where(table.c.id == bindparam("b_id"))
