@@ -111,3 +111,16 @@ def test_later_revision_is_the_revision_then_repr_order(
 ) -> None:
     assert later_revision(new, held) == ((new.revision, repr(new)) > (held.revision, repr(held)))
     assert not later_revision(new, new)
+
+
+CODES = sorted({r.code for r in RULES.rules} | {"77299"})
+
+
+@settings(max_examples=200, deadline=None)
+@given(calls=st.lists(st.tuples(st.sampled_from(CODES), DATES), min_size=1, max_size=10))
+def test_memoized_valid_on_is_any_rule_effective(calls: list[tuple[str, date]]) -> None:
+    rules = replace(RULES)
+    for _ in range(2):
+        for code, on in calls:
+            expected = any(r.effective(on) for r in rules.rules if r.code == code)
+            assert rules.valid_on(code, on) is expected

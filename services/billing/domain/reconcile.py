@@ -12,11 +12,12 @@ Codes the rules only recognise (E/M, hyperthermia) have no facts behind them and
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Literal
 
 from services.billing.domain.charges import BundledCharge, Charge
@@ -33,6 +34,7 @@ DiscrepancyKind = Literal[
     "unknown_code",
 ]
 COMPONENT_MODIFIERS = frozenset({"26", "TC"})
+ZERO = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,24 @@ class ClaimLine:
     units: int = 1
     line: int | None = None  # position in the source file, for the report
 
-    # Read several times per line by reconcile: computed on first use and kept in the
-    # instance's __dict__ (not fields: equality, hashing and repr are unchanged).
-    @cached_property
+    @property
     def code(self) -> str:
-        return self.cpt.strip().upper()
+        return _normal_code(self.cpt)
 
-    @cached_property
+    @property
     def component(self) -> frozenset[str]:
-        return frozenset(m.strip().upper() for m in self.modifiers) & COMPONENT_MODIFIERS
+        return _line_component(tuple(self.modifiers))
+
+
+# A claim file repeats a few codes and modifier sets many times: each is normalised once.
+@lru_cache(maxsize=4096)
+def _normal_code(cpt: str) -> str:
+    return cpt.strip().upper()
+
+
+@lru_cache(maxsize=4096)
+def _line_component(modifiers: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(m.strip().upper() for m in modifiers) & COMPONENT_MODIFIERS
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,7 @@ def reconcile(
     by_code: dict[tuple[str, str], list[Charge]] = defaultdict(list)
     for charge in charges:
         by_code[(charge.patient_id, charge.cpt)].append(charge)
+    covering: dict[tuple[str, str], _Covering] = {}  # built for the groups lines ask about
     suppressed: dict[tuple[str, str], list[BundledCharge]] = defaultdict(list)
     for b in bundled:  # in their order: the first that covers a line is reported
         suppressed[(b.charge.patient_id, b.charge.cpt)].append(b)
@@ -107,7 +119,10 @@ def reconcile(
         if _recognised_only(line.code, rules):
             continue
         identity = (line.patient_id, line.service_date, line.code, line.component)
-        candidates = _candidates(by_code[(line.patient_id, line.code)], line)
+        group = (line.patient_id, line.code)
+        if group not in covering:
+            covering[group] = _Covering(by_code.get(group, ()))
+        candidates = covering[group].candidates(line)
         units_left = line.units
         for charge in candidates:
             if units_left <= 0:
@@ -200,22 +215,52 @@ def _recognised_only(code: str, rules: RuleSet) -> bool:
     return all(r.unit_rule == "recognised" for r in rules.rules_for_code(code))
 
 
-def _candidates(charges: list[Charge], line: ClaimLine) -> list[Charge]:
-    """Charges the line can stand for, best first: same modifiers, then its own date."""
-    covering = [c for c in charges if c.period[0] <= line.service_date <= c.period[1]]
-    return sorted(
-        covering,
-        key=lambda c: (
-            _component(c.modifiers) != line.component,
-            c.service_date != line.service_date,
-            c.service_date,
-            c.id,
-        ),
-    )
+class _Covering:
+    """One patient's charges of one code, by the start of their periods: the charges whose
+    period covers a day start at most the group's longest period before it. Positions keep
+    the charges' order for ties."""
+
+    def __init__(self, charges: Sequence[Charge]) -> None:
+        self.positions = sorted(range(len(charges)), key=lambda i: charges[i].period[0])
+        self.charges = [charges[i] for i in self.positions]
+        self.starts = [c.period[0] for c in self.charges]
+        self.longest = max((c.period[1] - c.period[0] for c in self.charges), default=ZERO)
+
+    def covering(self, on: date) -> list[tuple[int, Charge]]:
+        try:
+            first = bisect_left(self.starts, on - max(self.longest, ZERO))
+        except OverflowError:
+            first = 0
+        return [
+            (self.positions[i], self.charges[i])
+            for i in range(first, bisect_right(self.starts, on))
+            if on <= self.charges[i].period[1]
+        ]
+
+    def candidates(self, line: ClaimLine) -> list[Charge]:
+        """Charges the line can stand for, best first: same modifiers, then its own date
+        (then the charges' order)."""
+        on = line.service_date
+        component = line.component
+        ranked = sorted(
+            self.covering(on),
+            key=lambda pc: (
+                _component(pc[1].modifiers) != component,
+                pc[1].service_date != on,
+                pc[1].service_date,
+                pc[1].id,
+                pc[0],
+            ),
+        )
+        return [c for _, c in ranked]
+
+
+def _component(modifiers: tuple[str, ...]) -> frozenset[str]:
+    return _charge_component(tuple(modifiers))
 
 
 @lru_cache(maxsize=4096)
-def _component(modifiers: tuple[str, ...]) -> frozenset[str]:
+def _charge_component(modifiers: tuple[str, ...]) -> frozenset[str]:
     return frozenset(modifiers) & COMPONENT_MODIFIERS
 
 
@@ -303,16 +348,17 @@ def _claim_bundles(
     flagged = {
         (d.claim_id, d.line, d.cpt, d.service_date) for d in found if d.kind == "bundled_charge"
     }
+    positions: dict[str, list[int]] = defaultdict(list)  # each code's lines, in line order
+    for i, line in enumerate(lines):
+        positions[line.code].append(i)
     out = []
     for bundle in rules.bundles:
         window = bundle.window_for(payer_id)
         primaries: dict[str, list[ClaimLine]] = defaultdict(list)  # by patient, in line order
-        for p in lines:
-            if p.code in bundle.primary:
-                primaries[p.patient_id].append(p)
-        for line in lines:
-            if line.code not in bundle.bundled:
-                continue
+        for i in sorted(i for code in bundle.primary for i in positions.get(code, ())):
+            primaries[lines[i].patient_id].append(lines[i])
+        for i in sorted(i for code in bundle.bundled for i in positions.get(code, ())):
+            line = lines[i]
             if (line.claim_id, line.line, line.code, line.service_date) in flagged:
                 continue
             for primary in primaries.get(line.patient_id, ()):

@@ -117,6 +117,9 @@ class RuleSet:
     _selected: dict[tuple[Any, ...], tuple[Rule, ...]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    _valid: dict[tuple[str, int], bool] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         by_family: dict[str, list[Rule]] = {}
@@ -136,6 +139,7 @@ class RuleSet:
         object.__setattr__(self, "_family_keys", {k: tuple(v) for k, v in keys.items()})
         object.__setattr__(self, "_boundaries", tuple(sorted(bounds)))
         object.__setattr__(self, "_selected", {})
+        object.__setattr__(self, "_valid", {})
 
     def family(self, family: str) -> list[Rule]:
         return list(self._by_family.get(family, ()))
@@ -176,7 +180,11 @@ class RuleSet:
         return code in self._by_code
 
     def valid_on(self, code: str, on: date) -> bool:
-        return any(r.effective(on) for r in self._by_code.get(code, ()))
+        key = (code, bisect_right(self._boundaries, on))  # constant between two boundaries
+        valid = self._valid.get(key)
+        if valid is None:
+            valid = self._valid[key] = any(r.effective(on) for r in self._by_code.get(code, ()))
+        return valid
 
 
 # ---------------------------------------------------------------- parsing

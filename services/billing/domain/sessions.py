@@ -150,6 +150,7 @@ def count_sessions(
         by_day[(day, fraction.kind)].append(fraction)
 
     sessions: list[Session] = []
+    on_day: dict[date, int] = defaultdict(int)  # sessions so far on each day, of any kind
     for (day, kind), day_fractions in sorted(by_day.items()):
         clusters: list[list[Fraction]] = []
         for fraction in day_fractions:  # already in time order
@@ -158,7 +159,8 @@ def count_sessions(
                 clusters.append([fraction])
             else:
                 clusters[-1].append(fraction)
-        ordinal_base = sum(1 for s in sessions if s.day == day)
+        ordinal_base = on_day[day]
+        on_day[day] += len(clusters)
         for i, cluster in enumerate(clusters, start=1):
             sessions.append(
                 Session(
