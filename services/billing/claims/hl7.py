@@ -102,7 +102,9 @@ def _message_lines(message: _Message, errors: list[ClaimError]) -> list[ClaimLin
             validation_level=VALIDATION_LEVEL.TOLERANT,
             find_groups=False,
         )
-    except HL7apyException as exc:
+    except (HL7apyException, ValueError, IndexError) as exc:
+        # hl7apy raises plain ValueError / IndexError on a damaged MSH (its encoding
+        # characters cut short): the file is refused by line, never a 500.
         errors.append(ClaimError(msh_line, "MSH", f"unreadable HL7 message: {exc}"))
         return []
     enc = _Encoding(parsed)
