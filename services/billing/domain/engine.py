@@ -159,7 +159,7 @@ def _blocks(
             o,
             key=f"unit-{block.index}",
             service_date=on,
-            evidence=tuple(sorted({e for s in sessions for e in s.evidence})),
+            evidence=tuple(sorted({e for s in sessions for f in s.fractions for e in f.event_ids})),
             sessions=tuple(sessions),
         )
         hold = _missing_documents(ctx.course.documents, rule, block_occurrence, ctx.settings)

@@ -267,7 +267,7 @@ def _course_occurrence(ctx: CourseContext, family: str, on: date) -> Occurrence:
         key="course",
         service_date=on,
         attrs=ctx.course_attrs(),
-        evidence=tuple(sorted({e for s in ctx.external for e in s.evidence})),
+        evidence=tuple(sorted({e for s in ctx.external for f in s.fractions for e in f.event_ids})),
         sessions=ctx.external,
     )
 

@@ -46,14 +46,15 @@ class Session:
     kind: str
     fractions: tuple[Fraction, ...]
 
-    # Derived from the (immutable) fractions and read many times per evaluation: computed on
-    # first use and kept in the instance's __dict__ (cached_property writes there directly, so
-    # it works on a frozen dataclass without slots); not fields, so equality, hashing, repr
-    # and replace() are unchanged.
-    @cached_property
+    # Not cached: kept sessions would hold every evidence tuple (about 45 MB more for 5,000
+    # courses); a course's span reads its fractions' event ids directly instead.
+    @property
     def evidence(self) -> tuple[str, ...]:
         return tuple(sorted({e for f in self.fractions for e in f.event_ids}))
 
+    # Read several times per evaluation: computed on first use and kept in the instance's
+    # __dict__ (cached_property writes there directly, so it works on a frozen dataclass
+    # without slots); not a field, so equality, hashing, repr and replace() are unchanged.
     @cached_property
     def plan_uids(self) -> tuple[str, ...]:
         return tuple(sorted({f.plan_uid for f in self.fractions if f.plan_uid}))
