@@ -515,8 +515,10 @@ def scp_rows(
                     sim = f"1.2.826.0.1.3680043.10.545.{pid}.sim"
                     for _ in range(SIM_SLICES):
                         rows.append(row("CTSIM1", CT_IMAGE, pid, sim, evening))
-                    for sop_class in (RT_STRUCTURE_SET, RT_PLAN, RT_DOSE):
-                        rows.append(row("TPS1", sop_class, pid, f"{sim}.{sop_class}", evening))
+                    # A series UID per object, of at most 64 characters (PostgreSQL holds
+                    # the column to it; SQLite does not).
+                    for n, sop_class in enumerate((RT_STRUCTURE_SET, RT_PLAN, RT_DOSE), 1):
+                        rows.append(row("TPS1", sop_class, pid, f"{sim}.{n}", evening))
                 cbct = f"1.2.826.0.1.3680043.10.546.{pid}.{index}"
                 for n in range(cbct_slices):
                     rows.append(row(ae, CT_IMAGE, pid, cbct, when + timedelta(seconds=n // 4)))
