@@ -132,7 +132,7 @@ class Pages:
                 csrf_token=session.csrf if session else "",
                 nav=self.nav,
                 home=self.home,
-                root=request.scope.get("root_path", ""),
+                root=root_path_of(request),
                 services=service_links(request),
                 clinic_zone=settings.clinic_timezone,
                 **(context or {}),
@@ -206,7 +206,7 @@ class SignInRequired(PageError):
         target = _here(request)
         if request.method != "GET":
             target = self.pages.home
-        location = f"{_root(request)}{SIGN_IN}?next={quote(_local(target), safe='')}"
+        location = f"{root_path_of(request)}{SIGN_IN}?next={quote(_local(target), safe='')}"
         if request.headers.get("hx-request"):
             return Response(status_code=200, headers={"HX-Redirect": location})
         return RedirectResponse(location, status_code=303)
@@ -238,14 +238,14 @@ class PageRoute(APIRoute):
         return page_handler
 
 
-def _root(request: Request) -> str:
+def root_path_of(request: Request) -> str:
     return str(request.scope.get("root_path", ""))
 
 
 def _here(request: Request) -> str:
     """This request's page, relative to the service's root path."""
     path = request.url.path
-    root = _root(request)
+    root = root_path_of(request)
     if root and path.startswith(root + "/"):
         path = path[len(root) :]
     return path + (f"?{request.url.query}" if request.url.query else "")
@@ -316,7 +316,7 @@ def ui_router(pages: Pages) -> APIRouter:
                 status_code=422,
             )
         identity = staff_identity(settings, [name])
-        response = RedirectResponse(_root(request) + _local(next or pages.home), 303)
+        response = RedirectResponse(root_path_of(request) + _local(next or pages.home), 303)
         start_session(
             response,
             request,
@@ -382,7 +382,7 @@ def ui_router(pages: Pages) -> APIRouter:
         identity = staff_identity(
             settings, [who.subject, who.user, who.claims.get("email")], who.claims
         )
-        response = RedirectResponse(_root(request) + _local(pending.get("next")), 303)
+        response = RedirectResponse(root_path_of(request) + _local(pending.get("next")), 303)
         start_session(
             response,
             request,
@@ -410,7 +410,7 @@ def ui_router(pages: Pages) -> APIRouter:
                 check_token(session.csrf, csrf_token)
             except CsrfError as exc:
                 raise PageForbidden(pages, str(exc), session) from None
-        target = _root(request) + SIGN_IN
+        target = root_path_of(request) + SIGN_IN
         if oidc_sign_in(settings):
             done = _absolute(request, SIGNED_OUT)
             target = _oidc(request).end_session_url(done) or done
@@ -425,7 +425,7 @@ def ui_router(pages: Pages) -> APIRouter:
     @router.get("/ui/")
     def home(request: Request) -> Response:
         target = pages.home if pages.home != "/ui/" else SIGN_IN
-        return RedirectResponse(_root(request) + target, status_code=303)
+        return RedirectResponse(root_path_of(request) + target, status_code=303)
 
     @router.get("/ui/static/{name}")
     def static(name: str) -> Response:
@@ -450,7 +450,7 @@ def _oidc(request: Request) -> OidcClient:
 def _absolute(request: Request, path: str) -> str:
     """``path`` on this service as the browser reaches it (scheme and host from the request,
     which uvicorn takes from X-Forwarded-* behind a trusted proxy; the root path kept)."""
-    return f"{request.url.scheme}://{request.url.netloc}{_root(request)}{path}"
+    return f"{request.url.scheme}://{request.url.netloc}{root_path_of(request)}{path}"
 
 
 def page_router(templates: Path, *, nav: Sequence[NavLink], home: str) -> tuple[Pages, APIRouter]:

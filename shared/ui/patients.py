@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from shared.audit import record_request
 from shared.settings import ROLES, RtopsSettings
-from shared.ui.pages import SERVICE_LABELS, PageRoute, Pages, SignInRequired, _root
+from shared.ui.pages import SERVICE_LABELS, PageRoute, Pages, SignInRequired, root_path_of
 from shared.ui.session import Session, api_token
 from shared.ui.timeline import gather_timeline
 
@@ -53,7 +53,7 @@ def timeline_router(pages: Pages) -> APIRouter:
         patient_id: Annotated[str | None, Query(max_length=64)] = None,
     ) -> Response:
         if patient_id and patient_id.strip():
-            target = f"{_root(request)}{PATIENTS}/{quote(patient_id.strip(), safe='')}"
+            target = f"{root_path_of(request)}{PATIENTS}/{quote(patient_id.strip(), safe='')}"
             return RedirectResponse(target, status_code=303)
         return pages.render(request, "timeline.html", {"timeline": None}, session=user)
 

@@ -155,8 +155,8 @@ def overdue_count(session: Session, now: datetime) -> int:
     return session.scalar(query) or 0
 
 
-# Overdue first, then due soonest; no due time last.
-WORKLIST_ORDER = (Fraction.due_at.is_(None), Fraction.due_at, Fraction.treated_at, Fraction.id)
+# WORKLIST_ORDER, as the docstrings below name it: due time (none last), then treated time,
+# then id. Overdue comes first, since a pending review is overdue once its due time passed.
 
 
 @dataclass(frozen=True)
