@@ -1,6 +1,6 @@
-"""Payloads of the documents service's events (``rtops.documents.*``) that billing reads.
-Defined before the documents service exists so that billing can be built and tested against
-the contract; the documents service owns them once it lands."""
+"""Payloads of the documents service's events (``rtops.documents.*``). ``CourseRegrouped`` and
+``NoteSigned`` were defined before the service existed so that billing could be built against
+them; the service (``services/documents``) owns all of them."""
 
 from __future__ import annotations
 
@@ -75,4 +75,67 @@ class NoteSigned(EventPayload):
         return f"note:{self.note_id}:{self.revision}"
 
 
-PAYLOADS: tuple[type[EventPayload], ...] = (CourseRegrouped, NoteSigned)
+class PlanVersioned(EventPayload):
+    """State: where a plan stands in its course's version history. Published when a plan first
+    becomes a version and again (a higher ``revision``) whenever its place or facts change: a
+    re-sent plan with new content, a regrouping, a later version that supersedes it, a new
+    approval status. The latest revision per ``plan_uid`` wins."""
+
+    type: ClassVar[str] = "rtops.documents.plan.versioned"
+    version: Literal[1] = 1
+    plan_uid: str
+    revision: int = Field(ge=1, description="only increases per plan")
+    course_id: str = Field(description="the course (shared.courses id)")
+    plan_version: int = Field(ge=1, description="1 for the course's first plan, then 2, 3 ...")
+    predecessor_uid: str | None = Field(
+        default=None, description="the plan this version was derived from"
+    )
+    predecessor_inferred: bool = Field(
+        default=False,
+        description="no PREDECESSOR reference: the previous version of the course by date",
+    )
+    concurrent_uids: tuple[str, ...] = Field(
+        default=(), description="CONCURRENT plans forming one conceptual plan with this one"
+    )
+    label: str | None = None
+    approval_status: str | None = Field(default=None, description="APPROVED/UNAPPROVED/REJECTED")
+    superseded_by: str | None = Field(default=None, description="the next version's plan")
+    changes: tuple[str, ...] = Field(
+        default=(), description="what changed against the predecessor, one line per fact"
+    )
+
+    def business_key(self) -> str:
+        return f"versioned:{self.plan_uid}:{self.revision}"
+
+
+class TreatmentFlagged(EventPayload):
+    """A fraction was delivered on a plan version whose required documents were incomplete, that
+    was not approved, or that a later version had already superseded (at the time of delivery).
+    Published once per treatment record revision."""
+
+    type: ClassVar[str] = "rtops.documents.treatment.flagged"
+    version: Literal[1] = 1
+    record_uid: str = Field(description="SOP Instance UID of the RT treatment record")
+    record_revision: int = Field(default=1, ge=1)
+    plan_uid: str
+    course_id: str | None = None
+    plan_version: int | None = None
+    treated_at: datetime | None = None
+    fraction_numbers: tuple[int, ...] = ()
+    reasons: tuple[str, ...] = Field(
+        min_length=1,
+        description="documents_incomplete, unapproved, superseded; readers ignore others",
+    )
+    missing_documents: tuple[str, ...] = ()
+    superseded_by: str | None = None
+
+    def business_key(self) -> str:
+        return f"flagged:{self.record_uid}:{self.record_revision}"
+
+
+PAYLOADS: tuple[type[EventPayload], ...] = (
+    CourseRegrouped,
+    NoteSigned,
+    PlanVersioned,
+    TreatmentFlagged,
+)

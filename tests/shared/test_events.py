@@ -52,7 +52,7 @@ from shared.events import (
 )
 from shared.events.billing import ChargePosted, ChargeVoided
 from shared.events.dicom import DocumentReceived
-from shared.events.documents import CourseRegrouped, NoteSigned
+from shared.events.documents import CourseRegrouped, NoteSigned, PlanVersioned, TreatmentFlagged
 from shared.events.qa import FractionAssessed, QualifyingReview
 
 REPO = Path(__file__).resolve().parents[2]
@@ -303,6 +303,29 @@ SAMPLES: dict[type[EventPayload], EventPayload] = {
         signed_at=WHEN,
         visit_date=date(2026, 11, 24),
         face_to_face=True,
+    ),
+    PlanVersioned: PlanVersioned(
+        patient=PATIENT,
+        plan_uid="1.2.3.4.2",
+        revision=2,
+        course_id="course:1.2.3.4.1",
+        plan_version=2,
+        predecessor_uid="1.2.3.4.1",
+        label="PROST v2",
+        approval_status="APPROVED",
+        changes=("fractions: 28 -> 25",),
+    ),
+    TreatmentFlagged: TreatmentFlagged(
+        patient=PATIENT,
+        record_uid="1.2.3.5.1",
+        plan_uid="1.2.3.4.1",
+        course_id="course:1.2.3.4.1",
+        plan_version=1,
+        treated_at=WHEN,
+        fraction_numbers=(3,),
+        reasons=("superseded", "documents_incomplete"),
+        missing_documents=("physics_plan_qa",),
+        superseded_by="1.2.3.4.2",
     ),
     ChargePosted: ChargePosted(
         patient=PATIENT,
