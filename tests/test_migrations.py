@@ -15,6 +15,7 @@ from sqlalchemy import Engine, inspect
 
 from services.billing.store import Base as BillingBase
 from services.qa_tracker.store import Base as QaBase
+from services.scheduler.store import Base as SchedulerBase
 from services.scp_listener.store import Base as ScpBase
 from shared.db import alembic_config, drop_schema, make_engine, migrate
 from shared.settings import RtopsSettings
@@ -24,6 +25,7 @@ MODELS = {
     "scp_listener": ScpBase.metadata,
     "qa_tracker": QaBase.metadata,
     "billing": BillingBase.metadata,
+    "scheduler": SchedulerBase.metadata,
 }
 
 

@@ -1,0 +1,779 @@
+"""Use cases of the scheduler, one transaction each: resources, requests and their
+prerequisites, booking (search or a proposed slot), rescheduling and cancelling, and the
+simulation CTs that complete bookings.
+
+Booking reads the world, asks the pure search (``slots``) for a slot and writes the booking's
+claims; the database refuses a claim that overlaps another (``store``), so two bookings made at
+once never share a room, a therapist or a device unit. The loser of such a race searches again
+(a search) or is told what its proposed slot now breaks (a proposal)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.audit import record_access
+from shared.auth import Principal
+from shared.calendar import ClinicCalendar, local_midnight
+from shared.errors import Conflict, NotFound, RuleViolation
+from shared.events import CloudEvent, ImagingAcquired, Patient, SimCompleted
+from shared.outbox import claim_events, emit
+
+from . import domain, slots
+from .schemas import (
+    DeviceTypeIn,
+    ProceduralistIn,
+    RequestIn,
+    Resources,
+    RoomIn,
+    TherapistIn,
+    requirements_of,
+    windows_json,
+    windows_of,
+)
+from .store import (
+    AuditLog,
+    BookingChange,
+    BookingRow,
+    ConsentRow,
+    DeviceTypeRow,
+    LabRow,
+    ProceduralistRow,
+    ProcessedEvent,
+    RequestRow,
+    ReservationRow,
+    RoomRow,
+    TherapistRow,
+    UnbookedScan,
+    add_claims,
+    bookings_of_patient_on,
+    claims_between,
+    current_booking,
+    release,
+    reserved_units,
+    resources_count,
+)
+
+log = structlog.get_logger(__name__)
+CONSUMER = "scheduler"
+SOURCE = "rtops/scheduler"
+# A lost race (another booking took the slot between our search and our write) searches again.
+BOOKING_ATTEMPTS = 5
+
+
+class SlotConflict(Conflict):
+    """409: the slot breaks constraints, each named (``violations``)."""
+
+    def __init__(self, message: str, violations: Sequence[slots.Violation]) -> None:
+        super().__init__(message)
+        self.violations = [{"constraint": v.constraint, "detail": v.detail} for v in violations]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    start: datetime
+    room: str | None = None
+
+
+class SchedulerService:
+    def __init__(
+        self,
+        *,
+        factory: sessionmaker[Session],
+        calendar: ClinicCalendar,
+        policy: domain.Policy,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._factory = factory
+        self.calendar = calendar
+        self.policy = policy
+        self._now = clock
+        self._on_commit = on_commit
+
+    def now(self) -> datetime:
+        return self._now()
+
+    def today(self) -> date:
+        return self.calendar.local_date(self._now())
+
+    # ------------------------------------------------------------ resources
+
+    def put_room(self, room: RoomIn, principal: Principal) -> RoomRow:
+        with self._factory.begin() as session:
+            other = session.scalars(
+                select(RoomRow).where(RoomRow.machine == room.machine, RoomRow.id != room.id)
+            ).first()
+            if other is not None:
+                raise Conflict(f"machine {room.machine!r} is already room {other.id!r}'s")
+            row = session.get(RoomRow, room.id) or RoomRow(id=room.id)
+            row.name, row.machine, row.hours = room.name, room.machine, windows_json(room.hours)
+            session.add(row)
+            self._audit(session, principal, "write", f"/v1/rooms/{room.id}", [])
+        return row
+
+    def put_therapist(self, body: TherapistIn, principal: Principal) -> TherapistRow:
+        with self._factory.begin() as session:
+            row = session.get(TherapistRow, body.id) or TherapistRow(id=body.id)
+            row.name, row.shifts = body.name, windows_json(body.shifts)
+            session.add(row)
+            self._audit(session, principal, "write", f"/v1/therapists/{body.id}", [])
+        return row
+
+    def put_proceduralist(self, body: ProceduralistIn, principal: Principal) -> ProceduralistRow:
+        with self._factory.begin() as session:
+            row = session.get(ProceduralistRow, body.id) or ProceduralistRow(id=body.id)
+            row.name, row.specialty = body.name, body.specialty
+            row.blocks = windows_json(body.blocks)
+            session.add(row)
+            self._audit(session, principal, "write", f"/v1/proceduralists/{body.id}", [])
+        return row
+
+    def put_device_type(self, body: DeviceTypeIn, principal: Principal) -> DeviceTypeRow:
+        with self._factory.begin() as session:
+            row = session.get(DeviceTypeRow, body.id) or DeviceTypeRow(id=body.id)
+            reserved = len(reserved_units(session).get(body.id, []))
+            if body.stock < reserved:
+                raise Conflict(
+                    f"{reserved} units of {body.id!r} are reserved by bookings; the stock "
+                    f"cannot go below that (cancel bookings first)"
+                )
+            row.name, row.stock, row.fabricated = body.name, body.stock, body.fabricated
+            session.add(row)
+            self._audit(session, principal, "write", f"/v1/device-types/{body.id}", [])
+            # The stock decides ``device_stock``: requests waiting for this device change.
+            self._refresh_open(session)
+        return row
+
+    def seed(self, resources: Resources) -> bool:
+        """Load the seed file into an empty database; False when resources exist already."""
+        system = Principal(user="seed", roles=frozenset({"admin"}))
+        with self._factory() as session:
+            if resources_count(session):
+                return False
+        for room in resources.rooms:
+            self.put_room(room, system)
+        for therapist in resources.therapists:
+            self.put_therapist(therapist, system)
+        for person in resources.proceduralists:
+            self.put_proceduralist(person, system)
+        for device in resources.device_types:
+            self.put_device_type(device, system)
+        return True
+
+    # ------------------------------------------------------------ requests
+
+    def create_request(self, body: RequestIn, principal: Principal) -> RequestRow:
+        now = self._now()
+        with self._factory.begin() as session:
+            known = set(session.scalars(select(DeviceTypeRow.id)))
+            unknown = [d for d in body.requirements.immobilization if d not in known]
+            if unknown:
+                raise RuleViolation(
+                    f"unknown immobilization device types {unknown}; known: {sorted(known)} "
+                    f"(GET /v1/device-types)"
+                )
+            row = RequestRow(
+                id=str(uuid.uuid4()),
+                patient_id=body.patient_id,
+                patient_name=body.patient_name,
+                referring_physician=body.referring_physician,
+                treating_physician=body.treating_physician,
+                site=body.site,
+                urgency=body.urgency,
+                earliest_date=body.earliest_date,
+                requirements=body.requirements.model_dump(mode="json"),
+                notes=body.requirements.notes,
+                status="blocked",
+                blocking=[],
+                created_at=now,
+                created_by=principal.user,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            self._refresh(session, row)
+            self._change(session, row, None, "requested", None, None, principal)
+            self._audit(session, principal, "write", "/v1/simulation-requests", [row.patient_id])
+        return row
+
+    def get_request(self, request_id: str, principal: Principal, resource: str) -> RequestRow:
+        with self._factory.begin() as session:
+            row = self._request(session, request_id)
+            self._audit(session, principal, "read", resource, [row.patient_id])
+        return row
+
+    def add_consent(
+        self, request_id: str, kind: str, signed_at: datetime, principal: Principal
+    ) -> RequestRow:
+        if kind not in domain.CONSENT_KINDS:
+            raise RuleViolation(f"consent kind {kind!r}; use one of {list(domain.CONSENT_KINDS)}")
+        now = self._now()
+        if signed_at > now + timedelta(minutes=5):
+            raise RuleViolation(f"signed_at {signed_at.isoformat()} is in the future")
+        with self._factory.begin() as session:
+            row = self._open_request(session, request_id)
+            session.add(
+                ConsentRow(
+                    request_id=request_id,
+                    kind=kind,
+                    signed_at=signed_at,
+                    recorded_by=principal.user,
+                    recorded_at=now,
+                )
+            )
+            session.flush()
+            self._refresh(session, row)
+            self._change(session, row, None, f"consent:{kind}", None, None, principal)
+            self._audit(
+                session,
+                principal,
+                "write",
+                f"/v1/simulation-requests/{request_id}/consents",
+                [row.patient_id],
+            )
+        return row
+
+    def add_lab(
+        self, request_id: str, kind: str, value: float, measured_at: datetime, principal: Principal
+    ) -> RequestRow:
+        if kind != "egfr":
+            raise RuleViolation(f"lab kind {kind!r}; the scheduler reads 'egfr' only")
+        now = self._now()
+        if measured_at > now + timedelta(minutes=5):
+            raise RuleViolation(f"measured_at {measured_at.isoformat()} is in the future")
+        with self._factory.begin() as session:
+            row = self._open_request(session, request_id)
+            session.add(
+                LabRow(
+                    request_id=request_id,
+                    kind=kind,
+                    value=value,
+                    measured_at=measured_at,
+                    recorded_by=principal.user,
+                    recorded_at=now,
+                )
+            )
+            session.flush()
+            self._refresh(session, row)
+            self._change(session, row, None, f"lab:{kind}", None, {"value": value}, principal)
+            self._audit(
+                session,
+                principal,
+                "write",
+                f"/v1/simulation-requests/{request_id}/labs",
+                [row.patient_id],
+            )
+        return row
+
+    def cancel_request(self, request_id: str, reason: str, principal: Principal) -> RequestRow:
+        with self._factory.begin() as session:
+            row = self._open_request(session, request_id)
+            booking = current_booking(session, request_id)
+            if booking is not None:
+                self._cancel_booking(session, booking, reason, principal)
+            row.status, row.cancel_reason, row.updated_at = "cancelled", reason, self._now()
+            self._change(session, row, None, "request_cancelled", None, None, principal, reason)
+            self._audit(
+                session,
+                principal,
+                "write",
+                f"/v1/simulation-requests/{request_id}/cancel",
+                [row.patient_id],
+            )
+        self._on_commit()
+        return row
+
+    def _request(self, session: Session, request_id: str) -> RequestRow:
+        row = session.get(RequestRow, request_id)
+        if row is None:
+            raise NotFound(f"no simulation request {request_id!r}; GET /v1/queue lists them")
+        return row
+
+    def _open_request(self, session: Session, request_id: str) -> RequestRow:
+        row = self._request(session, request_id)
+        if row.status in ("completed", "cancelled"):
+            raise Conflict(f"simulation request {request_id} is {row.status}")
+        return row
+
+    def blocking_of(self, session: Session, row: RequestRow) -> list[str]:
+        req = requirements_of(row.requirements)
+        consents = [
+            domain.Consent(c.kind, c.signed_at)
+            for c in session.scalars(select(ConsentRow).where(ConsentRow.request_id == row.id))
+        ]
+        labs = [
+            domain.Lab(lab.kind, lab.value, lab.measured_at)
+            for lab in session.scalars(select(LabRow).where(LabRow.request_id == row.id))
+        ]
+        reserved = reserved_units(session)
+        booking = current_booking(session, row.id)
+        own = set(booking.devices) if booking is not None else set()
+        free = {
+            d.id: d.stock - len(reserved.get(d.id, [])) + (1 if d.id in own else 0)
+            for d in session.scalars(select(DeviceTypeRow))
+        }
+        return domain.blocking(
+            req,
+            site=self.policy.site(row.site),
+            consents=consents,
+            labs=labs,
+            free_units=free,
+            proceduralists=len(session.scalars(select(ProceduralistRow.id)).all()),
+            rooms=len(session.scalars(select(RoomRow.id)).all()),
+            now=self._now(),
+            policy=self.policy,
+        )
+
+    def _refresh(self, session: Session, row: RequestRow) -> None:
+        """Status and blocking reasons of a request not yet booked (a booked one keeps its
+        booking; its reasons are shown for information)."""
+        row.blocking = self.blocking_of(session, row)
+        if row.status in ("blocked", "ready"):
+            row.status = "blocked" if row.blocking else "ready"
+        row.updated_at = self._now()
+
+    def _refresh_open(self, session: Session) -> None:
+        for row in session.scalars(
+            select(RequestRow).where(RequestRow.status.in_(("blocked", "ready")))
+        ):
+            self._refresh(session, row)
+
+    # ------------------------------------------------------------ the world
+
+    def need(self, row: RequestRow, devices: dict[str, domain.DeviceType]) -> slots.Need:
+        req = requirements_of(row.requirements)
+        policy = self.policy
+        return slots.Need(
+            minutes=domain.duration_minutes(req, devices, policy.durations),
+            therapists=policy.therapists_needed,
+            earliest=row.earliest_date,
+            procedure_minutes=policy.durations.procedure if req.needs_procedure else None,
+            gap_days=policy.site(row.site).implant_gap_days,
+        )
+
+    def world(self, session: Session, *, start: datetime) -> slots.World:
+        """Resources and what is taken from a day before ``start`` to the horizon's end."""
+        rooms = [
+            domain.Room(r.id, r.machine, windows_of(r.hours))
+            for r in session.scalars(select(RoomRow).order_by(RoomRow.id))
+        ]
+        therapists = [
+            domain.Staff(t.id, windows_of(t.shifts))
+            for t in session.scalars(select(TherapistRow).order_by(TherapistRow.id))
+        ]
+        proceduralists = [
+            domain.Staff(p.id, windows_of(p.blocks))
+            for p in session.scalars(select(ProceduralistRow).order_by(ProceduralistRow.id))
+        ]
+        first = start - timedelta(days=1)
+        last = start + timedelta(days=self.policy.horizon_days + 2)
+        taken: dict[str, list[tuple[datetime, datetime]]] = {}
+        for resource, s, e in claims_between(session, first, last):
+            taken.setdefault(resource, []).append((s, e))
+        return slots.World(
+            calendar=self.calendar,
+            rooms=rooms,
+            therapists=therapists,
+            proceduralists=proceduralists,
+            busy=slots.Busy(taken),
+            step_minutes=self.policy.step_minutes,
+            horizon_days=self.policy.horizon_days,
+        )
+
+    def devices(self, session: Session) -> dict[str, domain.DeviceType]:
+        return {
+            d.id: domain.DeviceType(d.id, d.stock, d.fabricated)
+            for d in session.scalars(select(DeviceTypeRow))
+        }
+
+    # ------------------------------------------------------------ booking
+
+    def book(self, request_id: str, proposal: Proposal | None, principal: Principal) -> BookingRow:
+        """Book a request: the earliest slot, or ``proposal`` when it breaks no constraint
+        (else ``SlotConflict`` naming each one)."""
+        for attempt in range(BOOKING_ATTEMPTS):
+            try:
+                with self._factory.begin() as session:
+                    row = self._open_request(session, request_id)
+                    if row.status in ("booked",):
+                        raise Conflict(
+                            f"simulation request {request_id} is booked already; reschedule "
+                            f"its booking (POST /v1/bookings/{{id}}/reschedule)"
+                        )
+                    booking = self._place(session, row, proposal, principal, previous=None)
+                    self._audit(
+                        session,
+                        principal,
+                        "write",
+                        f"/v1/simulation-requests/{request_id}/book",
+                        [row.patient_id],
+                    )
+                return booking
+            except IntegrityError:
+                log.info("booking race lost; searching again", request=request_id, attempt=attempt)
+        raise Conflict("the slot was taken by concurrent bookings several times; try again")
+
+    def reschedule(
+        self, booking_id: str, proposal: Proposal | None, reason: str, principal: Principal
+    ) -> BookingRow:
+        for attempt in range(BOOKING_ATTEMPTS):
+            try:
+                with self._factory.begin() as session:
+                    old = self._booking(session, booking_id)
+                    if old.status != "booked":
+                        raise Conflict(
+                            f"booking {booking_id} is {old.status}; only a booked one moves"
+                        )
+                    row = self._request(session, old.request_id)
+                    before = _booking_view(old)
+                    # The old booking lets go of its times (its device units travel with it).
+                    release(session, old.id, devices=False)
+                    old.status, old.reason, old.updated_at = "cancelled", reason, self._now()
+                    session.flush()
+                    booking = self._place(
+                        session,
+                        row,
+                        proposal,
+                        principal,
+                        previous=old,
+                        reason=reason,
+                        before=before,
+                    )
+                    self._audit(
+                        session,
+                        principal,
+                        "write",
+                        f"/v1/bookings/{booking_id}/reschedule",
+                        [row.patient_id],
+                    )
+                return booking
+            except IntegrityError:
+                log.info(
+                    "reschedule race lost; searching again", booking=booking_id, attempt=attempt
+                )
+        raise Conflict("the slot was taken by concurrent bookings several times; try again")
+
+    def cancel_booking(self, booking_id: str, reason: str, principal: Principal) -> BookingRow:
+        with self._factory.begin() as session:
+            booking = self._booking(session, booking_id)
+            if booking.status == "cancelled":
+                raise Conflict(f"booking {booking_id} is cancelled already")
+            self._cancel_booking(session, booking, reason, principal)
+            row = self._request(session, booking.request_id)
+            row.status = "blocked"
+            self._refresh(session, row)
+            self._audit(
+                session, principal, "write", f"/v1/bookings/{booking_id}/cancel", [row.patient_id]
+            )
+        self._on_commit()
+        return booking
+
+    def _cancel_booking(
+        self, session: Session, booking: BookingRow, reason: str, principal: Principal
+    ) -> None:
+        row = self._request(session, booking.request_id)
+        before = _booking_view(booking)
+        release(session, booking.id, devices=True)
+        was_completed = booking.status == "completed"
+        booking.status, booking.reason, booking.updated_at = "cancelled", reason, self._now()
+        if was_completed:
+            # A completion recorded in error: billing's charge is retracted by a higher revision.
+            booking.revision += 1
+            emit(session, self._sim_completed(session, booking, row, cancelled=True))
+        self._change(session, row, booking.id, "cancelled", before, None, principal, reason)
+
+    def _booking(self, session: Session, booking_id: str) -> BookingRow:
+        booking = session.get(BookingRow, booking_id)
+        if booking is None:
+            raise NotFound(f"no booking {booking_id!r}")
+        return booking
+
+    def _place(
+        self,
+        session: Session,
+        row: RequestRow,
+        proposal: Proposal | None,
+        principal: Principal,
+        *,
+        previous: BookingRow | None,
+        reason: str | None = None,
+        before: dict[str, Any] | None = None,
+    ) -> BookingRow:
+        now = self._now()
+        self._refresh(session, row)
+        violations = [slots.Violation(b, _BLOCKING_DETAIL.get(b, b)) for b in row.blocking]
+        devices = self.devices(session)
+        need = self.need(row, devices)
+        start = proposal.start if proposal else now
+        world = self.world(session, start=min(start, now))
+        slot: slots.Slot | None
+        if proposal is not None:
+            room = proposal.room or (world.rooms[0].id if len(world.rooms) == 1 else None)
+            if room is None:
+                raise RuleViolation("several rooms exist: name the room of the proposed slot")
+            if room not in {r.id for r in world.rooms}:
+                raise RuleViolation(f"no room {room!r}; GET /v1/rooms lists them")
+            slot, broken = slots.check_slot(need, world, start=proposal.start, room=room, now=now)
+            violations += broken
+        else:
+            slot = None if violations else slots.earliest_slot(need, world, now=now)
+            if slot is None and not violations:
+                violations.append(
+                    slots.Violation(
+                        "no_slot",
+                        f"no slot satisfies every constraint within {world.horizon_days} days",
+                    )
+                )
+        if violations or slot is None:
+            raise SlotConflict(
+                "the request cannot be booked "
+                + ("in the proposed slot" if proposal else "")
+                + ": "
+                + "; ".join(v.constraint for v in violations),
+                violations,
+            )
+        req = requirements_of(row.requirements)
+        booking = BookingRow(
+            id=str(uuid.uuid4()),
+            request_id=row.id,
+            patient_id=row.patient_id,
+            room_id=slot.room,
+            start=slot.start,
+            end=slot.end,
+            therapists=list(slot.therapists),
+            proceduralist_id=slot.procedure.proceduralist if slot.procedure else None,
+            procedure_start=slot.procedure.start if slot.procedure else None,
+            procedure_end=slot.procedure.end if slot.procedure else None,
+            devices=list(req.immobilization),
+            status="booked",
+            reason=None,
+            revision=0,
+            series_instance_uids=[],
+            created_at=now,
+            created_by=principal.user,
+            updated_at=now,
+        )
+        session.add(booking)
+        session.flush()
+        claims = [(f"room:{slot.room}", slot.start, slot.end)]
+        claims += [(f"therapist:{t}", slot.start, slot.end) for t in slot.therapists]
+        if slot.procedure:
+            p = slot.procedure
+            claims.append((f"proceduralist:{p.proceduralist}", p.start, p.end))
+        add_claims(session, booking.id, claims)
+        if previous is not None:
+            for r in session.scalars(
+                select(ReservationRow).where(
+                    ReservationRow.booking_id == previous.id, ReservationRow.active
+                )
+            ):
+                r.booking_id = booking.id
+        else:
+            reserved = reserved_units(session)
+            for device in req.immobilization:
+                free = domain.units_free(devices[device].stock, reserved.get(device, []))
+                session.add(
+                    ReservationRow(
+                        booking_id=booking.id, device_type=device, unit=free[0], active=True
+                    )
+                )
+                reserved.setdefault(device, []).append(free[0])
+        session.flush()
+        row.status, row.updated_at = "booked", now
+        action = "rescheduled" if previous is not None else "booked"
+        self._change(
+            session, row, booking.id, action, before, _booking_view(booking), principal, reason
+        )
+        return booking
+
+    # ------------------------------------------------------------ reads
+
+    def booking_of(self, request_id: str) -> BookingRow | None:
+        with self._factory() as session:
+            return current_booking(session, request_id)
+
+    def _audit(
+        self,
+        session: Session,
+        principal: Principal,
+        action: str,
+        resource: str,
+        patients: Sequence[str],
+    ) -> None:
+        record_access(
+            session, AuditLog, principal, action=action, resource=resource, patient_ids=patients
+        )
+
+    def _change(
+        self,
+        session: Session,
+        row: RequestRow,
+        booking_id: str | None,
+        action: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        principal: Principal,
+        reason: str | None = None,
+    ) -> None:
+        session.add(
+            BookingChange(
+                request_id=row.id,
+                booking_id=booking_id,
+                action=action,
+                before=before,
+                after=after,
+                reason=reason,
+                by=principal.user,
+                at=self._now(),
+            )
+        )
+
+    # ------------------------------------------------------------ events in
+
+    def apply(self, event: CloudEvent) -> bool:
+        return self.apply_batch([event]) == 1
+
+    def apply_batch(self, events: Sequence[CloudEvent]) -> int:
+        """Simulation CTs complete bookings; everything else is ignored. A redelivered event,
+        another series of the same scan (a 4D-CT is many) or a re-publication of a grown series
+        completes nothing twice."""
+        published = False
+        with self._factory.begin() as session:
+            fresh = claim_events(session, ProcessedEvent, CONSUMER, [e.id for e in events])
+            for event in events:
+                if event.id in fresh and isinstance(event.data, ImagingAcquired):
+                    published |= self._scanned(session, event.data)
+        if published:
+            self._on_commit()
+        return len(fresh)
+
+    def _scanned(self, session: Session, scan: ImagingAcquired) -> bool:
+        # A CT from a TPS or an OIS is a copy of a simulation, not one (domain-dicom.md: CBCT
+        # vs sim CT is decided by the sender's registry role).
+        if scan.classification != "sim_ct" or scan.source.role != "ct_simulator":
+            return False
+        when = scan.acquired_at or scan.last_acquired_at
+        if when is None or not scan.patient.id:
+            log.warning(
+                "simulation CT without a time or a patient id", series=scan.series_instance_uid
+            )
+            return self._flag(session, scan)
+        day = self.calendar.local_date(when)
+        zone = self.calendar.zone
+        bookings = bookings_of_patient_on(
+            session,
+            scan.patient.id,
+            local_midnight(day, zone),
+            local_midnight(day + timedelta(days=1), zone),
+        )
+        machine = scan.source.machine or scan.machine
+        rooms = {r.id: r.machine for r in session.scalars(select(RoomRow))}
+        mine = [b for b in bookings if rooms.get(b.room_id) == machine] or list(bookings)
+        if not mine:
+            return self._flag(session, scan)
+        booking = mine[0]
+        if scan.series_instance_uid not in booking.series_instance_uids:
+            booking.series_instance_uids = [*booking.series_instance_uids, scan.series_instance_uid]
+        if booking.status == "completed":
+            return False
+        row = self._request(session, booking.request_id)
+        booking.status, booking.revision = "completed", booking.revision + 1
+        booking.performed_at = when
+        booking.study_instance_uid = scan.study_instance_uid
+        booking.updated_at = self._now()
+        row.status, row.updated_at = "completed", self._now()
+        system = Principal(user="dicom", roles=frozenset())
+        self._change(
+            session,
+            row,
+            booking.id,
+            "completed",
+            None,
+            {"series": scan.series_instance_uid},
+            system,
+        )
+        emit(session, self._sim_completed(session, booking, row, cancelled=False))
+        return True
+
+    def _flag(self, session: Session, scan: ImagingAcquired) -> bool:
+        row = session.get(UnbookedScan, scan.series_instance_uid)
+        if row is None:
+            session.add(
+                UnbookedScan(
+                    series_instance_uid=scan.series_instance_uid,
+                    patient_id=scan.patient.id,
+                    patient_name=scan.patient.name,
+                    machine=scan.source.machine or scan.machine,
+                    study_instance_uid=scan.study_instance_uid,
+                    acquired_at=scan.acquired_at,
+                    instance_count=scan.instance_count,
+                    first_seen=self._now(),
+                    resolved=False,
+                )
+            )
+            log.warning(
+                "simulation CT without a booking",
+                patient=scan.patient.id,
+                series=scan.series_instance_uid,
+            )
+        else:
+            row.instance_count = max(row.instance_count, scan.instance_count)
+        return False
+
+    def _sim_completed(
+        self, session: Session, booking: BookingRow, row: RequestRow, *, cancelled: bool
+    ) -> SimCompleted:
+        req = requirements_of(row.requirements)
+        devices = self.devices(session)
+        names = {d.id: d.name for d in session.scalars(select(DeviceTypeRow))}
+        performed = booking.performed_at or booking.start
+        return SimCompleted(
+            patient=Patient(id=row.patient_id, name=row.patient_name),
+            request_id=row.id,
+            booking_id=booking.id,
+            revision=booking.revision,
+            service_date=self.calendar.local_date(performed),
+            performed_at=performed,
+            complexity=domain.complexity(req, devices),
+            four_d_ct=req.four_d_ct,
+            iv_contrast=req.iv_contrast,
+            immobilization=tuple(names.get(d, d) for d in req.immobilization),
+            study_instance_uid=booking.study_instance_uid,
+            series_instance_uids=tuple(booking.series_instance_uids),
+            treating_physician=row.treating_physician,
+            site=row.site,
+            room=booking.room_id,
+            cancelled=cancelled,
+        )
+
+
+_BLOCKING_DETAIL = {
+    domain.IV_CONTRAST_CONSENT: "IV contrast needs a signed consent "
+    "(POST /v1/simulation-requests/{id}/consents, kind iv_contrast)",
+    domain.EGFR: "the site needs a recent eGFR before IV contrast "
+    "(POST /v1/simulation-requests/{id}/labs)",
+    domain.EGFR_LOW: "the latest eGFR is below the contrast threshold: a physician decides",
+    domain.DEVICE_STOCK: "an immobilization device is out of stock",
+    domain.NO_PROCEDURALIST: "fiducials / SpaceOAR need a proceduralist and none is set up",
+    domain.NO_ROOM: "no CT simulator room is set up",
+}
+
+
+def _booking_view(b: BookingRow) -> dict[str, Any]:
+    return {
+        "start": b.start.isoformat(),
+        "end": b.end.isoformat(),
+        "room": b.room_id,
+        "therapists": list(b.therapists),
+        "procedure_start": b.procedure_start.isoformat() if b.procedure_start else None,
+        "proceduralist": b.proceduralist_id,
+    }
