@@ -28,7 +28,10 @@ def scp_fetcher(settings: DocumentsSettings) -> FetchPdf:
     (``GET /v1/objects/{uid}/content?format=pdf``) with a token of this service's own."""
 
     def fetch(doc: DocumentReceived) -> bytes:
-        token = issue_dev_token(settings, user="documents-service", roles=["admin"])
+        if settings.documents_scp_token_file is not None:
+            token = settings.documents_scp_token_file.read_text().strip()
+        else:
+            token = issue_dev_token(settings, user="documents-service", roles=["admin"])
         url = (
             f"{settings.documents_scp_url.rstrip('/')}/v1/objects/"
             f"{doc.object.sop_instance_uid}/content"

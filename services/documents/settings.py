@@ -39,6 +39,12 @@ class DocumentsSettings(RtopsSettings):
         default="http://localhost:8000",
         description="the SCP's API, where Encapsulated PDFs are fetched from",
     )
+    documents_scp_token_file: Path | None = Field(
+        default=None,
+        description="file holding the bearer token for the SCP's API (production: a token of "
+        "the identity provider, refreshed by whoever writes the file); unset: the embedded "
+        "setup signs its own",
+    )
     documents_letter_template: Path | None = Field(
         default=None, description="Jinja2 HTML template of the referring-provider letter"
     )
