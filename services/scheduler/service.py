@@ -65,8 +65,9 @@ from .store import (
 log = structlog.get_logger(__name__)
 CONSUMER = "scheduler"
 SOURCE = "rtops/scheduler"
-# A lost race (another booking took the slot between our search and our write) searches again.
-BOOKING_ATTEMPTS = 5
+# A lost race (another booking took the slot between our search and our write) searches again;
+# each round has a winner, so n bookings racing for one slot need at most n rounds.
+BOOKING_ATTEMPTS = 12
 
 
 class SlotConflict(Conflict):
@@ -581,6 +582,16 @@ class SchedulerService:
             reserved = reserved_units(session)
             for device in req.immobilization:
                 free = domain.units_free(devices[device].stock, reserved.get(device, []))
+                if not free:
+                    # Taken by a booking that committed since this one read the stock.
+                    raise SlotConflict(
+                        "the request cannot be booked: device_stock",
+                        [
+                            slots.Violation(
+                                domain.DEVICE_STOCK, _BLOCKING_DETAIL[domain.DEVICE_STOCK]
+                            )
+                        ],
+                    )
                 session.add(
                     ReservationRow(
                         booking_id=booking.id, device_type=device, unit=free[0], active=True

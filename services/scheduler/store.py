@@ -124,7 +124,17 @@ class LabRow(Base):
 
 class BookingRow(Base):
     __tablename__ = "booking"
-    __table_args__ = (Index("ix_booking_patient_start", "patient_id", "start"),)
+    __table_args__ = (
+        Index("ix_booking_patient_start", "patient_id", "start"),
+        # One live booking per request, even when two staff book it at once.
+        Index(
+            "uq_booking_live_request",
+            "request_id",
+            unique=True,
+            sqlite_where=text("status != 'cancelled'"),
+            postgresql_where=text("status != 'cancelled'"),
+        ),
+    )
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     request_id: Mapped[str] = mapped_column(ForeignKey("simulation_request.id"), index=True)
     patient_id: Mapped[str] = mapped_column(PATIENT)

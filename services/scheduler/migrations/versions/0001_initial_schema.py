@@ -188,6 +188,13 @@ def upgrade() -> None:
         batch_op.create_index("ix_booking_patient_start", ["patient_id", "start"], unique=False)
         batch_op.create_index(batch_op.f("ix_booking_request_id"), ["request_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_booking_start"), ["start"], unique=False)
+        batch_op.create_index(
+            "uq_booking_live_request",
+            ["request_id"],
+            unique=True,
+            sqlite_where=sa.text("status != 'cancelled'"),
+            postgresql_where=sa.text("status != 'cancelled'"),
+        )
 
     op.create_table(
         "consent",
@@ -343,6 +350,7 @@ def downgrade() -> None:
 
     op.drop_table("consent")
     with op.batch_alter_table("booking", schema=None) as batch_op:
+        batch_op.drop_index("uq_booking_live_request")
         batch_op.drop_index(batch_op.f("ix_booking_start"))
         batch_op.drop_index(batch_op.f("ix_booking_request_id"))
         batch_op.drop_index("ix_booking_patient_start")

@@ -1,0 +1,173 @@
+"""No double booking, even when requested at once: concurrent requests through the real app
+(its sync routes run in worker threads, each in its own transaction) on whichever backend
+the suite runs (SQLite's triggers in its single writer, PostgreSQL's exclusion constraint),
+and the database itself refusing an overlapping claim written behind the service's back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import defaultdict
+from datetime import datetime
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.scheduler.service import SchedulerService
+from services.scheduler.store import BookingRow, ClaimRow, ReservationRow
+from tests.events import at
+from tests.scheduler.conftest import Auth
+from tests.scheduler.test_api import BASE
+
+PARALLEL = 6
+
+
+def no_overlaps(factory: sessionmaker[Session]) -> dict[str, list[tuple[datetime, datetime]]]:
+    with factory() as session:
+        claims = session.execute(
+            select(ClaimRow.resource, ClaimRow.start, ClaimRow.end).where(ClaimRow.active)
+        ).all()
+    by_resource: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
+    for resource, start, end in claims:
+        by_resource[resource].append((start, end))
+    for resource, intervals in by_resource.items():
+        intervals.sort()
+        for (_, end), (start, _) in itertools.pairwise(intervals):
+            assert end <= start, f"{resource} double booked"
+    return by_resource
+
+
+async def requests(client: httpx.AsyncClient, auth: Auth, n: int, **fields: object) -> list[str]:
+    ids = []
+    for i in range(n):
+        r = await client.post(
+            "/v1/simulation-requests",
+            json={**BASE, "patient_id": f"CONC-{i}", **fields},
+            headers=auth(),
+        )
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    return ids
+
+
+async def test_concurrent_searches_all_book_without_overlap(
+    client: httpx.AsyncClient, auth: Auth, factory: sessionmaker[Session]
+) -> None:
+    ids = await requests(client, auth, PARALLEL)
+    responses = await asyncio.gather(
+        *(
+            client.post(f"/v1/simulation-requests/{rid}/book", json={}, headers=auth())
+            for rid in ids
+        )
+    )
+    assert [r.status_code for r in responses] == [201] * PARALLEL, [r.text for r in responses]
+    taken = no_overlaps(factory)
+    assert len(taken["room:ctsim1"]) == PARALLEL
+    starts = sorted(
+        datetime.fromisoformat(r.json()["booking"]["simulation"]["start"]) for r in responses
+    )
+    # They all wanted 07:30 Monday; the room then runs back to back (two therapists each).
+    assert starts[0] == at("2026-11-30", "07:30")
+
+
+async def test_concurrent_proposals_of_one_slot_book_once(
+    client: httpx.AsyncClient, auth: Auth, factory: sessionmaker[Session]
+) -> None:
+    ids = await requests(client, auth, PARALLEL)
+    body = {"start": "2026-12-01T09:00:00", "room": "ctsim1"}
+    responses = await asyncio.gather(
+        *(
+            client.post(f"/v1/simulation-requests/{rid}/book", json=body, headers=auth())
+            for rid in ids
+        )
+    )
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [201] + [409] * (PARALLEL - 1), [r.text for r in responses]
+    for r in responses:
+        if r.status_code == 409:
+            assert "room_busy" in [v["constraint"] for v in r.json()["violations"]]
+    no_overlaps(factory)
+
+
+async def test_the_same_request_booked_twice_at_once_books_once(
+    client: httpx.AsyncClient, auth: Auth, factory: sessionmaker[Session]
+) -> None:
+    (rid,) = await requests(client, auth, 1)
+    responses = await asyncio.gather(
+        *(
+            client.post(f"/v1/simulation-requests/{rid}/book", json={}, headers=auth())
+            for _ in range(4)
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [201, 409, 409, 409]
+    with factory() as session:
+        assert len(session.scalars(select(BookingRow)).all()) == 1
+
+
+async def test_last_device_unit_goes_to_one_of_two_concurrent_bookings(
+    client: httpx.AsyncClient, auth: Auth, factory: sessionmaker[Session]
+) -> None:
+    r = await client.put(
+        "/v1/device-types/breast_board",
+        json={"id": "breast_board", "name": "breast board", "stock": 1},
+        headers=auth(),
+    )
+    assert r.status_code == 200
+    ids = await requests(client, auth, 2, requirements={"immobilization": ["breast_board"]})
+    responses = await asyncio.gather(
+        *(
+            client.post(f"/v1/simulation-requests/{rid}/book", json={}, headers=auth())
+            for rid in ids
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [201, 409]
+    with factory() as session:
+        assert len(session.scalars(select(ReservationRow).where(ReservationRow.active)).all()) == 1
+
+
+def test_the_database_refuses_an_overlapping_claim(
+    service: SchedulerService, factory: sessionmaker[Session]
+) -> None:
+    """Written behind the service's back: the constraint is the database's, not the code's."""
+    from services.scheduler.schemas import RequestIn
+    from shared.auth import Principal
+
+    who = Principal(user="t", roles=frozenset({"scheduler"}))
+    booking = service.book(service.create_request(RequestIn(**BASE), who).id, None, who)
+    with pytest.raises(IntegrityError), factory.begin() as session:
+        session.add(
+            ClaimRow(
+                booking_id=booking.id,
+                resource="room:ctsim1",
+                start=at("2026-11-30", "07:45"),
+                end=at("2026-11-30", "08:15"),
+                active=True,
+            )
+        )
+    # An inactive claim (a cancelled booking's) holds nothing; touching ends are no overlap.
+    with factory.begin() as session:
+        session.add_all(
+            [
+                ClaimRow(
+                    booking_id=booking.id,
+                    resource="room:ctsim1",
+                    start=at("2026-11-30", "07:45"),
+                    end=at("2026-11-30", "08:15"),
+                    active=False,
+                ),
+                ClaimRow(
+                    booking_id=booking.id,
+                    resource="room:ctsim1",
+                    start=at("2026-11-30", "08:00"),
+                    end=at("2026-11-30", "08:30"),
+                    active=True,
+                ),
+            ]
+        )
+    # Re-activating the cancelled overlapping claim is refused too (the update trigger).
+    with pytest.raises(IntegrityError), factory.begin() as session:
+        claim = session.scalars(select(ClaimRow).where(~ClaimRow.active)).one()
+        claim.active = True
