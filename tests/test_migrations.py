@@ -14,6 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
 from services.billing.store import Base as BillingBase
+from services.documents.store import Base as DocumentsBase
 from services.qa_tracker.store import Base as QaBase
 from services.scheduler.store import Base as SchedulerBase
 from services.scp_listener.store import Base as ScpBase
@@ -26,6 +27,7 @@ MODELS = {
     "qa_tracker": QaBase.metadata,
     "billing": BillingBase.metadata,
     "scheduler": SchedulerBase.metadata,
+    "documents": DocumentsBase.metadata,
 }
 
 
