@@ -198,6 +198,7 @@ def serve(
 
     import uvicorn
 
+    from shared.collector import tune_collector
     from shared.natsd import check_port, listening_socket
     from shared.settings import SettingError
 
@@ -215,6 +216,7 @@ def serve(
                 other_host = getattr(settings, name.removesuffix("_port") + "_host", host)
                 check_port(other_host, other, f"RTOPS_{name.upper()}")
         app = create()
+        tune_collector()
     except SettingError as exc:
         print(f"{service}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

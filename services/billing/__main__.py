@@ -14,6 +14,7 @@ from services.billing.app import SERVICE, create_app
 from services.billing.service import BillingService
 from services.billing.settings import BillingSettings
 from services.billing.store import Outbox
+from shared.collector import tune_collector
 from shared.db import make_engine, session_factory
 from shared.outbox import outbox_info
 from shared.settings import settings_or_exit
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = settings_or_exit(BillingSettings, SERVICE)
     if args.command == "reevaluate":
+        tune_collector()
         print(f"re-evaluated the courses of {reevaluate(settings)} patients")
         return
     serve(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import NamedTuple
 
 from services.billing.domain import occurrences as occ
 from services.billing.domain import technique
@@ -33,9 +34,8 @@ from services.billing.domain.sessions import Session, count_sessions
 ADD_ON_PRIMARIES = {"77293": frozenset({"77295", "77301"})}
 
 
-@dataclass(frozen=True)
-class ServiceLine:
-    """A coded service before modifiers."""
+class ServiceLine(NamedTuple):
+    """A coded service before modifiers (a named tuple: one per charge, built fast)."""
 
     rule: Rule
     key: str
@@ -88,13 +88,28 @@ def evaluate_course(
         plans=plans,
         kind=occ.effective_kind(course.kind, len(external)),
         superficial=technique.superficial(external_plans),
+        evidence={s.id: s.evidence for s in sessions},
     )
 
     lines: list[ServiceLine] = []
     unresolved: list[Unresolved] = []
+    # Occurrences of one family often share one attribute mapping (delivery and guidance do,
+    # per distinct plan set): the rules are selected once per mapping and effective-dates
+    # interval. The mapping is kept alive in the memo, so its id is not reused meanwhile.
+    chosen_for: dict[tuple[str, int, int], tuple[object, list[Rule]]] = {}
     for family in occ.FAMILIES:
         for occurrence in family(ctx):
-            chosen = rules.select(occurrence.family, occurrence.service_date, occurrence.attrs)
+            memo_key = (
+                occurrence.family,
+                id(occurrence.attrs),
+                rules.interval(occurrence.service_date),
+            )
+            held = chosen_for.get(memo_key)
+            if held is None:
+                chosen = rules.select(occurrence.family, occurrence.service_date, occurrence.attrs)
+                chosen_for[memo_key] = (occurrence.attrs, chosen)
+            else:
+                chosen = held[1]
             if not chosen:
                 if _must_code(occurrence):
                     unresolved.append(_unresolved(course.course_id, occurrence))
@@ -103,8 +118,11 @@ def evaluate_course(
                 lines.extend(UNIT_RULES[rule.unit_rule](ctx, occurrence, rule))
 
     lines = _cap_units(_add_on_holds(lines))
+    modifiers_of: dict[str, list[tuple[str, ...]]] = {}
     charges = [
-        charge for line in lines for charge in _claim_lines(course, line, settings, rules.version)
+        charge
+        for line in lines
+        for charge in _claim_lines(course, line, settings, rules.version, modifiers_of)
     ]
     kept, bundled = apply_bundles(charges, rules, payer)
     return CourseEvaluation(
@@ -126,8 +144,14 @@ UnitRule = Callable[[CourseContext, Occurrence, Rule], list[ServiceLine]]
 
 
 def _per_occurrence(ctx: CourseContext, o: Occurrence, rule: Rule) -> list[ServiceLine]:
-    hold = o.hold_reason or _missing_documents(ctx.course.documents, rule, o, ctx.settings)
-    return [_line(rule, o, units=1, hold=hold)]
+    hold = o.hold_reason
+    if hold is None and rule.requires:
+        hold = _missing_documents(ctx.course.documents, rule, o, ctx.settings)
+    return [
+        ServiceLine(
+            rule, o.key, 1, o.service_date, (o.service_date, o.service_date), o.evidence, hold
+        )
+    ]
 
 
 def _per_five(ctx: CourseContext, o: Occurrence, rule: Rule) -> list[ServiceLine]:
@@ -155,8 +179,7 @@ def _blocks(
             continue
         period = (sessions[0].day, sessions[-1].day)
         on = period[0] if ctx.payer.management_service_date == "block_start" else period[1]
-        block_occurrence = replace(
-            o,
+        block_occurrence = o._replace(
             key=f"unit-{block.index}",
             service_date=on,
             evidence=tuple(sorted({e for s in sessions for f in s.fractions for e in f.event_ids})),
@@ -285,25 +308,28 @@ def _add_on_holds(lines: list[ServiceLine]) -> list[ServiceLine]:
     for line in lines:
         primaries = ADD_ON_PRIMARIES.get(line.rule.code)
         if primaries and not primaries & codes and line.hold_reason is None:
-            line = replace(line, hold_reason="add_on_without_primary")
+            line = line._replace(hold_reason="add_on_without_primary")
         out.append(line)
     return out
 
 
 def _cap_units(lines: list[ServiceLine]) -> list[ServiceLine]:
     """Lines beyond a rule's per-course maximum are held (77373: at most five per course)."""
-    by_rule: dict[str, list[ServiceLine]] = defaultdict(list)
-    for line in lines:
-        by_rule[line.rule.id].append(line)
+    capped: dict[str, list[ServiceLine]] = defaultdict(list)
     out = []
-    for rule_lines in by_rule.values():
+    for line in lines:
+        if line.rule.max_units is None:
+            out.append(line)
+        else:
+            capped[line.rule.id].append(line)
+    for rule_lines in capped.values():
         rule_lines.sort(key=lambda line: (line.service_date, line.key))
         limit = rule_lines[0].rule.max_units
         used = 0
         for line in rule_lines:
             used += line.units
             if limit is not None and used > limit and line.hold_reason is None:
-                line = replace(line, hold_reason="exceeds_max_units")
+                line = line._replace(hold_reason="exceeds_max_units")
             out.append(line)
     return out
 
@@ -312,26 +338,39 @@ def _cap_units(lines: list[ServiceLine]) -> list[ServiceLine]:
 
 
 def _claim_lines(
-    course: CourseFacts, line: ServiceLine, settings: BillingSettings, version: str
+    course: CourseFacts,
+    line: ServiceLine,
+    settings: BillingSettings,
+    version: str,
+    modifiers_of: dict[str, list[tuple[str, ...]]] | None = None,
 ) -> list[Charge]:
+    rule = line.rule
+    if modifiers_of is None:
+        lines = lines_for(rule, settings)
+    else:
+        lines = modifiers_of.get(rule.id)  # type: ignore[assignment]
+        if lines is None:
+            lines = modifiers_of[rule.id] = lines_for(rule, settings)
+    status = "hold" if line.hold_reason else "ready"
+    prefix = f"{course.course_id}|{rule.code}|{line.key}|"
     return [
         Charge(
-            id="|".join((course.course_id, line.rule.code, line.key, "-".join(modifiers))),
+            id=prefix + "-".join(modifiers),
             patient_id=course.patient_id,
             course_id=course.course_id,
-            cpt=line.rule.code,
+            cpt=rule.code,
             modifiers=modifiers,
             units=line.units,
             service_date=line.service_date,
-            status="hold" if line.hold_reason else "ready",
+            status=status,
             hold_reason=line.hold_reason,
             evidence=line.evidence,
-            rule=line.rule.id,
-            citation=line.rule.citation,
+            rule=rule.id,
+            citation=rule.citation,
             period=line.period,
             rules_version=version,
         )
-        for modifiers in lines_for(line.rule, settings)
+        for modifiers in lines
     ]
 
 

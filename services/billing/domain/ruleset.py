@@ -144,6 +144,11 @@ class RuleSet:
     def family(self, family: str) -> list[Rule]:
         return list(self._by_family.get(family, ()))
 
+    def interval(self, on: date) -> int:
+        """Which effective-dates interval ``on`` falls in: every rule is effective or not
+        throughout one."""
+        return bisect_right(self._boundaries, on)
+
     def select(self, family: str, on: date, attrs: Mapping[str, Any]) -> list[Rule]:
         """One rule per slot of the family: the effective rule whose conditions all hold, the
         most specific where several do (ties by code, so the choice never depends on order).

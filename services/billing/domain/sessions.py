@@ -12,10 +12,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
-from functools import cached_property
 from typing import Any
 
 from services.billing.domain.facts import TreatmentRecordFacts
@@ -53,11 +52,16 @@ class Session:
         return tuple(sorted({e for f in self.fractions for e in f.event_ids}))
 
     # Read several times per evaluation: computed on first use and kept in the instance's
-    # __dict__ (cached_property writes there directly, so it works on a frozen dataclass
-    # without slots); not a field, so equality, hashing, repr and replace() are unchanged.
-    @cached_property
+    # __dict__ (not a field, so equality, hashing, repr and replace() are unchanged). Not
+    # functools.cached_property: before Python 3.12 it takes a lock on every first access.
+    @property
     def plan_uids(self) -> tuple[str, ...]:
-        return tuple(sorted({f.plan_uid for f in self.fractions if f.plan_uid}))
+        held = self.__dict__.get("_plan_uids")
+        if held is None:
+            held = self.__dict__["_plan_uids"] = tuple(
+                sorted({f.plan_uid for f in self.fractions if f.plan_uid})
+            )
+        return held  # type: ignore[no-any-return]
 
     @property
     def partial(self) -> bool:
@@ -94,34 +98,38 @@ def fractions_of(records: Iterable[TreatmentRecordFacts]) -> list[Fraction]:
     ]
     by_uid = {r.record_uid: r for r in usable}
     keys_of: dict[str, list[FractionKey]] = {r.record_uid: _keys(r) for r in usable}
-
-    parent: dict[FractionKey, FractionKey] = {k: k for ks in keys_of.values() for k in ks}
-
-    def find(k: FractionKey) -> FractionKey:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
-    def union(a: FractionKey, b: FractionKey) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb, key=_order)] = min(ra, rb, key=_order)
-
-    for record in usable:
-        for ref in record.referenced_record_uids:
-            if ref in by_uid:
-                for a in keys_of[record.record_uid]:
-                    for b in keys_of[ref]:
-                        union(a, b)
-
+    links = [
+        (record.record_uid, ref)
+        for record in usable
+        for ref in record.referenced_record_uids
+        if ref in by_uid
+    ]
     members: dict[FractionKey, list[TreatmentRecordFacts]] = defaultdict(list)
-    for uid, keys in keys_of.items():
-        for k in keys:
-            members[find(k)].append(by_uid[uid])
+    if links:
+        root = _joined(keys_of, links)
+        for uid, keys in keys_of.items():
+            for k in keys:
+                members[root(k)].append(by_uid[uid])
+    else:  # the common case: no record continues another, every key is its own fraction
+        for uid, keys in keys_of.items():
+            for k in keys:
+                members[k].append(by_uid[uid])
 
     fractions = []
     for key, recs in members.items():
+        if len(recs) == 1:
+            (first,) = recs
+            fractions.append(
+                Fraction(
+                    key=key,
+                    started_at=first.treated_at,  # type: ignore[arg-type]
+                    kind=first.record_kind,
+                    partial=first.partial,
+                    record_uids=(first.record_uid,),
+                    event_ids=(first.event_id,),
+                )
+            )
+            continue
         recs = sorted(set(recs), key=lambda r: r.record_uid)
         first = min(recs, key=lambda r: (r.treated_at, r.record_uid))
         fractions.append(
@@ -136,6 +144,28 @@ def fractions_of(records: Iterable[TreatmentRecordFacts]) -> list[Fraction]:
             )
         )
     return sorted(fractions, key=lambda f: (f.started_at, _order(f.key)))
+
+
+def _joined(
+    keys_of: dict[str, list[FractionKey]], links: list[tuple[str, str]]
+) -> Callable[[FractionKey], FractionKey]:
+    """Union-find over fraction keys: a record continuing another (its Referenced Treatment
+    Record) joins their fractions; the smallest key of each set names it."""
+    parent: dict[FractionKey, FractionKey] = {k: k for ks in keys_of.values() for k in ks}
+
+    def find(k: FractionKey) -> FractionKey:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for uid, ref in links:
+        for a in keys_of[uid]:
+            for b in keys_of[ref]:
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[max(ra, rb, key=_order)] = min(ra, rb, key=_order)
+    return find
 
 
 def count_sessions(
