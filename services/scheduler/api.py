@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.audit import record_request
+from shared.audit import record_access, record_request
 from shared.auth import SchedulingStaff
 from shared.errors import NotFound
 
@@ -603,6 +603,34 @@ def staff_calendar(
             session, AuditLog, principal, request, patient_ids=[b.patient_id for b in rows]
         )
     return Response(body, media_type=ICS)
+
+
+class BatchIn(BaseModel):
+    commit: bool = Field(
+        default=False, description="book the batch's answer; false: report it only"
+    )
+
+
+@router.post("/batch")
+def batch(
+    body: BatchIn, principal: SchedulingStaff, service: ServiceDep, factory: FactoryDep
+) -> dict[str, Any]:
+    """Schedule every ready request for the coming seven days at once (OR-Tools CP-SAT,
+    minimizing urgency-weighted waiting) and report it against booking them one at a time in
+    queue order; with ``commit`` the answer is booked (each slot checked again)."""
+    result = service.batch(commit=body.commit, principal=principal)
+    with factory.begin() as session:
+        ids = [s["request_id"] for s in result["batch"]["slots"]]
+        patients = session.scalars(select(RequestRow.patient_id).where(RequestRow.id.in_(ids)))
+        record_access(
+            session,
+            AuditLog,
+            principal,
+            action="write" if body.commit else "read",
+            resource="/v1/batch",
+            patient_ids=list(patients),
+        )
+    return result
 
 
 class UnbookedOut(BaseModel):

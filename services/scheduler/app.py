@@ -31,6 +31,8 @@ def build_service(settings: SchedulerSettings, runtime: Runtime) -> SchedulerSer
         calendar=clinic_calendar(settings),
         policy=settings.policy(),
         on_commit=runtime.relay.wake,
+        batch_time_limit_s=settings.scheduler_batch_time_limit_s,
+        batch_workers=settings.scheduler_batch_workers,
     )
 
 

@@ -93,7 +93,10 @@ class SchedulerService:
         policy: domain.Policy,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_commit: Callable[[], None] = lambda: None,
+        batch_time_limit_s: float = 20.0,
+        batch_workers: int = 2,
     ) -> None:
+        self._batch_limits = (batch_time_limit_s, batch_workers)
         self._factory = factory
         self.calendar = calendar
         self.policy = policy
@@ -606,6 +609,58 @@ class SchedulerService:
         )
         return booking
 
+    # ------------------------------------------------------------ batch
+
+    def batch(self, *, commit: bool, principal: Principal) -> dict[str, Any]:
+        """The coming week for every ready request at once (CP-SAT), against booking them one
+        at a time in queue order; ``commit`` books the batch's answer (each through ``book``,
+        so every constraint is checked again and the database guards the race)."""
+        from .batch import Item, schedule_week
+
+        now = self._now()
+        end = now + timedelta(days=7)
+        with self._factory() as session:
+            rows = session.scalars(
+                select(RequestRow)
+                .where(RequestRow.status == "ready")
+                .order_by(RequestRow.created_at)
+            ).all()
+            rows = [r for r in rows if not self.blocking_of(session, r)]
+            devices = self.devices(session)
+            world = self.world(session, start=now)
+            items = [
+                Item(
+                    request_id=r.id,
+                    need=self.need(r, devices),
+                    weight=self.policy.urgency[r.urgency].weight,
+                    requested_at=r.created_at,
+                    order=n,
+                )
+                for n, r in enumerate(rows)
+            ]
+        limit, workers = self._batch_limits
+        result = schedule_week(items, world, now=now, end=end, time_limit_s=limit, workers=workers)
+        booked, refused = [], []
+        if commit:
+            for rid, slot in sorted(result.batch.slots.items(), key=lambda kv: kv[1].start):
+                try:
+                    b = self.book(rid, Proposal(slot.start, slot.room), principal)
+                    booked.append(b.id)
+                except (SlotConflict, Conflict) as exc:
+                    refused.append({"request_id": rid, "reason": str(exc)})
+        return {
+            "requests": len(items),
+            "week": {"from": now.isoformat(), "to": end.isoformat()},
+            "used": result.used,
+            "solver_status": result.solver_status,
+            "seconds": result.seconds,
+            "batch": _outcome(result.batch),
+            "one_at_a_time": _outcome(result.one_at_a_time),
+            "committed": commit,
+            "booked": booked,
+            "refused": refused,
+        }
+
     # ------------------------------------------------------------ reads
 
     def booking_of(self, request_id: str) -> BookingRow | None:
@@ -777,6 +832,25 @@ _BLOCKING_DETAIL = {
     domain.NO_PROCEDURALIST: "fiducials / SpaceOAR need a proceduralist and none is set up",
     domain.NO_ROOM: "no CT simulator room is set up",
 }
+
+
+def _outcome(outcome: Any) -> dict[str, Any]:
+    return {
+        "scheduled": len(outcome.slots),
+        "unscheduled": outcome.unscheduled,
+        "weighted_wait_hours": outcome.weighted_wait_h,
+        "slots": [
+            {
+                "request_id": rid,
+                "start": slot.start.isoformat(),
+                "end": slot.end.isoformat(),
+                "room": slot.room,
+                "therapists": list(slot.therapists),
+                "procedure_start": slot.procedure.start.isoformat() if slot.procedure else None,
+            }
+            for rid, slot in sorted(outcome.slots.items(), key=lambda kv: kv[1].start)
+        ],
+    }
 
 
 def _booking_view(b: BookingRow) -> dict[str, Any]:

@@ -91,6 +91,11 @@ class SchedulerSettings(RtopsSettings):
         description="JSON: urgency -> target business days and batch weight",
     )
 
+    scheduler_batch_time_limit_s: float = Field(
+        default=20.0, gt=0, description="batch mode: CP-SAT's time limit"
+    )
+    scheduler_batch_workers: int = Field(default=2, ge=1, description="batch mode: CP-SAT threads")
+
     def policy(self) -> Policy:
         return Policy(
             therapists_needed=self.scheduler_therapists_per_simulation,

@@ -35,6 +35,12 @@ class Busy:
         starts.insert(i, start)
         ends.insert(i, end)
 
+    def copy(self) -> Busy:
+        out = Busy()
+        out._starts = {k: list(v) for k, v in self._starts.items()}
+        out._ends = {k: list(v) for k, v in self._ends.items()}
+        return out
+
     def free(self, key: str, start: datetime, end: datetime) -> bool:
         starts = self._starts.get(key)
         if not starts:

@@ -439,3 +439,24 @@ async def test_resources_api(client: httpx.AsyncClient, auth: Auth) -> None:
     problem(await client.put("/v1/rooms/ctsim2", json=bad, headers=auth()), 422)
     assert (await client.put("/v1/rooms/ctsim2", json=room2, headers=auth())).status_code == 200
     assert len((await client.get("/v1/rooms", headers=auth())).json()) == 2
+
+
+async def test_batch_reports_then_commits(
+    client: httpx.AsyncClient, auth: Auth, factory: sessionmaker[Session]
+) -> None:
+    routine = [await create(client, auth, patient_id=f"B-{n}") for n in range(3)]
+    emergent = await create(client, auth, patient_id="B-E", urgency="emergent")
+    blocked = await create(client, auth, patient_id="B-X", requirements={"iv_contrast": True})
+    report = (await client.post("/v1/batch", json={}, headers=auth())).json()
+    assert report["requests"] == 4  # the blocked one waits
+    assert report["batch"]["weighted_wait_hours"] <= report["one_at_a_time"]["weighted_wait_hours"]
+    first = report["batch"]["slots"][0]
+    assert first["request_id"] == emergent["id"]
+    assert count(factory, BookingRow) == 0  # a report books nothing
+    done = (await client.post("/v1/batch", json={"commit": True}, headers=auth())).json()
+    assert len(done["booked"]) == 4 and done["refused"] == []
+    queue = (await client.get("/v1/queue", headers=auth())).json()
+    assert [i["request"]["id"] for i in queue] == [blocked["id"]]
+    for r in routine:
+        got = await client.get(f"/v1/simulation-requests/{r['id']}", headers=auth())
+        assert got.json()["status"] == "booked"
