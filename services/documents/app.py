@@ -32,10 +32,7 @@ def scp_fetcher(settings: DocumentsSettings) -> FetchPdf:
             token = settings.documents_scp_token_file.read_text().strip()
         else:
             token = issue_dev_token(settings, user="documents-service", roles=["admin"])
-        url = (
-            f"{settings.documents_scp_url.rstrip('/')}/v1/objects/"
-            f"{doc.object.sop_instance_uid}/content"
-        )
+        url = f"{settings.scp_url()}/v1/objects/{doc.object.sop_instance_uid}/content"
         try:
             response = httpx.get(
                 url,

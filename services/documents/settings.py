@@ -35,9 +35,10 @@ class DocumentsSettings(RtopsSettings):
     documents_course_gap_days: int = Field(
         default=30, ge=0, description="plans without references further apart start a new course"
     )
-    documents_scp_url: str = Field(
-        default="http://localhost:8000",
-        description="the SCP's API, where Encapsulated PDFs are fetched from",
+    documents_scp_url: str | None = Field(
+        default=None,
+        description="the SCP's API, where Encapsulated PDFs are fetched from; unset: the SCP's "
+        "address in RTOPS_UI_API_URLS / RTOPS_UI_SERVICE_URLS (rtops run fills it)",
     )
     documents_scp_token_file: Path | None = Field(
         default=None,
@@ -79,6 +80,14 @@ class DocumentsSettings(RtopsSettings):
     documents_retry_max_s: float = Field(
         default=3600.0, gt=0, description="longest wait between two attempts of one letter"
     )
+
+    def scp_url(self) -> str:
+        return (
+            self.documents_scp_url
+            or self.ui_api_urls.get("scp_listener")
+            or self.ui_service_urls.get("scp_listener")
+            or "http://localhost:8000"
+        ).rstrip("/")
 
     def checklist_policy(self) -> ChecklistPolicy:
         if self.documents_checklist is None:

@@ -1,0 +1,183 @@
+"""The documents service's staff pages over httpx against the real app (``background=False``):
+a patient's plan versions with what changed and the checklist, filing a PDF from the page
+(415 / unknown plan shown on the page, nothing kept), the letters with the PDF beside them and
+the physician's approval; sign-in, roles, CSRF and audit."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.documents.app import SERVICE, TABLES, api_app
+from services.documents.service import DocumentsService
+from services.documents.settings import DocumentsSettings
+from services.documents.store import AuditLog, DocumentRow, LetterRow
+from services.documents.transport import OutboxFolder
+from tests.databases import service_database
+from tests.documents.conftest import make_pdf, make_service
+from tests.documents.events import MONDAY, PID, fraction, plan, uid
+from tests.events import Clock, at
+
+KEY = "documents-pages-test-key-" + "k" * 32
+Db = tuple[DocumentsSettings, sessionmaker[Session]]
+
+
+@pytest.fixture
+def documents(base_settings: dict[str, object]) -> Iterator[Db]:
+    settings = DocumentsSettings(**base_settings, dev_signing_key=KEY)  # type: ignore[arg-type]
+    with service_database(settings, SERVICE, TABLES) as factory:
+        yield settings, factory
+
+
+@pytest.fixture
+def documents_service(documents: Db, tmp_path: object) -> DocumentsService:
+    """DOC-001: version 1 (unapproved) treated on Monday, version 2 derived from it with fewer
+    fractions: a draft letter, a flag."""
+    _, factory = documents
+    service = make_service(
+        factory,
+        Clock(at("2026-03-20", "12:00")),
+        OutboxFolder(tmp_path / "letters"),  # type: ignore[operator]
+    )
+    service.apply_batch(
+        [
+            plan(1, approved=False),
+            fraction(1, MONDAY),
+            plan(
+                2,
+                fractions=25,
+                dose_gy=62.5,
+                refs=((1, "PREDECESSOR"),),
+                received=at("2026-03-03", "17:00"),
+            ),
+        ]
+    )
+    return service
+
+
+@pytest.fixture
+def app(documents: Db, documents_service: DocumentsService) -> FastAPI:
+    settings, factory = documents
+    return api_app(settings, factory, documents_service)
+
+
+def token_in(html: str) -> str:
+    return re.findall(r'name="csrf_token" value="([^"]+)"', html)[-1]
+
+
+async def sign_in(client: httpx.AsyncClient, name: str, role: str) -> str:
+    form = await client.get("/ui/sign-in")
+    answer = await client.post(
+        "/ui/sign-in",
+        data={"name": name, "role": role, "csrf_token": token_in(form.text), "next": "/ui/"},
+    )
+    assert answer.status_code == 303, answer.text
+    return token_in((await client.get("/ui/plans")).text)
+
+
+def count(factory: sessionmaker[Session], model: type) -> int:
+    with factory() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_not_signed_in_redirects_and_billing_is_refused(client: httpx.AsyncClient) -> None:
+    for path in ("/ui/plans", "/ui/letters"):
+        answer = await client.get(path)
+        assert answer.status_code == 303
+        assert answer.headers["location"].startswith("/ui/sign-in?next=")
+    await sign_in(client, "Bea Billing", "billing")
+    assert (await client.get("/ui/plans")).status_code == 403
+
+
+async def test_plan_versions_show_what_changed_the_checklist_and_flags(
+    client: httpx.AsyncClient, documents: Db
+) -> None:
+    await sign_in(client, "Pat Physicist", "physicist")
+    page = await client.get("/ui/plans", params={"patient": PID})
+    assert page.status_code == 200
+    html = page.text
+    assert "Version 1: PROST" in html and "Version 2: PROST" in html
+    assert "fractions: 28 -&gt; 25" in html
+    assert "treated while not approved" in html
+    assert "✗ Written directive (prescription)" in html
+    assert f'action="/ui/plans/{uid(1)}/documents"' in html
+    _, factory = documents
+    with factory() as session:
+        audited = session.scalars(select(AuditLog.patient_id).where(AuditLog.action == "read"))
+        assert PID in set(audited)
+
+
+async def test_filing_from_the_page(client: httpx.AsyncClient, documents: Db) -> None:
+    _, factory = documents
+    csrf = await sign_in(client, "Pat Physicist", "physicist")
+    url = f"/ui/plans/{uid(2)}/documents"
+    fields = {
+        "csrf_token": csrf,
+        "patient": PID,
+        "doc_type": "physics_plan_qa",
+        "signed_by": "Physicist^Pat",
+        "signed_at": "2026-03-04T09:30",
+    }
+    not_pdf = await client.post(
+        url, data=fields, files={"file": ("qa.pdf", b"hello", "text/plain")}
+    )
+    assert not_pdf.status_code == 415 and "is not a PDF" in not_pdf.text
+    unknown = await client.post(
+        f"/ui/plans/{uid(99)}/documents",
+        data=fields,
+        files={"file": ("qa.pdf", make_pdf(), "application/pdf")},
+    )
+    assert unknown.status_code == 422 and "unknown plan_uid" in unknown.text
+    no_csrf = await client.post(
+        url,
+        data={**fields, "csrf_token": "x"},
+        files={"file": ("qa.pdf", make_pdf(), "application/pdf")},
+    )
+    assert no_csrf.status_code == 403
+    assert count(factory, DocumentRow) == 0
+    filed = await client.post(
+        url, data=fields, files={"file": ("qa.txt", make_pdf("qa"), "text/plain")}
+    )
+    assert filed.status_code == 303
+    assert filed.headers["location"].startswith(f"/ui/plans?patient={PID}&filed=")
+    page = await client.get(filed.headers["location"])
+    assert "Document filed" in page.text and "✓ Physics plan QA report" in page.text
+    [doc_id] = re.findall(r'href="/ui/documents/([0-9a-f-]{36})"', page.text)
+    pdf = await client.get(f"/ui/documents/{doc_id}")
+    assert pdf.headers["content-type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
+
+
+async def test_a_physician_approves_a_letter_beside_its_pdf(
+    client: httpx.AsyncClient, documents: Db
+) -> None:
+    _, factory = documents
+    csrf = await sign_in(client, "Olga Oncologist", "physician")
+    page = await client.get("/ui/letters")
+    assert page.status_code == 200
+    [letter_id] = re.findall(r'src="/ui/letters/([0-9a-f-]{36})/pdf"', page.text)
+    assert "Dr. Rita Referrer" in page.text and "Approve and send" in page.text
+    pdf = await client.get(f"/ui/letters/{letter_id}/pdf")
+    assert pdf.content.startswith(b"%PDF")
+    approved = await client.post(f"/ui/letters/{letter_id}/approve", data={"csrf_token": csrf})
+    assert approved.status_code == 303
+    after = await client.get(approved.headers["location"])
+    assert "sent" in after.text and "(outbox)" in after.text
+    with factory() as session:
+        assert session.scalar(select(LetterRow.status)) == "sent"
+    again = await client.post(f"/ui/letters/{letter_id}/approve", data={"csrf_token": csrf})
+    assert again.status_code == 409
+
+
+async def test_a_physicist_sees_letters_but_cannot_approve(client: httpx.AsyncClient) -> None:
+    csrf = await sign_in(client, "Pat Physicist", "physicist")
+    page = await client.get("/ui/letters")
+    assert "A physician approves the letter." in page.text
+    [letter_id] = re.findall(r'src="/ui/letters/([0-9a-f-]{36})/pdf"', page.text)
+    answer = await client.post(f"/ui/letters/{letter_id}/approve", data={"csrf_token": csrf})
+    assert answer.status_code == 403
