@@ -45,6 +45,7 @@ class StaffIdentity(BaseModel):
 DEV_SERVICE_URLS: dict[str, str] = {
     "scp_listener": "http://localhost:8000",
     "qa_tracker": "http://localhost:8001",
+    "scheduler": "http://localhost:8002",
     "billing": "http://localhost:8004",
 }
 
