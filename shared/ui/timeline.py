@@ -234,10 +234,53 @@ async def billing(
     return entries, more
 
 
-# Documents and the scheduler add their source here when their pages land.
+async def documents(
+    client: httpx.AsyncClient, base: str, patient_id: str
+) -> tuple[list[Entry], str | None]:
+    """Plan versions (when each was received, its checklist and flags) and the letters to the
+    referring provider; each links to the documents service's pages."""
+    versions = await _get(client, f"{base}/v1/plans", patient_id=patient_id)
+    letters = await _get(client, f"{base}/v1/letters", patient_id=patient_id)
+    entries = []
+    for v in versions:
+        missing = ", ".join(m.replace("_", " ") for m in v["missing_documents"])
+        flags = ", ".join(f.replace("_", " ") for f in v["flags"])
+        detail = [
+            v.get("approval_status") or "",
+            f"missing: {missing}" if missing else "documents complete",
+            f"flagged: {flags}" if flags else "",
+        ]
+        entries.append(
+            Entry(
+                at=_at(v["revisions"][0]["received_at"] if v["revisions"] else None),
+                service="documents",
+                kind="plan",
+                title=f"Plan version {v['version']}: {v.get('label') or 'unnamed'}",
+                detail=" · ".join(d for d in detail if d),
+                href=f"{base}/ui/plans?patient={quote(patient_id, safe='')}",
+                status="flagged" if flags else ("complete" if not missing else "incomplete"),
+            )
+        )
+    for letter in letters:
+        entries.append(
+            Entry(
+                at=_at(letter["drafted_at"]),
+                service="documents",
+                kind="letter",
+                title="Letter to the referring provider",
+                detail=letter["facts"].get("referring_provider") or "",
+                href=f"{base}/ui/letters?status=&letter={letter['id']}",
+                status=letter["status"],
+            )
+        )
+    return entries, None
+
+
+# The scheduler adds its source here when its pages land.
 SOURCES: dict[str, Source] = {
     "qa_tracker": qa_tracker,
     "scp_listener": scp_listener,
+    "documents": documents,
     "billing": billing,
 }
 
