@@ -6,7 +6,8 @@ the physician's approval; sign-in, roles, CSRF and audit."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -181,3 +182,46 @@ async def test_a_physicist_sees_letters_but_cannot_approve(client: httpx.AsyncCl
     [letter_id] = re.findall(r'src="/ui/letters/([0-9a-f-]{36})/pdf"', page.text)
     answer = await client.post(f"/ui/letters/{letter_id}/approve", data={"csrf_token": csrf})
     assert answer.status_code == 403
+
+
+# ---------------------------------------------------------------- the patient timeline
+
+QA, DOCUMENTS = "http://qa.test", "http://documents.test"
+
+
+@pytest.fixture
+async def qa_with_documents(
+    qa_db: Any, service: Any, app: FastAPI
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The QA tracker's pages (the timeline's host) asking the documents API in-process."""
+    from services.qa_tracker.app import api_app as qa_api_app
+
+    settings, factory = qa_db
+    urls = {"qa_tracker": QA, "documents": DOCUMENTS}
+    settings = settings.model_copy(update={"dev_signing_key": KEY, "ui_service_urls": urls})
+    qa = qa_api_app(settings, factory, service)
+    qa.state.http_mounts = {
+        QA: httpx.ASGITransport(app=qa),
+        DOCUMENTS: httpx.ASGITransport(app=app),
+    }
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=qa), base_url="http://testserver"
+    ) as client:
+        yield client
+
+
+async def test_the_patient_timeline_shows_plan_versions_and_the_letter(
+    qa_with_documents: httpx.AsyncClient,
+) -> None:
+    client = qa_with_documents
+    form = await client.get("/ui/sign-in")
+    await client.post(
+        "/ui/sign-in",
+        data={"name": "Olga Oncologist", "role": "physician", "csrf_token": token_in(form.text)},
+    )
+    html = (await client.get(f"/ui/patients/{PID}")).text
+    assert re.search(r"<strong>Documents</strong>:\s*3 entries", html)
+    assert "Plan version 1: PROST" in html and "Plan version 2: PROST" in html
+    assert "flagged: documents incomplete, unapproved" in html
+    assert "Letter to the referring provider" in html
+    assert f'href="{DOCUMENTS}/ui/plans?patient={PID}"' in html
