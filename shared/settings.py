@@ -46,6 +46,7 @@ DEV_SERVICE_URLS: dict[str, str] = {
     "scp_listener": "http://localhost:8000",
     "qa_tracker": "http://localhost:8001",
     "scheduler": "http://localhost:8002",
+    "documents": "http://localhost:8003",
     "billing": "http://localhost:8004",
 }
 
