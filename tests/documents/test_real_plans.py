@@ -1,4 +1,4 @@
-"""Version histories from real plans (the vendors' files in tests/data, listed in its README):
+"""Version histories from real plans (the vendors' files in tests/data), read by the
 SCP's own extractor into the event it publishes, then versioned. The verification plan never
 joins a course; each plan's facts and checklist come out of the vendor's file."""
 
