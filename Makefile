@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run demo test lint format schemas bench bench-qa bench-billing bench-pages clean
+.PHONY: help install run demo test lint format schemas bench bench-qa bench-billing bench-pages bench-documents clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,3 +57,6 @@ bench-billing: install ## billing: 5,000 courses, 100,000 claim lines, consumer 
 
 bench-pages: install ## staff pages benchmark, 60 days (--days 250: the year; RTOPS_DATABASE_URL)
 	$(BIN)/python -m bench.pages_bench --days 60
+
+bench-documents: install ## documents: a year's 3,000 courses, plans and checklist query p95, letters/s (SQLite and PostgreSQL)
+	$(BIN)/python -m bench.documents_bench
