@@ -53,6 +53,7 @@ class BatchResult:
     solver_status: str
     seconds: float
     used: str  # "batch" or "one_at_a_time"
+    note: str = ""  # why the batch's own answer was not used
 
 
 def _cost(items: Sequence[Item], placed: dict[str, Slot], end: datetime) -> tuple[float, list[str]]:
@@ -118,23 +119,30 @@ def schedule_week(
     busy = world.busy.copy()
     step = timedelta(minutes=world.step_minutes)
 
-    # Proceduralist appointments first, most urgent first: they only move a request's
-    # earliest start, and the batch then places the simulations.
-    procedures: dict[str, Procedure] = {}
+    # Proceduralist appointments first: they only move a request's earliest start, and the
+    # batch then places the simulations. The one-at-a-time answer's appointments are kept, so
+    # that answer is a solution of the model (the solver's starting point); the others go,
+    # most urgent first, into what is left of the blocks.
+    procedures: dict[str, Procedure] = {
+        rid: slot.procedure for rid, slot in greedy.slots.items() if slot.procedure
+    }
+    for p in procedures.values():
+        busy.add(f"proceduralist:{p.proceduralist}", p.start, p.end)
     not_before: dict[str, datetime] = {}
     for item in sorted(items, key=lambda i: (-i.weight, i.order)):
         first = now
         if item.need.earliest is not None:
             first = max(first, world.calendar.midnight(item.need.earliest))
         if item.need.procedure_minutes is not None:
-            p = slots.earliest_procedure(
+            placed = procedures.get(item.request_id) or slots.earliest_procedure(
                 item.need.procedure_minutes, _with(world, busy), not_before=first
             )
-            if p is None:
+            if placed is None:
                 continue
-            procedures[item.request_id] = p
-            busy.add(f"proceduralist:{p.proceduralist}", p.start, p.end)
-            first = max(first, slots._sim_not_before(p, item.need.gap_days, world))
+            if item.request_id not in procedures:
+                procedures[item.request_id] = placed
+                busy.add(f"proceduralist:{placed.proceduralist}", placed.start, placed.end)
+            first = max(first, slots._sim_not_before(placed, item.need.gap_days, world))
         not_before[item.request_id] = first
 
     # The grid of the week and, per point, the therapists on shift and free.
@@ -149,9 +157,9 @@ def schedule_week(
     capacity = [len(slots.free_therapists(p, p + step, _with(world, busy))) for p in points]
 
     model = cp_model.CpModel()
-    choices: dict[str, list[tuple[cp_model.IntVar, str, int, int]]] = {}
+    starts: dict[str, tuple[cp_model.IntVar, dict[str, cp_model.IntVar]]] = {}
     by_room: dict[str, list[cp_model.IntervalVar]] = {}
-    load: list[list[tuple[int, cp_model.IntVar]]] = [[] for _ in points]
+    staffed: list[tuple[cp_model.IntervalVar, int]] = []
     objective = []
     horizon_cost = int((end + timedelta(days=1) - grid_start).total_seconds() // 60)
     for item in items:
@@ -159,7 +167,7 @@ def schedule_week(
         if first is None:
             continue
         steps = -(-item.need.minutes // world.step_minutes)
-        options = []
+        allowed: dict[str, list[int]] = {}
         for room in world.rooms:
             for i, p in enumerate(points):
                 if p < first or i + steps > len(points):
@@ -169,36 +177,61 @@ def schedule_week(
                     continue
                 if min(capacity[i : i + steps]) < item.need.therapists:
                     continue
-                x = model.new_bool_var(f"x_{item.request_id}_{room.id}_{i}")
-                options.append((x, room.id, i, steps))
-                by_room.setdefault(room.id, []).append(
-                    model.new_optional_fixed_size_interval_var(
-                        i, steps, x, f"iv_{item.request_id}_{room.id}_{i}"
-                    )
-                )
-                for k in range(i, i + steps):
-                    load[k].append((item.need.therapists, x))
-        if not options:
+                allowed.setdefault(room.id, []).append(i)
+        if not allowed:
             continue
-        choices[item.request_id] = options
-        model.add(sum(x for x, *_ in options) <= 1)
+        # One start per request; a presence literal per room it may take, each with its own
+        # optional interval on that start (the room's no-overlap) and the starts it allows.
+        every = sorted({i for values in allowed.values() for i in values})
+        start = model.new_int_var_from_domain(
+            cp_model.Domain.from_values(every), f"start_{item.request_id}"
+        )
+        present: dict[str, cp_model.IntVar] = {}
+        for room_id, values in allowed.items():
+            lit = model.new_bool_var(f"in_{item.request_id}_{room_id}")
+            model.add_linear_expression_in_domain(
+                start, cp_model.Domain.from_values(values)
+            ).only_enforce_if(lit)
+            interval = model.new_optional_fixed_size_interval_var(
+                start, steps, lit, f"iv_{item.request_id}_{room_id}"
+            )
+            by_room.setdefault(room_id, []).append(interval)
+            staffed.append((interval, item.need.therapists))
+            present[room_id] = lit
+        model.add_at_most_one(present.values())
+        starts[item.request_id] = (start, present)
         weight = round(item.weight * 100)
         base = int((grid_start - item.requested_at).total_seconds() // 60)
-        scheduled = sum(x for x, *_ in options)
-        objective.append(
-            weight * sum((base + i * world.step_minutes) * x for x, _, i, _ in options)
-            + weight * (base + horizon_cost) * (1 - scheduled)
-        )
+        scheduled = sum(present.values())
+        # An unplaced request's start is free: the solver puts it at its first allowed point,
+        # a constant; what matters is the week's end it waits to instead.
+        objective.append(weight * world.step_minutes * start)
+        objective.append(weight * (base + horizon_cost) * (1 - scheduled))
         # Start from the one-at-a-time answer: the solver only ever improves on it.
         hinted = greedy.slots.get(item.request_id)
-        for x, room_id, i, _ in options:
-            hit = hinted is not None and hinted.room == room_id and index.get(hinted.start) == i
-            model.add_hint(x, hit)
+        if hinted is not None and index.get(hinted.start) is not None:
+            model.add_hint(start, index[hinted.start])
+            for room_id, lit in present.items():
+                model.add_hint(lit, room_id == hinted.room)
+        else:
+            for lit in present.values():
+                model.add_hint(lit, False)
     for intervals in by_room.values():
         model.add_no_overlap(intervals)
-    for k, terms in enumerate(load):
-        if terms:
-            model.add(sum(n * x for n, x in terms) <= capacity[k])
+    # Therapists: every running simulation's need within what is on shift and free, as a
+    # cumulative whose capacity dips are fixed intervals taking the difference.
+    top = max(capacity, default=0)
+    k = 0
+    while k < len(points):
+        gap = top - capacity[k]
+        run = k
+        while run < len(points) and top - capacity[run] == gap:
+            run += 1
+        if gap:
+            staffed.append((model.new_fixed_size_interval_var(k, run - k, f"dip_{k}"), gap))
+        k = run
+    if staffed:
+        model.add_cumulative([iv for iv, _ in staffed], [n for _, n in staffed], top)
     model.minimize(sum(objective))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
@@ -209,19 +242,19 @@ def schedule_week(
     batch = Outcome()
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         chosen = []
-        for rid, options in choices.items():
-            for x, room_id, i, _steps in options:
-                if solver.value(x):
-                    chosen.append((points[i], rid, room_id))
+        for rid, (start_var, present) in starts.items():
+            for room_id, lit in present.items():
+                if solver.value(lit):
+                    chosen.append((points[solver.value(start_var)], rid, room_id))
         staff = busy.copy()
         items_by_id = {i.request_id: i for i in items}
-        ok = True
+        ok, note = True, ""
         for start, rid, room_id in sorted(chosen):
             need = items_by_id[rid].need
             e = start + timedelta(minutes=need.minutes)
             people = slots.free_therapists(start, e, _with(world, staff))
             if len(people) < need.therapists:
-                ok = False
+                ok, note = False, f"no therapists to name for {rid} at {start.isoformat()}"
                 break
             slot = Slot(start, e, room_id, tuple(people[: need.therapists]), procedures.get(rid))
             batch.slots[rid] = slot
@@ -231,14 +264,17 @@ def schedule_week(
         else:
             batch = Outcome(weighted_wait_h=float("inf"))
     else:
-        batch.weighted_wait_h = float("inf")
+        batch.weighted_wait_h, note = float("inf"), f"solver: {status_name}"
     used = "batch" if batch.weighted_wait_h <= greedy.weighted_wait_h else "one_at_a_time"
+    if used != "batch" and not note:
+        note = f"batch {batch.weighted_wait_h} h > one at a time {greedy.weighted_wait_h} h"
     return BatchResult(
         batch=batch if used == "batch" else greedy,
         one_at_a_time=greedy,
         solver_status=status_name,
         seconds=round(clock.perf_counter() - started, 3),
         used=used,
+        note=note,
     )
 
 

@@ -652,6 +652,7 @@ class SchedulerService:
             "requests": len(items),
             "week": {"from": now.isoformat(), "to": end.isoformat()},
             "used": result.used,
+            "note": result.note,
             "solver_status": result.solver_status,
             "seconds": result.seconds,
             "batch": _outcome(result.batch),
@@ -757,6 +758,7 @@ class SchedulerService:
         booking.study_instance_uid = scan.study_instance_uid
         booking.updated_at = self._now()
         row.status, row.updated_at = "completed", self._now()
+        self._consume_fabricated(session, booking)
         system = Principal(user="dicom", roles=frozenset())
         self._change(
             session,
@@ -769,6 +771,19 @@ class SchedulerService:
         )
         emit(session, self._sim_completed(session, booking, row, cancelled=False))
         return True
+
+    def _consume_fabricated(self, session: Session, booking: BookingRow) -> None:
+        """A mask or a vacuum bag made at the simulation is the patient's from then on: its
+        unit leaves the stock. A reusable device (a board, a support) stays reserved."""
+        for r in session.scalars(
+            select(ReservationRow).where(
+                ReservationRow.booking_id == booking.id, ReservationRow.active
+            )
+        ):
+            device = session.get(DeviceTypeRow, r.device_type)
+            if device is not None and device.fabricated:
+                r.active = False
+                device.stock = max(0, device.stock - 1)
 
     def _flag(self, session: Session, scan: ImagingAcquired) -> bool:
         row = session.get(UnbookedScan, scan.series_instance_uid)

@@ -163,7 +163,13 @@ class ClaimRow(Base):
     ``proceduralist:ID``); an inactive claim (cancelled, rescheduled away) holds nothing."""
 
     __tablename__ = "booking_claim"
-    __table_args__ = (Index("ix_booking_claim_resource_start", "resource", "start"),)
+    __table_args__ = (
+        # By end, not start: what can overlap [s, e) ends after s, so the no-overlap check
+        # (SQLite's trigger) and the search read what is still to come, never the year of
+        # past claims before it.
+        Index("ix_booking_claim_resource_end", "resource", "end"),
+        Index("ix_booking_claim_end", "end"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     booking_id: Mapped[str] = mapped_column(ForeignKey("booking.id"), index=True)
     resource: Mapped[str] = mapped_column(String(100))

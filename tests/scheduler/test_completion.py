@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.scheduler.schemas import RequestIn
 from services.scheduler.service import Proposal, SchedulerService
-from services.scheduler.store import BookingRow, Outbox, RequestRow, UnbookedScan
+from services.scheduler.store import BookingRow, DeviceTypeRow, Outbox, RequestRow, UnbookedScan
 from shared.auth import Principal
 from shared.events import (
     CloudEvent,
@@ -101,6 +101,9 @@ def test_a_4d_ct_completes_its_booking_once(
         assert len(row.series_instance_uids) == 10
         request = session.get(RequestRow, booking.request_id)
         assert request is not None and request.status == "completed"
+        # the vacuum bag made for the patient left the stock (10 in the seed)
+        bag = session.get(DeviceTypeRow, "vacuum_bag")
+        assert bag is not None and bag.stock == 9
 
 
 def test_only_a_ct_simulator_completes_and_other_days_are_flagged(

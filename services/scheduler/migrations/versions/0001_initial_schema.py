@@ -250,9 +250,8 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_booking_claim_booking_id"), ["booking_id"], unique=False
         )
-        batch_op.create_index(
-            "ix_booking_claim_resource_start", ["resource", "start"], unique=False
-        )
+        batch_op.create_index("ix_booking_claim_resource_end", ["resource", "end"], unique=False)
+        batch_op.create_index("ix_booking_claim_end", ["end"], unique=False)
 
     op.create_table(
         "device_reservation",
@@ -292,8 +291,8 @@ SQLITE_OVERLAP = """
 CREATE TRIGGER {name} BEFORE {op} ON booking_claim
 WHEN NEW.active AND EXISTS (
     SELECT 1 FROM booking_claim AS other
-    WHERE other.resource = NEW.resource AND other.active AND other.id IS NOT NEW.id
-      AND other.start < NEW."end" AND NEW.start < other."end"
+    WHERE other.resource = NEW.resource AND other."end" > NEW.start
+      AND other.start < NEW."end" AND other.active AND other.id IS NOT NEW.id
 )
 BEGIN SELECT RAISE(ABORT, 'booking_claim_overlap'); END
 """
@@ -337,7 +336,8 @@ def downgrade() -> None:
 
     op.drop_table("device_reservation")
     with op.batch_alter_table("booking_claim", schema=None) as batch_op:
-        batch_op.drop_index("ix_booking_claim_resource_start")
+        batch_op.drop_index("ix_booking_claim_end")
+        batch_op.drop_index("ix_booking_claim_resource_end")
         batch_op.drop_index(batch_op.f("ix_booking_claim_booking_id"))
 
     op.drop_table("booking_claim")
