@@ -330,6 +330,12 @@ class FactCache:
             parsed = self._parsed[entry] = parse_fact(fact)
         return parsed
 
+    def add(self, fact: StoredFact) -> None:
+        """Parse a fact just stored, from its payload in hand (kinds ``assemble`` does not
+        parse are skipped)."""
+        if fact.kind in _PARSERS:
+            self.parse(fact)
+
     def trim(self) -> None:
         if len(self._parsed) > self._max:
             for entry in list(self._parsed)[: len(self._parsed) - self._max // 2]:

@@ -15,7 +15,12 @@ import structlog
 from sqlalchemy.orm import Session
 
 from services.billing.domain import Charge
-from services.billing.store.queries import charge_rows, charges_of_many, write_charges
+from services.billing.store.queries import (
+    ChargeHead,
+    charge_rows,
+    charges_of_many,
+    write_charges,
+)
 from shared.events import ChargePosted, ChargeVoided, EventPayload, Patient
 from shared.outbox import emit_many
 
@@ -34,13 +39,19 @@ def store_charges_of_many(
     evaluated: Sequence[tuple[str, Sequence[Charge]]],
     *,
     now: datetime,
-) -> None:
-    """``store_charges`` for many patients at once: one locked read of their charges, one
-    INSERT of the new ones, one executemany UPDATE of the changed ones and one outbox
-    executemany, the events in the order of ``evaluated`` (then the charges' order)."""
+    held_of: Mapping[str, Mapping[str, ChargeHead]] | None = None,
+) -> dict[str, dict[str, ChargeHead]]:
+    """``store_charges`` for many patients at once: one read of their charges (none where
+    ``held_of``, the charges as the caller knows them, names the patient), one INSERT of the
+    new ones, one executemany UPDATE of the changed ones and one outbox executemany, the
+    events in the order of ``evaluated`` (then the charges' order). Returns each patient's
+    charges as they now are."""
     if not evaluated:
-        return
-    held_of = charges_of_many(session, [p for p, _ in evaluated])
+        return {}
+    held_of = dict(held_of or {})
+    unknown = [p for p, _ in evaluated if p not in held_of]
+    if unknown:
+        held_of.update(charges_of_many(session, unknown))
     # Whole rows only where an event names the row as it was: a void, a removal.
     needed = {
         old.id
@@ -51,8 +62,11 @@ def store_charges_of_many(
     new: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
     out: list[tuple[EventPayload, str | None]] = []
+    after: dict[str, dict[str, ChargeHead]] = {}
     for patient_id, charges in evaluated:
-        held = held_of.get(patient_id, {})
+        before = held_of.get(patient_id, {})
+        held = dict(before)
+        now_held = after[patient_id] = dict(before)
         patient = Patient(id=patient_id)
         count = len(out)
         for charge in charges:
@@ -93,6 +107,7 @@ def store_charges_of_many(
                 "updated_at": now,
             }
             (new if old is None else changed).append(row)
+            now_held[charge.id] = _head(row)
             out.append((_posted(row, patient), charge.id))
         for old in held.values():
             if old.removed:
@@ -105,11 +120,17 @@ def store_charges_of_many(
             row["removed"] = True
             row["updated_at"] = now
             changed.append(row)
+            now_held[old.id] = _head(row)
             out.append((_posted(row, patient), old.id))
         if len(out) > count:
             log.info("charges changed", patient_id=patient_id, events=len(out) - count)
     write_charges(session, new=new, changed=changed)
     emit_many(session, out)
+    return after
+
+
+def _head(row: Mapping[str, Any]) -> ChargeHead:
+    return ChargeHead(*(row[f] for f in ChargeHead._fields))
 
 
 def _voided_or_removed(held: Mapping[str, Any], charges: Sequence[Charge]) -> list[Any]:

@@ -30,6 +30,7 @@ from services.billing.assemble import (
 from services.billing.domain import Charge, CourseEvaluation, StaffClosure
 from services.billing.domain.facts import CourseKind
 from services.billing.intake import fact_of
+from services.billing.memo import PatientMemo, PatientMemos
 from services.billing.posting import charge_fields, store_charges_of_many
 from services.billing.store import (
     AuditLog,
@@ -42,16 +43,19 @@ from services.billing.store import (
 from services.billing.store.queries import (
     CHUNK,
     ChargeFilter,
+    FactHead,
     add_facts,
+    charges_of_many,
     charges_to_export,
     closures_of_many,
     course_ids_of_many,
+    exportable_patients,
     fact_heads_of_many,
     fact_payloads,
     kinds_of_many,
-    lock_patients,
     patients_with_facts,
     patients_with_open_courses,
+    raise_generations,
     write_courses,
 )
 from shared.audit import record_access
@@ -85,6 +89,8 @@ class BillingService:
         self._on_commit = on_commit
         # Stored facts parsed before, across evaluations (``assemble.FactCache``).
         self._facts = FactCache()
+        # Each patient's state as its last evaluation here left it (``memo``).
+        self._memos = PatientMemos()
 
     @property
     def rules(self) -> domain.RuleSet:
@@ -119,8 +125,14 @@ class BillingService:
             fresh = claim_events(session, ProcessedEvent, CONSUMER, [e.id for e in events])
             todo = {e.id: e for e in events if e.id in fresh}.values()
             facts = [f for f in (fact_of(e) for e in todo) if f is not None]
-            patients = add_facts(session, facts)
-            self._evaluate(session, patients)
+            payloads = {(f.kind, f.key, f.revision): f.payload for f in facts}
+            added: dict[str, list[FactHead]] = {}
+            for patient_id, head in add_facts(session, facts):
+                added.setdefault(patient_id, []).append(head)
+                # Parsed now, from the payload in hand: the evaluation needs not read it back.
+                self._facts.add(StoredFact(*head, payloads[head.kind, head.key, head.revision]))
+            memos = self._evaluate(session, added, added)
+        self._memos.keep(memos)
         if fresh:
             self._on_commit()
         return len(fresh)
@@ -144,7 +156,8 @@ class BillingService:
     def _evaluate_in_chunks(self, patients: Sequence[str]) -> None:
         for start in range(0, len(patients), CHUNK):
             with self._factory.begin() as session:
-                self._evaluate(session, patients[start : start + CHUNK])
+                memos = self._evaluate(session, patients[start : start + CHUNK])
+            self._memos.keep(memos)
         if patients:
             self._on_commit()
 
@@ -186,6 +199,7 @@ class BillingService:
                 )
             )
             session.flush()
+            raise_generations(session, [patient_id])  # memory no longer holds its closures
             record_access(
                 session,
                 AuditLog,
@@ -194,10 +208,11 @@ class BillingService:
                 resource=resource,
                 patient_ids=[patient_id],
             )
-            self._evaluate(session, [patient_id])
+            memos = self._evaluate(session, [patient_id])
             # The evaluation wrote with Core: read the row again, not the identity map's copy.
             course = session.get(Course, course_id, populate_existing=True)
             assert course is not None  # a closure never regroups
+        self._memos.keep(memos)
         self._on_commit()
         return course
 
@@ -230,6 +245,7 @@ class BillingService:
                 held.reason = reason
                 held.set_at = self._now()
                 session.flush()
+                raise_generations(session, [patient_id])  # memory no longer holds its kinds
             record_access(
                 session,
                 AuditLog,
@@ -238,11 +254,11 @@ class BillingService:
                 resource=resource,
                 patient_ids=[patient_id],
             )
-            if changed:
-                self._evaluate(session, [patient_id])
+            memos = self._evaluate(session, [patient_id]) if changed else {}
             # The evaluation wrote with Core: read the row again, not the identity map's copy.
             course = session.get(Course, course_id, populate_existing=True)
             assert course is not None  # a kind never regroups
+        self._memos.keep(memos)
         if changed:
             self._on_commit()
         return course
@@ -258,7 +274,13 @@ class BillingService:
         audit row: an export is never handed out twice."""
         now = self._now()
         with self._factory.begin() as session:
+            # Generations first, then the charges' locks: the order an evaluation takes them
+            # in, so the two never wait on each other in a cycle. A patient whose charges
+            # appeared in between is raised after (memory must not keep `exported` false).
+            raised = set(exportable_patients(session, where))
+            raise_generations(session, raised)
             rows = charges_to_export(session, where)
+            raise_generations(session, {r.patient_id for r in rows} - raised)
             for row in rows:
                 row.exported = True
                 row.exported_at = now
@@ -274,34 +296,55 @@ class BillingService:
 
     # ------------------------------------------------------------ evaluation
 
-    def _evaluate(self, session: Session, patients: Iterable[str]) -> None:
-        """Evaluate the patients again in the caller's transaction, set-based: their advisory
-        locks in one statement, one query per table for all of them (no autoflush between),
-        the engine in memory, then one write per table and one outbox executemany."""
+    def _evaluate(
+        self,
+        session: Session,
+        patients: Iterable[str],
+        added: Mapping[str, Sequence[FactHead]] | None = None,
+    ) -> dict[str, PatientMemo]:
+        """Evaluate the patients again in the caller's transaction, set-based: their
+        generations raised (which locks them) in one statement, what memory does not hold
+        read with one query per table (no autoflush between), the engine in memory, then one
+        write per table and one outbox executemany. ``added``: the facts this transaction
+        stored, by patient. Returns the patients' new memos, for the caller to keep once the
+        transaction has committed (``PatientMemos.keep``)."""
         todo = sorted(set(patients))
         if not todo:
-            return
+            return {}
+        added = added or {}
         today = self.today()
         now = self._now()
         cache = self._facts
         cache.trim()
         with session.no_autoflush:
-            lock_patients(session, todo)
-            closures_of = closures_of_many(session, todo)
-            kinds_of = kinds_of_many(session, todo)
-            heads_of = fact_heads_of_many(session, todo)
+            generations = raise_generations(session, todo)
+            held = {p: m for p in todo if (m := self._memos.at(p, generations[p] - 1)) is not None}
+            load = [p for p in todo if p not in held]
+            closures_of = closures_of_many(session, load) if load else {}
+            kinds_of = kinds_of_many(session, load) if load else {}
+            heads_of = fact_heads_of_many(session, load) if load else {}
+            courses_of = course_ids_of_many(session, load) if load else {}
+            charges_of = charges_of_many(session, load) if load else {}
+            for p, memo in held.items():
+                closures_of[p] = list(memo.closures)
+                kinds_of[p] = dict(memo.kinds)
+                # A fact stored twice in one patient's heads cannot happen: ``add_facts``
+                # returns only what it inserted.
+                heads_of[p] = sorted((*memo.facts, *added.get(p, ())), key=_fact_order)
+                courses_of[p] = set(memo.courses)
+                charges_of[p] = dict(memo.charges)
             missing = [
                 (h.kind, h.key, h.revision)
-                for heads in heads_of.values()
-                for h in heads
+                for p in todo
+                for h in heads_of.get(p, ())
                 if not cache.holds(h.kind, h.key, h.revision, h.event_id)
             ]
             payloads = fact_payloads(session, missing) if missing else {}
-            held_courses = course_ids_of_many(session, todo)
             new_courses: list[dict[str, object]] = []
             changed_courses: list[dict[str, object]] = []
             gone_courses: set[str] = set()
             evaluated: list[tuple[str, list[Charge]]] = []
+            course_ids: dict[str, frozenset[str]] = {}
             for patient_id in todo:
                 closures: dict[str, list[StaffClosure]] = {}
                 for c in closures_of.get(patient_id, ()):
@@ -346,18 +389,34 @@ class BillingService:
                     evaluations.append(evaluation)
                 corrected = {c.id: c.corrected for c in assembled.grouping.courses}
                 plans = {c.id: list(c.plan_uids) for c in assembled.grouping.courses}
-                held = held_courses.get(patient_id, set())
+                courses = courses_of.get(patient_id, set())
                 for ev in evaluations:
                     row = _course_row(patient_id, ev, plans, corrected, kinds, candidates, now=now)
-                    if ev.course_id in held:
-                        held.discard(ev.course_id)
+                    if ev.course_id in courses:
+                        courses.discard(ev.course_id)
                         changed_courses.append(row)
                     else:
                         new_courses.append(row)
-                gone_courses |= held  # regrouped away; its charges are removed below
+                gone_courses |= courses  # regrouped away; its charges are removed below
+                course_ids[patient_id] = frozenset(ev.course_id for ev in evaluations)
                 evaluated.append((patient_id, [c for e in evaluations for c in e.charges]))
             write_courses(session, new=new_courses, changed=changed_courses, gone=gone_courses)
-            store_charges_of_many(session, evaluated, now=now)
+            charges_after = store_charges_of_many(session, evaluated, now=now, held_of=charges_of)
+        return {
+            p: PatientMemo(
+                generation=generations[p],
+                facts=tuple(heads_of.get(p, ())),
+                charges=charges_after.get(p, {}),
+                courses=course_ids[p],
+                closures=tuple(closures_of.get(p, ())),
+                kinds=dict(kinds_of.get(p, {})),
+            )
+            for p in todo
+        }
+
+
+def _fact_order(head: FactHead) -> tuple[str, str, int]:
+    return (head.kind, head.key, head.revision)
 
 
 _NOT_LOADED: Mapping[str, object] = MappingProxyType({})  # the parse cache holds the fact

@@ -11,6 +11,7 @@ from services.billing.store.tables import (
     CourseKindRow,
     Fact,
     Outbox,
+    PatientGeneration,
     ProcessedEvent,
     RemittanceRow,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "CourseKindRow",
     "Fact",
     "Outbox",
+    "PatientGeneration",
     "ProcessedEvent",
     "RemittanceRow",
 ]

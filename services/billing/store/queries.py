@@ -8,13 +8,20 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, Select, bindparam, delete, insert, select, text, update
+from sqlalchemy import Select, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.billing.assemble import StoredFact
 from services.billing.intake import FactIn
-from services.billing.store.tables import ChargeRow, Course, CourseClosure, CourseKindRow, Fact
+from services.billing.store.tables import (
+    ChargeRow,
+    Course,
+    CourseClosure,
+    CourseKindRow,
+    Fact,
+    PatientGeneration,
+)
 from shared.errors import RuleViolation
 from shared.pagination import after, decode_cursor, encode_cursor
 
@@ -24,10 +31,21 @@ CHUNK = 200
 IN_CHUNK = 500
 
 
-def add_facts(session: Session, facts: Sequence[FactIn]) -> set[str]:
-    """Store facts not held yet; the patients whose facts changed."""
+class FactHead(NamedTuple):
+    """A stored fact without its payload (which a parse cache may make unnecessary)."""
+
+    kind: str
+    key: str
+    revision: int
+    event_id: str
+    event_time: datetime
+
+
+def add_facts(session: Session, facts: Sequence[FactIn]) -> list[tuple[str, FactHead]]:
+    """Store facts not held yet; (patient, head) of each one stored (a fact held before, or
+    a revision held under another event id, is not among them)."""
     if not facts:
-        return set()
+        return []
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     table = Fact.__table__
     rows = [
@@ -42,8 +60,34 @@ def add_facts(session: Session, facts: Sequence[FactIn]) -> set[str]:
         }
         for f in {(f.kind, f.key, f.revision): f for f in facts}.values()
     ]
-    stmt = insert(table).on_conflict_do_nothing().returning(table.c.patient_id)  # type: ignore[attr-defined]
-    return set(session.scalars(stmt, rows))
+    c = table.c
+    stmt = (
+        insert(table)
+        .on_conflict_do_nothing()  # type: ignore[attr-defined]
+        .returning(c.patient_id, c.kind, c.key, c.revision, c.event_id, c.event_time)
+    )
+    return [(patient_id, FactHead(*rest)) for patient_id, *rest in session.execute(stmt, rows)]
+
+
+def raise_generations(session: Session, patient_ids: Collection[str]) -> dict[str, int]:
+    """Raise each patient's generation (``PatientGeneration``), inserting it at 1; the new
+    values. In sorted order, one statement per chunk: on PostgreSQL the row locks it takes
+    serialize the writers of one patient until commit (two batches never deadlock on them);
+    SQLite has one writer at a time anyway."""
+    out: dict[str, int] = {}
+    if not patient_ids:
+        return out
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = PatientGeneration.__table__
+    for chunk in _chunks(patient_ids):
+        stmt = insert(table).values([{"patient_id": p, "generation": 1} for p in chunk])
+        stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+            index_elements=[table.c.patient_id],
+            set_={"generation": table.c.generation + 1},
+        ).returning(table.c.patient_id, table.c.generation)
+        out.update((p, g) for p, g in session.execute(stmt))
+    return out
 
 
 def facts_of(session: Session, *, patient_id: str) -> list[StoredFact]:
@@ -53,53 +97,6 @@ def facts_of(session: Session, *, patient_id: str) -> list[StoredFact]:
         .order_by(Fact.kind, Fact.key, Fact.revision)
     )
     return [StoredFact(*row) for row in rows]
-
-
-def closures_of(session: Session, *, patient_id: str) -> list[CourseClosure]:
-    return list(
-        session.scalars(
-            select(CourseClosure)
-            .where(CourseClosure.patient_id == patient_id)
-            .order_by(CourseClosure.id)
-        )
-    )
-
-
-def kinds_of(session: Session, *, patient_id: str) -> dict[str, CourseKindRow]:
-    """The kinds staff confirmed for the patient's courses, by course id."""
-    return {
-        k.course_id: k
-        for k in session.scalars(
-            select(CourseKindRow).where(CourseKindRow.patient_id == patient_id)
-        )
-    }
-
-
-def courses_of(session: Session, *, patient_id: str) -> dict[str, Course]:
-    return {c.id: c for c in session.scalars(select(Course).where(Course.patient_id == patient_id))}
-
-
-def lock_patient(session: Session, *, patient_id: str) -> None:
-    """Serialize the evaluations of one patient until the transaction ends (PostgreSQL; SQLite
-    serializes every write transaction anyway). Replicas share the consumer and on an older
-    NATS each subject has a durable of its own, so two batches may touch one patient at once:
-    the second then evaluates after the first committed, over every fact of both."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": f"billing:{patient_id}"},
-        )
-
-
-def charges_of(session: Session, *, patient_id: str) -> dict[str, ChargeRow]:
-    """The patient's charges, locked (an export marking them waits, and is seen)."""
-    rows = session.scalars(
-        select(ChargeRow)
-        .where(ChargeRow.patient_id == patient_id)
-        .order_by(ChargeRow.id)
-        .with_for_update()
-    )
-    return {c.id: c for c in rows}
 
 
 # ---------------------------------------------------------------- a batch of patients at once
@@ -112,21 +109,6 @@ def _chunks(values: Collection[str]) -> Iterator[list[str]]:
     ordered = sorted(values)
     for start in range(0, len(ordered), IN_CHUNK):
         yield ordered[start : start + IN_CHUNK]
-
-
-def lock_patients(session: Session, patient_ids: Collection[str]) -> None:
-    """``lock_patient`` for many in one statement, taken in sorted order (two batches locking
-    overlapping sets never deadlock)."""
-    if not patient_ids or session.get_bind().dialect.name != "postgresql":
-        return
-    keys = [f"billing:{p}" for p in sorted(patient_ids)]
-    session.execute(
-        text(
-            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
-            "FROM (SELECT k FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k OFFSET 0) AS s"
-        ),
-        {"keys": keys},
-    )
 
 
 class ClosureHead(NamedTuple):
@@ -168,16 +150,6 @@ def kinds_of_many(session: Session, patient_ids: Collection[str]) -> dict[str, d
         for patient_id, course_id, kind in rows:
             out[patient_id][course_id] = kind
     return out
-
-
-class FactHead(NamedTuple):
-    """A stored fact without its payload (which a parse cache may make unnecessary)."""
-
-    kind: str
-    key: str
-    revision: int
-    event_id: str
-    event_time: datetime
 
 
 def fact_heads_of_many(session: Session, patient_ids: Collection[str]) -> dict[str, list[FactHead]]:
@@ -281,28 +253,32 @@ CHARGE_COLUMNS = (
 )
 
 
-# What an evaluation compares a charge by: the rest of the row is read (``charge_rows``) only
-# for a charge that is voided or removed, so the JSON columns of the unchanged many stay unread.
-CHARGE_HEAD = ("id", "patient_id", "digest", "removed", "exported", "status", "revision")
+class ChargeHead(NamedTuple):
+    """What an evaluation compares a stored charge by: the rest of the row is read
+    (``charge_rows``) only for a charge that is voided or removed, so the JSON columns of the
+    unchanged many stay unread."""
+
+    id: str
+    patient_id: str
+    digest: str
+    removed: bool
+    exported: bool
+    status: str
+    revision: int
 
 
 def charges_of_many(
     session: Session, patient_ids: Collection[str]
-) -> dict[str, dict[str, Row[Any]]]:
-    """The patients' charges (``CHARGE_HEAD`` columns), by patient then id; locked in id order
-    (an export marking them waits, and is seen)."""
+) -> dict[str, dict[str, ChargeHead]]:
+    """The patients' charges (``ChargeHead``), by patient then id."""
     table = ChargeRow.__table__
-    cols = [table.c[c] for c in CHARGE_HEAD]
-    out: dict[str, dict[str, Row[Any]]] = defaultdict(dict)
+    cols = [table.c[c] for c in ChargeHead._fields]
+    out: dict[str, dict[str, ChargeHead]] = defaultdict(dict)
     for chunk in _chunks(patient_ids):
-        rows = session.execute(
-            select(*cols)
-            .where(table.c.patient_id.in_(chunk))
-            .order_by(table.c.id)
-            .with_for_update()
-        )
-        for row in rows:
-            out[row.patient_id][row.id] = row
+        rows = session.execute(select(*cols).where(table.c.patient_id.in_(chunk)))
+        for row in rows.tuples():
+            head = ChargeHead(*row)
+            out[head.patient_id][head.id] = head
     return out
 
 
@@ -400,11 +376,20 @@ def charge_page(
 
 
 def charges_to_export(session: Session, where: ChargeFilter) -> list[ChargeRow]:
-    """Ready charges not exported yet, oldest first; locked in id order, as an evaluation
-    locks them."""
-    query = _charges(where).where(ChargeRow.status == "ready", ChargeRow.exported.is_(False))
+    """Ready charges not exported yet, oldest first; locked in id order."""
+    query = _exportable(where)
     rows = session.scalars(query.order_by(ChargeRow.id).with_for_update())
     return sorted(rows, key=lambda r: (r.service_date, r.id))
+
+
+def exportable_patients(session: Session, where: ChargeFilter) -> list[str]:
+    """The patients ``charges_to_export`` would give charges of now (not locked)."""
+    query = _exportable(where).with_only_columns(ChargeRow.patient_id).distinct()
+    return list(session.scalars(query))
+
+
+def _exportable(where: ChargeFilter) -> Select[tuple[ChargeRow]]:
+    return _charges(where).where(ChargeRow.status == "ready", ChargeRow.exported.is_(False))
 
 
 def course_page(

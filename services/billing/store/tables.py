@@ -40,6 +40,19 @@ class Fact(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class PatientGeneration(Base):
+    """A counter per patient, raised in the transaction of every write to the patient's
+    billing state (facts evaluated, a closure, a kind, an export). The service keeps each
+    patient's state in memory between evaluations (``memo.PatientMemos``) and trusts it only
+    while the counter is the one it left: any other writer (a replica, the API, the sweep)
+    makes it read the patient from the tables again. The raise is also the lock that
+    serializes two evaluations of one patient."""
+
+    __tablename__ = "patient_generation"
+    patient_id: Mapped[str] = mapped_column(PATIENT, primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+
+
 class Course(Base):
     """A course as billing grouped it at the last evaluation (derived)."""
 
