@@ -52,9 +52,10 @@ from shared.auth import Principal
 from shared.courses import PlanFacts, PlanLink, Regrouping, group_courses, is_course_plan
 from shared.errors import Conflict, Forbidden, NotFound, RuleViolation
 from shared.events import CloudEvent, CourseRegrouped, NoteSigned, Patient
+from shared.events.base import EventPayload
 from shared.events.dicom import DocumentReceived, PlanReceived, TreatmentRecorded
 from shared.events.documents import PlanVersioned, TreatmentFlagged
-from shared.outbox import claim_events, emit
+from shared.outbox import claim_events, emit, emit_many
 
 log = structlog.get_logger(__name__)
 CONSUMER = "documents"
@@ -94,6 +95,46 @@ def snapshot_from_json(data: dict[str, Any]) -> PlanSnapshot:
     values["beams"] = tuple(values.get("beams") or ())
     values["machines"] = tuple(values.get("machines") or ())
     return PlanSnapshot(**values)
+
+
+@dataclass
+class _Held:
+    """What a batch's events already have in the database, read in one query per table (a
+    fetch of 200 records would otherwise cost 200 lookups)."""
+
+    plans: dict[str, PlanRow]
+    revisions: set[tuple[str, int]]
+    records: dict[str, RecordRow]
+
+    @classmethod
+    def load(cls, session: Session, events: Sequence[CloudEvent]) -> _Held:
+        plan_uids = [
+            e.data.object.sop_instance_uid for e in events if isinstance(e.data, PlanReceived)
+        ]
+        record_uids = [
+            e.data.object.sop_instance_uid for e in events if isinstance(e.data, TreatmentRecorded)
+        ]
+        plans: dict[str, PlanRow] = {}
+        revisions: set[tuple[str, int]] = set()
+        records: dict[str, RecordRow] = {}
+        if plan_uids:
+            plans = {
+                p.uid: p for p in session.scalars(select(PlanRow).where(PlanRow.uid.in_(plan_uids)))
+            }
+            revisions = {
+                (uid, revision)
+                for uid, revision in session.execute(
+                    select(PlanRevisionRow.uid, PlanRevisionRow.revision).where(
+                        PlanRevisionRow.uid.in_(plan_uids)
+                    )
+                )
+            }
+        if record_uids:
+            records = {
+                r.uid: r
+                for r in session.scalars(select(RecordRow).where(RecordRow.uid.in_(record_uids)))
+            }
+        return cls(plans, revisions, records)
 
 
 @dataclass(frozen=True)
@@ -168,8 +209,10 @@ class DocumentsService:
         with self._factory.begin() as session:
             fresh = claim_events(session, ProcessedEvent, CONSUMER, [e.id for e in events])
             patients: set[str] = set()
-            for event in {e.id: e for e in events if e.id in fresh}.values():
-                if self._intake(session, event, pdfs.get(event.id)):
+            todo = list({e.id: e for e in events if e.id in fresh}.values())
+            held = _Held.load(session, todo)
+            for event in todo:
+                if self._intake(session, event, pdfs.get(event.id), held):
                     patients.add(event.data.patient.id)
             session.flush()
             for patient_id in sorted(patients):
@@ -182,26 +225,29 @@ class DocumentsService:
     def _wants(doc: DocumentReceived) -> bool:
         return bool(doc.patient.id) and (doc.mime_type or "application/pdf") == "application/pdf"
 
-    def _intake(self, session: Session, event: CloudEvent, pdf: bytes | None) -> bool:
+    def _intake(self, session: Session, event: CloudEvent, pdf: bytes | None, held: _Held) -> bool:
         data = event.data
         if not data.patient.id:
             return False
         match data:
             case PlanReceived():
-                self._take_plan(session, data, event.time)
+                self._take_plan(session, data, event.time, held)
             case TreatmentRecorded():
-                self._take_record(session, data)
+                self._take_record(session, data, held)
             case DocumentReceived() if pdf is not None:
                 self._take_dicom_document(session, data, pdf, event.time)
             case _:
                 return False
         return True
 
-    def _take_plan(self, session: Session, plan: PlanReceived, received_at: datetime) -> None:
+    def _take_plan(
+        self, session: Session, plan: PlanReceived, received_at: datetime, held: _Held
+    ) -> None:
         snap = domain.snapshot_of(plan, received_at)
         uid, revision = snap.uid, snap.revision
-        row = session.get(PlanRow, uid)
-        if session.get(PlanRevisionRow, (uid, revision)) is None:
+        row = held.plans.get(uid)
+        if (uid, revision) not in held.revisions:
+            held.revisions.add((uid, revision))
             before = snapshot_from_json(row.snapshot) if row and row.revision < revision else None
             session.add(
                 PlanRevisionRow(
@@ -217,30 +263,29 @@ class DocumentsService:
                 )
             )
         if row is None:
-            session.add(
-                PlanRow(
-                    uid=uid,
-                    patient_id=snap.patient_id,
-                    patient_name=plan.patient.name,
-                    birth_date=plan.patient.birth_date,
-                    revision=revision,
-                    received_at=received_at,
-                    snapshot=snapshot_to_json(snap),
-                )
+            row = held.plans[uid] = PlanRow(
+                uid=uid,
+                patient_id=snap.patient_id,
+                patient_name=plan.patient.name,
+                birth_date=plan.patient.birth_date,
+                revision=revision,
+                received_at=received_at,
+                snapshot=snapshot_to_json(snap),
             )
+            session.add(row)
         elif revision > row.revision:
             row.revision, row.received_at = revision, received_at
             row.snapshot = snapshot_to_json(snap)
             row.patient_name = plan.patient.name or row.patient_name
 
-    def _take_record(self, session: Session, record: TreatmentRecorded) -> None:
+    def _take_record(self, session: Session, record: TreatmentRecorded, held: _Held) -> None:
         uid, revision = record.object.sop_instance_uid, record.object.revision
         delivered = record.delivered and (record.content_origin or "").upper() != "SIMULATION"
-        row = session.get(RecordRow, uid)
+        row = held.records.get(uid)
         if row is not None and row.revision >= revision:
             return
         if row is None:
-            row = RecordRow(uid=uid, patient_id=record.patient.id)
+            row = held.records[uid] = RecordRow(uid=uid, patient_id=record.patient.id)
             session.add(row)
         row.revision = revision
         row.plan_uid = record.plan_uid
@@ -281,6 +326,14 @@ class DocumentsService:
     # ------------------------------------------------------------ derivation
 
     def _derive(self, session: Session, patient_id: str) -> None:
+        out: list[tuple[EventPayload, str | None]] = []
+        self._derive_into(session, patient_id, out)
+        # One executemany for the patient's events (a course's flags come together).
+        emit_many(session, out)
+
+    def _derive_into(
+        self, session: Session, patient_id: str, out: list[tuple[EventPayload, str | None]]
+    ) -> None:
         plans = {
             p.uid: p
             for p in session.scalars(select(PlanRow).where(PlanRow.patient_id == patient_id))
@@ -299,7 +352,7 @@ class DocumentsService:
         )
         versions = domain.version_history(grouping, snaps)
         patient = next(iter(plans.values()), None)
-        self._store_versions(session, patient_id, patient, versions, snaps)
+        self._store_versions(session, patient_id, patient, versions, snaps, out)
         revisions: dict[str, list[PlanRevisionRow]] = defaultdict(list)
         for rev in session.scalars(
             select(PlanRevisionRow).where(PlanRevisionRow.patient_id == patient_id)
@@ -310,7 +363,7 @@ class DocumentsService:
         docs = list(
             session.scalars(select(DocumentRow).where(DocumentRow.patient_id == patient_id))
         )
-        self._judge(session, records, grouping.excluded, versions, snaps, revisions, docs, plans)
+        self._judge(records, grouping.excluded, versions, snaps, revisions, docs, plans, out)
         self._draft_letters(session, patient_id, records, grouping.courses, versions, snaps, plans)
 
     def _plan_facts(self, snap: PlanSnapshot, records: Sequence[RecordRow]) -> PlanFacts:
@@ -341,6 +394,7 @@ class DocumentsService:
         patient: PlanRow | None,
         versions: dict[str, Version],
         snaps: dict[str, PlanSnapshot],
+        out: list[tuple[EventPayload, str | None]],
     ) -> None:
         held = {
             v.plan_uid: v
@@ -370,29 +424,30 @@ class DocumentsService:
                 setattr(row, name, value)
             row.revision += 1
             row.digest = digest
-            emit(
-                session,
-                PlanVersioned(
-                    patient=_patient(patient, patient_id),
-                    plan_uid=uid,
-                    revision=row.revision,
-                    course_id=version.course_id,
-                    plan_version=version.number,
-                    predecessor_uid=version.predecessor_uid,
-                    predecessor_inferred=version.predecessor_inferred,
-                    concurrent_uids=version.concurrent_uids,
-                    label=snap.label,
-                    approval_status=snap.approval_status,
-                    superseded_by=version.superseded_by,
-                    changes=changes,
-                ),
+            out.append(
+                (
+                    PlanVersioned(
+                        patient=_patient(patient, patient_id),
+                        plan_uid=uid,
+                        revision=row.revision,
+                        course_id=version.course_id,
+                        plan_version=version.number,
+                        predecessor_uid=version.predecessor_uid,
+                        predecessor_inferred=version.predecessor_inferred,
+                        concurrent_uids=version.concurrent_uids,
+                        label=snap.label,
+                        approval_status=snap.approval_status,
+                        superseded_by=version.superseded_by,
+                        changes=changes,
+                    ),
+                    None,
+                )
             )
         for row in held.values():  # re-sent as a QA plan: no longer a version
             session.delete(row)
 
     def _judge(
         self,
-        session: Session,
         records: Sequence[RecordRow],
         excluded: Iterable[str],
         versions: dict[str, Version],
@@ -400,6 +455,7 @@ class DocumentsService:
         revisions: dict[str, list[PlanRevisionRow]],
         docs: Sequence[DocumentRow],
         plans: dict[str, PlanRow],
+        out: list[tuple[EventPayload, str | None]],
     ) -> None:
         """Flag each delivered record not judged yet whose plan is known, as of its delivery:
         the approval in force then, versions received by then, documents signed by then."""
@@ -451,21 +507,23 @@ class DocumentsService:
             record.evaluated_revision = record.revision
             record.flag_reasons = list(reasons) or None
             if reasons:
-                emit(
-                    session,
-                    TreatmentFlagged(
-                        patient=_patient(plans.get(record.plan_uid), record.patient_id),
-                        record_uid=record.uid,
-                        record_revision=record.revision,
-                        plan_uid=record.plan_uid,
-                        course_id=version.course_id,
-                        plan_version=version.number,
-                        treated_at=record.treated_at,
-                        fraction_numbers=tuple(record.fraction_numbers),
-                        reasons=reasons,
-                        missing_documents=state.missing,
-                        superseded_by=superseded_by,
-                    ),
+                out.append(
+                    (
+                        TreatmentFlagged(
+                            patient=_patient(plans.get(record.plan_uid), record.patient_id),
+                            record_uid=record.uid,
+                            record_revision=record.revision,
+                            plan_uid=record.plan_uid,
+                            course_id=version.course_id,
+                            plan_version=version.number,
+                            treated_at=record.treated_at,
+                            fraction_numbers=tuple(record.fraction_numbers),
+                            reasons=reasons,
+                            missing_documents=state.missing,
+                            superseded_by=superseded_by,
+                        ),
+                        None,
+                    )
                 )
 
     def _draft_letters(
