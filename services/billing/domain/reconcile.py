@@ -95,10 +95,13 @@ def reconcile(
 ) -> tuple[Discrepancy, ...]:
     """``window``: only expected charges dated inside it can be missing (the claim file's
     period); claim lines are judged wherever they fall."""
-    charges = sorted(set(expected), key=lambda c: (c.patient_id, c.service_date, c.cpt, c.id))
+    # A charge's id names it (course, code, occurrence, modifiers): one given twice counts once.
+    unique = {c.id: c for c in expected}
+    charges = unique.values()
     # Not a set: two identical lines are exactly what duplicate_charge reports.
     lines = sorted(claims, key=_line_order)
-    remaining = {c.id: c.units for c in charges}
+    remaining = {charge_id: c.units for charge_id, c in unique.items()}
+    # Each (patient, code) group is put in order only if a claim line asks about it.
     by_code: dict[tuple[str, str], list[Charge]] = defaultdict(list)
     for charge in charges:
         by_code[(charge.patient_id, charge.cpt)].append(charge)
@@ -121,7 +124,7 @@ def reconcile(
         identity = (line.patient_id, line.service_date, line.code, line.component)
         group = (line.patient_id, line.code)
         if group not in covering:
-            covering[group] = _Covering(by_code.get(group, ()))
+            covering[group] = _Covering(sorted(by_code.get(group, ()), key=_by_date_and_id))
         candidates = covering[group].candidates(line)
         units_left = line.units
         for charge in candidates:
@@ -169,6 +172,10 @@ def reconcile(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _by_date_and_id(charge: Charge) -> tuple[date, str]:
+    return (charge.service_date, charge.id)
 
 
 def _line_order(line: ClaimLine) -> tuple[object, ...]:
