@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,6 +68,7 @@ SOURCE = "rtops/scheduler"
 # A lost race (another booking took the slot between our search and our write) searches again;
 # each round has a winner, so n bookings racing for one slot need at most n rounds.
 BOOKING_ATTEMPTS = 12
+SEARCH_WINDOWS_DAYS = (4, 21, 10_000)  # the last: the whole horizon
 
 
 class SlotConflict(Conflict):
@@ -144,7 +145,7 @@ class SchedulerService:
     def put_device_type(self, body: DeviceTypeIn, principal: Principal) -> DeviceTypeRow:
         with self._factory.begin() as session:
             row = session.get(DeviceTypeRow, body.id) or DeviceTypeRow(id=body.id)
-            reserved = len(reserved_units(session).get(body.id, []))
+            reserved = len(reserved_units(session, [body.id]).get(body.id, []))
             if body.stock < reserved:
                 raise Conflict(
                     f"{reserved} units of {body.id!r} are reserved by bookings; the stock "
@@ -309,30 +310,50 @@ class SchedulerService:
         return row
 
     def blocking_of(self, session: Session, row: RequestRow) -> list[str]:
+        """What blocks the request now; reads only what its requirements make relevant (a
+        booking reads this once more under its transaction)."""
         req = requirements_of(row.requirements)
-        consents = [
-            domain.Consent(c.kind, c.signed_at)
-            for c in session.scalars(select(ConsentRow).where(ConsentRow.request_id == row.id))
-        ]
-        labs = [
-            domain.Lab(lab.kind, lab.value, lab.measured_at)
-            for lab in session.scalars(select(LabRow).where(LabRow.request_id == row.id))
-        ]
-        reserved = reserved_units(session)
-        booking = current_booking(session, row.id)
-        own = set(booking.devices) if booking is not None else set()
-        free = {
-            d.id: d.stock - len(reserved.get(d.id, [])) + (1 if d.id in own else 0)
-            for d in session.scalars(select(DeviceTypeRow))
-        }
+        site = self.policy.site(row.site)
+        consents, labs = [], []
+        if req.iv_contrast:
+            consents = [
+                domain.Consent(c.kind, c.signed_at)
+                for c in session.scalars(select(ConsentRow).where(ConsentRow.request_id == row.id))
+            ]
+            if site.egfr_required:
+                labs = [
+                    domain.Lab(lab.kind, lab.value, lab.measured_at)
+                    for lab in session.scalars(select(LabRow).where(LabRow.request_id == row.id))
+                ]
+        free: dict[str, int] = {}
+        if req.immobilization:
+            wanted = set(req.immobilization)
+            # (a Result has keys(): dict() would read it as a mapping, hence the comprehension)
+            held = {
+                d: n
+                for d, n in session.execute(
+                    select(ReservationRow.device_type, func.count())
+                    .where(ReservationRow.active, ReservationRow.device_type.in_(wanted))
+                    .group_by(ReservationRow.device_type)
+                )
+            }
+            booking = current_booking(session, row.id)
+            own = set(booking.devices) if booking is not None else set()
+            stock = session.execute(
+                select(DeviceTypeRow.id, DeviceTypeRow.stock).where(DeviceTypeRow.id.in_(wanted))
+            )
+            free = {d: n - held.get(d, 0) + (1 if d in own else 0) for d, n in stock}
+        proceduralists = 0
+        if req.needs_procedure:
+            proceduralists = session.scalar(select(func.count()).select_from(ProceduralistRow)) or 0
         return domain.blocking(
             req,
-            site=self.policy.site(row.site),
+            site=site,
             consents=consents,
             labs=labs,
             free_units=free,
-            proceduralists=len(session.scalars(select(ProceduralistRow.id)).all()),
-            rooms=len(session.scalars(select(RoomRow.id)).all()),
+            proceduralists=proceduralists,
+            rooms=session.scalar(select(func.count()).select_from(RoomRow)) or 0,
             now=self._now(),
             policy=self.policy,
         )
@@ -364,8 +385,10 @@ class SchedulerService:
             gap_days=policy.site(row.site).implant_gap_days,
         )
 
-    def world(self, session: Session, *, start: datetime) -> slots.World:
-        """Resources and what is taken from a day before ``start`` to the horizon's end."""
+    def world(self, session: Session, *, start: datetime, days: int | None = None) -> slots.World:
+        """Resources and what is taken from a day before ``start`` to ``days`` after it (the
+        search horizon by default)."""
+        horizon = min(days or self.policy.horizon_days, self.policy.horizon_days)
         rooms = [
             domain.Room(r.id, r.machine, windows_of(r.hours))
             for r in session.scalars(select(RoomRow).order_by(RoomRow.id))
@@ -379,7 +402,7 @@ class SchedulerService:
             for p in session.scalars(select(ProceduralistRow).order_by(ProceduralistRow.id))
         ]
         first = start - timedelta(days=1)
-        last = start + timedelta(days=self.policy.horizon_days + 2)
+        last = start + timedelta(days=horizon + 2)
         taken: dict[str, list[tuple[datetime, datetime]]] = {}
         for resource, s, e in claims_between(session, first, last):
             taken.setdefault(resource, []).append((s, e))
@@ -390,7 +413,7 @@ class SchedulerService:
             proceduralists=proceduralists,
             busy=slots.Busy(taken),
             step_minutes=self.policy.step_minutes,
-            horizon_days=self.policy.horizon_days,
+            horizon_days=horizon,
         )
 
     def devices(self, session: Session) -> dict[str, domain.DeviceType]:
@@ -422,8 +445,13 @@ class SchedulerService:
                         [row.patient_id],
                     )
                 return booking
-            except IntegrityError:
-                log.info("booking race lost; searching again", request=request_id, attempt=attempt)
+            except IntegrityError as exc:
+                log.info(
+                    "booking race lost; searching again",
+                    request=request_id,
+                    attempt=attempt,
+                    error=str(exc.orig),
+                )
         raise Conflict("the slot was taken by concurrent bookings several times; try again")
 
     def reschedule(
@@ -517,9 +545,20 @@ class SchedulerService:
         violations = [slots.Violation(b, _BLOCKING_DETAIL.get(b, b)) for b in row.blocking]
         devices = self.devices(session)
         need = self.need(row, devices)
-        start = proposal.start if proposal else now
-        world = self.world(session, start=min(start, now))
-        slot: slots.Slot | None
+        slot: slots.Slot | None = None
+        if proposal is None:
+            # Most bookings land within days: read a few days' claims first, and further ahead
+            # only when nothing fits there (a year of history is never read).
+            for days in SEARCH_WINDOWS_DAYS:
+                world = self.world(session, start=now, days=days)
+                if violations:
+                    break
+                slot = slots.earliest_slot(need, world, now=now)
+                if slot is not None or days >= self.policy.horizon_days:
+                    break
+        else:
+            ahead = (proposal.start - now).days + 2
+            world = self.world(session, start=min(proposal.start, now), days=max(ahead, 2))
         if proposal is not None:
             room = proposal.room or (world.rooms[0].id if len(world.rooms) == 1 else None)
             if room is None:
@@ -529,7 +568,6 @@ class SchedulerService:
             slot, broken = slots.check_slot(need, world, start=proposal.start, room=room, now=now)
             violations += broken
         else:
-            slot = None if violations else slots.earliest_slot(need, world, now=now)
             if slot is None and not violations:
                 violations.append(
                     slots.Violation(
@@ -582,7 +620,7 @@ class SchedulerService:
             ):
                 r.booking_id = booking.id
         else:
-            reserved = reserved_units(session)
+            reserved = reserved_units(session, req.immobilization)
             for device in req.immobilization:
                 free = domain.units_free(devices[device].stock, reserved.get(device, []))
                 if not free:

@@ -148,21 +148,29 @@ def free_therapists(start: datetime, end: datetime, world: World) -> list[str]:
     ]
 
 
-def _days(first: date, world: World) -> Iterable[date]:
-    for offset in range(world.horizon_days + 1):
-        day = first + timedelta(days=offset)
+def _days(first: date, world: World, last: date | None = None) -> Iterable[date]:
+    """Business days from ``first``, up to ``last`` or the horizon after ``first``."""
+    last = last or first + timedelta(days=world.horizon_days)
+    day = first
+    while day <= last:
         if world.calendar.is_business_day(day):
             yield day
+        day += timedelta(days=1)
 
 
 def earliest_procedure(
-    minutes: int, world: World, *, not_before: datetime, latest_end: datetime | None = None
+    minutes: int,
+    world: World,
+    *,
+    not_before: datetime,
+    latest_end: datetime | None = None,
+    until: date | None = None,
 ) -> Procedure | None:
     """The first free stretch of ``minutes`` in any proceduralist's blocks, on a business day,
     ending by ``latest_end`` when given."""
     first = not_before.astimezone(world.calendar.zone).date()
     length = timedelta(minutes=minutes)
-    for day in _days(first, world):
+    for day in _days(first, world, until):
         if latest_end is not None and local_midnight(day, world.calendar.zone) >= latest_end:
             return None
         best: Procedure | None = None
@@ -210,13 +218,19 @@ def earliest_slot(
     if need.procedure_minutes is not None:
         # The earliest procedure is never worse: any simulation after a later one is also
         # far enough after the earliest one.
-        procedure = earliest_procedure(need.procedure_minutes, world, not_before=not_before)
+        until = now.astimezone(world.calendar.zone).date() + timedelta(days=world.horizon_days)
+        procedure = earliest_procedure(
+            need.procedure_minutes, world, not_before=not_before, until=until
+        )
         if procedure is None:
             return None
         not_before = max(not_before, _sim_not_before(procedure, need.gap_days, world))
     length = timedelta(minutes=need.minutes)
     candidates = [r for r in world.rooms if rooms is None or r.id in rooms]
-    for day in _days(not_before.astimezone(world.calendar.zone).date(), world):
+    # The horizon counts from now, not from the procedure: what was read of the calendar
+    # (the claims) ends there.
+    last = now.astimezone(world.calendar.zone).date() + timedelta(days=world.horizon_days)
+    for day in _days(not_before.astimezone(world.calendar.zone).date(), world, last):
         best: Slot | None = None
         for room in candidates:
             for window in _windows(room.hours, day):

@@ -246,11 +246,15 @@ def claims_between(
     return [(r, s, e) for r, s, e in rows]
 
 
-def reserved_units(session: Session) -> dict[str, list[int]]:
+def reserved_units(
+    session: Session, device_types: Iterable[str] | None = None
+) -> dict[str, list[int]]:
+    """Units held by bookings, by device type (of ``device_types`` only, when given)."""
     out: dict[str, list[int]] = {}
-    for device, unit in session.execute(
-        select(ReservationRow.device_type, ReservationRow.unit).where(ReservationRow.active)
-    ):
+    query = select(ReservationRow.device_type, ReservationRow.unit).where(ReservationRow.active)
+    if device_types is not None:
+        query = query.where(ReservationRow.device_type.in_(set(device_types)))
+    for device, unit in session.execute(query):
         out.setdefault(device, []).append(unit)
     return out
 

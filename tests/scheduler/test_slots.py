@@ -322,3 +322,23 @@ def test_procedure_needs_a_proceduralist() -> None:
 def test_units_free_lowest_first() -> None:
     assert domain.units_free(3, [1]) == [0, 2]
     assert domain.units_free(2, [0, 1]) == []
+
+
+def test_the_horizon_counts_from_now() -> None:
+    """The service reads what is taken up to now + horizon; nothing is proposed past it, even
+    after a procedure's gap or an earliest date."""
+    small = World(
+        calendar=world().calendar,
+        rooms=world().rooms,
+        therapists=world().therapists,
+        proceduralists=world().proceduralists,
+        horizon_days=4,
+    )
+    gap = Need(minutes=30, therapists=2, procedure_minutes=30, gap_days=7)
+    assert earliest_slot(gap, small, now=MONDAY) is None
+    late = Need(minutes=30, therapists=2, earliest=date(2026, 12, 9))
+    assert earliest_slot(late, small, now=MONDAY) is None
+    slot = earliest_slot(
+        Need(minutes=30, therapists=2, earliest=date(2026, 12, 4)), small, now=MONDAY
+    )
+    assert slot is not None and slot.start == at("2026-12-04", "08:00")
