@@ -55,10 +55,12 @@ from shared.events import CloudEvent, CourseRegrouped, NoteSigned, Patient
 from shared.events.base import EventPayload
 from shared.events.dicom import DocumentReceived, PlanReceived, TreatmentRecorded
 from shared.events.documents import PlanVersioned, TreatmentFlagged
+from shared.locks import lock_keys
 from shared.outbox import claim_events, emit, emit_many
 
 log = structlog.get_logger(__name__)
 CONSUMER = "documents"
+LOCKS = "documents.patient"
 EVENT_TYPES: tuple[str, ...] = (PlanReceived.type, TreatmentRecorded.type, DocumentReceived.type)
 PDF_MAGIC = b"%PDF-"
 # A PDF's header may follow up to 1024 bytes of other data (ISO 32000-1 Annex H.3, note 3).
@@ -210,6 +212,8 @@ class DocumentsService:
             fresh = claim_events(session, ProcessedEvent, CONSUMER, [e.id for e in events])
             patients: set[str] = set()
             todo = list({e.id: e for e in events if e.id in fresh}.values())
+            # Replicas share the durable consumer: one patient is derived by one at a time.
+            lock_keys(session, LOCKS, (e.data.patient.id for e in todo if e.data.patient.id))
             held = _Held.load(session, todo)
             for event in todo:
                 if self._intake(session, event, pdfs.get(event.id), held):
@@ -661,6 +665,7 @@ class DocumentsService:
                     f"unknown plan_uid {upload.plan_uid!r}: no RT Plan with this SOP Instance "
                     "UID has been received"
                 )
+            lock_keys(session, LOCKS, [plan.patient_id])
             version = session.get(VersionRow, upload.plan_uid)
             now = self._now()
             row = self._file(
@@ -806,6 +811,8 @@ class DocumentsService:
             qa = [p.uid for p in plans if not domain_is_course_plan(snapshot_from_json(p.snapshot))]
             if qa:
                 raise RuleViolation(f"QA plans never join a course: {', '.join(sorted(qa))}")
+            # The sequence only increases across all corrections: one correction at a time.
+            lock_keys(session, LOCKS, ["regrouping", patients[0]])
             sequence = 1 + (session.scalar(select(func.max(RegroupingRow.sequence))) or 0)
             now = self._now()
             row = RegroupingRow(
