@@ -321,6 +321,26 @@ def create_request(
     return _request_view(factory, service, row.id)
 
 
+@router.get("/simulation-requests", response_model=list[RequestOut])
+def list_requests(
+    principal: SchedulingStaff,
+    service: ServiceDep,
+    factory: FactoryDep,
+    request: Request,
+    patient_id: str,
+    status: Literal["blocked", "ready", "booked", "completed", "cancelled"] | None = None,
+) -> list[RequestOut]:
+    """A patient's simulation requests, newest first (the patient timeline reads them)."""
+    with factory.begin() as session:
+        query = select(RequestRow).where(RequestRow.patient_id == patient_id)
+        if status:
+            query = query.where(RequestRow.status == status)
+        rows = session.scalars(query.order_by(RequestRow.created_at.desc()).limit(200)).all()
+        record_request(session, AuditLog, principal, request, patient_ids=[patient_id])
+        devices = service.devices(session)
+        return [request_out(session, service, r, devices) for r in rows]
+
+
 @router.get("/simulation-requests/{request_id}", response_model=RequestOut)
 def get_request(
     request_id: str,

@@ -276,10 +276,44 @@ async def documents(
     return entries, None
 
 
-# The scheduler adds its source here when its pages land.
+async def scheduler(
+    client: httpx.AsyncClient, base: str, patient_id: str
+) -> tuple[list[Entry], str | None]:
+    """Simulation requests: a booked or performed simulation at its time (room, therapists,
+    the proceduralist appointment), an open request when it was made, with what blocks it."""
+    requests = await _get(client, f"{base}/v1/simulation-requests", patient_id=patient_id)
+    entries = []
+    for r in requests:
+        booking = r.get("booking")
+        if booking:
+            sim = booking["simulation"]
+            procedure = booking.get("procedure")
+            detail = [sim["room"], ", ".join(sim["therapists"])]
+            if procedure:
+                detail.append(f"procedure {procedure['start'][:16]} ({procedure['proceduralist']})")
+            at, title = _at(sim["start"]), f"Simulation CT: {r['site']}"
+        else:
+            blocking = ", ".join(b.replace("_", " ") for b in r["blocking"])
+            detail = [r["urgency"], f"blocked: {blocking}" if blocking else ""]
+            at, title = _at(r["created_at"]), f"Simulation requested: {r['site']}"
+        entries.append(
+            Entry(
+                at=at,
+                service="scheduler",
+                kind="simulation",
+                title=title,
+                detail=" · ".join(d for d in detail if d),
+                href=f"{base}/ui/queue" if not booking else f"{base}/ui/calendar",
+                status=r["status"],
+            )
+        )
+    return entries, None
+
+
 SOURCES: dict[str, Source] = {
     "qa_tracker": qa_tracker,
     "scp_listener": scp_listener,
+    "scheduler": scheduler,
     "documents": documents,
     "billing": billing,
 }

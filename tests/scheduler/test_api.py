@@ -460,3 +460,19 @@ async def test_batch_reports_then_commits(
     for r in routine:
         got = await client.get(f"/v1/simulation-requests/{r['id']}", headers=auth())
         assert got.json()["status"] == "booked"
+
+
+async def test_a_patients_requests(client: httpx.AsyncClient, auth: Auth) -> None:
+    first = await create(client, auth)
+    await create(client, auth, patient_id="OTHER")
+    await book(client, auth, first["id"])
+    second = await create(client, auth, site="boost")
+    listed = (await client.get("/v1/simulation-requests?patient_id=SIM-001", headers=auth())).json()
+    assert sorted((r["id"], r["status"]) for r in listed) == sorted(
+        [(second["id"], "ready"), (first["id"], "booked")]
+    )
+    booked = await client.get(
+        "/v1/simulation-requests?patient_id=SIM-001&status=booked", headers=auth()
+    )
+    assert [r["id"] for r in booked.json()] == [first["id"]]
+    problem(await client.get("/v1/simulation-requests", headers=auth()), 422)

@@ -247,3 +247,31 @@ async def test_calendar_moves_and_cancels_with_reasons(
         row = session.get(BookingRow, new_id)
         assert row is not None and (row.status, row.reason) == ("cancelled", "unwell")
     assert (await client.get("/ui/calendar?week=2026-W60")).status_code == 422
+
+
+async def test_the_patient_timeline_reads_the_scheduler(
+    app: FastAPI,
+    sched: SchedulerService,
+    scheduler: tuple[SchedulerSettings, sessionmaker[Session]],
+) -> None:
+    from shared.auth import issue_dev_token
+    from shared.ui.timeline import scheduler as source
+
+    booked = sched.create_request(RequestIn(**BASE), WHO)
+    sched.book(booked.id, None, WHO)
+    sched.create_request(
+        RequestIn.model_validate({**BASE, "site": "boost", "requirements": {"iv_contrast": True}}),
+        WHO,
+    )
+    token = issue_dev_token(scheduler[0], user="t", roles=["therapist"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://sched",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
+        entries, more = await source(client, "http://sched", "SIM-001")
+    assert more is None
+    by_status = {e.status: e for e in entries}
+    assert by_status["booked"].title == "Simulation CT: breast"
+    assert by_status["booked"].detail == "ctsim1 · tara, tina"
+    assert by_status["blocked"].detail == "routine · blocked: iv contrast consent"
