@@ -143,6 +143,8 @@ class NoteBody(BaseModel):
 
 class NoteOut(BaseModel):
     id: str
+    revision: int
+    voided: bool
     patient_id: str
     course_id: str
     week: str
@@ -314,6 +316,17 @@ async def add_note(
         NoteIn(**body.model_dump()),
         principal=principal,
         resource=_resource(request),
+    )
+    return NoteOut.model_validate(row, from_attributes=True)
+
+
+@router.post("/notes/{note_id}/void", response_model=NoteOut)
+async def void_note(
+    note_id: str, request: Request, service: ServiceDep, principal: NoteSigners
+) -> NoteOut:
+    """A note signed in error is voided: its next revision, published with ``voided``."""
+    row = await run_in_threadpool(
+        service.void_note, note_id, principal=principal, resource=_resource(request)
     )
     return NoteOut.model_validate(row, from_attributes=True)
 

@@ -419,7 +419,7 @@ class DocumentsService:
             extra = {"approval": snap.approval_status, "label": snap.label, "rev": snap.revision}
             digest = hashlib.sha256(json.dumps([state, extra], sort_keys=True).encode()).hexdigest()
             row = held.pop(uid, None)
-            if row is not None and row.digest == digest:
+            if row is not None and row.digest == digest and not row.removed:
                 continue
             if row is None:
                 row = VersionRow(plan_uid=uid, patient_id=patient_id, revision=0)
@@ -428,6 +428,7 @@ class DocumentsService:
                 setattr(row, name, value)
             row.revision += 1
             row.digest = digest
+            row.removed = False
             out.append(
                 (
                     PlanVersioned(
@@ -447,8 +448,28 @@ class DocumentsService:
                     None,
                 )
             )
-        for row in held.values():  # re-sent as a QA plan: no longer a version
-            session.delete(row)
+        for row in held.values():
+            if row.removed:
+                continue
+            # Re-sent as a QA plan: no longer a version. Retracted, with the next revision.
+            row.removed = True
+            row.revision += 1
+            snap = snaps.get(row.plan_uid)
+            out.append(
+                (
+                    PlanVersioned(
+                        patient=_patient(patient, patient_id),
+                        plan_uid=row.plan_uid,
+                        revision=row.revision,
+                        course_id=row.course_id,
+                        plan_version=row.number,
+                        label=snap.label if snap else None,
+                        approval_status=snap.approval_status if snap else None,
+                        removed=True,
+                    ),
+                    None,
+                )
+            )
 
     def _judge(
         self,
@@ -667,6 +688,8 @@ class DocumentsService:
                 )
             lock_keys(session, LOCKS, [plan.patient_id])
             version = session.get(VersionRow, upload.plan_uid)
+            if version is not None and version.removed:
+                version = None
             now = self._now()
             row = self._file(
                 session,
@@ -726,7 +749,7 @@ class DocumentsService:
             plan = session.scalar(
                 select(PlanRow)
                 .join(VersionRow, VersionRow.plan_uid == PlanRow.uid)
-                .where(VersionRow.course_id == note.course_id)
+                .where(VersionRow.course_id == note.course_id, ~VersionRow.removed)
                 .limit(1)
             )
             if plan is None or plan.patient_id != note.patient_id:
@@ -743,6 +766,54 @@ class DocumentsService:
                 resource=resource,
                 patient_ids=[note.patient_id],
             )
+        self._on_commit()
+        return row
+
+    def void_note(self, note_id: str, *, principal: Principal, resource: str) -> NoteRow:
+        """A note signed in error: its next revision, voided (billing drops it)."""
+        with self._factory.begin() as session:
+            row = session.get(NoteRow, note_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no note {note_id!r}")
+            needed = {"management_note": "physician", "physics_check": "physicist"}[row.kind]
+            if not principal.roles & {needed, "admin"}:
+                raise Forbidden(f"a {row.kind} is voided by a {needed}")
+            if row.voided:
+                raise Conflict(f"note {note_id} is voided already")
+            row.voided = True
+            row.revision += 1
+            plan = session.scalar(
+                select(PlanRow)
+                .join(VersionRow, VersionRow.plan_uid == PlanRow.uid)
+                .where(VersionRow.course_id == row.course_id)
+                .limit(1)
+            )
+            emit(
+                session,
+                NoteSigned(
+                    patient=_patient(plan, row.patient_id),
+                    note_id=row.id,
+                    revision=row.revision,
+                    course_id=row.course_id,
+                    week=row.week,
+                    kind=row.kind,
+                    author=row.author,
+                    signed_at=row.signed_at,
+                    visit_date=row.visit_date,
+                    face_to_face=row.face_to_face,
+                    voided=True,
+                ),
+            )
+            record_access(
+                session,
+                AuditLog,
+                principal,
+                action="write",
+                resource=resource,
+                patient_ids=[row.patient_id],
+            )
+            session.flush()
+            session.expunge(row)
         self._on_commit()
         return row
 
@@ -875,7 +946,9 @@ class DocumentsService:
 
     def _history(self, session: Session, patient_id: str) -> list[dict[str, Any]]:
         versions = list(
-            session.scalars(select(VersionRow).where(VersionRow.patient_id == patient_id))
+            session.scalars(
+                select(VersionRow).where(VersionRow.patient_id == patient_id, ~VersionRow.removed)
+            )
         )
         if not versions:
             return []
@@ -976,7 +1049,11 @@ class DocumentsService:
         """Each course's plans and its weekly documents per treatment week."""
         with self._factory.begin() as session:
             versions = list(
-                session.scalars(select(VersionRow).where(VersionRow.patient_id == patient_id))
+                session.scalars(
+                    select(VersionRow).where(
+                        VersionRow.patient_id == patient_id, ~VersionRow.removed
+                    )
+                )
             )
             by_course: dict[str, list[str]] = defaultdict(list)
             for v in versions:

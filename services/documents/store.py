@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -77,6 +78,9 @@ class VersionRow(Base):
     changes: Mapped[list[str]] = mapped_column(JSON, default=list)
     revision: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(64))
+    # Retracted (the plan was re-sent as a QA plan): kept, so a later version row continues
+    # its revisions.
+    removed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class RecordRow(Base):

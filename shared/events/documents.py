@@ -79,7 +79,8 @@ class PlanVersioned(EventPayload):
     """State: where a plan stands in its course's version history. Published when a plan first
     becomes a version and again (a higher ``revision``) whenever its place or facts change: a
     re-sent plan with new content, a regrouping, a later version that supersedes it, a new
-    approval status. The latest revision per ``plan_uid`` wins."""
+    approval status; ``removed`` when it stops being one. The latest revision per ``plan_uid``
+    wins."""
 
     type: ClassVar[str] = "rtops.documents.plan.versioned"
     version: Literal[1] = 1
@@ -102,6 +103,10 @@ class PlanVersioned(EventPayload):
     superseded_by: str | None = Field(default=None, description="the next version's plan")
     changes: tuple[str, ...] = Field(
         default=(), description="what changed against the predecessor, one line per fact"
+    )
+    removed: bool = Field(
+        default=False,
+        description="the plan is no longer a version (re-sent as a QA plan): retracts it",
     )
 
     def business_key(self) -> str:

@@ -334,3 +334,54 @@ def test_version_rows_follow_the_events_not_their_order(
             r.plan_uid: (r.number, r.predecessor_uid) for r in session.scalars(select(VersionRow))
         }
     assert rows == {uid(1): (1, None), uid(3): (1, None), uid(2): (2, uid(1))}
+
+
+def test_a_plan_re_sent_as_a_qa_plan_is_retracted(
+    service: DocumentsService, factory: sessionmaker[Session]
+) -> None:
+    service.apply_batch([plan(1), plan(2, refs=((1, "PREDECESSOR"),))])
+    service.apply(plan(2, revision=2, sha="3", intent="VERIFICATION", refs=((1, "VERIFIED_PLAN"),)))
+    assert set(history(service)) == {uid(1)}
+    events = [
+        e for e in published(factory, "rtops.documents.plan.versioned") if e["plan_uid"] == uid(2)
+    ]
+    assert [(e["revision"], e["removed"]) for e in events] == [(1, False), (2, True)]
+    # Back as a treatment plan: a version again, the next revision.
+    service.apply(plan(2, revision=3, sha="4", refs=((1, "PREDECESSOR"),)))
+    events = [
+        e for e in published(factory, "rtops.documents.plan.versioned") if e["plan_uid"] == uid(2)
+    ]
+    assert [(e["revision"], e["removed"]) for e in events][-1] == (3, False)
+    assert history(service)[uid(2)]["version"] == 2
+
+
+def test_a_note_signed_in_error_is_voided_once(
+    service: DocumentsService, factory: sessionmaker[Session]
+) -> None:
+    from shared.errors import Conflict, Forbidden
+
+    service.apply(plan(1))
+    course = history(service)[uid(1)]["course_id"]
+    note = service.add_note(
+        NoteIn(
+            patient_id=PID,
+            course_id=course,
+            week="2026-W10",
+            kind="management_note",
+            author="Oncologist^Olga",
+            signed_at=at("2026-03-04", "12:00"),
+        ),
+        principal=PHYSICIAN,
+        resource="t",
+    )
+    with pytest.raises(Forbidden):
+        service.void_note(note.id, principal=PHYSICIST, resource="t")
+    voided = service.void_note(note.id, principal=PHYSICIAN, resource="t")
+    assert (voided.revision, voided.voided) == (2, True)
+    with pytest.raises(Conflict):
+        service.void_note(note.id, principal=PHYSICIAN, resource="t")
+    events = published(factory, "rtops.documents.note.signed")
+    assert [(e["revision"], e["voided"]) for e in events] == [(1, False), (2, True)]
+    service.apply(fraction(1, MONDAY))
+    [c] = service.courses(PID, principal=PHYSICIAN, resource="t")
+    assert c["weeks"][0]["missing"] == ["management_note", "physics_check"]

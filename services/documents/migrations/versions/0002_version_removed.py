@@ -1,0 +1,28 @@
+"""plan_version.removed: a plan re-sent as a QA plan is retracted, not deleted
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-29
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("plan_version", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("removed", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("plan_version", schema=None) as batch_op:
+        batch_op.drop_column("removed")
