@@ -289,7 +289,7 @@ def hold_unconfirmed_kind(evaluation: CourseEvaluation, rules: RuleSet) -> Cours
     families = kind_dependent_families(rules)
     family_of = {r.id: r.family for r in rules.rules}
     charges = tuple(
-        replace(c, status="hold", hold_reason=KIND_UNCONFIRMED)
+        c._replace(status="hold", hold_reason=KIND_UNCONFIRMED)
         if family_of.get(c.rule) in families
         else c
         for c in evaluation.charges
