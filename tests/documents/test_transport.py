@@ -22,6 +22,7 @@ from services.documents.transport import (
     MllpTransport,
     OutboxFolder,
     Outgoing,
+    SmtpTransport,
     TransmissionError,
     mdm_t02,
 )
@@ -157,3 +158,78 @@ def test_settings_choose_the_transport(tmp_path: Path) -> None:
         ).transport()
     with pytest.raises(SettingError, match="SMTP_URL"):
         DocumentsSettings(**base, documents_transport="smtp").transport()
+
+
+class SmtpHandler(socketserver.StreamRequestHandler):
+    """Just enough SMTP (RFC 5321) for smtplib: EHLO, MAIL, RCPT, DATA, QUIT."""
+
+    def handle(self) -> None:
+        server: SmtpListener = self.server  # type: ignore[assignment]
+        self.wfile.write(b"220 test ESMTP\r\n")
+        while line := self.rfile.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO" or verb == b"HELO":
+                self.wfile.write(b"250 test\r\n")
+            elif verb in (b"MAIL", b"RSET", b"NOOP"):
+                self.wfile.write(b"250 OK\r\n")
+            elif verb == b"RCPT":
+                self.wfile.write(server.rcpt_reply)
+            elif verb == b"DATA":
+                self.wfile.write(b"354 go ahead\r\n")
+                body = b""
+                while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
+                    body += chunk
+                server.messages.append(body)
+                self.wfile.write(b"250 queued\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"502 not implemented\r\n")
+
+
+class SmtpListener(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, rcpt_reply: bytes) -> None:
+        self.rcpt_reply = rcpt_reply
+        self.messages: list[bytes] = []
+        super().__init__(("127.0.0.1", 0), SmtpHandler)
+
+
+@pytest.fixture
+def smtp(request: pytest.FixtureRequest) -> Iterator[SmtpListener]:
+    server = SmtpListener(request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("smtp", [b"250 OK\r\n"], indirect=True)
+def test_smtp_mails_the_pdf(smtp: SmtpListener) -> None:
+    from email import message_from_bytes
+
+    port = smtp.server_address[1]
+    transport = SmtpTransport(
+        f"smtp://127.0.0.1:{port}", sender="rtops@clinic.test", recipient="gp@practice.test"
+    )
+    transport.send(LETTER, now=NOW)
+    [raw] = smtp.messages
+    mail = message_from_bytes(raw)
+    assert mail["To"] == "gp@practice.test" and "DOC|001" in mail["Subject"]
+    [attachment] = [p for p in mail.walk() if p.get_content_type() == "application/pdf"]
+    assert attachment.get_payload(decode=True) == LETTER.pdf
+
+
+@pytest.mark.parametrize("smtp", [b"550 no such user\r\n"], indirect=True)
+def test_a_refused_recipient_is_a_failed_transmission(smtp: SmtpListener) -> None:
+    port = smtp.server_address[1]
+    transport = SmtpTransport(
+        f"smtp://127.0.0.1:{port}", sender="rtops@clinic.test", recipient="nobody@practice.test"
+    )
+    with pytest.raises(TransmissionError, match="SMTP 127"):
+        transport.send(LETTER, now=NOW)
+    assert smtp.messages == []
