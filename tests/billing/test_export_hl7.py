@@ -106,6 +106,15 @@ def test_the_export_reads_back_as_the_same_claim_lines() -> None:
     }
 
 
+@pytest.mark.parametrize("patient_id", ["P|1", "A^B", "x~y", "back\\slash", "a&b", "\\F\\"])
+def test_a_patient_id_with_delimiters_reads_back_unchanged(patient_id: str) -> None:
+    """HL7 v2.5 s. 2.7: the export escapes the delimiters, the claim reader unescapes them."""
+    rows = [Row("course:1.2|77407|s-1|", patient_id, "77407", (), 1, MONDAY)]
+    parsed = parse_claim_file(dft_p03(rows, at=AT, export_id="RT").encode(), MEDIA_TYPE, "x.hl7")
+    assert parsed.errors == ()
+    assert [line.patient_id for line in parsed.lines] == [patient_id]
+
+
 def test_hl7apy_reads_every_message_whole() -> None:
     text = dft_p03(ROWS[:3], at=AT, export_id="X")
     body = "\r".join(

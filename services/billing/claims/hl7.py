@@ -20,6 +20,7 @@ is the segment's line in the file.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from hl7apy.consts import VALIDATION_LEVEL
@@ -195,6 +196,16 @@ class _Encoding:
         self.component = chars["COMPONENT"]
         self.repetition = chars["REPETITION"]
         self.subcomponent = chars["SUBCOMPONENT"]
+        self.escape = chars["ESCAPE"]
+        self._delimiters = {
+            "F": self.field,
+            "S": self.component,
+            "T": self.subcomponent,
+            "R": self.repetition,
+            "E": self.escape,
+        }
+        esc = re.escape(self.escape)
+        self._sequence = re.compile(f"{esc}([^{esc}]*){esc}")
 
     def text(self, segment: Segment, field: str) -> str:
         found = segment.children.get(field)
@@ -209,6 +220,24 @@ class _Encoding:
         return segment.split(self.field)
 
     def head(self, value: str) -> str:
-        """Component 1 (subcomponent 1) of a field's first repetition."""
+        """Component 1 (subcomponent 1) of a field's first repetition, unescaped."""
         value = value.split(self.repetition, 1)[0]
-        return value.split(self.component, 1)[0].split(self.subcomponent, 1)[0].strip()
+        return self.unescape(
+            value.split(self.component, 1)[0].split(self.subcomponent, 1)[0].strip()
+        )
+
+    def unescape(self, value: str) -> str:
+        """HL7 v2.5 s. 2.7: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ back to the message's delimiters,
+        \\Xhh\\ to its characters; formatting sequences (\\H\\, \\N\\, ...) carry no text."""
+        if self.escape not in value:
+            return value
+        return self._sequence.sub(self._unescaped, value)
+
+    def _unescaped(self, match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code.upper().startswith("X"):
+            try:
+                return bytes.fromhex(code[1:]).decode("latin-1")
+            except ValueError:
+                return ""
+        return self._delimiters.get(code, "")
