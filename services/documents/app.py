@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 from fastapi import FastAPI
+from prometheus_client import Gauge
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.documents.api import router
@@ -81,6 +82,19 @@ def create_app(
     settings = settings or DocumentsSettings()
     runtime = runtime or Runtime.create(SERVICE, settings, TABLES)
     service = service or build_service(settings, runtime)
+
+    def failing() -> float:
+        try:
+            return float(service.failing_letters())
+        except Exception:  # database away: the scrape still answers, /readyz says why
+            return float("nan")
+
+    Gauge(
+        "rtops_documents_letters_failing",
+        "approved letters whose last transmission failed (retried until sent)",
+        registry=runtime.registry,
+    ).set_function(failing)
+
     app = runtime.app(
         title="rtops documents",
         routers=[router, pages_router],

@@ -1212,6 +1212,18 @@ class DocumentsService:
             session.expunge(row)
         return row
 
+    def failing_letters(self) -> int:
+        """Approved letters whose last transmission failed (waiting for their retry)."""
+        with self._factory() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(LetterRow)
+                    .where(LetterRow.status == "approved", LetterRow.last_error.is_not(None))
+                )
+                or 0
+            )
+
     def send_due(self) -> int:
         """Send every approved letter whose attempt is due; a failure is recorded on the letter
         (``last_error``, ``attempts``) and retried with a doubling wait up to

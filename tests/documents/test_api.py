@@ -220,3 +220,8 @@ async def test_regroup_and_letters_over_http(
     assert again.status_code == 409
     missing = await client.get("/v1/letters/nope/pdf", headers=auth("physician"))
     assert missing.status_code == 404
+
+
+async def test_metrics_show_failing_letters(client: httpx.AsyncClient) -> None:
+    metrics = await client.get("/metrics")
+    assert "rtops_documents_letters_failing 0.0" in metrics.text

@@ -292,6 +292,7 @@ def test_approved_letters_are_sent_and_a_failure_is_retried_and_visible(
         1,
         "NACK AE: unknown patient",
     )
+    assert service.failing_letters() == 1
     assert service.send_due() == 0  # not due yet: nothing tried
     assert service.letter(letter.id, principal=PHYSICIAN, resource="t").attempts == 1
     transport.fail = False
@@ -305,6 +306,7 @@ def test_approved_letters_are_sent_and_a_failure_is_retried_and_visible(
         "ctl-1",
     )
     assert transport.sent[0].pdf.startswith(b"%PDF-")
+    assert service.failing_letters() == 0
     assert service.send_due() == 0
 
 
