@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from services.scheduler.store import Outbox
 from shared.db import make_engine
@@ -148,6 +148,21 @@ def test_booking_then_sim_ct_by_storescu_completes_once(
             True,
         )
         assert event.data.service_date == start.date()
+        # Billing consumed it: its fact of kind "simulation", keyed by the booking.
+        billing_engine = make_engine(settings, "billing")
+        try:
+
+            def billed() -> list[tuple[str, int]] | None:
+                with billing_engine.connect() as conn:
+                    rows = conn.execute(
+                        text("SELECT key, revision FROM fact WHERE kind = 'simulation'")
+                    ).all()
+                return [(r[0], r[1]) for r in rows] or None
+
+            facts = wait_for(billed, timeout=30, interval=0.2, message="billing's fact")
+        finally:
+            billing_engine.dispose()
+        assert facts == [(event.data.booking_id, 1)]
         assert "booking race lost" not in suite.log.read_text()
 
 
