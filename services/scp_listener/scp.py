@@ -66,12 +66,18 @@ def start(
 ) -> ThreadedAssociationServer:
     """Start listening (port 0 picks a free one: see ``server.server_address``)."""
     ae = build_ae(settings, registry)
+    touched = TouchedSeries()
     handlers = [
         (evt.EVT_CONN_OPEN, _no_delay),
         (evt.EVT_REJECTED, _log_rejection, [settings, registry, metrics]),
         (evt.EVT_ACCEPTED, _log_acceptance, [registry, metrics]),
         (evt.EVT_C_ECHO, handle_echo, [registry]),
-        (evt.EVT_C_STORE, handle_store, [ingestor, registry, metrics]),
+        (evt.EVT_C_STORE, handle_store, [ingestor, registry, metrics, touched]),
+        (evt.EVT_RELEASED, publish_on_release, [ingestor, touched]),
+        # An aborted or dropped association publishes nothing: its sender will likely send
+        # the series again, and the quiet window publishes what it left.
+        (evt.EVT_ABORTED, touched.forget),
+        (evt.EVT_CONN_CLOSE, touched.forget),
     ]
     address = (settings.scp_host, settings.scp_port if port is None else port)
     try:
@@ -221,8 +227,46 @@ def handle_echo(event: Event, registry: DeviceRegistry) -> int:
     return 0x0000
 
 
+class TouchedSeries:
+    """The image series each open association stored an instance of."""
+
+    def __init__(self) -> None:
+        self._series: dict[Any, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, assoc: Any, series_uid: str) -> None:
+        with self._lock:
+            self._series.setdefault(assoc, set()).add(series_uid)
+
+    def pop(self, assoc: Any) -> set[str]:
+        with self._lock:
+            return self._series.pop(assoc, set())
+
+    def forget(self, event: Event) -> None:
+        self.pop(event.assoc)
+
+
+def publish_on_release(event: Event, ingestor: Ingestor, touched: TouchedSeries) -> None:
+    """Publish the series this association delivered, as soon as it is released (pynetdicom
+    has sent the A-RELEASE-RP by now, so the sender is not kept waiting). Consoles send a
+    whole CBCT over one association: its release is the end of the series."""
+    series = touched.pop(event.assoc)
+    if not series:
+        return
+    try:
+        published = ingestor.publish_series(series)
+    except Exception:  # the quiet-window sweep publishes them instead
+        log.exception("could not publish the series of a released association", series=len(series))
+        return
+    log.info("series published at association release", series=len(series), published=published)
+
+
 def handle_store(
-    event: Event, ingestor: Ingestor, registry: DeviceRegistry, metrics: ScpMetrics
+    event: Event,
+    ingestor: Ingestor,
+    registry: DeviceRegistry,
+    metrics: ScpMetrics,
+    touched: TouchedSeries | None = None,
 ) -> int:
     start_t = time.perf_counter()
     request: Any = event.request
@@ -278,6 +322,8 @@ def handle_store(
         source=device.as_source(),
     )
     name = sop.NAMES.get(sop_class, sop_class)
+    if outcome.status == Status.SUCCESS and outcome.series_instance_uid and touched is not None:
+        touched.add(event.assoc, outcome.series_instance_uid)
     if outcome.status == Status.SUCCESS:
         metrics.store_seconds.labels(name).observe(time.perf_counter() - start_t)
         if outcome.created:

@@ -1,4 +1,5 @@
-"""Use cases of the SCP: ingest one received object, publish quiet image series.
+"""Use cases of the SCP: ingest one received object, publish image series (when the
+association that delivered them is released, or once they have been quiet).
 
 ``ingest`` is the whole C-STORE path after the bytes arrived: decode and check the header,
 make the file durable, then index it and queue its event in one transaction. Only when that
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
@@ -60,6 +61,9 @@ class Outcome:
     sop_instance_uid: str = ""
     size: int = 0
     created: bool = False
+    # The image series the object belongs to (None for other objects): its association's
+    # release publishes it.
+    series_instance_uid: str | None = None
 
 
 class WrongSopClass(Exception):
@@ -208,6 +212,11 @@ class Ingestor:
     ) -> Outcome:
         """Store and index one decoded object; the caller holds the lock of its content."""
         placed: str | None = None  # the key of a file this call put into the store
+        series_uid = (
+            (extract.text(ds, "SeriesInstanceUID") or uid)
+            if sop.STORAGE[sop_class_uid] == "image"
+            else None
+        )
         try:
             with self._factory() as session, session.begin():
                 # Core statements on the connection: the ORM's unit of work costs more per
@@ -215,8 +224,15 @@ class Ingestor:
                 conn = session.connection()
                 revisions = conn.execute(_SELECT_REVISIONS, {"uid": uid}).all()
                 if any(row.sha256 == sha for row in revisions):
+                    # Still the release's to publish if its series has not been yet (a
+                    # console re-sending a series after an aborted association).
                     return Outcome(
-                        Status.SUCCESS, "duplicate: already stored", sop_class_uid, uid, size
+                        Status.SUCCESS,
+                        "duplicate: already stored",
+                        sop_class_uid,
+                        uid,
+                        size,
+                        series_instance_uid=series_uid,
                     )
                 revision = max((row.revision for row in revisions), default=0) + 1
                 try:
@@ -292,7 +308,15 @@ class Ingestor:
                 self._discard(placed)
             raise
         self._on_commit()
-        return Outcome(Status.SUCCESS, "stored", sop_class_uid, uid, size, created=True)
+        return Outcome(
+            Status.SUCCESS,
+            "stored",
+            sop_class_uid,
+            uid,
+            size,
+            created=True,
+            series_instance_uid=series_uid,
+        )
 
     def _discard(self, key: str) -> None:
         try:
@@ -361,25 +385,42 @@ class Ingestor:
     # ------------------------------------------------------------ image series
 
     def publish_quiet_series(self, *, now: datetime, quiet: timedelta) -> int:
-        """Queue an imaging event for every changed series quiet since ``now - quiet``."""
+        """Queue an imaging event for every changed series quiet since ``now - quiet``: the
+        fallback for a series spread over associations (or one whose association aborted)."""
+        return self._publish_series(ImageSeries.last_received_at <= now - quiet, limit=500)
+
+    def publish_series(self, series_uids: Collection[str]) -> int:
+        """Queue an imaging event for each of these series that changed since it was last
+        published: what an association's release does for the series it touched, so a CBCT
+        sent over one association is visible without waiting for the quiet window."""
+        if not series_uids:
+            return 0
+        return self._publish_series(ImageSeries.series_instance_uid.in_(sorted(series_uids)))
+
+    def _publish_series(self, where: Any, *, limit: int | None = None) -> int:
         published = 0
         with self._factory() as session, session.begin():
             series = session.scalars(
-                select(ImageSeries)
-                .where(ImageSeries.dirty.is_(True), ImageSeries.last_received_at <= now - quiet)
-                .limit(500)
+                select(ImageSeries).where(ImageSeries.dirty.is_(True), where).limit(limit)
             ).all()
             for row in series:
                 event = self._imaging_event(session, row)
-                emit(session, event, subject=row.series_instance_uid)
-                session.execute(
+                # Claim before emitting: a release and the sweep (or two releases) publishing
+                # the same series at once serialise on this row, and the second finds it
+                # clean, so each change is published once. A later instance moved
+                # last_received_at: the row stays dirty and its next publication counts it.
+                claimed = session.execute(
                     update(ImageSeries)
                     .where(
                         ImageSeries.series_instance_uid == row.series_instance_uid,
                         ImageSeries.last_received_at == row.last_received_at,
+                        ImageSeries.dirty.is_(True),
                     )
                     .values(dirty=False, published_count=event.instance_count)
                 )
+                if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                emit(session, event, subject=row.series_instance_uid)
                 published += 1
         if published:
             self._on_commit()

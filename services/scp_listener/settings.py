@@ -33,8 +33,9 @@ class ScpSettings(RtopsSettings):
     )
     scp_series_quiet_s: float = Field(
         default=30.0,
-        description="an image series is published once no instance arrived for "
-        "this long; a later instance re-publishes it",
+        description="fallback: an image series is published when the association that "
+        "delivered it is released, else once no instance arrived for this long (a series "
+        "spread over associations, or an aborted one); a later instance re-publishes it",
     )
     scp_sweep_interval_s: float = Field(
         default=2.0, description="how often quiet series are looked for"
