@@ -504,6 +504,23 @@ def cancel_booking(
     return _request_view(factory, service, booking.request_id)
 
 
+@router.post("/bookings/{booking_id}/return-devices", response_model=BookingOut)
+def return_devices(
+    booking_id: str,
+    body: ReasonIn,
+    principal: SchedulingStaff,
+    service: ServiceDep,
+    factory: FactoryDep,
+) -> BookingOut:
+    """Reusable devices held by the booking go back in stock (a fabricated one left the stock
+    when the simulation was done)."""
+    service.return_devices(booking_id, body.reason, principal)
+    with factory() as session:
+        row = session.get(BookingRow, booking_id)
+        assert row is not None
+        return booking_out(row)
+
+
 # ---------------------------------------------------------------- queue and feeds
 
 
@@ -677,3 +694,13 @@ def unbooked_scans(
             session, AuditLog, principal, request, patient_ids=[r.patient_id for r in rows]
         )
         return [UnbookedOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.post("/unbooked-scans/{series_instance_uid}/resolve", status_code=204)
+def resolve_scan(
+    series_instance_uid: str, body: ReasonIn, principal: SchedulingStaff, service: ServiceDep
+) -> Response:
+    """A flagged simulation CT dealt with (booked late, a re-simulation, a test scan): off the
+    list; who and why are audited."""
+    service.resolve_scan(series_instance_uid, body.reason, principal)
+    return Response(status_code=204)

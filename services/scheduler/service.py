@@ -523,6 +523,54 @@ class SchedulerService:
             emit(session, self._sim_completed(session, booking, row, cancelled=True))
         self._change(session, row, booking.id, "cancelled", before, None, principal, reason)
 
+    def return_devices(self, booking_id: str, reason: str, principal: Principal) -> BookingRow:
+        """Reusable devices (a board, a support) back in stock once the patient no longer
+        needs them: the booking's active reservations are released."""
+        with self._factory.begin() as session:
+            booking = self._booking(session, booking_id)
+            held = session.scalars(
+                select(ReservationRow).where(
+                    ReservationRow.booking_id == booking_id, ReservationRow.active
+                )
+            ).all()
+            if not held:
+                raise Conflict(f"booking {booking_id} holds no device")
+            for r in held:
+                r.active = False
+            row = self._request(session, booking.request_id)
+            returned = {"devices": sorted(r.device_type for r in held)}
+            self._change(
+                session, row, booking.id, "devices_returned", None, returned, principal, reason
+            )
+            self._audit(
+                session,
+                principal,
+                "write",
+                f"/v1/bookings/{booking_id}/return-devices",
+                [row.patient_id],
+            )
+        return booking
+
+    def resolve_scan(self, series_uid: str, reason: str, principal: Principal) -> UnbookedScan:
+        """Staff dealt with a flagged simulation CT (booked it late, a re-simulation, a test
+        scan): it leaves the list, with who and why in the audit log."""
+        with self._factory.begin() as session:
+            scan = session.get(UnbookedScan, series_uid)
+            if scan is None:
+                raise NotFound(f"no flagged simulation CT {series_uid!r}")
+            if scan.resolved:
+                raise Conflict(f"simulation CT {series_uid} was resolved already")
+            scan.resolved, scan.resolution = True, reason
+            scan.resolved_by, scan.resolved_at = principal.user, self._now()
+            self._audit(
+                session,
+                principal,
+                "write",
+                f"/v1/unbooked-scans/{series_uid}/resolve",
+                [scan.patient_id],
+            )
+        return scan
+
     def _booking(self, session: Session, booking_id: str) -> BookingRow:
         booking = session.get(BookingRow, booking_id)
         if booking is None:

@@ -229,6 +229,9 @@ class UnbookedScan(Base):
     instance_count: Mapped[int] = mapped_column(Integer)
     first_seen: Mapped[datetime] = mapped_column(UtcDateTime)
     resolved: Mapped[bool] = mapped_column(Boolean, default=False)
+    resolved_by: Mapped[str | None] = mapped_column(String(200))
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    resolution: Mapped[str | None] = mapped_column(Text)
 
 
 # ---------------------------------------------------------------- queries

@@ -476,3 +476,34 @@ async def test_a_patients_requests(client: httpx.AsyncClient, auth: Auth) -> Non
     )
     assert [r["id"] for r in booked.json()] == [first["id"]]
     problem(await client.get("/v1/simulation-requests", headers=auth()), 422)
+
+
+async def test_return_devices_and_resolve_a_flag(
+    client: httpx.AsyncClient, auth: Auth, service: Any
+) -> None:
+    from tests.scheduler.test_completion import scan
+
+    created = await create(client, auth, requirements={"immobilization": ["knee_support"]})
+    booking = (await book(client, auth, created["id"]))["booking"]
+    path = f"/v1/bookings/{booking['id']}/return-devices"
+    problem(await client.post(path, json={}, headers=auth()), 422)  # a reason is required
+    assert (
+        await client.post(path, json={"reason": "course over"}, headers=auth())
+    ).status_code == 200
+    problem(await client.post(path, json={"reason": "again"}, headers=auth()), 409)
+    devices = (await client.get("/v1/device-types", headers=auth())).json()
+    assert {d["id"]: d["reserved"] for d in devices}["knee_support"] == 0
+
+    service.apply(scan("8.8", pid="NOBODY"))
+    flagged = (await client.get("/v1/unbooked-scans", headers=auth())).json()
+    assert [f["series_instance_uid"] for f in flagged] == ["8.8"]
+    resolve = "/v1/unbooked-scans/8.8/resolve"
+    assert (
+        await client.post(resolve, json={"reason": "phantom"}, headers=auth())
+    ).status_code == 204
+    problem(await client.post(resolve, json={"reason": "phantom"}, headers=auth()), 409)
+    problem(
+        await client.post("/v1/unbooked-scans/9.9/resolve", json={"reason": "x"}, headers=auth()),
+        404,
+    )
+    assert (await client.get("/v1/unbooked-scans", headers=auth())).json() == []

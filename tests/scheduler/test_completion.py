@@ -149,3 +149,28 @@ def test_simple_and_intermediate(service: SchedulerService, factory: sessionmake
     service.apply(scan("1.2.3.1"))
     (event,) = published(factory)
     assert event.complexity == "intermediate"
+
+
+def test_reusable_devices_return_and_flags_resolve(
+    service: SchedulerService, factory: sessionmaker[Session]
+) -> None:
+    from services.scheduler.store import ReservationRow
+
+    booking = booked(service, immobilization=["knee_support"])
+    service.apply(scan("1.2.3.1"))
+    with factory() as session:
+        held = session.scalars(select(ReservationRow).where(ReservationRow.active)).all()
+        assert [r.device_type for r in held] == ["knee_support"]  # reusable: still held
+    service.return_devices(booking.id, "course finished", WHO)
+    with factory() as session:
+        assert session.scalars(select(ReservationRow).where(ReservationRow.active)).all() == []
+    service.apply(scan("7.7", pid="SIM-777"))
+    service.resolve_scan("7.7", "test scan of the phantom", WHO)
+    with factory() as session:
+        row = session.get(UnbookedScan, "7.7")
+        assert row is not None
+        assert (row.resolved, row.resolved_by, row.resolution) == (
+            True,
+            "sam",
+            "test scan of the phantom",
+        )

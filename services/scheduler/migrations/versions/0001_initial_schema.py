@@ -147,6 +147,9 @@ def upgrade() -> None:
         sa.Column("instance_count", sa.Integer(), nullable=False),
         sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
         sa.Column("resolved", sa.Boolean(), nullable=False),
+        sa.Column("resolved_by", sa.String(length=200), nullable=True),
+        sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("resolution", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("series_instance_uid", name=op.f("pk_unbooked_scan")),
     )
     with op.batch_alter_table("unbooked_scan", schema=None) as batch_op:
