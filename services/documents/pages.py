@@ -11,6 +11,7 @@ exactly like it.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -22,9 +23,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from services.documents.domain import PLAN_ITEMS, WEEKLY_KINDS
-from services.documents.service import DocumentsService, Upload, is_pdf
+from services.documents.service import DocumentsService, NoteIn, Upload, is_pdf
 from shared.auth import CLINICAL_STAFF
-from shared.errors import Conflict, NotFound, RuleViolation
+from shared.errors import Conflict, Forbidden, NotFound, RuleViolation
 from shared.ui import NavLink, Session, page_router
 
 PLANS = "/ui/plans"
@@ -40,6 +41,7 @@ pages, router = page_router(
 Reader = Annotated[Session, pages.user(*CLINICAL_STAFF)]
 Filer = Annotated[Session, pages.user(*DOCUMENT_STAFF, csrf=True)]
 Approver = Annotated[Session, pages.user("physician", csrf=True)]
+Signer = Annotated[Session, pages.user("physician", "physicist", "admin", csrf=True)]
 
 ITEM_TEXT = {
     "written_directive": "Written directive (prescription)",
@@ -51,6 +53,7 @@ ITEM_TEXT = {
     "physics_check": "Weekly physics chart check",
     "other": "Other",
 }
+NOTE_SIGNERS = {"management_note": "physician", "physics_check": "physicist"}
 FLAG_TEXT = {
     "unapproved": "treated while not approved",
     "superseded": "treated after a later version existed",
@@ -86,6 +89,7 @@ def _plans_page(
     error: str | None = None,
     error_plan: str | None = None,
     filed: str | None = None,
+    signed: str | None = None,
     status_code: int = 200,
 ) -> Response:
     service = _service(request)
@@ -115,6 +119,8 @@ def _plans_page(
             "flag_text": FLAG_TEXT,
             "upload_types": (*PLAN_ITEMS[:4], "plan_approval", *WEEKLY_KINDS, "other"),
             "can_file": user.has(*DOCUMENT_STAFF),
+            "can_sign": [k for k, role in NOTE_SIGNERS.items() if user.has(role, "admin")],
+            "signed": signed,
             "error": error,
             "error_plan": error_plan,
             "filed": filed,
@@ -130,10 +136,11 @@ def plans(
     user: Reader,
     patient: Annotated[str, Query(max_length=64)] = "",
     filed: Annotated[str | None, Query(max_length=64)] = None,
+    signed: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """A patient's plan versions by course: what changed against the predecessor, approval
     history, treated or not, flags, and the document checklist with the upload form."""
-    return _plans_page(request, user, patient.strip(), filed=filed)
+    return _plans_page(request, user, patient.strip(), filed=filed, signed=signed)
 
 
 @router.post(PLANS + "/{plan_uid}/documents", response_class=HTMLResponse)
@@ -197,6 +204,55 @@ async def upload_document(
     root = request.scope.get("root_path", "")
     query = urlencode({"patient": row.patient_id, "filed": row.id})
     return RedirectResponse(f"{root}{PLANS}?{query}#plan-{plan_uid}", status_code=303)
+
+
+@router.post("/ui/courses/{course_id}/notes", response_class=HTMLResponse)
+def sign_note(
+    request: Request,
+    course_id: str,
+    user: Signer,
+    patient: Annotated[str, Form(max_length=64)] = "",
+    week: Annotated[str, Form(max_length=8)] = "",
+    kind: Annotated[str, Form(max_length=40)] = "",
+    text: Annotated[str, Form(max_length=20000)] = "",
+) -> Response:
+    """A signed weekly entry (``DocumentsService.add_note``, as ``POST /v1/notes``): the
+    signer is the signed-in user, now."""
+    service = _service(request)
+    if not re.fullmatch(r"\d{4}-W(0[1-9]|[1-4]\d|5[0-3])", week):
+        return _plans_page(
+            request,
+            user,
+            patient,
+            error=f"week {week!r} is not an ISO week (2026-W10).",
+            status_code=422,
+        )
+    names = user.names
+    try:
+        service.add_note(
+            NoteIn(
+                patient_id=patient,
+                course_id=course_id,
+                week=week,
+                kind=kind,
+                author=names[0] if names else user.principal.user,
+                signed_at=service.now(),
+                text=text.strip() or None,
+            ),
+            principal=user.principal,
+            resource=request.url.path,
+        )
+    except (RuleViolation, Forbidden) as exc:
+        return _plans_page(
+            request,
+            user,
+            patient,
+            error=str(exc),
+            status_code=403 if isinstance(exc, Forbidden) else 422,
+        )
+    root = request.scope.get("root_path", "")
+    query = urlencode({"patient": patient, "signed": f"{kind}:{week}"})
+    return RedirectResponse(f"{root}{PLANS}?{query}", status_code=303)
 
 
 @router.get("/ui/documents/{document_id}", response_class=Response)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.documents.app import SERVICE, TABLES, api_app
 from services.documents.service import DocumentsService
 from services.documents.settings import DocumentsSettings
-from services.documents.store import AuditLog, DocumentRow, LetterRow
+from services.documents.store import AuditLog, DocumentRow, LetterRow, NoteRow
 from services.documents.transport import OutboxFolder
 from tests.databases import service_database
 from tests.documents.conftest import make_pdf, make_service
@@ -225,3 +225,39 @@ async def test_the_patient_timeline_shows_plan_versions_and_the_letter(
     assert "flagged: documents incomplete, unapproved" in html
     assert "Letter to the referring provider" in html
     assert f'href="{DOCUMENTS}/ui/plans?patient={PID}"' in html
+
+
+async def test_a_physician_signs_the_weeks_management_note_on_the_page(
+    client: httpx.AsyncClient, documents: Db
+) -> None:
+    csrf = await sign_in(client, "Oncologist^Olga", "physician")
+    page = await client.get("/ui/plans", params={"patient": PID})
+    assert "2026-W10: missing management note, physics check" in page.text
+    [action] = re.findall(r'action="(/ui/courses/[^"]+/notes)"', page.text)
+    [sign_form] = re.findall(r'<form class="upload sign-note".*?</form>', page.text, re.S)
+    assert '<option value="management_note">' in sign_form
+    assert '<option value="physics_check">' not in sign_form  # the physicist's
+    form = {
+        "csrf_token": csrf,
+        "patient": PID,
+        "week": "2026-W10",
+        "kind": "management_note",
+        "text": "seen, tolerating well",
+    }
+    bad_week = await client.post(action, data={**form, "week": "W10"})
+    assert bad_week.status_code == 422 and "not an ISO week" in bad_week.text
+    not_theirs = await client.post(action, data={**form, "kind": "physics_check"})
+    assert not_theirs.status_code == 403 and "signed by a physicist" in not_theirs.text
+    signed = await client.post(action, data=form)
+    assert signed.status_code == 303
+    after = await client.get(signed.headers["location"])
+    assert "Signed: management note for 2026-W10." in after.text
+    assert "2026-W10: missing physics check" in after.text
+    _, factory = documents
+    with factory() as session:
+        [note] = session.scalars(select(NoteRow)).all()
+    assert (note.author, note.recorded_by, note.text) == (
+        "Oncologist^Olga",
+        "Oncologist^Olga",
+        "seen, tolerating well",
+    )
