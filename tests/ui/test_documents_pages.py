@@ -261,3 +261,30 @@ async def test_a_physician_signs_the_weeks_management_note_on_the_page(
         "Oncologist^Olga",
         "seen, tolerating well",
     )
+
+
+async def test_behind_a_proxy_path_every_link_carries_it(
+    documents: Db, documents_service: DocumentsService
+) -> None:
+    settings, factory = documents
+    urls = {"documents": "/documents", "scp_listener": "/scp"}
+    app = api_app(settings.model_copy(update={"ui_service_urls": urls}), factory, documents_service)
+    transport = httpx.ASGITransport(app=app, root_path="/documents")
+    async with httpx.AsyncClient(transport=transport, base_url="http://rtops.test") as client:
+        form = await client.get("/ui/sign-in")
+        await client.post(
+            "/ui/sign-in",
+            data={"name": "Olga", "role": "physician", "csrf_token": token_in(form.text)},
+        )
+        pages = [
+            (await client.get("/ui/plans", params={"patient": PID})).text,
+            (await client.get("/ui/letters")).text,
+        ]
+        csrf = token_in(pages[1])
+        [letter_id] = re.findall(r'src="/documents/ui/letters/([0-9a-f-]{36})/pdf"', pages[1])
+        approved = await client.post(f"/ui/letters/{letter_id}/approve", data={"csrf_token": csrf})
+    assert approved.headers["location"].startswith("/documents/ui/letters?")
+    for html in pages:
+        links = re.findall(r'(?:href|action|src)="(/[^"]*)"', html)
+        assert links
+        assert [link for link in links if not link.startswith(("/documents/", "/scp/"))] == []
