@@ -24,7 +24,7 @@ from shared.audit import record_access
 from shared.auth import Principal
 from shared.calendar import ClinicCalendar, local_midnight
 from shared.errors import Conflict, NotFound, RuleViolation
-from shared.events import CloudEvent, ImagingAcquired, Patient, SimCompleted
+from shared.events import BookingChanged, CloudEvent, ImagingAcquired, Patient, SimCompleted
 from shared.outbox import claim_events, emit
 
 from . import domain, slots
@@ -470,6 +470,7 @@ class SchedulerService:
                     # The old booking lets go of its times (its device units travel with it).
                     release(session, old.id, devices=False)
                     old.status, old.reason, old.updated_at = "cancelled", reason, self._now()
+                    self._announce(session, old, row)
                     session.flush()
                     booking = self._place(
                         session,
@@ -517,6 +518,7 @@ class SchedulerService:
         release(session, booking.id, devices=True)
         was_completed = booking.status == "completed"
         booking.status, booking.reason, booking.updated_at = "cancelled", reason, self._now()
+        self._announce(session, booking, row)
         if was_completed:
             # A completion recorded in error: billing's charge is retracted by a higher revision.
             booking.revision += 1
@@ -689,6 +691,7 @@ class SchedulerService:
                 reserved.setdefault(device, []).append(free[0])
         session.flush()
         row.status, row.updated_at = "booked", now
+        self._announce(session, booking, row, first=True)
         action = "rescheduled" if previous is not None else "booked"
         self._change(
             session, row, booking.id, action, before, _booking_view(booking), principal, reason
@@ -845,6 +848,7 @@ class SchedulerService:
         booking.updated_at = self._now()
         row.status, row.updated_at = "completed", self._now()
         self._consume_fabricated(session, booking)
+        self._announce(session, booking, row)
         system = Principal(user="dicom", roles=frozenset())
         self._change(
             session,
@@ -895,6 +899,35 @@ class SchedulerService:
         else:
             row.instance_count = max(row.instance_count, scan.instance_count)
         return False
+
+    def _announce(
+        self, session: Session, booking: BookingRow, row: RequestRow, *, first: bool = False
+    ) -> None:
+        """``rtops.scheduler.booking.changed`` with the booking's next revision (1 when it is
+        made), in the transaction that changed it."""
+        booking.state_revision = 1 if first else booking.state_revision + 1
+        room = session.get(RoomRow, booking.room_id)
+        emit(
+            session,
+            BookingChanged(
+                patient=Patient(id=row.patient_id, name=row.patient_name),
+                request_id=row.id,
+                booking_id=booking.id,
+                revision=booking.state_revision,
+                status=booking.status,  # type: ignore[arg-type]
+                start=booking.start,
+                end=booking.end,
+                room=booking.room_id,
+                machine=room.machine if room else None,
+                therapists=tuple(booking.therapists),
+                procedure_start=booking.procedure_start,
+                proceduralist=booking.proceduralist_id,
+                site=row.site,
+                urgency=row.urgency,  # type: ignore[arg-type]
+                treating_physician=row.treating_physician,
+                reason=booking.reason,
+            ),
+        )
 
     def _sim_completed(
         self, session: Session, booking: BookingRow, row: RequestRow, *, cancelled: bool

@@ -150,6 +150,8 @@ class BookingRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     # sim.completed: the revision last published (0: never), what the scan was.
     revision: Mapped[int] = mapped_column(Integer, default=0)
+    # booking.changed: the revision last published.
+    state_revision: Mapped[int] = mapped_column(Integer, default=1)
     performed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     study_instance_uid: Mapped[str | None] = mapped_column(String(64))
     series_instance_uids: Mapped[list[str]] = mapped_column(JSON)

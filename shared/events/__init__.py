@@ -64,6 +64,7 @@ from shared.events.registry import (
     parse_event,
 )
 from shared.events.scheduler import (
+    BookingChanged,
     SimCompleted,
 )
 
@@ -73,6 +74,7 @@ __all__ = [
     "SUBJECT_PREFIX",
     "UPCASTERS",
     "BeamDelivery",
+    "BookingChanged",
     "ChargePosted",
     "ChargeVoided",
     "CloudEvent",

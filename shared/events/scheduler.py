@@ -42,4 +42,34 @@ class SimCompleted(EventPayload):
         return f"sim:{self.booking_id}:{self.revision}"
 
 
-PAYLOADS: tuple[type[EventPayload], ...] = (SimCompleted,)
+class BookingChanged(EventPayload):
+    """A simulation booking's state (not an announcement): booked, moved (the old booking is
+    ``cancelled`` and a new one ``booked``), cancelled, or completed by its simulation CT. Per
+    booking, ``revision`` only increases and the latest wins; for the department's other
+    systems (a worklist on the CT console, the oncology information system's calendar)."""
+
+    type: ClassVar[str] = "rtops.scheduler.booking.changed"
+    version: Literal[1] = 1
+    request_id: str
+    booking_id: str
+    revision: int = Field(ge=1, description="only increases per booking")
+    status: Literal["booked", "completed", "cancelled"]
+    start: datetime = Field(description="UTC")
+    end: datetime = Field(description="UTC")
+    room: str
+    machine: str | None = Field(default=None, description="the room's device registry machine")
+    therapists: tuple[str, ...] = ()
+    procedure_start: datetime | None = Field(
+        default=None, description="fiducial / SpaceOAR placement before the simulation, UTC"
+    )
+    proceduralist: str | None = None
+    site: str | None = None
+    urgency: Literal["emergent", "urgent", "routine"] | None = None
+    treating_physician: str | None = None
+    reason: str | None = Field(default=None, description="why it was cancelled or moved")
+
+    def business_key(self) -> str:
+        return f"booking:{self.booking_id}:{self.revision}"
+
+
+PAYLOADS: tuple[type[EventPayload], ...] = (SimCompleted, BookingChanged)

@@ -5,6 +5,7 @@ no booking that day is flagged. ``rtops.scheduler.sim.completed`` carries what b
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,6 +15,7 @@ from services.scheduler.service import Proposal, SchedulerService
 from services.scheduler.store import BookingRow, DeviceTypeRow, Outbox, RequestRow, UnbookedScan
 from shared.auth import Principal
 from shared.events import (
+    BookingChanged,
     CloudEvent,
     ImagingAcquired,
     Patient,
@@ -56,15 +58,10 @@ def scan(
     )
 
 
-def published(factory: sessionmaker[Session]) -> list[SimCompleted]:
+def published(factory: sessionmaker[Session], kind: type = SimCompleted) -> list[Any]:
     with factory() as session:
         rows = session.scalars(select(Outbox).order_by(Outbox.id)).all()
-    out = []
-    for row in rows:
-        event = parse_event(row.body)
-        assert isinstance(event.data, SimCompleted)
-        out.append(event.data)
-    return out
+    return [e.data for e in map(parse_event, (r.body for r in rows)) if isinstance(e.data, kind)]
 
 
 def booked(service: SchedulerService, **requirements: object) -> BookingRow:
@@ -174,3 +171,30 @@ def test_reusable_devices_return_and_flags_resolve(
             "sam",
             "test scan of the phantom",
         )
+
+
+def test_booking_changes_are_state_events_with_revisions(
+    service: SchedulerService, factory: sessionmaker[Session]
+) -> None:
+    first = booked(service)
+    moved = service.reschedule(
+        first.id, Proposal(at("2026-12-02", "10:00"), "ctsim1"), "asked", WHO
+    )
+    service.apply(scan("1.2.3.1", day="2026-12-02"))
+    states = [
+        (e.booking_id, e.revision, e.status, e.reason) for e in published(factory, BookingChanged)
+    ]
+    assert states == [
+        (first.id, 1, "booked", None),
+        (first.id, 2, "cancelled", "asked"),
+        (moved.id, 1, "booked", None),
+        (moved.id, 2, "completed", None),
+    ]
+    last = published(factory, BookingChanged)[-1]
+    assert (last.room, last.machine, last.site, last.urgency) == (
+        "ctsim1",
+        "CTSim1",
+        "lung",
+        "routine",
+    )
+    assert last.start == at("2026-12-02", "10:00")

@@ -133,12 +133,24 @@ def test_booking_then_sim_ct_by_storescu_completes_once(
 
             def sent() -> list[tuple[str, bytes]] | None:
                 with engine.connect() as conn:
-                    rows = conn.execute(select(Outbox.subject, Outbox.body, Outbox.sent_at)).all()
-                return [(r[0], r[1]) for r in rows] if rows and all(r[2] for r in rows) else None
+                    rows = conn.execute(
+                        select(Outbox.subject, Outbox.body, Outbox.sent_at).order_by(Outbox.id)
+                    ).all()
+                if len(rows) < 3 or not all(r[2] for r in rows):
+                    return None
+                return [(r[0], r[1]) for r in rows]
 
-            ((subject, raw),) = wait_for(sent, timeout=30, interval=0.2, message="outbox sent")
+            rows = wait_for(sent, timeout=30, interval=0.2, message="outbox sent")
         finally:
             engine.dispose()
+        # booking.changed (booked, then completed) and sim.completed, once
+        subjects = [subject.rsplit(".", 3)[-3:] for subject, _ in rows]
+        assert sorted(".".join(s) for s in subjects) == [
+            "scheduler.booking.changed",
+            "scheduler.booking.changed",
+            "scheduler.sim.completed",
+        ]
+        ((subject, raw),) = [r for r in rows if r[0].endswith("sim.completed")]
         event = parse_event(raw)
         assert subject.endswith("scheduler.sim.completed")
         assert isinstance(event.data, SimCompleted)

@@ -173,6 +173,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=10), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("revision", sa.Integer(), nullable=False),
+        sa.Column("state_revision", sa.Integer(), nullable=False),
         sa.Column("performed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("study_instance_uid", sa.String(length=64), nullable=True),
         sa.Column("series_instance_uids", sa.JSON(), nullable=False),
