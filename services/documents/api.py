@@ -370,7 +370,7 @@ async def approve_letter(
     await run_in_threadpool(
         service.approve_letter, letter_id, principal=principal, resource=_resource(request)
     )
-    await run_in_threadpool(service.send_due)
+    await run_in_threadpool(service.send_letter, letter_id)
     row = await run_in_threadpool(
         service.letter, letter_id, principal=principal, resource=_resource(request)
     )

@@ -349,7 +349,7 @@ def approve(request: Request, letter_id: str, user: Approver) -> Response:
             error=str(exc),
             status_code=404 if isinstance(exc, NotFound) else 409,
         )
-    service.send_due()
+    service.send_letter(letter_id)
     root = request.scope.get("root_path", "")
     query = urlencode({"status": "", "letter": letter_id})
     return RedirectResponse(f"{root}{LETTERS}?{query}", status_code=303)

@@ -1242,6 +1242,11 @@ class DocumentsService:
             sent += self._send_one(letter_id)
         return sent
 
+    def send_letter(self, letter_id: str) -> bool:
+        """Try to send one approved letter now (right after its approval); the sweep retries
+        it when this fails."""
+        return self._send_one(letter_id) == 1
+
     def _send_one(self, letter_id: str) -> int:
         now = self._now()
         lease = now + timedelta(minutes=5)
