@@ -84,8 +84,8 @@ def technique_of(plan: PlanReceived) -> str | None:
 
 def snapshot_of(plan: PlanReceived, received_at: datetime) -> PlanSnapshot:
     groups = plan.fraction_groups
-    # Fraction groups of one plan are delivered one after the other (a boost group after the
-    # initial one), so the plan's fractions and dose are their sums.
+    # A plan's fraction groups are usually phases delivered one after the other (a boost group
+    # after the initial one): the plan's fractions and dose are taken as their sums.
     fractions = sum(g.fractions_planned or 0 for g in groups) or None
     doses = [g.prescription_dose_gy for g in groups if g.prescription_dose_gy is not None]
     if doses:
