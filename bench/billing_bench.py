@@ -893,6 +893,12 @@ def consumer_backend(
     return {"run": run, "qa_before": qa_before, "qa_after": qa_after}
 
 
+def consumer_batch() -> int:
+    from services.billing.consumer import CONSUMER_BATCH
+
+    return CONSUMER_BATCH
+
+
 def chunk_rates(batches: list[tuple[int, float]], chunks: int = 10) -> list[float]:
     size = max(1, len(batches) // chunks)
     out = []
@@ -1040,7 +1046,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"\n## 3. consumer: {args.events:,} events per backend through apply_batch "
-        f"({args.linacs} linacs x {args.per_linac} fractions a day, batches of 200)"
+        f"({args.linacs} linacs x {args.per_linac} fractions a day, batches of {consumer_batch()})"
     )
     for backend in backends:
         say(f"consumer on {backend}, {load()}")

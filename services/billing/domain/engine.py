@@ -381,11 +381,19 @@ def apply_bundles(
     bundle's window. Every test runs against the unbundled set, so the result does not depend
     on the order of charges or bundles."""
     bundled: dict[str, BundledCharge] = {}
+    by_code: dict[str, list[Charge]] = defaultdict(list)
+    for charge in charges:
+        by_code[charge.cpt].append(charge)
     for bundle in rules.bundles:
+        included = [c for code in bundle.bundled for c in by_code.get(code, ())]
+        if not included:
+            continue
+        primaries = sorted(
+            (c for code in bundle.primary for c in by_code.get(code, ())), key=_charge_order
+        )
         window = bundle.window_for(payer.id)
-        primaries = sorted((c for c in charges if c.cpt in bundle.primary), key=_charge_order)
-        for charge in charges:
-            if charge.cpt not in bundle.bundled or charge.id in bundled:
+        for charge in included:
+            if charge.id in bundled:
                 continue
             for primary in primaries:
                 if primary.patient_id != charge.patient_id or primary.id == charge.id:

@@ -177,7 +177,11 @@ def guidance(ctx: CourseContext) -> list[Occurrence]:
     # Per distinct (plans, imaging): one attribute mapping, shared by its sessions.
     shared: dict[tuple[tuple[str, ...], str | None], Mapping[str, Any]] = {}
     for session in ctx.external:
-        revisions = [r for f in session.fractions for r in history.get(f.key, ())]
+        fractions = session.fractions
+        if len(fractions) == 1:  # the common case: no list built
+            revisions = history.get(fractions[0].key, [])
+        else:
+            revisions = [r for f in fractions for r in history.get(f.key, ())]
         if not revisions:
             continue
         latest = _latest_per_fraction(revisions) if len(revisions) > 1 else revisions
@@ -305,11 +309,13 @@ def plans(ctx: CourseContext) -> list[Occurrence]:
             delivered[uid].append(session)
     known = {uid: ctx.plans[uid] for uid in delivered if uid in ctx.plans}
     sets = _concurrent_sets(known)
-    records = {r.record_uid: r for r in latest_records(ctx.course.records)}
+    records: dict[str, TreatmentRecordFacts] | None = None  # only a brachy plan reads them
     out = []
     for members in sets:
         plan_list = [known[u] for u in members]
-        sessions = sorted({s for u in members for s in delivered[u]}, key=lambda s: s.started_at)
+        # By id, not in a set: a session's id names it, and hashing whole sessions is slow.
+        by_id = {s.id: s for u in members for s in delivered[u]}
+        sessions = sorted(by_id.values(), key=lambda s: (s.started_at, s.id))
         brachy = all(s.kind == "brachy" for s in sessions)
         attrs = ctx.course_attrs() | {
             "brachy": brachy,
@@ -318,6 +324,8 @@ def plans(ctx: CourseContext) -> list[Occurrence]:
             "modulated": technique.modulated(plan_list),
         }
         if brachy:
+            if records is None:
+                records = {r.record_uid: r for r in latest_records(ctx.course.records)}
             attrs |= technique.brachy_attrs(_records_of(sessions, records))
         derived_from = {u for p in plan_list for u in p.predecessor_uids} - set(members)
         out.append(

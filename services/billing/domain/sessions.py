@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 from services.billing.domain.facts import TreatmentRecordFacts
 from services.billing.domain.policy import BillingSettings
@@ -45,8 +45,9 @@ class _computed_once(Generic[T]):
         return value
 
 
-@dataclass(frozen=True)
-class Fraction:
+class Fraction(NamedTuple):
+    """A delivered fraction (a named tuple: one per record, built fast)."""
+
     key: FractionKey
     started_at: datetime
     kind: str  # record kind: beams / ion_beams / brachy
