@@ -15,11 +15,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.audit import record_access, record_request
 from shared.auth import SchedulingStaff
-from shared.errors import NotFound
+from shared.errors import NotFound, RuleViolation
 
 from . import domain
 from .ical import feed
-from .schemas import DeviceTypeIn, ProceduralistIn, RequestIn, RoomIn, TherapistIn
+from .schemas import (
+    DeviceTypeIn,
+    ProceduralistIn,
+    RequestIn,
+    RoomIn,
+    TherapistIn,
+    requirements_of,
+)
 from .service import Proposal, SchedulerService
 from .store import (
     AuditLog,
@@ -131,8 +138,6 @@ def booking_out(b: BookingRow) -> BookingOut:
 def request_out(
     session: Session, service: SchedulerService, row: RequestRow, devices: Any = None
 ) -> RequestOut:
-    from .schemas import requirements_of
-
     devices = devices if devices is not None else service.devices(session)
     req = requirements_of(row.requirements)
     booking = current_booking(session, row.id)
@@ -265,8 +270,6 @@ def put_device_type(
 
 
 def _same_id(path: str, body: str) -> None:
-    from shared.errors import RuleViolation
-
     if path != body:
         raise RuleViolation(f"the path names {path!r} and the body {body!r}: they must agree")
 
