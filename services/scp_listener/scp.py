@@ -18,7 +18,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from services.scp_listener import sop
+from services.scp_listener import receive, sop
 from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import Problem, ScpMetrics
 from services.scp_listener.service import Ingestor, Status
@@ -30,6 +30,8 @@ log = structlog.get_logger(__name__)
 # Received datasets go to a temporary file as they arrive instead of into memory: a 200-slice
 # CBCT over one association never sits whole in RAM, and the file becomes the stored object.
 _config.STORE_RECV_CHUNKED_DATASET = True
+# ... and hashed as it arrives, instead of being read back for its content address.
+receive.install()
 
 
 # Metric label of a failed C-STORE, where the status name is not the word operators look for.
@@ -320,6 +322,7 @@ def handle_store(
         sop_instance_uid=str(request.AffectedSOPInstanceUID),
         transfer_syntax_uid=str(event.context.transfer_syntax),
         source=device.as_source(),
+        content=receive.content_of(request),
     )
     name = sop.NAMES.get(sop_class, sop_class)
     if outcome.status == Status.SUCCESS and outcome.series_instance_uid and touched is not None:

@@ -171,7 +171,9 @@ class Ingestor:
         sop_instance_uid: str,
         transfer_syntax_uid: str,
         source: SourceDevice,
+        content: tuple[str, int] | None = None,
     ) -> Outcome:
+        """``content``: the file's SHA-256 and size when hashed as it arrived (else read)."""
         try:
             ds = read_header(path)
             uid = _check_identity(ds, sop_class_uid, sop_instance_uid)
@@ -182,7 +184,7 @@ class Ingestor:
                 Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc), sop_class_uid, sop_instance_uid
             )
         try:
-            sha, size = sha256_of(path)
+            sha, size = content or sha256_of(path)
             with self._locks[int(sha[:8], 16) % _LOCK_STRIPES]:
                 return self._index(
                     ds, path, sha, size, uid, sop_class_uid, transfer_syntax_uid, source

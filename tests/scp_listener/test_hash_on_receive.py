@@ -1,0 +1,74 @@
+"""Content addresses computed while the bytes arrive (issue 14): what the index says of every
+stored file (SHA-256, size) is what reading the file gives, from DCMTK and pynetdicom senders,
+in the transfer syntaxes pynetdicom proposes by default, with data sets split over many
+16 KiB PDUs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import dimse_messages
+from sqlalchemy import select
+
+from services.scp_listener.app import SERVICE
+from services.scp_listener.objectstore import sha256_of
+from services.scp_listener.receive import SpoolFile
+from services.scp_listener.store import DicomObject
+from shared.db import make_engine, session_factory
+from tests import dicom_factories as f
+from tests.support import RunningScp, pynetdicom_store, storescu
+
+SYNTAXES = (
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+)
+
+
+def indexed(scp: RunningScp) -> list[tuple[str, str, int]]:
+    engine = make_engine(scp.settings, SERVICE)
+    try:
+        with session_factory(engine)() as session:
+            rows = session.execute(
+                select(DicomObject.storage_key, DicomObject.sha256, DicomObject.size)
+            ).all()
+    finally:
+        engine.dispose()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def assert_index_matches_files(scp: RunningScp, expected: int) -> None:
+    rows = indexed(scp)
+    assert len(rows) == expected
+    for key, sha, size in rows:
+        assert sha256_of(scp.settings.object_store() / key) == (sha, size), key
+
+
+@pytest.mark.parametrize("sender", ["pynetdicom", "dcmtk"])
+def test_hash_on_arrival_is_the_file_hash(
+    start_scp: Callable[..., RunningScp],
+    dcmtk: dict[str, str],
+    tmp_path: Path,
+    sender: str,
+) -> None:
+    # A 16 KiB PDU limit: every 512 x 512 slice arrives in some 32 fragments.
+    scp = start_scp(scp_max_pdu=16384)
+    assert dimse_messages.NamedTemporaryFile is SpoolFile  # type: ignore[attr-defined]
+    paths: list[Path] = []
+    for n, syntax in enumerate(SYNTAXES):
+        series = f.cbct_series(n_slices=2, rows=512, columns=512, transfer_syntax_uid=syntax)
+        paths += f.write_series(series, tmp_path / str(n))
+    paths.append(f.write(f.treatment_record(plan_uid="1.2.3"), tmp_path / "rt.dcm"))
+    if sender == "pynetdicom":
+        assert pynetdicom_store(scp.dicom_port, paths) == [0] * len(paths)
+    else:
+        sent = storescu(dcmtk["storescu"], scp.dicom_port, paths, extra=["-pdu", "16384"])
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert_index_matches_files(scp, len(paths))
