@@ -5,7 +5,7 @@ no settings lookups, no I/O: ``now`` and the ``Policy`` are arguments. The slot 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Literal
@@ -197,8 +197,12 @@ def business_days_waited(
     return days
 
 
-def units_free(stock: int, reserved: Sequence[int]) -> list[int]:
-    """Unit numbers of a device type not reserved, lowest first (a reservation holds one unit:
-    the database's unique index on (type, unit) makes two bookings never hold the same)."""
+def first_free_unit(stock: int, reserved: Iterable[int]) -> int | None:
+    """The lowest unit number of a device type not reserved, None when every unit is (a
+    reservation holds one unit: the database's unique index on (type, unit) makes two bookings
+    never hold the same)."""
     taken = set(reserved)
-    return [u for u in range(stock) if u not in taken]
+    unit = 0
+    while unit in taken:
+        unit += 1
+    return unit if unit < stock else None

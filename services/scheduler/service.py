@@ -672,8 +672,8 @@ class SchedulerService:
         else:
             reserved = reserved_units(session, req.immobilization)
             for device in req.immobilization:
-                free = domain.units_free(devices[device].stock, reserved.get(device, []))
-                if not free:
+                unit = domain.first_free_unit(devices[device].stock, reserved.get(device, []))
+                if unit is None:
                     # Taken by a booking that committed since this one read the stock.
                     raise SlotConflict(
                         "the request cannot be booked: device_stock",
@@ -685,10 +685,10 @@ class SchedulerService:
                     )
                 session.add(
                     ReservationRow(
-                        booking_id=booking.id, device_type=device, unit=free[0], active=True
+                        booking_id=booking.id, device_type=device, unit=unit, active=True
                     )
                 )
-                reserved.setdefault(device, []).append(free[0])
+                reserved.setdefault(device, []).append(unit)
         session.flush()
         row.status, row.updated_at = "booked", now
         self._announce(session, booking, row, first=True)

@@ -25,8 +25,9 @@ class Busy:
         self._starts: dict[str, list[datetime]] = {}
         self._ends: dict[str, list[datetime]] = {}
         for key, intervals in (taken or {}).items():
-            for start, end in sorted(intervals):
-                self.add(key, start, end)
+            ordered = sorted(intervals)
+            self._starts[key] = [s for s, _ in ordered]
+            self._ends[key] = [e for _, e in ordered]
 
     def add(self, key: str, start: datetime, end: datetime) -> None:
         starts = self._starts.setdefault(key, [])

@@ -319,9 +319,11 @@ def test_procedure_needs_a_proceduralist() -> None:
     assert reasons(Requirements(spaceoar=True)) == []
 
 
-def test_units_free_lowest_first() -> None:
-    assert domain.units_free(3, [1]) == [0, 2]
-    assert domain.units_free(2, [0, 1]) == []
+def test_first_free_unit() -> None:
+    assert domain.first_free_unit(3, [1]) == 0
+    assert domain.first_free_unit(3, [0, 1]) == 2
+    assert domain.first_free_unit(2, [0, 1]) is None
+    assert domain.first_free_unit(0, []) is None
 
 
 def test_the_horizon_counts_from_now() -> None:
