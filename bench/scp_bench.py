@@ -275,7 +275,7 @@ class Scp:
         return f"http://{HOST}:{self.http_port}{path}"
 
 
-def start_scp(var: Path, nats_url: str, log_path: Path) -> Scp:
+def start_scp(var: Path, nats_url: str, log_path: Path, *, fsync: bool = True) -> Scp:
     # The service does not migrate on start (`rtops run` does it first), so do the same here.
     settings = ScpSettings(var_dir=var, database_url=None)
     engine = make_engine(settings, SERVICE)
@@ -296,7 +296,8 @@ def start_scp(var: Path, nats_url: str, log_path: Path) -> Scp:
     with log_path.open("wb") as out:
         # Own session: Ctrl-C reaches only the bench, which then stops the SCP before NATS.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.scp_listener"],
+            # bench.scp_nofsync: the same SCP with fsync off (--no-fsync; never a setting).
+            [sys.executable, "-m", "services.scp_listener" if fsync else "bench.scp_nofsync"],
             cwd=REPO,
             env=env,
             stdout=out,
@@ -588,7 +589,7 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
 
     nats = EmbeddedNats(tmp / "nats", port=0).start()
     stack.callback(nats.stop)
-    scp = start_scp(tmp / "var", nats.url, tmp / "scp.log")
+    scp = start_scp(tmp / "var", nats.url, tmp / "scp.log", fsync=not args.no_fsync)
     stack.callback(stop_process, scp.proc)
     rss = PeakRss(scp.proc.pid).start()
     stack.callback(rss.stop)
@@ -807,6 +808,7 @@ def summarize(args: argparse.Namespace, raw: Raw) -> dict[str, Any]:
             "rounds": args.rounds,
             "slices": args.slices,
             "records": args.records,
+            "no_fsync": args.no_fsync,
             "rows": 512,
             "columns": 512,
             "warmup_objects_per_workload": WARMUP_OBJECTS,
@@ -853,7 +855,8 @@ def render(summary: dict[str, Any]) -> str:
     lines = [
         f"rtops SCP benchmark: {cfg['rounds']} rounds; CBCT {cfg['slices']} slices 512x512 "
         f"16-bit ({cbct['bytes_per_round'] / MB:.1f} MB), {cfg['records']} treatment records "
-        f"({records['bytes_per_round'] / MB:.2f} MB); sender DCMTK storescu, one association",
+        f"({records['bytes_per_round'] / MB:.2f} MB); sender DCMTK storescu, one association"
+        + ("; rtops WITHOUT fsync (--no-fsync)" if cfg.get("no_fsync") else ""),
         f"host: {host['cpus']} CPUs, Python {host['python']}, pydicom {host['pydicom']}, "
         f"pynetdicom {host['pynetdicom']}, {host['dcmtk']}",
         "",
@@ -957,6 +960,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slices", type=int, default=200, help="CBCT slices (default 200)")
     parser.add_argument(
         "--records", type=int, default=50, help="treatment records per round (default 50)"
+    )
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="run rtops with every fsync off (file, directory, SQLite commit): its own cost "
+        "apart from the disk's; a benchmark-only switch, objects are not durable",
     )
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
