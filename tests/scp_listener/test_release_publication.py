@@ -23,6 +23,7 @@ from tests.support import (
     read_for_sending,
     scp_rest_app,
     scp_settings,
+    storescu,
     stream_events,
     wait_for,
 )
@@ -67,6 +68,20 @@ def test_release_publishes_each_series_once_within_two_seconds(
     assert imaging(scp)[-1] == (str(cbct[0].SeriesInstanceUID), 5)
     assert pynetdicom_store(scp.dicom_port, [*paths, late_path]) == [0] * 7
     await_events(scp, 4)
+
+
+def test_release_of_a_dcmtk_association_publishes_its_cbct(
+    start_scp: Callable[..., RunningScp], dcmtk: dict[str, str], tmp_path: Path
+) -> None:
+    scp = start_scp(**NEVER_QUIET)
+    cbct = f.cbct_series(n_slices=5)
+    sent = storescu(dcmtk["storescu"], scp.dicom_port, f.write_series(cbct, tmp_path))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    released = time.monotonic()
+    wait_for(lambda: bool(imaging(scp)), 5.0, 0.02, "the imaging event")
+    assert time.monotonic() - released < 2.0
+    await_events(scp, 1)
+    assert imaging(scp) == [(str(cbct[0].SeriesInstanceUID), 5)]
 
 
 def test_aborted_association_leaves_its_series_to_a_later_release(
