@@ -4,20 +4,33 @@ parameter the endpoint does not know (a misspelt filter must not silently list e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from shared.calendar import local_midnight
 
+# The years a query may name. Wide enough for any record a department keeps, narrow enough
+# that a day or a week added to either end stays inside Python's calendar (year 1 to 9999):
+# 0001-01-01T00:00+14:00 or 9999-W52 would otherwise overflow deep in a query (issue 15).
+MIN_YEAR = 1900
+MAX_YEAR = 2999
 _TIME_HELP = (
     "a date (2026-11-24: midnight in the clinic's zone), a time without offset "
-    "(2026-11-24T09:00, clinic time) or with one (2026-11-24T09:00:00-05:00)"
+    "(2026-11-24T09:00, clinic time) or with one (2026-11-24T09:00:00-05:00), "
+    f"in the years {MIN_YEAR} to {MAX_YEAR}"
 )
+# An ISO week within those years; a week the year lacks (2026-W53, 2026-W99) is refused by the
+# endpoint with a 422 that names it.
+WEEK_PATTERN = r"^(19|2\d)\d{2}-W\d{2}$"
+# Database row ids are signed 64-bit (PostgreSQL BIGINT, SQLite INTEGER): a larger path id is a
+# 422, not an OverflowError while binding it.
+MAX_ROW_ID = 2**63 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="a row id")]
 
 
 @dataclass(frozen=True)
@@ -34,9 +47,14 @@ def clinic_time(value: str, zone: ZoneInfo, name: str) -> datetime:
     text = value.strip()
     try:
         if len(text) == 10:
-            return local_midnight(date.fromisoformat(text), zone)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+            moment = local_midnight(date.fromisoformat(text), zone)
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=zone)
+        in_utc = moment.astimezone(UTC)  # year 1 at +14:00 is before the calendar starts
+        if not MIN_YEAR <= in_utc.year <= MAX_YEAR or not MIN_YEAR <= moment.year <= MAX_YEAR:
+            raise ValueError("out of range")
+    except (ValueError, OverflowError):
         raise RequestValidationError(
             [
                 {
@@ -46,7 +64,7 @@ def clinic_time(value: str, zone: ZoneInfo, name: str) -> datetime:
                 }
             ]
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+    return moment
 
 
 def time_range(

@@ -103,6 +103,29 @@ def create_app(
             errors=errors,
         )
 
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError) -> JSONResponse:
+        # Numbers and dates past what Python or the database hold come from the request (a
+        # 2**63 id, a date at the end of the calendar): the caller's to fix, never a 500.
+        log.info("request value out of range", path=request.url.path, error=str(exc))
+        return problem(
+            422,
+            "Value out of range",
+            "a number or date in the request is outside the range this API handles",
+            instance=request.url.path,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Still problem+json (clients parse one error shape), with nothing of the internals.
+        log.exception("unhandled error", path=request.url.path)
+        return problem(
+            500,
+            "Internal error",
+            "the error is logged; retry or report it",
+            instance=request.url.path,
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(

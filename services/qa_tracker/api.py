@@ -27,7 +27,7 @@ from shared.auth import ClinicalReader, PhysicianOnly
 from shared.calendar import iso_week_bounds
 from shared.errors import NotFound, RuleViolation
 from shared.pagination import Page
-from shared.params import TimeRangeDep
+from shared.params import WEEK_PATTERN, RowId, TimeRangeDep
 
 router = APIRouter(prefix="/v1", tags=["qa"])
 StatusName = Literal["pending", "reviewed_on_time", "reviewed_late", "overdue", "not_imaged"]
@@ -160,7 +160,7 @@ def list_fractions(
 
 @router.get("/fractions/{fraction_id}", response_model=FractionDetail)
 def get_fraction(
-    fraction_id: int,
+    fraction_id: RowId,
     principal: ClinicalReader,
     service: ServiceDep,
     factory: FactoryDep,
@@ -189,7 +189,7 @@ def get_fraction(
 
 @router.post("/fractions/{fraction_id}/reviews", response_model=ReviewOut, status_code=201)
 def post_review(
-    fraction_id: int,
+    fraction_id: RowId,
     body: ReviewIn,
     principal: PhysicianOnly,
     service: ServiceDep,
@@ -244,7 +244,7 @@ def weekly(
     service: ServiceDep,
     factory: FactoryDep,
     request: Request,
-    week: Annotated[str, Query(pattern=r"^\d{4}-W\d{2}$", examples=["2026-W48"])],
+    week: Annotated[str, Query(pattern=WEEK_PATTERN, examples=["2026-W48"])],
     machine: str | None = None,
     physician: str | None = None,
 ) -> Any:
@@ -252,7 +252,7 @@ def weekly(
     zone = service.policy.calendar.zone
     try:
         start, end = iso_week_bounds(week, zone)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise RuleViolation(str(exc)) from exc
     with factory.begin() as session:
         rows = summary_rows(
