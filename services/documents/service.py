@@ -43,6 +43,7 @@ from services.documents.store import (
     PlanRow,
     ProcessedEvent,
     RecordRow,
+    ReferralRow,
     RegroupingRow,
     VersionRow,
 )
@@ -55,13 +56,19 @@ from shared.events import CloudEvent, CourseRegrouped, NoteSigned, Patient
 from shared.events.base import EventPayload
 from shared.events.dicom import DocumentReceived, PlanReceived, TreatmentRecorded
 from shared.events.documents import PlanVersioned, TreatmentFlagged
+from shared.events.scheduler import BookingChanged
 from shared.locks import lock_keys
 from shared.outbox import claim_events, emit, emit_many
 
 log = structlog.get_logger(__name__)
 CONSUMER = "documents"
 LOCKS = "documents.patient"
-EVENT_TYPES: tuple[str, ...] = (PlanReceived.type, TreatmentRecorded.type, DocumentReceived.type)
+EVENT_TYPES: tuple[str, ...] = (
+    PlanReceived.type,
+    TreatmentRecorded.type,
+    DocumentReceived.type,
+    BookingChanged.type,  # the scheduler's referral: the letter's addressee
+)
 PDF_MAGIC = b"%PDF-"
 # A PDF's header may follow up to 1024 bytes of other data (ISO 32000-1 Annex H.3, note 3).
 PDF_HEADER_WINDOW = 1024
@@ -240,8 +247,25 @@ class DocumentsService:
                 self._take_record(session, data, held)
             case DocumentReceived() if pdf is not None:
                 self._take_dicom_document(session, data, pdf, event.time)
+            case BookingChanged():
+                return self._take_referral(session, data)
             case _:
                 return False
+        return True
+
+    @staticmethod
+    def _take_referral(session: Session, booking: BookingChanged) -> bool:
+        """The booking's latest revision; False when it is not newer than the one held."""
+        row = session.get(ReferralRow, booking.booking_id)
+        if row is not None and row.revision >= booking.revision:
+            return False
+        if row is None:
+            row = ReferralRow(booking_id=booking.booking_id, patient_id=booking.patient.id)
+            session.add(row)
+        row.revision = booking.revision
+        row.status = booking.status
+        row.start = booking.start
+        row.referring_physician = booking.referring_physician
         return True
 
     def _take_plan(
@@ -585,6 +609,7 @@ class DocumentsService:
                 plans=chosen,
                 start_date=first.treated_at.astimezone(self.zone).date(),
                 department_contact=self._contact,
+                referral=_referral(session, patient_id, before=first.treated_at),
             )
             now = self._now()
             pdf = self._renderer.pdf(facts, today=now.astimezone(self.zone).date())
@@ -1325,3 +1350,19 @@ def _patient(plan: PlanRow | None, patient_id: str) -> Patient:
     if plan is None:
         return Patient(id=patient_id)
     return Patient(id=patient_id, name=plan.patient_name, birth_date=plan.birth_date)
+
+
+def _referral(session: Session, patient_id: str, *, before: datetime) -> str | None:
+    """The referring physician of the patient's latest simulation booking (not cancelled)
+    that started before the course's first fraction: the order this course came from."""
+    return session.scalar(
+        select(ReferralRow.referring_physician)
+        .where(
+            ReferralRow.patient_id == patient_id,
+            ReferralRow.status != "cancelled",
+            ReferralRow.start <= before,
+            ReferralRow.referring_physician.is_not(None),
+        )
+        .order_by(ReferralRow.start.desc(), ReferralRow.booking_id.desc())
+        .limit(1)
+    )

@@ -98,6 +98,20 @@ class RecordRow(Base):
     flag_reasons: Mapped[list[str] | None] = mapped_column(JSON)
 
 
+class ReferralRow(Base):
+    """A simulation booking's referral, from ``rtops.scheduler.booking.changed`` (latest
+    revision per booking): the treatment-start letter goes to this referring physician rather
+    than to the plan's Referring Physician's Name."""
+
+    __tablename__ = "referral"
+    booking_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(10))
+    start: Mapped[datetime] = mapped_column(UtcDateTime)
+    referring_physician: Mapped[str | None] = mapped_column(String(200))
+
+
 class RegroupingRow(Base):
     __tablename__ = "regrouping"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -926,6 +926,7 @@ class SchedulerService:
                 urgency=row.urgency,  # type: ignore[arg-type]
                 treating_physician=row.treating_physician,
                 reason=booking.reason,
+                referring_physician=row.referring_physician,
             ),
         )
 

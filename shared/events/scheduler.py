@@ -67,6 +67,11 @@ class BookingChanged(EventPayload):
     urgency: Literal["emergent", "urgent", "routine"] | None = None
     treating_physician: str | None = None
     reason: str | None = Field(default=None, description="why it was cancelled or moved")
+    referring_physician: str | None = Field(
+        default=None,
+        description="the order's referring physician (the documents service addresses the "
+        "treatment-start letter to them)",
+    )
 
     def business_key(self) -> str:
         return f"booking:{self.booking_id}:{self.revision}"

@@ -18,6 +18,8 @@ from services.documents.service import DocumentsService, NoteIn, Upload
 from services.documents.store import LetterRow, Outbox, VersionRow
 from services.documents.transport import Outgoing, TransmissionError
 from shared.auth import Principal
+from shared.events import CloudEvent, Patient, envelope
+from shared.events.scheduler import BookingChanged
 from tests.documents.conftest import make_pdf, make_service
 from tests.documents.events import MONDAY, PID, at, fraction, pdf_document, plan, uid, weekday
 from tests.events import Clock
@@ -174,6 +176,53 @@ def test_the_letter_is_drafted_once_per_course_on_the_first_fraction(
         "555-0100",
     ):
         assert expected in text, expected
+
+
+def booking(
+    booking_id: str, start: str, referring: str | None, *, status: str = "booked", rev: int = 1
+) -> CloudEvent:
+    return envelope(
+        BookingChanged(
+            patient=Patient(id=PID),
+            request_id=f"req-{booking_id}",
+            booking_id=booking_id,
+            revision=rev,
+            status=status,  # type: ignore[arg-type]
+            start=at(start, "09:00"),
+            end=at(start, "10:00"),
+            room="ctsim1",
+            referring_physician=referring,
+        ),
+        source="rtops/scheduler",
+    )
+
+
+def test_the_schedulers_referral_addresses_the_letter_before_the_plans(
+    service: DocumentsService,
+) -> None:
+    """Issue 12: the letter goes to the scheduler's referral when present, else to the plan's
+    Referring Physician's Name: the latest booking before the first fraction, not cancelled."""
+    service.apply_batch(
+        [
+            booking("b1", "2026-02-10", "Gp^Gary"),
+            booking("b2", "2026-02-17", "Urologist^Una"),
+            booking("b2", "2026-02-17", "Urologist^Una", status="cancelled", rev=2),
+            booking("b3", "2026-03-20", "Later^Larry"),  # after the first fraction
+        ]
+    )
+    service.apply(plan(1))
+    service.apply(fraction(1, MONDAY))
+    [letter] = service.letters(PID, None, principal=PHYSICIAN, resource="test")
+    assert letter.facts["referring_provider"] == "Gary Gp"
+
+
+def test_without_a_referral_the_plans_referring_physician_is_addressed(
+    service: DocumentsService,
+) -> None:
+    service.apply(plan(1))
+    service.apply(fraction(1, MONDAY))
+    [letter] = service.letters(PID, None, principal=PHYSICIAN, resource="test")
+    assert letter.facts["referring_provider"] == "Dr. Rita Referrer"
 
 
 def test_no_letter_without_a_delivered_fraction(

@@ -198,3 +198,9 @@ def test_booking_changes_are_state_events_with_revisions(
         "routine",
     )
     assert last.start == at("2026-12-02", "10:00")
+    # The order's referring physician travels with the booking (the documents service
+    # addresses the treatment-start letter to them).
+    assert last.referring_physician and all(
+        e.referring_physician == last.referring_physician
+        for e in published(factory, BookingChanged)
+    )
