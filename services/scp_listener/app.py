@@ -44,6 +44,7 @@ def create_app(
         store=ObjectStore(settings.object_store()),
         clinic_tz=settings.clinic_timezone,
         on_commit=runtime.relay.wake,
+        max_sequence_depth=settings.scp_max_sequence_depth,
     )
     quiet = timedelta(seconds=settings.scp_series_quiet_s)
 

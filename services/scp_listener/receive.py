@@ -8,15 +8,55 @@ as they are written 0.55 ms. ``install`` swaps that one name for ``SpoolFile``, 
 same temporary file plus a running digest; ``content_of`` returns the digest for a request, or
 None when the file is not one of ours (a pynetdicom that no longer writes through that name),
 in which case the caller hashes the file as before.
+
+Spool files live in one directory of ours (``configure``), emptied at start, and a spool file
+removes itself when pynetdicom drops it without handing it to the handler (a connection cut
+mid-data set): its name is unlinked when the object is collected. A file the handler moved
+into the object store is gone from the spool already, so that unlink finds nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import tempfile
+import weakref
+from pathlib import Path
 from typing import Any
 
+import structlog
 from pynetdicom import dimse_messages
+
+log = structlog.get_logger(__name__)
+
+# None: the system's temporary directory (pynetdicom's default).
+_spool_dir: Path | None = None
+
+
+def configure(spool: Path) -> int:
+    """Receive into ``spool`` from now on, after removing whatever a previous run left there
+    (a crash or kill mid-transfer). Returns how many leftover files were removed."""
+    global _spool_dir
+    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    removed = 0
+    for leftover in spool.iterdir():
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.warning(
+            f"removed {removed} partial received file(s) left in the spool by an earlier run",
+            spool=str(spool),
+        )
+    _spool_dir = spool
+    return removed
+
+
+def _remove(name: str) -> None:
+    # Missing: moved into the object store, or removed by pynetdicom / the handler.
+    with contextlib.suppress(OSError):
+        os.unlink(name)
 
 
 class SpoolFile:
@@ -24,8 +64,12 @@ class SpoolFile:
     Meta Information and each data set fragment through ``write``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("dir", _spool_dir)
         self._file = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - pynetdicom closes it
         self.name = self._file.name
+        # A message dropped mid-data set is never handed to the handler: its file goes when
+        # the message does (tempfile files are created 0600 already).
+        weakref.finalize(self, _remove, self.name)
         self.file = self._file.file  # pynetdicom flushes through it after each fragment
         self._digest = hashlib.sha256()
         self._size = 0
@@ -48,6 +92,22 @@ class SpoolFile:
 
 def install() -> None:
     dimse_messages.NamedTemporaryFile = SpoolFile  # type: ignore[attr-defined,assignment]
+
+
+def discard_partial(assoc: Any) -> None:
+    """Remove the spool file of a data set still arriving when its connection closed or its
+    association aborted: pynetdicom keeps the half-decoded message and removes nothing (a cut
+    transfer left its 31 MB behind)."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    spool = getattr(message, "_data_set_file", None)
+    if spool is None:
+        return
+    spool.close()
+    _remove(spool.name)
+    log.warning(
+        "removed a partially received data set: the connection ended mid-transfer",
+        peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+    )
 
 
 def content_of(request: Any) -> tuple[str, int] | None:

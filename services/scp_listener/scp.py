@@ -53,7 +53,9 @@ def build_ae(settings: ScpSettings, registry: DeviceRegistry) -> AE:
     ae.maximum_associations = settings.scp_max_associations
     ae.maximum_pdu_size = settings.scp_max_pdu
     ae.network_timeout = settings.scp_network_timeout_s
-    ae.acse_timeout = 30
+    # The ARTIM timer (PS3.8 9.1.5): a connection silent past it, before its A-ASSOCIATE-RQ,
+    # is closed instead of holding an association slot for 30 s.
+    ae.acse_timeout = settings.scp_association_request_timeout_s
     ae.dimse_timeout = settings.scp_network_timeout_s
     return ae
 
@@ -67,6 +69,7 @@ def start(
     port: int | None = None,
 ) -> ThreadedAssociationServer:
     """Start listening (port 0 picks a free one: see ``server.server_address``)."""
+    receive.configure(settings.spool_dir())
     ae = build_ae(settings, registry)
     touched = TouchedSeries()
     handlers = [
@@ -80,12 +83,15 @@ def start(
         # the series again, and the quiet window publishes what it left.
         (evt.EVT_ABORTED, touched.forget),
         (evt.EVT_CONN_CLOSE, touched.forget),
+        (evt.EVT_ABORTED, _discard_partial),
+        (evt.EVT_CONN_CLOSE, _discard_partial),
     ]
     address = (settings.scp_host, settings.scp_port if port is None else port)
     try:
         server = ae.start_server(address, block=False, evt_handlers=handlers)
     except OSError as exc:
         raise explain_bind_error(exc, *address, "RTOPS_SCP_PORT") from None
+    limit_per_peer(server, settings, metrics)
     log.info(
         "DICOM SCP listening",
         ae_title=settings.scp_ae_title,
@@ -93,6 +99,64 @@ def start(
         devices=sorted(registry.devices),
     )
     return server
+
+
+class PeerConnections:
+    """Open connections per peer IP address, counted from their sockets (a socket pynetdicom
+    closed no longer counts), so a missed close event cannot lock a peer out for good."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, list[socket.socket]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, ip: str, sock: socket.socket) -> bool:
+        with self._lock:
+            alive = [s for s in self._open.get(ip, []) if s.fileno() != -1]
+            if len(alive) >= self.limit:
+                self._open[ip] = alive
+                return False
+            self._open[ip] = [*alive, sock]
+            return True
+
+
+def limit_per_peer(
+    server: ThreadedAssociationServer, settings: ScpSettings, metrics: ScpMetrics
+) -> None:
+    """Close a connection at once (before it gets a thread or an association slot) when its
+    peer address already holds ``scp_max_associations_per_peer`` connections: sixteen silent
+    sockets from one host otherwise took every slot from every device."""
+    peers = PeerConnections(settings.scp_max_associations_per_peer)
+
+    def verify_request(request: Any, client_address: Any) -> bool:
+        ip = str(client_address[0])
+        if peers.admit(ip, request):
+            return True
+        metrics.rejections.labels("too_many_connections_from_peer").inc()
+        metrics.problems.record(
+            Problem(
+                kind="association",
+                reason="too_many_connections_from_peer",
+                calling_ae="",  # closed before its A-ASSOCIATE-RQ: no AE title yet
+                peer=f"{ip}:{client_address[1]}",
+                detail=f"{ip} already has {peers.limit} connections open "
+                "(RTOPS_SCP_MAX_ASSOCIATIONS_PER_PEER)",
+            )
+        )
+        log.warning(
+            f"closed a connection from {ip}: it already has {peers.limit} connections open "
+            "(RTOPS_SCP_MAX_ASSOCIATIONS_PER_PEER)",
+            reason="too_many_connections_from_peer",
+            peer=f"{ip}:{client_address[1]}",
+        )
+        return False
+
+    # socketserver asks this before handing the socket to a thread; False closes it.
+    server.verify_request = verify_request  # type: ignore[method-assign]
+
+
+def _discard_partial(event: Event) -> None:
+    receive.discard_partial(event.assoc)
 
 
 def _no_delay(event: Event) -> None:
@@ -270,7 +334,6 @@ def handle_store(
     metrics: ScpMetrics,
     touched: TouchedSeries | None = None,
 ) -> int:
-    start_t = time.perf_counter()
     request: Any = event.request
     sop_class = str(request.AffectedSOPClassUID)
     calling = str(event.assoc.requestor.ae_title).strip()
@@ -316,8 +379,29 @@ def handle_store(
             calling_ae=calling,
         )
         return NOT_AUTHORIZED
+    path = Path(event.dataset_path)
+    try:
+        return _ingest(event, path, sop_class, calling, device, ingestor, metrics, touched)
+    finally:
+        # Whatever happened (pynetdicom only removes it when the handler returns): a stored
+        # file was moved away already, anything else goes.
+        path.unlink(missing_ok=True)
+
+
+def _ingest(
+    event: Event,
+    path: Path,
+    sop_class: str,
+    calling: str,
+    device: Any,
+    ingestor: Ingestor,
+    metrics: ScpMetrics,
+    touched: TouchedSeries | None,
+) -> int:
+    start_t = time.perf_counter()
+    request: Any = event.request
     outcome = ingestor.ingest(
-        Path(event.dataset_path),
+        path,
         sop_class_uid=sop_class,
         sop_instance_uid=str(request.AffectedSOPInstanceUID),
         transfer_syntax_uid=str(event.context.transfer_syntax),

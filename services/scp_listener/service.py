@@ -51,6 +51,9 @@ class Status(IntEnum):
     # PS3.7 C.4.2 / PS3.4 Annex B general failure: our fault, not the object's.
     PROCESSING_FAILURE = 0x0110
     SOP_CLASS_NOT_SUPPORTED = 0x0122
+    # PS3.4 Table B.2-1 leaves Cxxx ("Cannot understand") to the implementation: this one is
+    # a UID already stored for another patient or SOP class (never a revision of it).
+    UID_CONFLICT = 0xC220
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,9 @@ _objects = DicomObject.__table__
 _series = ImageSeries.__table__
 # Built once: composing a statement per object costs more than executing it.
 _INSERT_OBJECT = insert(_objects)
-_SELECT_REVISIONS = select(_objects.c.revision, _objects.c.sha256).where(
-    _objects.c.sop_instance_uid == bindparam("uid")
-)
+_SELECT_REVISIONS = select(
+    _objects.c.revision, _objects.c.sha256, _objects.c.sop_class_uid, _objects.c.patient_id
+).where(_objects.c.sop_instance_uid == bindparam("uid"))
 
 
 @functools.cache
@@ -152,7 +155,9 @@ class Ingestor:
         store: ObjectStore,
         clinic_tz: str,
         on_commit: Callable[[], None] = lambda: None,
+        max_sequence_depth: int = extract.MAX_SEQUENCE_DEPTH,
     ) -> None:
+        self._max_depth = max_sequence_depth
         self._factory = factory
         self._store = store
         self._tz = clinic_tz
@@ -175,7 +180,7 @@ class Ingestor:
     ) -> Outcome:
         """``content``: the file's SHA-256 and size when hashed as it arrived (else read)."""
         try:
-            ds = read_header(path)
+            ds = read_header(path, self._max_depth)
             uid = _check_identity(ds, sop_class_uid, sop_instance_uid)
         except Undecodable as exc:
             return Outcome(Status.CANNOT_UNDERSTAND, str(exc), sop_class_uid, sop_instance_uid)
@@ -236,6 +241,20 @@ class Ingestor:
                         size,
                         series_instance_uid=series_uid,
                     )
+                patient_id = extract.text(ds, "PatientID")
+                conflict = _uid_conflict(revisions, sop_class_uid, patient_id)
+                if conflict:
+                    log.warning(
+                        f"C-STORE refused: SOP Instance UID {uid} is already stored {conflict}; "
+                        "a UID names one object, so this is not kept as a revision of it",
+                        sop_instance_uid=uid,
+                    )
+                    return Outcome(
+                        Status.UID_CONFLICT,
+                        f"this SOP Instance UID is already stored {conflict}",
+                        sop_class_uid,
+                        uid,
+                    )
                 revision = max((row.revision for row in revisions), default=0) + 1
                 try:
                     event = self._event_for(
@@ -281,7 +300,7 @@ class Ingestor:
                         "transfer_syntax_uid": transfer_syntax_uid,
                         "study_instance_uid": extract.text(ds, "StudyInstanceUID"),
                         "series_instance_uid": extract.text(ds, "SeriesInstanceUID"),
-                        "patient_id": extract.text(ds, "PatientID"),
+                        "patient_id": patient_id,
                         "calling_ae": source.ae_title,
                         "received_at": now,
                         "acquired_at": facts.get("acquired_at") if facts else None,
@@ -464,6 +483,19 @@ class Ingestor:
             storage_keys=tuple(o.storage_key for o in objects),
             **facts,
         )
+
+
+def _uid_conflict(revisions: Any, sop_class_uid: str, patient_id: str | None) -> str | None:
+    """Why the stored revisions of a UID are another object than this one (None: they are
+    the same object). A re-used or forged UID must not chain a second patient's plan to the
+    first one's, nor publish it as that plan's new revision."""
+    for row in revisions:
+        if row.sop_class_uid != sop_class_uid:
+            other = sop.NAMES.get(row.sop_class_uid, row.sop_class_uid)
+            return f"as another SOP class ({other})"
+        if row.patient_id != patient_id:
+            return "for another patient"
+    return None
 
 
 def _internal_error(exc: Exception, sop_class_uid: str, sop_instance_uid: str) -> Outcome:

@@ -43,6 +43,28 @@ class ScpSettings(RtopsSettings):
     scp_max_pdu: int = Field(default=0, description="maximum PDU we receive (0 = unlimited)")
     scp_network_timeout_s: float = 60.0
     scp_max_associations: int = Field(default=16, description="concurrent associations")
+    scp_max_associations_per_peer: int = Field(
+        default=4,
+        description="concurrent connections from one IP address; more are closed at once, so "
+        "one peer cannot take every association slot",
+    )
+    scp_association_request_timeout_s: float = Field(
+        default=5.0,
+        description="a connection that has not sent its A-ASSOCIATE-RQ by then is closed (the "
+        "DUL's ARTIM timer, PS3.8 9.1.5; also bounds the wait for A-RELEASE-RP)",
+    )
+    scp_max_sequence_depth: int = Field(
+        default=16,
+        description="deepest sequence nesting accepted; deeper objects are refused with 0xC210",
+    )
+    scp_spool_dir: Path | None = Field(
+        default=None,
+        description="where C-STORE data sets are written as they arrive; emptied at start; "
+        "default var_dir/spool (same filesystem as the object store: a rename, not a copy)",
+    )
+
+    def spool_dir(self) -> Path:
+        return self.scp_spool_dir or self.var_dir / "spool"
 
     def object_store(self) -> Path:
         return self.scp_object_store or self.var_dir / "objects"

@@ -20,6 +20,7 @@ from services.scp_listener.extract.images import classify, image_facts
 from services.scp_listener.extract.plan import gantry_rotation, mlc_modulated, plan_received
 from services.scp_listener.extract.readers import (
     DEFER_BYTES,
+    MAX_SEQUENCE_DEPTH,
     MalformedObject,
     Undecodable,
     check_complete,
@@ -50,6 +51,7 @@ from services.scp_listener.extract.registration import (
 
 __all__ = [
     "DEFER_BYTES",
+    "MAX_SEQUENCE_DEPTH",
     "MalformedObject",
     "Undecodable",
     "brachy_setups",

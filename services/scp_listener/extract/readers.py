@@ -180,7 +180,12 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 
 
-def read_header(path: Path) -> Dataset:
+# Real RT objects nest a handful of levels (a plan: beam > control point > device position);
+# a bound keeps a hostile object from exhausting the stack.
+MAX_SEQUENCE_DEPTH = 16
+
+
+def read_header(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> Dataset:
     """Decode the object's structure once; a malformed or truncated one raises
     ``Undecodable``. Large values stay on disk (``DEFER_BYTES``)."""
     try:
@@ -191,7 +196,11 @@ def read_header(path: Path) -> Dataset:
         if ds.file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
             # A deflated dataset's offsets count inflated bytes; zlib checks its own end.
             check_complete(ds, path.stat().st_size)
-        decode_sequences(ds)
+        decode_sequences(ds, max_depth)
+    except RecursionError as exc:
+        raise Undecodable(
+            f"sequences are nested too deeply to decode (more than {max_depth} levels accepted)"
+        ) from exc
     except (
         InvalidDicomError,
         EOFError,
@@ -216,7 +225,13 @@ def check_complete(ds: Dataset, size: int) -> None:
     ends exactly at the end of the file. A cut that falls exactly between two top-level
     elements cannot be told from a complete object: DICOM carries no total length."""
     end = 0
+    # pydicom decodes an undefined-length sequence as it reads (no raw bytes, no length),
+    # and a missing delimiter warns (an error in ``read_header``): one that starts after
+    # every other element ended where its delimiter was.
+    open_sequence = 0
     for elem in ds._dict.values():
+        if getattr(elem, "is_undefined_length", False) and getattr(elem, "file_tell", None):
+            open_sequence = max(open_sequence, elem.file_tell)
         if not isinstance(elem, RawDataElement) or elem.value_tell is None:
             continue
         if elem.value is None and elem.length not in (0, _UNDEFINED_LENGTH):
@@ -234,14 +249,14 @@ def check_complete(ds: Dataset, size: int) -> None:
                 "header announces: the object is truncated"
             )
         end = max(end, elem.value_tell + elem.length)
-    if end and end != size:
+    if end and end != size and open_sequence <= end:
         raise EOFError(
             f"the dataset ends at byte {end} of {size}: the object is truncated or "
             "has trailing bytes"
         )
 
 
-def decode_sequences(ds: Dataset) -> None:
+def decode_sequences(ds: Dataset, max_depth: int = MAX_SEQUENCE_DEPTH, depth: int = 1) -> None:
     """Decode every sequence, nested ones included, so that a malformed item raises here.
 
     Plain values stay raw until something reads them: converting every element of a CBCT
@@ -251,8 +266,12 @@ def decode_sequences(ds: Dataset) -> None:
     for tag, elem in list(ds._dict.items()):
         if not _is_sequence(tag, elem.VR, getattr(elem, "length", 0)):
             continue
+        if depth > max_depth:
+            raise Undecodable(
+                f"sequence {tag} is nested {depth} levels deep; at most {max_depth} are accepted"
+            )
         for item in ds[tag].value:
-            decode_sequences(item)
+            decode_sequences(item, max_depth, depth + 1)
 
 
 def _is_sequence(tag: int, vr: str | None, length: int) -> bool:

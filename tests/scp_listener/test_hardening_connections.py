@@ -1,0 +1,95 @@
+"""Issue 15: silent TCP connections (no A-ASSOCIATE-RQ) are closed after a few seconds, and
+one peer address cannot take every association slot. Raw sockets as the hostile peer, DCMTK's
+echoscu and pynetdicom as the real devices."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support import RunningScp, pynetdicom_echo
+
+# Another loopback address: the silent peer is not the device (Linux routes all of 127/8).
+HOSTILE = "127.0.0.2"
+
+
+@contextlib.contextmanager
+def silent_connections(
+    port: int, count: int, source: str = HOSTILE
+) -> Iterator[list[socket.socket]]:
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((source, 0))
+            s.connect(("127.0.0.1", port))
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def closed_by_peer(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def echoscu(tool: str, port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool, "-aet", "TRUEBEAM1", "-aec", "RTOPS", "-to", "5", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_sixteen_silent_connections_do_not_lock_out_a_device(
+    scp: RunningScp, dcmtk: dict[str, str]
+) -> None:
+    assert scp.settings.scp_max_associations == 16
+    with silent_connections(scp.dicom_port, 16) as socks:
+        time.sleep(0.3)  # every one of them accepted (or closed) by the server
+        started = time.monotonic()
+        out = echoscu(dcmtk["echoscu"], scp.dicom_port)
+        assert out.returncode == 0, out.stderr
+        assert pynetdicom_echo(scp.dicom_port).Status == 0x0000
+        assert time.monotonic() - started < 3
+        # Beyond the per-peer limit, the connections were closed at once.
+        limit = scp.settings.scp_max_associations_per_peer
+        closed = sum(closed_by_peer(s, 0.2) for s in socks)
+        assert closed >= 16 - limit
+
+
+def test_a_silent_connection_is_closed_after_the_request_timeout(
+    start_scp: Callable[..., RunningScp],
+) -> None:
+    scp = start_scp(scp_association_request_timeout_s=1.0)
+    with silent_connections(scp.dicom_port, 1) as (sock,):
+        started = time.monotonic()
+        assert closed_by_peer(sock, 10)
+        assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("limit", [2])
+def test_the_per_peer_limit_frees_its_slots_when_connections_end(
+    start_scp: Callable[..., RunningScp], limit: int
+) -> None:
+    scp = start_scp(scp_max_associations_per_peer=limit)
+    with silent_connections(scp.dicom_port, limit, source="127.0.0.1"):
+        time.sleep(0.3)
+        refused = pynetdicom_echo(scp.dicom_port)
+        assert not refused.is_established  # this peer already holds its slots
+    time.sleep(0.5)
+    assert pynetdicom_echo(scp.dicom_port).Status == 0x0000
