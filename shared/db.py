@@ -6,6 +6,8 @@ schema (named after the service) inside the PostgreSQL database of ``RTOPS_DATAB
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    make_url,
     text,
 )
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,6 +67,7 @@ def schema_name(settings: RtopsSettings, service: str) -> str:
 def make_engine(settings: RtopsSettings, service: str, **kwargs: Any) -> Engine:
     url = database_url(settings, service)
     if url.startswith("sqlite"):
+        _private_file(make_url(url).database)
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")
@@ -94,6 +98,20 @@ def make_engine(settings: RtopsSettings, service: str, **kwargs: Any) -> Engine:
         connect_args={"options": f"-csearch_path={schema}"},
         **kwargs,
     )
+
+
+def _private_file(database: str | None) -> None:
+    """Create a SQLite file 0600 (and tighten one created before): every service's database
+    holds patient names. SQLite creates its -wal and -shm files with the database's mode."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
 
 
 def session_factory(engine: Engine, **info: Any) -> sessionmaker[Session]:
