@@ -38,14 +38,23 @@ def service_app(name: str, base: dict[str, object]) -> Iterator[tuple[FastAPI, R
         return
     if name == "scheduler":
         from services.scheduler.app import SERVICE, TABLES, create_app, load_resources
+        from services.scheduler.service import SchedulerService
         from services.scheduler.settings import DEFAULT_RESOURCES, SchedulerSettings
+        from shared.calendar import clinic_calendar
         from shared.runtime import Runtime
         from tests.databases import service_database
-        from tests.scheduler.conftest import make_service as scheduler_service
 
         settings = SchedulerSettings(**base)
         with service_database(settings, SERVICE, TABLES) as factory:
-            service = scheduler_service(settings, factory, clock)
+            # the batch solver gets one second: probes send many requests, not hard ones
+            service = SchedulerService(
+                factory=factory,
+                calendar=clinic_calendar(settings),
+                policy=settings.policy(),
+                clock=clock,
+                batch_time_limit_s=1.0,
+                batch_workers=1,
+            )
             service.seed(load_resources(DEFAULT_RESOURCES))
             runtime = Runtime.create(SERVICE, settings, TABLES, engine=factory.kw["bind"])
             yield create_app(settings, runtime=runtime, service=service, background=False), settings

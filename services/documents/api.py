@@ -16,6 +16,8 @@ from services.documents.service import DocumentsService, NoteIn, Upload, is_pdf
 from services.documents.store import DocumentRow, LetterRow
 from shared.auth import ClinicalReader, PhysicianOnly, Principal, require_roles
 from shared.errors import RtopsError, RuleViolation
+from shared.params import WEEK_PATTERN
+from shared.web import problem_responses
 
 router = APIRouter(prefix="/v1", tags=["documents"])
 
@@ -132,7 +134,8 @@ class RegroupOut(BaseModel):
 class NoteBody(BaseModel):
     patient_id: str = Field(min_length=1, max_length=64)
     course_id: str = Field(min_length=1, max_length=80)
-    week: str = Field(pattern=r"^\d{4}-W(0[1-9]|[1-4]\d|5[0-3])$", description="ISO week")
+    # years bounded as every query's (shared.params): 9999-W52 ends past the calendar
+    week: str = Field(pattern=r"^(19|2\d)\d{2}-W(0[1-9]|[1-4]\d|5[0-3])$", description="ISO week")
     kind: Literal["management_note", "physics_check"]
     author: str = Field(min_length=1, max_length=200)
     signed_at: datetime
@@ -239,7 +242,12 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
     return content
 
 
-@router.post("/documents", response_model=DocumentOut, status_code=201)
+@router.post(
+    "/documents",
+    response_model=DocumentOut,
+    status_code=201,
+    responses=problem_responses(413, 415),
+)
 async def upload_document(
     request: Request,
     service: ServiceDep,
@@ -252,7 +260,7 @@ async def upload_document(
     signed_at: Annotated[datetime | None, Form()] = None,
     week: Annotated[
         str | None,
-        Form(pattern=r"^\d{4}-W\d{2}$", description="weekly notes: the ISO week documented"),
+        Form(pattern=WEEK_PATTERN, description="weekly notes: the ISO week documented"),
     ] = None,
 ) -> DocumentOut:
     """File a PDF for a plan version. The type is checked by content (a PDF named .txt is
