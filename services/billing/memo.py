@@ -24,7 +24,7 @@ class PatientMemo:
     generation: int
     facts: tuple[FactHead, ...]  # in (kind, key, revision) order, as ``fact_heads_of_many``
     charges: Mapping[str, ChargeHead]
-    courses: frozenset[str]
+    courses: Mapping[str, str]  # course id -> its row as written (repr, without evaluated_at)
     closures: tuple[ClosureHead, ...]
     kinds: Mapping[str, str]
 

@@ -325,6 +325,10 @@ class BillingService:
             heads_of = fact_heads_of_many(session, load) if load else {}
             courses_of = course_ids_of_many(session, load) if load else {}
             charges_of = charges_of_many(session, load) if load else {}
+            # Per patient held in memory: each course row as last written (its repr without
+            # `evaluated_at`), so an evaluation that changes nothing of a course does not
+            # rewrite its row (JSON columns and all).
+            written: dict[str, Mapping[str, str]] = {}
             for p, memo in held.items():
                 closures_of[p] = list(memo.closures)
                 kinds_of[p] = dict(memo.kinds)
@@ -332,6 +336,7 @@ class BillingService:
                 # returns only what it inserted.
                 heads_of[p] = sorted((*memo.facts, *added.get(p, ())), key=_fact_order)
                 courses_of[p] = set(memo.courses)
+                written[p] = memo.courses
                 charges_of[p] = dict(memo.charges)
             missing = [
                 (h.kind, h.key, h.revision)
@@ -344,7 +349,7 @@ class BillingService:
             changed_courses: list[dict[str, object]] = []
             gone_courses: set[str] = set()
             evaluated: list[tuple[str, list[Charge]]] = []
-            course_ids: dict[str, frozenset[str]] = {}
+            course_rows: dict[str, dict[str, str]] = {}
             for patient_id in todo:
                 closures: dict[str, list[StaffClosure]] = {}
                 for c in closures_of.get(patient_id, ()):
@@ -390,15 +395,20 @@ class BillingService:
                 corrected = {c.id: c.corrected for c in assembled.grouping.courses}
                 plans = {c.id: list(c.plan_uids) for c in assembled.grouping.courses}
                 courses = courses_of.get(patient_id, set())
+                before = written.get(patient_id, {})
+                rows = course_rows[patient_id] = {}
                 for ev in evaluations:
                     row = _course_row(patient_id, ev, plans, corrected, kinds, candidates, now=now)
+                    as_written = rows[ev.course_id] = repr(
+                        {k: v for k, v in row.items() if k != "evaluated_at"}
+                    )
                     if ev.course_id in courses:
                         courses.discard(ev.course_id)
-                        changed_courses.append(row)
+                        if before.get(ev.course_id) != as_written:
+                            changed_courses.append(row)
                     else:
                         new_courses.append(row)
                 gone_courses |= courses  # regrouped away; its charges are removed below
-                course_ids[patient_id] = frozenset(ev.course_id for ev in evaluations)
                 evaluated.append((patient_id, [c for e in evaluations for c in e.charges]))
             write_courses(session, new=new_courses, changed=changed_courses, gone=gone_courses)
             charges_after = store_charges_of_many(session, evaluated, now=now, held_of=charges_of)
@@ -407,7 +417,7 @@ class BillingService:
                 generation=generations[p],
                 facts=tuple(heads_of.get(p, ())),
                 charges=charges_after.get(p, {}),
-                courses=course_ids[p],
+                courses=course_rows[p],
                 closures=tuple(closures_of.get(p, ())),
                 kinds=dict(kinds_of.get(p, {})),
             )

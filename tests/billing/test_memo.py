@@ -8,11 +8,12 @@ import random
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.billing import posting
 from services.billing.memo import PatientMemos
 from services.billing.service import BillingService
-from services.billing.store import PatientGeneration
+from services.billing.store import Course, PatientGeneration
 from services.billing.store.queries import ChargeFilter
 from shared.auth import Principal
 from shared.events import ChargeVoided, CloudEvent
@@ -51,6 +52,21 @@ def test_batches_through_one_service_give_what_a_fresh_service_per_batch_gives(
         for batch in batches:  # a new service each time: every patient read from the tables
             make_service(settings, factory, clock).apply_batch(batch)
         assert charges(factory) == charges(billing_db[1])
+        # Course rows too: memory skips rewriting an unchanged row, never a changed one.
+        assert courses(factory) == courses(billing_db[1])
+        assert courses(factory)[0]["fractions_delivered"] == 12
+
+
+def courses(factory: sessionmaker[Session]) -> list[dict[str, object]]:
+    with factory() as session:
+        return [
+            {
+                c.name: getattr(row, c.name)
+                for c in Course.__table__.columns
+                if c.name != "evaluated_at"
+            }
+            for row in session.scalars(select(Course).order_by(Course.id))
+        ]
 
 
 def test_a_second_replica_writing_the_patient_makes_the_first_read_it_again(
@@ -140,7 +156,7 @@ def test_memos_are_bounded_and_trusted_only_at_their_generation() -> None:
     memos = PatientMemos(max_patients=2)
 
     def memo(generation: int) -> PatientMemo:
-        return PatientMemo(generation, (), {}, frozenset(), (), {})
+        return PatientMemo(generation, (), {}, {}, (), {})
 
     memos.keep({"a": memo(1), "b": memo(4)})
     assert memos.at("a", 1) is not None and memos.at("a", 2) is None

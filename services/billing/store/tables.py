@@ -74,6 +74,7 @@ class Course(Base):
     # Occurrences no rule codes (reported, never guessed) and charges a bundle dropped.
     unresolved: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     bundled: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # When the row last changed: an evaluation that changes nothing of the course leaves it.
     evaluated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
