@@ -9,6 +9,7 @@ commits does the caller answer success.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -129,11 +130,23 @@ def _upsert_series(dialect: str) -> Any:
     )
 
 
+# PS3.5 9.1: a UID is numeric components separated by dots, no component with a leading zero
+# (except "0" itself), at most 64 characters.
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_UID_MAX = 64
+
+
 def _check_identity(ds: Dataset, sop_class_uid: str, sop_instance_uid: str) -> str:
     """The dataset's SOP Instance UID, which is the object's identity."""
     uid = extract.text(ds, "SOPInstanceUID")
     if not uid:
         raise Undecodable("dataset has no SOP Instance UID")
+    if len(uid) > _UID_MAX or not _UID.fullmatch(uid):
+        shown = uid if len(uid) <= _UID_MAX else f"{uid[:_UID_MAX]}... ({len(uid)} characters)"
+        raise Undecodable(
+            f"SOP Instance UID {shown!r} is not a valid UID (PS3.5 9.1: at most 64 characters, "
+            "digits in components separated by dots, no leading zeros)"
+        )
     ds_class = extract.text(ds, "SOPClassUID")
     if ds_class != sop_class_uid:
         raise WrongSopClass(f"dataset SOP Class {ds_class} was sent as {sop_class_uid}")

@@ -23,7 +23,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import VR
 
 from shared.events import Patient
 
@@ -192,11 +194,15 @@ def read_header(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> Dataset:
         with warnings.catch_warnings():
             # pydicom only warns when an undefined-length item runs into the end of the file.
             warnings.filterwarnings("error", message=".*[Ee]nd of file.*")
+            # ... and reads the other VR encoding than the transfer syntax names, with a
+            # warning: such a file's meta contradicts its bytes (DCMTK cannot read it).
+            warnings.filterwarnings("error", message="Expected (ex|im)plicit VR, but found")
             ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
         if ds.file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
             # A deflated dataset's offsets count inflated bytes; zlib checks its own end.
             check_complete(ds, path.stat().st_size)
         decode_sequences(ds, max_depth)
+        check_structure(ds)
     except RecursionError as exc:
         raise Undecodable(
             f"sequences are nested too deeply to decode (more than {max_depth} levels accepted)"
@@ -215,8 +221,66 @@ def read_header(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> Dataset:
         struct.error,
         UserWarning,
     ) as exc:
+        if isinstance(exc, UserWarning) and str(exc).startswith("Expected"):
+            syntax = "explicit" if "Expected explicit" in str(exc) else "implicit"
+            other = "implicit" if syntax == "explicit" else "explicit"
+            raise Undecodable(
+                f"the transfer syntax says {syntax} VR, but the data set is encoded {other} VR"
+            ) from exc
         raise Undecodable(f"{type(exc).__name__}: {exc}") from exc
     return ds
+
+
+# PS3.5 6.2: the two-letter VR codes (pydicom's ambiguous "US or SS" forms are not codes).
+_VR_CODES = frozenset(v.value for v in VR if " " not in v.value)
+# PS3.5 7.1.2: these explicit VRs have a 2-byte reserved field and a 4-byte length.
+_LONG_HEADER_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
+
+
+def check_structure(ds: Dataset, *, top: bool = True) -> None:
+    """Refuse what pydicom reads without complaint but a conforming reader would not: tags
+    out of order or repeated (PS3.5 7.1: ascending, each once; pydicom keeps the last of a
+    repeated tag), VR codes that do not exist (``LG``), and VRs that contradict the data
+    dictionary for a public tag (PS3.5 6.2; UN is allowed for any tag, PS3.5 6.2.2)."""
+    previous: int | None = None
+    expected_start: int | None = None
+    implicit = bool(ds.original_encoding[0]) if top and ds.original_encoding else None
+    for tag, elem in ds._dict.items():
+        if previous is not None and tag <= previous:
+            raise ValueError(f"element {tag} comes after {Tag(previous)}: tags out of order")
+        previous = tag
+        vr = elem.VR if isinstance(elem, RawDataElement) else None
+        if vr is not None:
+            _check_vr(tag, vr)
+        if not top or not isinstance(elem, RawDataElement) or elem.value_tell is None:
+            expected_start = None
+            continue
+        header = 8 if implicit or vr not in _LONG_HEADER_VRS else 12
+        start = elem.value_tell - header
+        if expected_start is not None and start != expected_start:
+            # A gap where an element was: pydicom replaced it with a later one of that tag.
+            raise ValueError(f"element {tag} appears more than once")
+        undefined = elem.length == _UNDEFINED_LENGTH
+        expected_start = None if undefined else elem.value_tell + elem.length
+    for elem in ds._dict.values():
+        if elem.VR == "SQ" and not isinstance(elem, RawDataElement):
+            for item in elem.value:
+                check_structure(item, top=False)
+
+
+def _check_vr(tag: int, vr: str) -> None:
+    if vr not in _VR_CODES:
+        raise ValueError(f"element {Tag(tag)} has VR {vr!r}, which is not a DICOM VR")
+    if vr == "UN" or Tag(tag).is_private or Tag(tag).element == 0:
+        return
+    try:
+        allowed = dictionary_VR(tag)
+    except KeyError:  # not in the dictionary (a newer or retired public tag)
+        return
+    if vr not in allowed.split(" or "):
+        raise ValueError(f"element {Tag(tag)} has VR {vr}, but the data dictionary says {allowed}")
 
 
 def check_complete(ds: Dataset, size: int) -> None:
