@@ -32,6 +32,15 @@ class Principal:
     roles: frozenset[str]
 
 
+# The development signer's tokens live at most a working day and a half: `rtops token --hours`
+# and the staff pages stay under it, and a token that claims longer (a 100-year token was
+# accepted before issue 15) is refused even when its signature is good.
+DEV_TOKEN_MAX_LIFETIME = timedelta(hours=36)
+# A user name is written into audit rows and into DICOM-facing fields (a PN component group is
+# at most 64 characters, DICOM PS3.5 table 6.2-1): longer is refused at the edge, not at the
+# database.
+MAX_USER_CHARS = 64
+
 KEY_MIN_BYTES = 32  # HS256: a key shorter than the hash (RFC 7518 3.2) is refused
 
 
@@ -137,6 +146,14 @@ def issue_dev_token(
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown role(s) {sorted(unknown)}; choose from {', '.join(ROLES)}")
+    if ttl > DEV_TOKEN_MAX_LIFETIME:
+        hours = DEV_TOKEN_MAX_LIFETIME.total_seconds() / 3600
+        raise SettingError(
+            f"a token of the embedded signer lives at most {hours:g} hours; ask for less "
+            "(rtops token --hours) and ask again when it expires"
+        )
+    if not 0 < len(user) <= MAX_USER_CHARS:
+        raise SettingError(f"a user name has 1 to {MAX_USER_CHARS} characters")
     now = datetime.now(UTC)
     claims: dict[str, Any] = {
         "sub": user,
@@ -193,13 +210,25 @@ class Authenticator:
                     algorithms=["HS256"],
                     audience=s.oidc_audience,
                     issuer=DEV_ISSUER,
-                    options={"require": ["exp", "sub"]},
+                    options={"require": ["exp", "iat", "sub"]},
                 )
+                lifetime = int(claims["exp"]) - int(claims["iat"])
+                if lifetime > DEV_TOKEN_MAX_LIFETIME.total_seconds():
+                    raise Unauthorized(
+                        f"the token lives {lifetime // 3600} hours; the embedded signer's "
+                        f"tokens live at most {DEV_TOKEN_MAX_LIFETIME.total_seconds() // 3600:g}"
+                    )
         except jwt.PyJWKClientConnectionError as exc:
             raise TransientError(f"the identity provider's keys are unreachable: {exc}") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid bearer token: {exc}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:  # iat/exp that are not numbers
+            raise Unauthorized(f"invalid bearer token: {exc}") from exc
         user = claims.get("preferred_username") or claims["sub"]
+        if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_CHARS:
+            raise Unauthorized(
+                f"the token's user name must be a string of 1 to {MAX_USER_CHARS} characters"
+            )
         return Principal(user=str(user), roles=frozenset(roles_in(claims, s.roles_claim)))
 
 
@@ -234,6 +263,8 @@ def require_roles(*roles: str) -> Any:
             )
         return principal
 
+    # Read by the authorization-matrix test, which derives who may call each route from it.
+    check.rtops_roles = frozenset(roles)  # type: ignore[attr-defined]
     return Depends(check)
 
 
