@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
@@ -153,4 +154,24 @@ def test_received_files_are_spooled_in_the_spool_directory(scp: RunningScp, tmp_
     assert status == 0x0000
     spool = scp.settings.spool_dir()
     assert spool.stat().st_mode & 0o777 == 0o700
+    assert spool_files(scp) == []
+
+
+def test_an_exception_in_the_handler_leaves_no_spool_file(
+    scp: RunningScp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom removes the file only when the handler returns; a bug raising out of it
+    (answered 0xC211 by pynetdicom) must not leave it either."""
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug in rtops")
+
+    monkeypatch.setattr(scp.app.state.ingestor, "ingest", broken)
+    status = send_file_as_is(
+        scp.dicom_port,
+        _explicit_plan(tmp_path / "plan.dcm"),
+        sop_class_uid=RT_PLAN_STORAGE,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    assert status == 0xC211
     assert spool_files(scp) == []
