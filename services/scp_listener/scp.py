@@ -101,6 +101,9 @@ def start(
     return server
 
 
+_PEERS_KEPT = 1024
+
+
 class PeerConnections:
     """Open connections per peer IP address, counted from their sockets (a socket pynetdicom
     closed no longer counts), so a missed close event cannot lock a peer out for good."""
@@ -117,6 +120,10 @@ class PeerConnections:
                 self._open[ip] = alive
                 return False
             self._open[ip] = [*alive, sock]
+            if len(self._open) > _PEERS_KEPT:  # forget addresses with nothing open
+                self._open = {
+                    k: v for k, v in self._open.items() if any(s.fileno() != -1 for s in v)
+                }
             return True
 
 

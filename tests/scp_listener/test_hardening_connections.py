@@ -93,3 +93,21 @@ def test_the_per_peer_limit_frees_its_slots_when_connections_end(
         assert not refused.is_established  # this peer already holds its slots
     time.sleep(0.5)
     assert pynetdicom_echo(scp.dicom_port).Status == 0x0000
+
+
+def test_peer_connections_count_open_sockets_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.scp_listener import scp as scp_module
+
+    monkeypatch.setattr(scp_module, "_PEERS_KEPT", 2)
+    peers = scp_module.PeerConnections(limit=1)
+    first, second, third = socket.socket(), socket.socket(), socket.socket()
+    with first, second, third:
+        assert peers.admit("10.0.0.1", first)
+        assert not peers.admit("10.0.0.1", second)  # the limit
+        first.close()  # pynetdicom closed it: the slot is free again
+        assert peers.admit("10.0.0.1", second)
+        second.close()
+        assert peers.admit("10.0.0.2", third)
+        with socket.socket() as fourth:
+            assert peers.admit("10.0.0.3", fourth)
+        assert "10.0.0.1" not in peers._open  # an address with nothing open is forgotten
