@@ -31,6 +31,16 @@ WEEK_PATTERN = r"^(19|2\d)\d{2}-W\d{2}$"
 # 422, not an OverflowError while binding it.
 MAX_ROW_ID = 2**63 - 1
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="a row id")]
+# DICOM identifiers at the edge, checked against their VR's limit (PS3.5 table 6.2-1: UI and LO
+# at most 64) which is also the columns' size: a longer one is a 422 here, not a String(64)
+# overflow on PostgreSQL behind it.
+UID_MAX_CHARS = 64
+PATIENT_ID_MAX_CHARS = 64
+PatientIdQuery = Annotated[
+    str | None, Query(min_length=1, max_length=PATIENT_ID_MAX_CHARS, description="Patient ID")
+]
+UidQuery = Annotated[str | None, Query(min_length=1, max_length=UID_MAX_CHARS)]
+UidPath = Annotated[str, Path(min_length=1, max_length=UID_MAX_CHARS, description="a DICOM UID")]
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import httpx
 import pytest
 
 from shared.auth import issue_dev_token
-from tests.service_apps import service_app
+from shared.settings import ROLES
+from tests.service_apps import SERVICES, service_app
+from tests.test_authz_matrix import api_routes, concrete
 
 PROBLEM = "application/problem+json"
 # Services with a ``from``/``to`` time range: (service, path, role allowed to read it).
@@ -110,3 +113,73 @@ async def test_unexpected_error_is_problem_json(base_settings: dict[str, object]
             response = await client.get("/boom")
     body = _problem(response, 500)
     assert "probe" not in json.dumps(body)  # no internals leak to the caller
+
+
+# ---------------------------------------------------------------- lengths at the edge
+
+LONG = "1." + "2" * 98  # a 100-character UID (or Patient ID): over every VR UI/LO limit of 64
+IDENTIFIERS = ("uid", "patient_id")
+
+
+def _identifier_params(dependant: Any) -> list[tuple[str, str]]:
+    """(``path``/``query``, name) of every DICOM identifier a route takes in its URL."""
+    found = [("path", p.alias) for p in dependant.path_params]
+    found += [("query", p.alias) for p in dependant.query_params]
+    for sub in dependant.dependencies:
+        found += _identifier_params(sub)
+    return [(where, n) for where, n in found if any(i in n.lower() for i in IDENTIFIERS)]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_long_identifiers_in_urls_are_422(
+    base_settings: dict[str, object], service: str
+) -> None:
+    """Every route of every service, from its route table: a 100-character UID or Patient ID
+    in the path or query is a 422 before anything reads or writes with it."""
+    probed, wrong = 0, []
+    with service_app(service, base_settings) as (app, settings):
+        token = issue_dev_token(settings, user="probe", roles=list(ROLES))
+        headers = {"Authorization": f"Bearer {token}"}
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for route in api_routes(app):
+                for where, name in _identifier_params(route.dependant):
+                    path = (
+                        route.path.replace(f"{{{name}}}", LONG) if where == "path" else route.path
+                    )
+                    params = {name: LONG} if where == "query" else {}
+                    response = await client.request(
+                        route.method, concrete(path), params=params, headers=headers
+                    )
+                    probed += 1
+                    problem = response.headers.get("content-type") == PROBLEM
+                    if response.status_code != 422 or not problem:
+                        wrong.append(f"{route.method} {route.path} {name}: {response.status_code}")
+    assert not wrong, "\n".join(wrong)
+    assert probed, f"{service} takes no identifier in a URL: drop it from this probe"
+
+
+@pytest.mark.parametrize(
+    ("service", "path", "body"),
+    [
+        ("scheduler", "/v1/simulation-requests", {"patient_id": LONG}),
+        ("documents", "/v1/courses/regroup", {"plan_uids": [LONG], "reason": "probe"}),
+        (
+            "documents",
+            "/v1/notes",
+            {"patient_id": LONG, "course_id": "C1", "week": "2026-W48", "kind": "physics_check"},
+        ),
+    ],
+)
+async def test_long_identifiers_in_bodies_are_422(
+    base_settings: dict[str, object], service: str, path: str, body: dict[str, Any]
+) -> None:
+    with service_app(service, base_settings) as (app, settings):
+        token = issue_dev_token(settings, user="probe", roles=list(ROLES))
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post(
+                path, json=body, headers={"Authorization": f"Bearer {token}"}
+            )
+    errors = _problem(response)["errors"]
+    assert any(str(LONG) not in str(e["loc"]) and e["type"] == "string_too_long" for e in errors)

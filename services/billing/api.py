@@ -25,7 +25,7 @@ from shared.audit import record_request
 from shared.auth import BillingStaff
 from shared.errors import NotFound
 from shared.pagination import Page
-from shared.params import TimeRange, TimeRangeDep
+from shared.params import PatientIdQuery, TimeRange, TimeRangeDep
 from shared.web import problem
 
 router = APIRouter(prefix="/v1", tags=["billing"])
@@ -159,7 +159,7 @@ def list_charges(
     factory: FactoryDep,
     request: Request,
     span: TimeRangeDep,
-    patient_id: str | None = None,
+    patient_id: PatientIdQuery = None,
     course_id: str | None = None,
     status: Literal["ready", "hold"] | None = None,
     limit: Limit = 100,
@@ -198,7 +198,7 @@ def export_charges(
     service: ServiceDep,
     request: Request,
     span: TimeRangeDep,
-    patient_id: str | None = None,
+    patient_id: PatientIdQuery = None,
 ) -> Response:
     """Ready charges not exported before, oldest first, as the claim CSV ``POST /v1/claims``
     reads (``claim_id`` is the course; modifiers joined by ``:``) with the charge's id, course,
@@ -247,7 +247,7 @@ def export_charges_hl7(
     service: ServiceDep,
     request: Request,
     span: TimeRangeDep,
-    patient_id: str | None = None,
+    patient_id: PatientIdQuery = None,
 ) -> Response:
     """The same selection as ``export.csv`` (ready charges not exported before; they are marked
     exported, once, whichever format took them) as an HL7 v2.5 batch of DFT^P03 messages: one
@@ -278,7 +278,7 @@ def list_courses(
     principal: BillingStaff,
     factory: FactoryDep,
     request: Request,
-    patient_id: str | None = None,
+    patient_id: PatientIdQuery = None,
     status: Literal["open", "closed"] | None = None,
     limit: Limit = 100,
     cursor: str | None = None,
@@ -466,7 +466,7 @@ def discrepancies(
     factory: FactoryDep,
     request: Request,
     span: TimeRangeDep,
-    patient_id: str | None = None,
+    patient_id: PatientIdQuery = None,
 ) -> dict[str, list[DiscrepancyOut]]:
     """The charges billing derived against the claim lines imported, for dates of service in
     ``from``/``to``: each discrepancy with its kind, rule and citation; an 835's denied and

@@ -16,7 +16,7 @@ from services.documents.service import DocumentsService, NoteIn, Upload, is_pdf
 from services.documents.store import DocumentRow, LetterRow
 from shared.auth import ClinicalReader, PhysicianOnly, Principal, require_roles
 from shared.errors import RtopsError, RuleViolation
-from shared.params import WEEK_PATTERN
+from shared.params import UID_MAX_CHARS, WEEK_PATTERN
 from shared.web import problem_responses
 
 router = APIRouter(prefix="/v1", tags=["documents"])
@@ -120,7 +120,9 @@ class CourseOut(BaseModel):
 
 
 class RegroupIn(BaseModel):
-    plan_uids: list[str] = Field(min_length=1, description="exactly the plans of one course")
+    plan_uids: list[Annotated[str, Field(min_length=1, max_length=UID_MAX_CHARS)]] = Field(
+        min_length=1, description="exactly the plans of one course"
+    )
     reason: str | None = Field(default=None, max_length=2000)
 
 

@@ -27,7 +27,7 @@ from shared.auth import ClinicalReader, PhysicianOnly
 from shared.calendar import iso_week_bounds
 from shared.errors import NotFound, RuleViolation
 from shared.pagination import Page
-from shared.params import WEEK_PATTERN, RowId, TimeRangeDep
+from shared.params import WEEK_PATTERN, PatientIdQuery, RowId, TimeRangeDep
 
 router = APIRouter(prefix="/v1", tags=["qa"])
 StatusName = Literal["pending", "reviewed_on_time", "reviewed_late", "overdue", "not_imaged"]
@@ -140,7 +140,7 @@ def list_fractions(
     factory: FactoryDep,
     request: Request,
     treated: TimeRangeDep,
-    patient_id: str | None = None,
+    patient_id: PatientIdQuery = None,
     status: StatusName | None = None,
     machine: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,

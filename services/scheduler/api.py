@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.audit import record_access, record_request
 from shared.auth import SchedulingStaff
 from shared.errors import NotFound, RuleViolation
+from shared.params import PATIENT_ID_MAX_CHARS, UidPath
 
 from . import domain
 from .ical import feed
@@ -330,7 +331,7 @@ def list_requests(
     service: ServiceDep,
     factory: FactoryDep,
     request: Request,
-    patient_id: str,
+    patient_id: Annotated[str, Query(min_length=1, max_length=PATIENT_ID_MAX_CHARS)],
     status: Literal["blocked", "ready", "booked", "completed", "cancelled"] | None = None,
 ) -> list[RequestOut]:
     """A patient's simulation requests, newest first (the patient timeline reads them)."""
@@ -701,7 +702,10 @@ def unbooked_scans(
 
 @router.post("/unbooked-scans/{series_instance_uid}/resolve", status_code=204)
 def resolve_scan(
-    series_instance_uid: str, body: ReasonIn, principal: SchedulingStaff, service: ServiceDep
+    series_instance_uid: UidPath,
+    body: ReasonIn,
+    principal: SchedulingStaff,
+    service: ServiceDep,
 ) -> Response:
     """A flagged simulation CT dealt with (booked late, a re-simulation, a test scan): off the
     list; who and why are audited."""

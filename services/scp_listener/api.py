@@ -20,7 +20,7 @@ from shared.audit import record_request
 from shared.auth import DeviceOperator, RecordReader
 from shared.errors import NotFound, RuleViolation
 from shared.pagination import page_of
-from shared.params import TimeRangeDep
+from shared.params import PatientIdQuery, TimeRangeDep, UidPath, UidQuery
 
 router = APIRouter(prefix="/v1", tags=["objects"])
 
@@ -63,9 +63,9 @@ def list_objects(
     factory: FactoryDep,
     request: Request,
     received: TimeRangeDep,
-    patient_id: str | None = None,
+    patient_id: PatientIdQuery = None,
     calling_ae: str | None = None,
-    sop_class_uid: str | None = None,
+    sop_class_uid: UidQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
 ) -> ObjectPage:
@@ -97,7 +97,7 @@ def list_objects(
     },
 )
 def object_content(
-    sop_instance_uid: str,
+    sop_instance_uid: UidPath,
     principal: RecordReader,
     factory: FactoryDep,
     store: StoreDep,
