@@ -170,8 +170,13 @@ def guidance(ctx: CourseContext) -> list[Occurrence]:
         return []  # stereotactic delivery includes guidance; 77401 has none to bill
     # A fact stored twice is harmless here: the latest and the holds read the same either way.
     history: dict[tuple[str | None, int, int | None], list[FractionReviewFacts]] = defaultdict(list)
+    newest: dict[tuple[str | None, int, int | None], FractionReviewFacts] = {}
     for review in ctx.course.reviews:
-        history[(review.plan_uid, review.fraction_group, review.fraction_number)].append(review)
+        key = (review.plan_uid, review.fraction_group, review.fraction_number)
+        history[key].append(review)
+        held = newest.get(key)
+        if held is None or later_revision(review, held):
+            newest[key] = review
     out = []
     course_attrs = ctx.course_attrs()
     # Per distinct (plans, imaging): one attribute mapping, shared by its sessions.
@@ -179,12 +184,15 @@ def guidance(ctx: CourseContext) -> list[Occurrence]:
     for session in ctx.external:
         fractions = session.fractions
         if len(fractions) == 1:  # the common case: no list built
-            revisions = history.get(fractions[0].key, [])
+            revisions = history.get(fractions[0].key)
+            if not revisions:
+                continue
+            latest = [newest[fractions[0].key]]
         else:
             revisions = [r for f in fractions for r in history.get(f.key, ())]
-        if not revisions:
-            continue
-        latest = _latest_per_fraction(revisions) if len(revisions) > 1 else revisions
+            if not revisions:
+                continue
+            latest = [newest[f.key] for f in fractions if f.key in newest]
         reason = _review_hold(latest, revisions)
         if reason == "not_imaged":
             continue
@@ -212,20 +220,19 @@ def guidance(ctx: CourseContext) -> list[Occurrence]:
     return out
 
 
-def _latest_per_fraction(revisions: Sequence[FractionReviewFacts]) -> list[FractionReviewFacts]:
-    latest: dict[tuple[str | None, int, int | None], FractionReviewFacts] = {}
-    for r in revisions:
-        key = (r.plan_uid, r.fraction_group, r.fraction_number)
-        held = latest.get(key)
-        if held is None or later_revision(r, held):
-            latest[key] = r
-    return list(latest.values())  # its readers are order-free (any, sets)
-
-
 def _review_hold(
     latest: Sequence[FractionReviewFacts], revisions: Sequence[FractionReviewFacts]
 ) -> str | None:
     """None when billable; else why not (``not_imaged``: nothing to bill at all)."""
+    if len(latest) == 1:  # the common case: one fraction, approved on time
+        (r,) = latest
+        if (
+            not r.removed
+            and r.review_status != "not_imaged"
+            and r.on_time
+            and r.decision != "rejected"
+        ):
+            return None
     current = [r for r in latest if not r.removed and r.review_status != "not_imaged"]
     approved_on_time = [r for r in current if r.on_time and r.decision != "rejected"]
     if approved_on_time:

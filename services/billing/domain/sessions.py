@@ -225,6 +225,8 @@ def count_sessions(
 def _keys(record: TreatmentRecordFacts) -> list[FractionKey]:
     course = record.plan_uid or f"record:{record.record_uid}"
     group = record.fraction_group or 1  # as the QA tracker keys its fractions
+    if len(record.fraction_numbers) == 1:  # the common case
+        return [(course, group, record.fraction_numbers[0])]
     numbers: list[int | None] = sorted(set(record.fraction_numbers)) or [None]
     if numbers == [None]:
         # Without a fraction number the record is its own fraction.
