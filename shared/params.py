@@ -27,9 +27,10 @@ _TIME_HELP = (
 # An ISO week within those years; a week the year lacks (2026-W53, 2026-W99) is refused by the
 # endpoint with a 422 that names it.
 WEEK_PATTERN = r"^(19|2\d)\d{2}-W\d{2}$"
-# Database row ids are signed 64-bit (PostgreSQL BIGINT, SQLite INTEGER): a larger path id is a
-# 422, not an OverflowError while binding it.
-MAX_ROW_ID = 2**63 - 1
+# Row ids are SQLAlchemy ``Integer`` keys: 32-bit signed on PostgreSQL (INTEGER), wider on
+# SQLite; a larger path id is a 422 before it reaches either (2^63 was a 500 on SQLite, 2^33
+# on PostgreSQL).
+MAX_ROW_ID = 2**31 - 1
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="a row id")]
 # DICOM identifiers at the edge, checked against their VR's limit (PS3.5 table 6.2-1: UI and LO
 # at most 64) which is also the columns' size: a longer one is a 422 here, not a String(64)

@@ -22,6 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import Authenticator
@@ -142,6 +143,18 @@ def create_app(
             422,
             "Value out of range",
             "a number or date in the request is outside the range this API handles",
+            instance=request.url.path,
+        )
+
+    @app.exception_handler(DataError)
+    async def _data_error(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request carried (a number past its column's range,
+        # a string past its length on PostgreSQL); the transaction rolled back, nothing changed.
+        log.info("value refused by the database", path=request.url.path, error=str(exc.orig))
+        return problem(
+            422,
+            "Value out of range",
+            "a value in the request does not fit what the database stores",
             instance=request.url.path,
         )
 

@@ -74,7 +74,7 @@ async def test_calendar_edges_are_422(
 
 
 @pytest.mark.parametrize(("service", "path"), PAGED)
-@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**400, 1e308, "x" * 10])
+@pytest.mark.parametrize("value", [2**31, 2**63, -(2**63) - 1, 10**400, 1e308, "x" * 10])
 async def test_overflowing_cursor_is_422(
     base_settings: dict[str, object], service: str, path: str, value: object
 ) -> None:
@@ -86,7 +86,9 @@ async def test_overflowing_cursor_is_422(
     _problem(await _get(base_settings, service, path, {"cursor": cursor.decode()}))
 
 
-@pytest.mark.parametrize("fraction_id", [str(2**63), str(-(2**63) - 1), str(10**30)])
+@pytest.mark.parametrize(
+    "fraction_id", [str(2**31), str(2**63), str(-(2**63) - 1), str(10**30), "0"]
+)
 async def test_fraction_id_out_of_range_is_4xx(
     base_settings: dict[str, object], fraction_id: str
 ) -> None:
