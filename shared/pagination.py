@@ -48,7 +48,9 @@ def decode_cursor(cursor: str, types: Sequence[type]) -> list[Any]:
             elif kind is int:
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise ValueError("not an int")
-                if not -(2**63) <= value < 2**63:
+                # cursor ints are row ids, Integer keys: 32-bit on PostgreSQL, so a larger
+                # one is refused alike on both backends rather than a DataError on one
+                if not -(2**31) <= value < 2**31:
                     raise ValueError("out of range")
                 out.append(value)
             elif isinstance(value, kind):
