@@ -20,7 +20,7 @@ from shared.auth import issue_dev_token
 from shared.settings import ROLES
 from tests.service_apps import SERVICES, service_app
 
-EXAMPLES = int(os.environ.get("RTOPS_SCHEMATHESIS_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("RTOPS_SCHEMATHESIS_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
 
 
