@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -74,6 +74,7 @@ PDF_MAGIC = b"%PDF-"
 PDF_HEADER_WINDOW = 1024
 
 FetchPdf = Callable[[DocumentReceived], bytes]
+_FiledRow = TypeVar("_FiledRow", DocumentRow, LetterRow)
 NEW_YORK = ZoneInfo("America/New_York")
 
 
@@ -1127,11 +1128,26 @@ class DocumentsService:
     def document(
         self, document_id: str, *, principal: Principal, resource: str
     ) -> tuple[DocumentRow, bytes]:
+        return self._with_file(
+            DocumentRow, document_id, "document", principal=principal, resource=resource
+        )
+
+    def _with_file(
+        self,
+        model: type[_FiledRow],
+        row_id: str,
+        what: str,
+        *,
+        principal: Principal,
+        resource: str,
+    ) -> tuple[_FiledRow, bytes]:
+        """A document's or letter's row and its file's bytes; the read audited."""
         with self._factory.begin() as session:
-            row = session.get(DocumentRow, document_id)
+            row = session.get(model, row_id)
             if row is None:
-                raise NotFound(f"no document {document_id!r}")
-            file = session.get(FileRow, row.sha256)
+                raise NotFound(f"no {what} {row_id!r}")
+            sha = row.sha256 if isinstance(row, DocumentRow) else row.pdf_sha256
+            file = session.get(FileRow, sha)
             assert file is not None
             content = file.content
             record_access(
@@ -1191,23 +1207,9 @@ class DocumentsService:
     def letter_pdf(
         self, letter_id: str, *, principal: Principal, resource: str
     ) -> tuple[LetterRow, bytes]:
-        with self._factory.begin() as session:
-            row = session.get(LetterRow, letter_id)
-            if row is None:
-                raise NotFound(f"no letter {letter_id!r}")
-            file = session.get(FileRow, row.pdf_sha256)
-            assert file is not None
-            content = file.content
-            record_access(
-                session,
-                AuditLog,
-                principal,
-                action="read",
-                resource=resource,
-                patient_ids=[row.patient_id],
-            )
-            session.expunge(row)
-        return row, content
+        return self._with_file(
+            LetterRow, letter_id, "letter", principal=principal, resource=resource
+        )
 
     # ------------------------------------------------------------ letter workflow
 
