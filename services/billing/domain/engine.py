@@ -342,15 +342,13 @@ def _claim_lines(
     line: ServiceLine,
     settings: BillingSettings,
     version: str,
-    modifiers_of: dict[str, list[tuple[str, ...]]] | None = None,
+    modifiers_of: dict[str, list[tuple[str, ...]]],
 ) -> list[Charge]:
+    """``modifiers_of``: each rule's modifier sets, filled on first use (one per evaluation)."""
     rule = line.rule
-    if modifiers_of is None:
-        lines = lines_for(rule, settings)
-    else:
-        lines = modifiers_of.get(rule.id)  # type: ignore[assignment]
-        if lines is None:
-            lines = modifiers_of[rule.id] = lines_for(rule, settings)
+    lines = modifiers_of.get(rule.id)
+    if lines is None:
+        lines = modifiers_of[rule.id] = lines_for(rule, settings)
     status = "hold" if line.hold_reason else "ready"
     prefix = f"{course.course_id}|{rule.code}|{line.key}|"
     return [

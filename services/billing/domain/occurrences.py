@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -61,8 +61,8 @@ class CourseContext:
     plans: Mapping[str, PlanTechnique]
     kind: CourseKind
     superficial: bool
-    # Each session's evidence, computed once: delivery and guidance both name it.
-    evidence: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Each session's evidence by session id, computed once: delivery and guidance both name it.
+    evidence: Mapping[str, tuple[str, ...]]
 
     @property
     def code_set(self) -> str:
@@ -79,8 +79,7 @@ class CourseContext:
         }
 
     def evidence_of(self, session: Session) -> tuple[str, ...]:
-        held = self.evidence.get(session.id)
-        return session.evidence if held is None else held
+        return self.evidence[session.id]
 
     def plans_of(self, uids: Sequence[str]) -> list[PlanTechnique]:
         return [self.plans[u] for u in uids if u in self.plans]
