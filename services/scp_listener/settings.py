@@ -63,6 +63,23 @@ class ScpSettings(RtopsSettings):
         "default var_dir/spool (same filesystem as the object store: a rename, not a copy)",
     )
 
+    scp_processes: int = Field(
+        default=0,
+        ge=0,
+        description="SCP processes serving the DICOM port(s) together (SO_REUSEPORT); 0 = the "
+        "number of CPU cores",
+    )
+    scp_tls_port: int | None = Field(
+        default=None,
+        description="DICOM over TLS on this port, beside the plain port (None: no TLS port)",
+    )
+    scp_tls_cert: Path | None = Field(default=None, description="PEM certificate chain of the SCP")
+    scp_tls_key: Path | None = Field(default=None, description="PEM private key of the SCP")
+    scp_tls_client_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: clients must present a certificate signed by one of these",
+    )
+
     def spool_dir(self) -> Path:
         return self.scp_spool_dir or self.var_dir / "spool"
 
