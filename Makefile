@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run demo test lint format schemas bench bench-qa bench-billing bench-pages bench-documents clean
+.PHONY: help install run demo test lint format schemas bench bench-qa bench-billing bench-pages bench-documents clean audit sbom
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,3 +60,11 @@ bench-pages: install ## staff pages benchmark, 60 days (--days 250: the year; RT
 
 bench-documents: install ## documents: a year's 3,000 courses, plans and checklist query p95, letters/s (SQLite and PostgreSQL)
 	$(BIN)/python -m bench.documents_bench
+
+audit: install ## pip-audit over the locked requirements (red on an advisory with a fix)
+	$(BIN)/python .ci/audit.py
+
+sbom: install ## CycloneDX SBOM of the runtime lock (what the image ships) to var/ci/sbom.cdx.json
+	@mkdir -p var/ci
+	$(BIN)/uv export --frozen --no-hashes --no-dev --no-emit-project --quiet -o var/ci/requirements.runtime.txt
+	$(BIN)/cyclonedx-py requirements --of JSON --output-reproducible -o var/ci/sbom.cdx.json var/ci/requirements.runtime.txt
