@@ -198,7 +198,7 @@ def check_ports(names: list[str]) -> frozenset[int]:
 
 def run(settings: RtopsSettings) -> int:
     from shared.auth import dev_signing_key
-    from shared.natsd import EmbeddedNats, NatsDidNotStart, die_with_parent
+    from shared.natsd import NatsDidNotStart, die_with_parent
 
     names = existing_services()
     lock = lock_var_dir(settings.var_dir)
@@ -221,8 +221,9 @@ def run(settings: RtopsSettings) -> int:
         if not settings.oidc_jwks_url:
             # Made once here, before the services: they and `rtops token` read the same key.
             dev_signing_key(settings)
+        nats_users: dict[str, str] = {}
         if not settings.nats_url:
-            nats = EmbeddedNats(settings.var_dir / "nats", avoid=service_ports).start()
+            nats, nats_users = start_embedded_nats(settings, service_ports)
             env["RTOPS_NATS_URL"] = nats.url
             print(f"rtops: embedded NATS (JetStream) at {nats.url}", flush=True)
         if "RTOPS_UI_SERVICE_URLS" not in env:
@@ -234,7 +235,7 @@ def run(settings: RtopsSettings) -> int:
             # services before the NATS server they drain into.
             children[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
-                env=env,
+                env=env | nats_credentials(name, nats_users),
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
@@ -271,6 +272,48 @@ def run(settings: RtopsSettings) -> int:
         print("rtops: stopped", flush=True)
         give_back_terminal()
     return code
+
+
+def start_embedded_nats(
+    settings: RtopsSettings, service_ports: frozenset[int]
+) -> tuple[EmbeddedNats, dict[str, str]]:
+    """The embedded NATS with a user per service (docs/security_nats.md): its configuration and
+    passwords under var/nats (0600, the passwords made once and kept), the stream created by
+    the admin user. Returns the server and every user's password."""
+    import asyncio
+
+    from pydantic import SecretStr
+
+    from shared.jetstream import set_up_stream
+    from shared.natsauth import ADMIN_USER, write_server_config
+    from shared.natsd import EmbeddedNats, NatsDidNotStart
+
+    nats_dir = settings.var_dir / "nats"
+    config, passwords = write_server_config(
+        nats_dir, stream=settings.stream_name, subject_prefix=settings.subject_prefix
+    )
+    nats = EmbeddedNats(nats_dir, avoid=service_ports, config=config).start()
+    admin = settings.model_copy(
+        update={"nats_user": ADMIN_USER, "nats_password": SecretStr(passwords[ADMIN_USER])}
+    )
+    try:
+        asyncio.run(set_up_stream(admin, nats.url))
+    except Exception as exc:
+        nats.stop()
+        raise NatsDidNotStart(
+            f"the embedded NATS at {nats.url} started, but its admin user could not create "
+            f"stream {settings.stream_name}: {exc or type(exc).__name__} (see "
+            f"{nats_dir / 'nats-server.log'})"
+        ) from None
+    return nats, passwords
+
+
+def nats_credentials(service: str, passwords: dict[str, str]) -> dict[str, str]:
+    """A service's own NATS user for its environment; none on an external NATS (RTOPS_NATS_URL:
+    the operator's Secret sets them, or the bus is open)."""
+    if service not in passwords:
+        return {}
+    return {"RTOPS_NATS_USER": service, "RTOPS_NATS_PASSWORD": passwords[service]}
 
 
 def take_terminal() -> Callable[[], None]:
@@ -343,6 +386,25 @@ def find_signing_key(settings: RtopsSettings) -> str:
     raise CliError(
         f"no running suite found and no var/jwt.key in {cwd} or above; nothing was created: " + how
     )
+
+
+def set_up_external_stream(settings: RtopsSettings) -> None:
+    """``rtops migrate`` on an external NATS: create or update the stream with the admin user's
+    credentials (RTOPS_NATS_USER/RTOPS_NATS_PASSWORD in the migrate job); the services' own
+    users may only look it up."""
+    import asyncio
+
+    from shared.jetstream import set_up_stream
+
+    try:
+        asyncio.run(set_up_stream(settings))
+    except Exception as exc:
+        raise CliError(
+            f"could not create or update stream {settings.stream_name} on "
+            f"{settings.nats_url}: {exc or type(exc).__name__} (the migrate job needs the NATS "
+            "admin user's RTOPS_NATS_USER and RTOPS_NATS_PASSWORD)"
+        ) from None
+    print(f"rtops: stream {settings.stream_name} ready", flush=True)
 
 
 def issue_token(settings: RtopsSettings, user: str, roles: list[str], hours: float) -> str:
@@ -460,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             return run(settings)
         if args.command == "migrate":
             migrate_all(settings, existing_services())
+            if settings.nats_url:
+                set_up_external_stream(settings)
         elif args.command == "token":
             print(issue_token(settings, args.user, args.role, args.hours))
         elif args.command == "schemas":

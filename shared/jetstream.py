@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from shared import natsauth
 from shared.errors import Poison as Poison  # re-exported: handlers raise it
 from shared.errors import TransientError, is_permanent
 from shared.events import SUBJECT_PREFIX, CloudEvent, parse_event
@@ -35,8 +36,35 @@ def subject_for(settings: RtopsSettings, event_type: str) -> str:
     return settings.subject_prefix + event_type.removeprefix(SUBJECT_PREFIX)
 
 
-async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> NATS:
-    """Connect and keep reconnecting forever; outages are logged, not fatal."""
+def connect_options(settings: RtopsSettings, user: str) -> dict[str, object]:
+    """nats-py's ``connect`` options for ``settings``' credentials and TLS: user and password
+    when set, TLS when a CA or client certificate is named, and replies on the user's own inbox
+    prefix (the embedded server lets a user subscribe to its own inbox only)."""
+    options: dict[str, object] = {"inbox_prefix": natsauth.inbox_prefix(settings.nats_user or user)}
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        if settings.nats_password is not None:
+            options["password"] = settings.nats_password.get_secret_value()
+    if settings.nats_tls_ca or settings.nats_tls_cert:
+        options["tls"] = tls_context(settings)
+    return options
+
+
+def tls_context(settings: RtopsSettings) -> ssl.SSLContext:
+    """A client TLS context: the server's certificate checked against ``nats_tls_ca`` (else the
+    system's CAs) and its host name; a client certificate when the server verifies clients."""
+    context = ssl.create_default_context(
+        cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
+    )
+    if settings.nats_tls_cert:
+        key = settings.nats_tls_key
+        context.load_cert_chain(str(settings.nats_tls_cert), str(key) if key else None)
+    return context
+
+
+async def connect(url: str, *, name: str, connect_timeout: float = 5.0, **options: object) -> NATS:
+    """Connect and keep reconnecting forever; outages are logged, not fatal. ``options``: more
+    of nats-py's ``connect`` arguments (``connect_options``: credentials, TLS, inbox prefix)."""
     client = NATS()
 
     async def on_disconnect() -> None:
@@ -62,6 +90,7 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
+        **options,  # type: ignore[arg-type]
     )
     return client
 
@@ -81,6 +110,48 @@ async def ensure_stream(js: JetStreamContext, settings: RtopsSettings) -> None:
         log.info("stream created", stream=settings.stream_name)
     else:
         await js.update_stream(config)
+
+
+class StreamMissing(RuntimeError):
+    """The stream does not exist and this user may not create it."""
+
+
+async def check_stream(js: JetStreamContext, settings: RtopsSettings) -> None:
+    """What a service with its own NATS user does instead of ``ensure_stream``: it may only look
+    the stream up; the admin user creates and updates it (``rtops run``, ``rtops migrate``)."""
+    try:
+        await js.stream_info(settings.stream_name)
+    except NotFoundError:
+        raise StreamMissing(
+            f"stream {settings.stream_name} does not exist and this service's NATS user may "
+            "not create it: run `rtops migrate` with the admin user's credentials"
+        ) from None
+
+
+async def set_up_stream(settings: RtopsSettings, url: str | None = None) -> None:
+    """Create or update the stream as ``settings``' NATS user (the admin: ``rtops run`` for the
+    embedded server, ``rtops migrate`` for an external one), then disconnect."""
+    nc = NATS()
+    await nc.connect(
+        servers=[url or settings.resolved_nats_url()],
+        name="rtops",
+        connect_timeout=5,
+        allow_reconnect=False,
+        **connect_options(settings, natsauth.ADMIN_USER),  # type: ignore[arg-type]
+    )
+    try:
+        await ensure_stream(nc.jetstream(), settings)
+    finally:
+        await nc.close()
+
+
+async def ready_stream(js: JetStreamContext, settings: RtopsSettings) -> None:
+    """On an open bus (no NATS user set: CI's NATS, the tests' server) every service creates or
+    updates the stream, as before credentials; with a user it only checks the stream is there."""
+    if settings.nats_user:
+        await check_stream(js, settings)
+    else:
+        await ensure_stream(js, settings)
 
 
 PUBLISH_ACK_TIMEOUT_S = 5.0
@@ -172,7 +243,7 @@ async def consume(
             *(
                 consume(
                     js,
-                    durable=f"{durable}_{hashlib.sha1(subject.encode()).hexdigest()[:8]}",
+                    durable=natsauth.legacy_durable(durable, subject),
                     filter_subjects=[subject],
                     handler=handler,
                     batch_handler=batch_handler,
@@ -360,9 +431,15 @@ class NatsLink:
         delay = 0.5
         while self.nc is None:
             try:
-                nc = await connect(url, name=self._name)
+                nc = await connect(
+                    url, name=self._name, **connect_options(self._settings, self._name)
+                )
                 js = nc.jetstream()
-                await ensure_stream(js, self._settings)
+                try:
+                    await ready_stream(js, self._settings)
+                except Exception:
+                    await nc.close()
+                    raise
             except Exception as exc:
                 log.warning(
                     "NATS not reachable yet; retrying", url=url, error=str(exc), retry_in_s=delay
@@ -385,8 +462,9 @@ class NatsLink:
         try:
             await publish(self.js, subject_for(self._settings, event_type), body, msg_id)
         except NoRespondersError:
-            # The stream is gone (a wiped server): recreate it; the outbox retries the row.
-            await ensure_stream(self.js, self._settings)
+            # The stream is gone (a wiped server): recreate it where this user may (the admin
+            # does it otherwise); the outbox retries the row.
+            await ready_stream(self.js, self._settings)
             raise
 
     async def consume(

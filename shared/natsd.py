@@ -118,9 +118,13 @@ class EmbeddedNats:
         port: int = 4222,
         host: str = "127.0.0.1",
         avoid: frozenset[int] = frozenset(),
+        config: Path | None = None,
     ) -> None:
         self.store_dir = store_dir
         self.host = host
+        # A configuration file (shared.natsauth.write_server_config: users and permissions);
+        # None is a server without authorization, as the tests' shared one.
+        self.config = config
         # A taken port (another NATS) is not an error: take a free one and tell the services
         # the URL; never one of the ports in ``avoid`` (the services' own, not bound yet).
         self.port = port if port and port not in avoid and port_free(port, host) else 0
@@ -146,6 +150,7 @@ class EmbeddedNats:
                 "-sd",
                 str(self.store_dir),
                 "--no_advertise",
+                *(["-c", str(self.config)] if self.config else []),
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.calendar import CalendarSpec
@@ -73,6 +73,22 @@ class RtopsSettings(BaseSettings):
     nats_url: str | None = Field(
         default=None, description="external NATS; unset means the embedded server of make run"
     )
+    # NATS credentials and TLS (docs/security_nats.md). Unset user: connect without
+    # credentials (an external NATS without authorization, as CI's); `rtops run` sets each
+    # service's own user and password for the embedded server.
+    nats_user: str | None = Field(
+        default=None, description="this service's NATS user (production: from a Secret)"
+    )
+    nats_password: SecretStr | None = Field(
+        default=None, description="the NATS user's password (production: from a Secret)"
+    )
+    nats_tls_ca: Path | None = Field(
+        default=None, description="CA bundle (PEM) that signed the NATS server's certificate"
+    )
+    nats_tls_cert: Path | None = Field(
+        default=None, description="client certificate (PEM) for a NATS that verifies clients"
+    )
+    nats_tls_key: Path | None = Field(default=None, description="the client certificate's key")
     stream_name: str = "RTOPS"
     subject_prefix: str = Field(
         default="rtops",
