@@ -186,6 +186,18 @@ async def test_the_scp_publishes_a_treatment_record_and_the_qa_consumer_receives
     async def handler(received: CloudEvent) -> None:
         got.append(received)
 
+    lags: list[int] = []
+
+    class Observer:  # the backlog gauge reads the consumer's info: its user may
+        def settled(self, durable: str, subject: str, outcome: str) -> None:
+            pass
+
+        def batch(self, durable: str, size: int, seconds: float) -> None:
+            pass
+
+        def lag(self, durable: str, pending: int) -> None:
+            lags.append(pending)
+
     stop = asyncio.Event()
     async with (
         linked(settings_of(secured, "scp_listener", tmp_path), "scp_listener") as scp,
@@ -199,9 +211,11 @@ async def test_the_scp_publishes_a_treatment_record_and_the_qa_consumer_receives
                 handler=handler,
                 policy=ConsumerPolicy(**FAST),  # type: ignore[arg-type]
                 stop=stop,
+                observer=Observer(),
             )
         )
         await eventually(lambda: any(e.id == event.id for e in got), message="the record")
+        await eventually(lambda: lags, message="the backlog gauge")
         stop.set()
         await asyncio.wait_for(task, 10)
     # Acked under the QA tracker's permissions: nothing left for redelivery.
