@@ -171,3 +171,32 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+def production_config(*, stream: str = "RTOPS", subject_prefix: str = "rtops") -> str:
+    """The same users and permissions for an operator's NATS (deploy/nats/rtops-users.conf):
+    nats-server configuration syntax, each password an environment variable of the NATS
+    server's (``$RTOPS_NATS_PASSWORD_<USER>``, from the Secret that also feeds the services)."""
+
+    def password(user: str) -> str:
+        return f"$RTOPS_NATS_PASSWORD_{user.upper()}"
+
+    lines = [
+        "# Generated from shared/natsauth.py by `python -m shared.natsauth`; do not edit (a test",
+        "# compares them). Include it in the NATS server's configuration; see",
+        "# docs/security_nats.md. Passwords come from the server's environment.",
+        "authorization {",
+        "  users = [",
+        f'    {{user: "{ADMIN_USER}", password: {password(ADMIN_USER)}}}',
+    ]
+    for grant in GRANTS:
+        perms = json.dumps(permissions(grant, stream=stream, subject_prefix=subject_prefix))
+        lines.append(
+            f'    {{user: "{grant.service}", password: {password(grant.service)}, '
+            f"permissions: {perms}}}"
+        )
+    return "\n".join([*lines, "  ]", "}", ""])
+
+
+if __name__ == "__main__":
+    print(production_config(), end="")

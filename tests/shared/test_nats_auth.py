@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import stat
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from shared import natsauth
 from shared.events import SUBJECT_PREFIX, CloudEvent
 from shared.events.registry import _BY_TYPE
 from shared.jetstream import ConsumerPolicy, NatsLink, Poison, ensure_stream
-from shared.natsd import EmbeddedNats
+from shared.natsd import EmbeddedNats, server_binary
 from shared.settings import RtopsSettings
 from tests.events import imaging_event, record_event
 from tests.shared.test_jetstream import FAST, eventually
@@ -364,3 +365,42 @@ def test_the_link_connects_with_the_settings_credentials_and_inbox(tmp_path: Pat
     assert options == {"inbox_prefix": "_INBOX_billing", "user": "billing", "password": "pw"}
     open_bus = connect_options(RtopsSettings(var_dir=tmp_path), "billing")
     assert open_bus == {"inbox_prefix": "_INBOX_billing"}
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_production_users_file_is_generated_and_nats_server_accepts_it() -> None:
+    path = REPO / "deploy" / "nats" / "rtops-users.conf"
+    assert path.read_text() == natsauth.production_config(), (
+        "deploy/nats/rtops-users.conf is stale: python -m shared.natsauth > it"
+    )
+    env = {
+        f"RTOPS_NATS_PASSWORD_{user.upper()}": "x"
+        for user in (natsauth.ADMIN_USER, *natsauth.GRANTS_BY_SERVICE)
+    }
+    out = subprocess.run(
+        [server_binary(), "-c", str(path), "-t"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "is valid" in out.stdout + out.stderr, out.stderr
+
+
+def test_each_deployment_connects_as_its_own_user_from_the_secret() -> None:
+    import yaml
+
+    manifests = {
+        "scp-listener": "scp_listener",
+        "qa-tracker": "qa_tracker",
+        "scheduler": "scheduler",
+        "documents": "documents",
+        "billing": "billing",
+        "migrate-job": natsauth.ADMIN_USER,
+    }
+    for manifest, user in manifests.items():
+        docs = yaml.safe_load_all((REPO / "deploy" / "k8s" / f"{manifest}.yaml").read_text())
+        workload = next(d for d in docs if d and d["kind"] in ("Deployment", "Job"))
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RTOPS_NATS_USER"]["value"] == user, manifest
+        secret = env["RTOPS_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "rtops-nats", "key": user}, manifest
