@@ -21,15 +21,48 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.errors import Forbidden, TransientError, Unauthorized
-from shared.settings import ROLES, RtopsSettings, SettingError
+from shared.settings import ROLES, RtopsSettings, SettingError, StaffIdentity
 
 DEV_ISSUER = "rtops-embedded"
 
 
 @dataclass(frozen=True)
 class Principal:
+    """Who calls. ``user`` is the stable identity that audit rows and ownership columns
+    record: the token's ``sub`` (OIDC Core 2: "locally unique and never reassigned within the
+    Issuer"), qualified by the issuer for an external identity provider (``stable_id``). It is
+    never a claim the user may edit: ``preferred_username`` and ``name`` are for display only
+    (OIDC Core 5.7), and so is ``display_name``. ``names``: the DICOM person names the user
+    appears under in plans and records, from the identity mapping keyed by the stable identity
+    (``shared.ui.identity``); empty when the user is not mapped."""
+
     user: str
     roles: frozenset[str]
+    subject: str = ""
+    issuer: str = DEV_ISSUER
+    display_name: str = ""
+    names: tuple[str, ...] = ()
+
+    @property
+    def shown_as(self) -> str:
+        """The name to show people: the display name, else the stable identity."""
+        return self.display_name or self.user
+
+
+def stable_id(subject: str, issuer: str) -> str:
+    """The audited identity of ``subject`` at ``issuer``: the embedded signer's subjects stay
+    plain (``rtops token --user olga`` is ``olga``, as before), an external provider's are
+    ``<issuer>#<sub>``, so two providers' subjects never meet in one audit trail."""
+    return subject if issuer == DEV_ISSUER else f"{issuer.rstrip('/')}#{subject}"
+
+
+def display_name_of(claims: dict[str, Any]) -> str:
+    """``name``, else ``preferred_username``, else empty: shown, never audited or compared."""
+    for claim in ("name", "preferred_username"):
+        value = claims.get(claim)
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:MAX_DISPLAY_CHARS]
+    return ""
 
 
 # The development signer's tokens live at most a working day and a half: `rtops token --hours`
@@ -40,6 +73,10 @@ DEV_TOKEN_MAX_LIFETIME = timedelta(hours=36)
 # at most 64 characters, DICOM PS3.5 table 6.2-1): longer is refused at the edge, not at the
 # database.
 MAX_USER_CHARS = 64
+# A display name is shown only; longer ones are cut, not refused.
+MAX_DISPLAY_CHARS = 200
+# The audit trail's user column holds 200 characters: "<issuer>#<sub>" must fit.
+MAX_ISSUER_CHARS = 200 - MAX_USER_CHARS - 1
 
 KEY_MIN_BYTES = 32  # HS256: a key shorter than the hash (RFC 7518 3.2) is refused
 
@@ -180,6 +217,11 @@ class Authenticator:
                 "RTOPS_OIDC_JWKS_URL is set but RTOPS_OIDC_ISSUER is not: set the "
                 "issuer so that tokens from other issuers are refused"
             )
+        if settings.oidc_issuer and len(settings.oidc_issuer.rstrip("/")) > MAX_ISSUER_CHARS:
+            raise ValueError(
+                f"RTOPS_OIDC_ISSUER is longer than {MAX_ISSUER_CHARS} characters: audit rows "
+                "record users as <issuer>#<sub> in 200 characters"
+            )
         self._jwks = None
         if settings.oidc_jwks_url:
             import jwt
@@ -224,12 +266,57 @@ class Authenticator:
             raise Unauthorized(f"invalid bearer token: {exc}") from exc
         except (TypeError, ValueError, OverflowError) as exc:  # iat/exp that are not numbers
             raise Unauthorized(f"invalid bearer token: {exc}") from exc
-        user = claims.get("preferred_username") or claims["sub"]
-        if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_CHARS:
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_USER_CHARS:
             raise Unauthorized(
-                f"the token's user name must be a string of 1 to {MAX_USER_CHARS} characters"
+                f"the token's subject (sub) must be a string of 1 to {MAX_USER_CHARS} characters"
             )
-        return Principal(user=str(user), roles=frozenset(roles_in(claims, s.roles_claim)))
+        # jwt.decode checked iss against the one issuer this deployment trusts.
+        issuer = str(claims["iss"]) if self._jwks is not None else DEV_ISSUER
+        identity = mapped_identity(s, subject, issuer, claims)
+        return Principal(
+            user=stable_id(subject, issuer),
+            roles=frozenset(roles_in(claims, s.roles_claim)),
+            subject=subject,
+            issuer=issuer,
+            display_name=display_name_of(claims),
+            names=tuple(identity.dicom_names),
+        )
+
+
+def mapped_identity(
+    settings: RtopsSettings, subject: str, issuer: str, claims: dict[str, Any] | None = None
+) -> StaffIdentity:
+    """The DICOM person names and NPI of a user: the verified token's claims
+    (``RTOPS_OIDC_NAMES_CLAIM``, ``RTOPS_OIDC_NPI_CLAIM``: claims the provider's administrators
+    set, not the user) win, else ``RTOPS_UI_IDENTITIES`` under one of ``stable_keys``."""
+    mapped = next(
+        (
+            settings.ui_identities[k]
+            for k in stable_keys(subject, issuer)
+            if k in settings.ui_identities
+        ),
+        StaffIdentity(),
+    )
+    claims = claims or {}
+    names = _names(claims.get(settings.oidc_names_claim)) or mapped.dicom_names
+    npi = claims.get(settings.oidc_npi_claim) or mapped.npi
+    return StaffIdentity(dicom_names=names, npi=str(npi) if npi else None)
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [v.strip() for v in value if isinstance(v, str) and v.strip()]
+
+
+def stable_keys(subject: str, issuer: str) -> list[str]:
+    """The keys ``RTOPS_UI_IDENTITIES`` may use for a user: the stable identity, or the bare
+    ``sub`` (never reassigned by the one issuer the suite trusts); never a user name or an
+    e-mail address, which the user may change at the provider."""
+    return list(dict.fromkeys([stable_id(subject, issuer), subject]))
 
 
 def roles_in(claims: dict[str, Any], claim: str) -> list[str]:
@@ -259,7 +346,7 @@ def require_roles(*roles: str) -> Any:
         if not principal.roles & set(roles):
             raise Forbidden(
                 f"this needs one of the roles {', '.join(roles)}; "
-                f"{principal.user} has {', '.join(sorted(principal.roles)) or 'none'}"
+                f"{principal.shown_as} has {', '.join(sorted(principal.roles)) or 'none'}"
             )
         return principal
 

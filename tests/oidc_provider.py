@@ -3,7 +3,9 @@
 made per provider. It runs on real HTTP (uvicorn in a thread) so that the service under test
 talks to it exactly as to a hospital's provider.
 
-``provider.users`` holds who can sign in (name -> extra ID-token claims); ``provider.auto``
+``provider.users`` holds who can sign in (name -> extra claims of the ID and access tokens:
+``sub`` is ``sub-<name>`` unless given, ``preferred_username`` the name unless given, so a
+user may claim another's username, as providers let users do); ``provider.auto``
 names the user the authorization endpoint signs in without a form (None shows a form).
 Knobs for the failure cases: ``wrong_nonce``, ``access_roles`` (roles put in the access token
 instead of the user's own).
@@ -157,6 +159,9 @@ class Provider:
                     "sub": f"sub-{grant.user}",
                     "aud": AUDIENCE,
                     "preferred_username": grant.user,
+                    # The user's claims as in the ID token (a name, preferred_username, DICOM
+                    # names): an API sees who the pages see.
+                    **{k: v for k, v in claims.items() if k not in ("roles", "email")},
                     "roles": roles if self.access_roles is None else self.access_roles,
                 }
             )

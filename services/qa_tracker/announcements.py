@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
+from services.qa_tracker import domain
+from services.qa_tracker.assessment import review_facts
 from services.qa_tracker.keys import FractionKey
 from services.qa_tracker.store import Fraction, FractionRevision
 from services.qa_tracker.store.rebuild_queries import revisions_of
@@ -26,6 +28,7 @@ from shared.events.qa import FractionAssessed, ReviewDocumented
 from shared.outbox import emit, emit_many
 
 REMOVED = "removed"  # the digest of a fraction that is gone
+LATE, BACKDATED = domain.ReviewStatus.REVIEWED_LATE.value, domain.ReviewStatus.REVIEWED_BACKDATED
 
 
 def about(fraction: Fraction) -> dict[str, Any]:
@@ -40,9 +43,13 @@ def about(fraction: Fraction) -> dict[str, Any]:
     }
 
 
-def announce_review(session: Session, fraction: Fraction, review: Any) -> None:
-    """After the fraction's verdict: the event carries its due time and override need."""
+def announce_review(
+    session: Session, fraction: Fraction, review: Any, policy: domain.ReviewPolicy
+) -> None:
+    """After the fraction's verdict: the event carries its due time and override need; a
+    backdated review is on time only by when it was recorded (``domain.shown_at``)."""
     due = fraction.due_at
+    shown = domain.shown_at(review_facts(review), policy)
     payload = ReviewDocumented(
         **about(fraction),
         review_id=review.id,
@@ -50,7 +57,7 @@ def announce_review(session: Session, fraction: Fraction, review: Any) -> None:
         physician=review.physician,
         reviewed_at=review.reviewed_at,
         due_at=due,
-        on_time=due is None or review.reviewed_at <= due,
+        on_time=due is None or shown <= due,
         override_required=fraction.override_required,
         override_reason=review.override_reason,
         origin=review.source,
@@ -69,7 +76,9 @@ def verdict_fields(fraction: Fraction, reviews: Sequence[Any]) -> dict[str, Any]
     return {
         **_key_fields(fraction),
         "removed": False,
-        "review_status": fraction.review_status,
+        # Version 1 of the event knows no "reviewed_backdated": it is sent as late, so no
+        # consumer (billing) takes a backdated review for one on time.
+        "review_status": LATE if fraction.review_status == BACKDATED else fraction.review_status,
         "on_time": fraction.review_status == "reviewed_on_time",
         "due_at": _iso(fraction.due_at),
         "treated_at": _iso(fraction.treated_at),

@@ -12,10 +12,11 @@ from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.qa_tracker import domain
+from services.qa_tracker.assessment import review_facts
 from services.qa_tracker.overdue import status_at
 from services.qa_tracker.report import weekly_body, weekly_csv, weekly_html
 from services.qa_tracker.service import NewReview, QaService
-from services.qa_tracker.store import AuditLog, Fraction
+from services.qa_tracker.store import AuditLog, Fraction, ReviewRow
 from services.qa_tracker.store.reads import (
     FractionFilter,
     evidence_of,
@@ -30,7 +31,9 @@ from shared.pagination import Page
 from shared.params import WEEK_PATTERN, PatientIdQuery, RowId, TimeRangeDep
 
 router = APIRouter(prefix="/v1", tags=["qa"])
-StatusName = Literal["pending", "reviewed_on_time", "reviewed_late", "overdue", "not_imaged"]
+StatusName = Literal[
+    "pending", "reviewed_on_time", "reviewed_late", "reviewed_backdated", "overdue", "not_imaged"
+]
 
 
 def _service(request: Request) -> QaService:
@@ -72,8 +75,17 @@ class ReviewIn(BaseModel):
     )
     reviewed_at: AwareDatetime | None = Field(
         default=None,
-        description="default now; an earlier time records a review documented "
-        "elsewhere; never in the future",
+        description="default now; an earlier time records a review documented elsewhere "
+        "(further back than the policy's backdate tolerance, default 60 minutes, it needs "
+        "backdate_reason and documented_in); never in the future",
+    )
+    backdate_reason: str | None = Field(
+        default=None, max_length=4000, description="why a backdated review is documented late"
+    )
+    documented_in: str | None = Field(
+        default=None,
+        max_length=200,
+        description='the system a backdated review was first documented in, e.g. "ARIA"',
     )
 
 
@@ -82,9 +94,26 @@ class ReviewOut(BaseModel):
     decision: str
     comment: str | None
     override_reason: str | None
-    reviewed_at: datetime
-    physician: str
+    reviewed_at: datetime = Field(description="when the review says it happened")
+    recorded_at: datetime = Field(description="when rtops recorded it (the server's clock)")
+    backdated: bool = Field(
+        description="documented by a person more than the backdate tolerance after reviewed_at"
+    )
+    backdate_reason: str | None
+    documented_in: str | None
+    physician: str = Field(description="the reviewer's DICOM person name, or stable identity")
+    recorded_by: str | None = Field(description="the stable identity that recorded it")
     source: str
+
+
+def review_out(row: ReviewRow, policy: domain.ReviewPolicy) -> ReviewOut:
+    facts = review_facts(row)
+    return ReviewOut.model_validate(
+        {
+            **{k: getattr(row, k) for k in ReviewOut.model_fields if k != "backdated"},
+            "backdated": domain.is_backdated(facts.reviewed_at, facts.recorded_at, policy),
+        }
+    )
 
 
 class ImagingOut(BaseModel):
@@ -183,7 +212,7 @@ def get_fraction(
                 RegistrationOut.model_validate(r, from_attributes=True)
                 for r in evidence.registrations
             ],
-            reviews=[ReviewOut.model_validate(r, from_attributes=True) for r in evidence.reviews],
+            reviews=[review_out(r, service.policy) for r in evidence.reviews],
         )
 
 
@@ -195,7 +224,8 @@ def post_review(
     service: ServiceDep,
     request: Request,
 ) -> ReviewOut:
-    """Document a physician's review of the fraction's images and shifts."""
+    """Document a physician's review of the fraction's images and shifts. 403 when the review
+    policy's ``reviewers`` setting does not let this physician review this fraction."""
     review = service.add_review(
         fraction_id,
         NewReview(
@@ -203,11 +233,13 @@ def post_review(
             comment=body.comment,
             override_reason=body.override_reason,
             reviewed_at=body.reviewed_at,
+            backdate_reason=body.backdate_reason,
+            documented_in=body.documented_in,
         ),
         principal=principal,
         resource=request.url.path,
     )
-    return ReviewOut.model_validate(review, from_attributes=True)
+    return review_out(review, service.policy)
 
 
 @router.get("/flags")

@@ -8,6 +8,8 @@ from typing import Any
 from services.qa_tracker import domain
 from services.qa_tracker.store import Fraction
 
+DOCUMENTED = "api"  # ReviewRow.source of a review documented by a person (API or pages)
+
 
 def store_verdict(fraction: Fraction, reviews: Sequence[Any], policy: domain.ReviewPolicy) -> None:
     """``reviews``: the fraction's review rows (ORM objects or plain rows)."""
@@ -37,10 +39,18 @@ def facts_of(fraction: Fraction, reviews: Sequence[Any]) -> domain.FractionFacts
         correction=correction,
         technique=fraction.technique,
         site=fraction.site,
-        reviews=[
-            domain.Review(
-                domain.Decision(r.decision), r.reviewed_at, r.physician, r.override_reason
-            )
-            for r in reviews
-        ],
+        reviews=[review_facts(r) for r in reviews],
+    )
+
+
+def review_facts(row: Any) -> domain.Review:
+    """A review row (ORM object or plain row) as the rules see it: its record time counts
+    only for reviews people documented (``source`` "api"); a device's approval carries the
+    time it was made."""
+    return domain.Review(
+        domain.Decision(row.decision),
+        row.reviewed_at,
+        row.physician,
+        row.override_reason,
+        recorded_at=row.recorded_at if row.source == DOCUMENTED else None,
     )

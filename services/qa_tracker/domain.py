@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
@@ -25,12 +25,34 @@ class ReviewStatus(StrEnum):
     PENDING = "pending"
     REVIEWED_ON_TIME = "reviewed_on_time"
     REVIEWED_LATE = "reviewed_late"
+    # Documented after the due time with a reviewed_at before it, further back than the
+    # policy's backdate_tolerance: attested on time, not shown on time (issue 15).
+    REVIEWED_BACKDATED = "reviewed_backdated"
     OVERDUE = "overdue"
 
 
 class Decision(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
+
+
+class Reviewers(StrEnum):
+    """Who may document a review of a fraction through the API or the pages."""
+
+    OWN = "own"  # only the fraction's physician
+    COVERING = "covering"  # the fraction's physician, or one covering for them that day
+    ANY = "any"  # any physician
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """``covered_by`` reviews for ``physician`` (DICOM person names) from ``first`` to
+    ``last``, both clinic days included."""
+
+    physician: str
+    covered_by: tuple[str, ...]
+    first: date
+    last: date
 
 
 @dataclass(frozen=True)
@@ -56,6 +78,11 @@ class ReviewPolicy:
     tolerances: Mapping[str, Tolerance] = field(
         default_factory=lambda: {"SBRT": Tolerance(translation_mm=2.0, rotation_deg=1.0)}
     )
+    # A review dated further back than this before it was recorded is backdated: it needs a
+    # reason and the system it was documented in, and it never counts as on time by its date.
+    backdate_tolerance: timedelta = timedelta(hours=1)
+    reviewers: Reviewers = Reviewers.COVERING
+    coverage: Sequence[Coverage] = ()
 
 
 @dataclass(frozen=True)
@@ -81,10 +108,15 @@ class Correction:
 
 @dataclass(frozen=True)
 class Review:
+    """``recorded_at``: when a person documented it in rtops (the server's clock); None for a
+    review a device attested (an RT Image approval carries its own review time), which the
+    backdating rule does not apply to."""
+
     decision: Decision
     reviewed_at: datetime
     physician: str
     override_reason: str | None = None
+    recorded_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +175,56 @@ def exceeds(correction: Correction | None, tolerance: Tolerance) -> bool:
     )
 
 
+# ---------------------------------------------------------------- backdating
+
+
+def is_backdated(reviewed_at: datetime, recorded_at: datetime | None, policy: ReviewPolicy) -> bool:
+    """Dated more than ``backdate_tolerance`` before it was recorded (the limit itself is not)."""
+    return recorded_at is not None and recorded_at - reviewed_at > policy.backdate_tolerance
+
+
+def shown_at(review: Review, policy: ReviewPolicy) -> datetime:
+    """When rtops can show the review happened: its own time, or for a backdated one the time
+    it was recorded (what it says happened earlier is an attestation, counted apart)."""
+    if is_backdated(review.reviewed_at, review.recorded_at, policy):
+        return review.recorded_at  # type: ignore[return-value]
+    return review.reviewed_at
+
+
+# ---------------------------------------------------------------- who may review
+
+
+def may_review(
+    policy: ReviewPolicy, reviewer: Sequence[str], physician: str | None, day: date
+) -> str | None:
+    """None when a physician known by the DICOM names ``reviewer`` may review a fraction of
+    ``physician`` on clinic day ``day``; else why not. A fraction with no physician (its plan
+    names none) is open to any physician: nobody else could review it."""
+    if policy.reviewers == Reviewers.ANY or not physician:
+        return None
+    if not reviewer:
+        return (
+            "your sign-in is not mapped to a DICOM person name (RTOPS_UI_IDENTITIES or the "
+            "identity provider's names claim), so rtops cannot tell whose fractions are yours"
+        )
+    if physician in reviewer:
+        return None
+    if policy.reviewers == Reviewers.COVERING:
+        covering = any(
+            c.physician == physician
+            and c.first <= day <= c.last
+            and bool(set(c.covered_by) & set(reviewer))
+            for c in policy.coverage
+        )
+        if covering:
+            return None
+        return (
+            f"this fraction is {physician}'s; the review policy lets only them or a physician "
+            f"covering for them on {day.isoformat()} (the policy's coverage list) review it"
+        )
+    return f"this fraction is {physician}'s; the review policy lets only them review it"
+
+
 # ---------------------------------------------------------------- status
 
 
@@ -150,9 +232,10 @@ def verdict(fraction: FractionFacts, policy: ReviewPolicy) -> Assessment:
     """The verdict as stored, without the clock: an unreviewed imaged fraction is PENDING
     with its due time (``overdue.status_at`` turns it into OVERDUE when read).
 
-    The first review (approved or rejected) is the documented review; it is on time when
-    documented at or before the due time. A rejected review stays a review, flagged
-    ``rejected`` until a later review approves.
+    Any review (approved or rejected) documents the review; the fraction is reviewed on time
+    when one is shown (``shown_at``) at or before the due time. Failing that, a backdated
+    review dated at or before the due time makes it ``reviewed_backdated``; else it is late.
+    A rejected review stays a review, flagged ``rejected`` until a later review approves.
     """
     tolerance = tolerance_for(policy, technique=fraction.technique, site=fraction.site)
     override_required = fraction.imaged and exceeds(fraction.correction, tolerance)
@@ -163,8 +246,12 @@ def verdict(fraction: FractionFacts, policy: ReviewPolicy) -> Assessment:
         return Assessment(ReviewStatus.NOT_IMAGED, None, False, override_documented, rejected)
     due = due_at(fraction, policy)
     if reviews:
-        on_time = reviews[0].reviewed_at <= due
-        status = ReviewStatus.REVIEWED_ON_TIME if on_time else ReviewStatus.REVIEWED_LATE
+        if min(shown_at(r, policy) for r in reviews) <= due:
+            status = ReviewStatus.REVIEWED_ON_TIME
+        elif reviews[0].reviewed_at <= due:  # only a backdated review claims it was on time
+            status = ReviewStatus.REVIEWED_BACKDATED
+        else:
+            status = ReviewStatus.REVIEWED_LATE
     else:
         status = ReviewStatus.PENDING
     return Assessment(status, due, override_required, override_documented, rejected)
@@ -196,11 +283,15 @@ class Tally:
     imaged_fractions: int
     reviewed_on_time: int
     reviewed_late: int
+    reviewed_backdated: int
     overdue: int
     pending: int
     overrides_required: int
     overrides_documented: int
     compliance_pct: float | None  # reviewed on time / imaged fractions x 100
+    # (on time + backdated) / imaged x 100: what compliance would be if every backdated
+    # review's attested time were taken at its word.
+    attested_compliance_pct: float | None
 
     def as_dict(self) -> dict[str, int | float | None]:
         return dict(self.__dict__)
@@ -213,10 +304,12 @@ def tally(rows: Iterable[SummaryRow]) -> Tally:
         counts[r.status] += r.count
     total = sum(counts.values())
     on_time = counts[ReviewStatus.REVIEWED_ON_TIME]
+    backdated = counts[ReviewStatus.REVIEWED_BACKDATED]
     return Tally(
         imaged_fractions=total,
         reviewed_on_time=on_time,
         reviewed_late=counts[ReviewStatus.REVIEWED_LATE],
+        reviewed_backdated=backdated,
         overdue=counts[ReviewStatus.OVERDUE],
         pending=counts[ReviewStatus.PENDING],
         overrides_required=sum(r.count for r in imaged if r.override_required),
@@ -224,6 +317,7 @@ def tally(rows: Iterable[SummaryRow]) -> Tally:
             r.count for r in imaged if r.override_required and r.override_documented
         ),
         compliance_pct=round(100.0 * on_time / total, 1) if total else None,
+        attested_compliance_pct=round(100.0 * (on_time + backdated) / total, 1) if total else None,
     )
 
 

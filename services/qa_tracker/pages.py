@@ -35,7 +35,7 @@ from services.qa_tracker.store.reads import (
 from shared.audit import record_request
 from shared.auth import CLINICAL_STAFF
 from shared.calendar import iso_week_bounds, iso_week_of
-from shared.errors import NotFound, RuleViolation
+from shared.errors import Forbidden, NotFound, RuleViolation
 from shared.ui import NavLink, Session, page_router, person_name
 from shared.ui.patients import PATIENTS, timeline_router
 
@@ -207,7 +207,7 @@ def review(
     """Approve or reject from the worklist (htmx swaps the row for the answer)."""
     service = _service(request)
     factory = request.app.state.session_factory
-    error = None
+    error, status = None, 200
     with factory() as session:
         fraction = session.get(Fraction, fraction_id)
         if fraction is None:
@@ -215,6 +215,7 @@ def review(
         override_required = fraction.override_required and not fraction.override_documented
     if override_required and not override_reason.strip():
         error = "The shift exceeds tolerance: give an override reason to acknowledge it."
+        status = 422
     else:
         try:
             service.add_review(
@@ -224,13 +225,14 @@ def review(
                     comment=comment.strip() or None,
                     override_reason=override_reason.strip() or None,
                     reviewed_at=None,
-                    physician=user.names[0] if user.names else None,
                 ),
+                # The reviewer's DICOM names come with the session (mapped at sign-in by the
+                # stable identity), never from the form.
                 principal=user.principal,
                 resource=request.url.path,
             )
-        except (RuleViolation, NotFound) as exc:
-            error = str(exc)
+        except (RuleViolation, NotFound, Forbidden) as exc:
+            error, status = str(exc), exc.status
     with factory() as session:
         fraction = session.get(Fraction, fraction_id)
         if fraction is None:
@@ -250,7 +252,7 @@ def review(
             "_worklist_row.html",
             {"row": row, "can_review": True},
             session=user,
-            status_code=422 if error else 200,
+            status_code=status,
         )
 
 
@@ -374,6 +376,7 @@ def compliance(request: Request, user: Reader, week: str | None = None) -> Respo
             "next": iso_week_of(local + timedelta(days=7)),
             "chart": Markup(report.weekly_chart(body["by_machine"])),  # escaped inside
             "columns": report.CSV_COLUMNS,
+            "labels": report.COLUMN_LABELS,
         },
         session=user,
     )

@@ -133,7 +133,7 @@ class Rebuilder:
         for fraction, its_reviews in assessed:
             store_verdict(fraction, its_reviews, self._policy)
         for key, review in announce:
-            announce_review(session, fractions[key], review)
+            announce_review(session, fractions[key], review, self._policy)
         removed = []
         for gone in stored.values():  # e.g. a record revision renumbered its fraction
             # Its adopted approvals went with their images; reviews documented through the

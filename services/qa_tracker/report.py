@@ -19,6 +19,7 @@ from shared.calendar import iso_week_of
 _SEGMENTS = (
     ("reviewed_on_time", "Reviewed on time", "#2e7d32"),
     ("reviewed_late", "Reviewed late", "#f9a825"),
+    ("reviewed_backdated", "Backdated", "#8e24aa"),
     ("overdue", "Overdue", "#c62828"),
     ("pending", "Pending", "#90a4ae"),
 )
@@ -26,12 +27,16 @@ _COLUMNS = (
     ("imaged_fractions", "Imaged"),
     ("reviewed_on_time", "On time"),
     ("reviewed_late", "Late"),
+    # Documented after the due time, dated before it (issue 15): not on time.
+    ("reviewed_backdated", "Backdated"),
     ("overdue", "Overdue"),
     ("pending", "Pending"),
     ("overrides_required", "Overrides required"),
     ("overrides_documented", "documented"),
     ("compliance_pct", "Compliance %"),
+    ("attested_compliance_pct", "with backdated %"),
 )
+COLUMN_LABELS = dict(_COLUMNS)
 
 
 def _chart(by_machine: dict[str, dict[str, Any]]) -> str:
@@ -58,8 +63,8 @@ def _chart(by_machine: dict[str, dict[str, Any]]) -> str:
     legend_y = height - 10
     for i, (_, title, colour) in enumerate(_SEGMENTS):
         parts.append(
-            f'<rect x="{label + i * 130}" y="{legend_y - 10}" width="10" height="10" '
-            f'fill="{colour}"/><text x="{label + i * 130 + 14}" y="{legend_y}">'
+            f'<rect x="{label + i * 100}" y="{legend_y - 10}" width="10" height="10" '
+            f'fill="{colour}"/><text x="{label + i * 100 + 14}" y="{legend_y}">'
             f"{title}</text>"
         )
     parts.append("</svg>")
@@ -89,12 +94,22 @@ def weekly_html(body: dict[str, Any]) -> str:
         f"<h1>IGRT image-review compliance, week {escape(body['week'])}</h1>"
         f"<p>{escape(body['from'][:10])} to {escape(body['to'][:10])} (exclusive). "
         f"Compliance: <strong>{'n/a' if pct is None else f'{pct}%'}</strong> of "
-        f"{body['imaged_fractions']} imaged fractions reviewed on time.</p>"
+        f"{body['imaged_fractions']} imaged fractions reviewed on time"
+        f"{_backdated_note(body)}.</p>"
         f"{_chart(body['by_machine'])}"
         f"{_table('Total', {'All machines': total})}"
         f"{_table('By machine', body['by_machine'])}"
         f"{_table('By physician', body['by_physician'])}"
         "</body></html>"
+    )
+
+
+def _backdated_note(body: dict[str, Any]) -> str:
+    if not body["reviewed_backdated"]:
+        return ""
+    return (
+        f"; {body['reviewed_backdated']} more documented late but dated on time (backdated), "
+        f"{body['attested_compliance_pct']}% with them"
     )
 
 

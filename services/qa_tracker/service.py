@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from pydantic import BaseModel
@@ -33,8 +33,8 @@ from services.qa_tracker.store.reads import (
 )
 from services.qa_tracker.store.rebuild_queries import patients_with_facts
 from shared.audit import record_access
-from shared.auth import Principal
-from shared.errors import NotFound, RuleViolation
+from shared.auth import DEV_ISSUER, Principal
+from shared.errors import Forbidden, NotFound, RuleViolation
 from shared.events import (
     CloudEvent,
     DigestItem,
@@ -60,15 +60,32 @@ class OpenFlag(BaseModel):
     link: str
 
 
+# A reviewed_at this far ahead of the server's clock is the caller's clock running fast, taken
+# as now; further ahead it is refused.
+CLOCK_SKEW = timedelta(minutes=2)
+
+
 @dataclass(frozen=True)
 class NewReview:
+    """A review as documented: ``reviewed_at`` None is now; one dated further back than the
+    policy's backdate tolerance needs ``backdate_reason`` and ``documented_in``. Who reviewed
+    is never part of it: it is the principal recording it (``reviewer_names``)."""
+
     decision: domain.Decision
     comment: str | None
     override_reason: str | None
     reviewed_at: datetime | None
-    # The reviewer as the record names them: the DICOM name the pages' sign-in maps the user
-    # to; None: the authenticated user (a bearer token's). The audit keeps the authenticated one.
-    physician: str | None = None
+    backdate_reason: str | None = None
+    documented_in: str | None = None
+
+
+def reviewer_names(principal: Principal) -> tuple[str, ...]:
+    """The DICOM person names a reviewer goes by: the identity mapping's, keyed by the stable
+    identity (``Principal.names``); in the embedded setup, failing a mapping, the development
+    user name itself (``rtops token --user Oncologist^Olga``), as the pages' worklist does."""
+    if principal.names:
+        return principal.names
+    return (principal.user,) if principal.issuer == DEV_ISSUER else ()
 
 
 class QaService:
@@ -140,29 +157,61 @@ class QaService:
     def add_review(
         self, fraction_id: int, review: NewReview, *, principal: Principal, resource: str
     ) -> ReviewRow:
+        """Record ``review`` by ``principal`` (``recorded_at`` is now). ``RuleViolation`` for
+        a time in the future, before the treatment, or backdated without reason; ``Forbidden``
+        (audited as "refused") when the review policy does not let this physician review it."""
         now = self._now()
         reviewed_at = review.reviewed_at or now
         if reviewed_at.tzinfo is None:
             raise RuleViolation("reviewed_at needs a UTC offset, e.g. 2026-11-24T09:00:00-05:00")
-        if reviewed_at > now:
+        if reviewed_at > now + CLOCK_SKEW:
             raise RuleViolation(
                 "reviewed_at is in the future; a review is documented when it "
                 "happened, at the latest now"
+            )
+        reviewed_at = min(reviewed_at, now)
+        backdated = domain.is_backdated(reviewed_at, now, self._policy)
+        reason, system = _text(review.backdate_reason), _text(review.documented_in)
+        names = reviewer_names(principal)
+        with self._factory.begin() as session:
+            fraction = session.get(Fraction, fraction_id)
+            if fraction is None:
+                raise NotFound(f"no fraction {fraction_id}")
+            patient_id, treated_at = fraction.patient_id, fraction.treated_at
+            day = now.astimezone(self._policy.calendar.zone).date()
+            refusal = domain.may_review(self._policy, names, fraction.physician, day)
+        if refusal is not None:
+            self._refuse(principal, resource, patient_id, refusal)
+        if reviewed_at < treated_at:
+            raise RuleViolation("reviewed_at is before the fraction was treated")
+        if backdated and not (reason and system):
+            minutes = self._policy.backdate_tolerance.total_seconds() / 60
+            raise RuleViolation(
+                f"reviewed_at is more than {minutes:g} minutes before now (backdated): give "
+                "backdate_reason (why it is documented late) and documented_in (the system "
+                'it was first documented in, e.g. "ARIA" or "paper chart")'
             )
         with self._factory.begin() as session:
             fraction = session.get(Fraction, fraction_id)
             if fraction is None:
                 raise NotFound(f"no fraction {fraction_id}")
-            if reviewed_at < fraction.treated_at:
-                raise RuleViolation("reviewed_at is before the fraction was treated")
             row = ReviewRow(
                 fraction_id=fraction_id,
                 decision=review.decision.value,
                 comment=review.comment,
                 override_reason=review.override_reason,
                 reviewed_at=reviewed_at,
-                physician=review.physician or principal.user,
+                # The fraction's physician when the reviewer goes by that name, else their
+                # first; unmapped (any physician may review): the stable identity.
+                physician=(
+                    fraction.physician
+                    if fraction.physician in names
+                    else (names[0] if names else principal.user)
+                ),
                 recorded_at=now,
+                recorded_by=principal.user,
+                backdate_reason=reason,
+                documented_in=system,
                 source="api",
                 source_ref=str(uuid.uuid4()),
             )
@@ -170,7 +219,7 @@ class QaService:
             session.flush()
             reviews = reviews_of(session, fraction_id)
             store_verdict(fraction, reviews, self._policy)
-            announce_review(session, fraction, row)
+            announce_review(session, fraction, row, self._policy)
             publish_assessed(session, [(fraction, reviews)])
             record_access(
                 session,
@@ -182,6 +231,20 @@ class QaService:
             )
         self._on_commit()
         return row
+
+    def _refuse(self, principal: Principal, resource: str, patient_id: str, why: str) -> None:
+        """Audit a review the policy refused (its own transaction: nothing else is written),
+        then refuse it."""
+        with self._factory.begin() as session:
+            record_access(
+                session,
+                AuditLog,
+                principal,
+                action="refused",
+                resource=resource,
+                patient_ids=[patient_id],
+            )
+        raise Forbidden(why)
 
     # ------------------------------------------------------------ overdue sweep
 
@@ -270,3 +333,7 @@ class QaService:
         if sent:
             self._on_commit()
         return sent
+
+
+def _text(value: str | None) -> str | None:
+    return value.strip() or None if value else None

@@ -1,35 +1,27 @@
 """Who a signed-in user is in the department's DICOM: worklists are keyed by the person names
-that plans and records carry ("Oncologist^Olga"), sign-in gives a subject or a typed name.
+that plans and records carry ("Oncologist^Olga"), sign-in gives a subject.
 
 The identity provider's claim wins (``RTOPS_OIDC_NAMES_CLAIM``, ``RTOPS_OIDC_NPI_CLAIM``);
-otherwise ``RTOPS_UI_IDENTITIES`` maps the user's subject, preferred_username, email or
-development sign-in name. No mapping gives no names: the pages then say so.
+otherwise ``RTOPS_UI_IDENTITIES`` maps the user's stable identity: the development sign-in
+name, or the OIDC subject (``sub``, or ``<issuer>#<sub>``). Never the ``preferred_username``
+or e-mail address, which a user may change at the provider to take someone else's names
+(issue 15). No mapping gives no names: the pages then say so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from shared.auth import DEV_ISSUER, mapped_identity
 from shared.settings import RtopsSettings, StaffIdentity
 
 
 def staff_identity(
-    settings: RtopsSettings, keys: Iterable[str | None], claims: Mapping[str, Any] | None = None
+    settings: RtopsSettings,
+    subject: str,
+    issuer: str = DEV_ISSUER,
+    claims: Mapping[str, Any] | None = None,
 ) -> StaffIdentity:
-    mapped = next(
-        (settings.ui_identities[k] for k in keys if k and k in settings.ui_identities),
-        StaffIdentity(),
-    )
-    claims = claims or {}
-    names = _names(claims.get(settings.oidc_names_claim)) or mapped.dicom_names
-    npi = claims.get(settings.oidc_npi_claim) or mapped.npi
-    return StaffIdentity(dicom_names=names, npi=str(npi) if npi else None)
-
-
-def _names(value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        return []
-    return [v.strip() for v in value if isinstance(v, str) and v.strip()]
+    """The DICOM names and NPI of ``subject`` at ``issuer`` (see ``shared.auth``)."""
+    return mapped_identity(settings, subject, issuer, dict(claims or {}))

@@ -21,7 +21,7 @@ from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from shared.auth import Authenticator, roles_in
+from shared.auth import MAX_USER_CHARS, Authenticator, display_name_of, roles_in, stable_id
 from shared.errors import RtopsError, TransientError, Unauthorized
 from shared.settings import RtopsSettings
 
@@ -32,10 +32,13 @@ ALGORITHMS = ["RS256", "ES256", "PS256"]
 
 @dataclass(frozen=True)
 class SignedIn:
-    """What the provider said about the user, verified."""
+    """What the provider said about the user, verified: ``user`` is the stable identity
+    (``shared.auth.stable_id`` of ``subject`` at ``issuer``), ``display`` the name shown."""
 
     subject: str
+    issuer: str
     user: str
+    display: str
     roles: list[str]
     claims: dict[str, Any]
     access_token: str
@@ -129,9 +132,25 @@ class OidcClient:
             roles = set(authenticator.verify(access).roles)
         except RtopsError:  # an opaque access token: the ID token's roles stand alone
             roles = set(roles_in(claims, self._settings.roles_claim))
-        user = claims.get("preferred_username") or claims.get("email") or claims["sub"]
+        subject, issuer = claims["sub"], str(claims["iss"])
+        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_USER_CHARS:
+            raise Unauthorized(
+                f"the ID token's subject (sub) must be a string of 1 to {MAX_USER_CHARS} characters"
+            )
+        # Identity is the subject at this issuer; preferred_username and email are the user's
+        # to change (OIDC Core 5.7), so they are only shown.
+        display = display_name_of(claims) or str(claims.get("email") or "")
         expires_at = time.time() + float(token.get("expires_in") or 300)
-        return SignedIn(str(claims["sub"]), str(user), sorted(roles), claims, access, expires_at)
+        return SignedIn(
+            subject,
+            issuer,
+            stable_id(subject, issuer),
+            display,
+            sorted(roles),
+            claims,
+            access,
+            expires_at,
+        )
 
     def _id_claims(self, id_token: str, nonce: str) -> dict[str, Any]:
         import jwt

@@ -126,7 +126,7 @@ class Pages:
             .render(
                 request=request,
                 session=session,
-                user=session.user if session else None,
+                user=session.shown_as if session else None,
                 role=session.role if session else None,
                 csrf_field=CSRF_FIELD,
                 csrf_token=session.csrf if session else "",
@@ -315,7 +315,7 @@ def ui_router(pages: Pages) -> APIRouter:
                 session=None,
                 status_code=422,
             )
-        identity = staff_identity(settings, [name])
+        identity = staff_identity(settings, name)
         response = RedirectResponse(root_path_of(request) + _local(next or pages.home), 303)
         start_session(
             response,
@@ -375,13 +375,13 @@ def ui_router(pages: Pages) -> APIRouter:
             return _sign_in_failed(
                 pages,
                 request,
-                f"{who.user} is signed in at the identity provider but holds no rtops role "
+                f"{who.display or who.subject} is signed in at the identity provider but holds "
+                "no rtops role "
                 f"(claim {settings.roles_claim!r}); ask IT to grant one of {', '.join(ROLES)}.",
                 403,
             )
-        identity = staff_identity(
-            settings, [who.subject, who.user, who.claims.get("email")], who.claims
-        )
+        # Keyed by the subject, never by preferred_username or email (the user's to change).
+        identity = staff_identity(settings, who.subject, who.issuer, who.claims)
         response = RedirectResponse(root_path_of(request) + _local(pending.get("next")), 303)
         start_session(
             response,
@@ -392,6 +392,9 @@ def ui_router(pages: Pages) -> APIRouter:
             names=identity.dicom_names,
             npi=identity.npi,
             origin="oidc",
+            display=who.display,
+            subject=who.subject,
+            issuer=who.issuer,
         )
         keep_api_token(response, request, settings, who.access_token, who.expires_at)
         log.info("signed in", user=who.user, roles=who.roles, mapped=bool(identity.dicom_names))

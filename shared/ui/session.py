@@ -20,7 +20,7 @@ from datetime import timedelta
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from shared.auth import KEY_MIN_BYTES, Principal, dev_signing_key
+from shared.auth import DEV_ISSUER, KEY_MIN_BYTES, Principal, dev_signing_key
 from shared.settings import ROLES, RtopsSettings, SettingError
 
 SESSION_COOKIE = "rtops_session"
@@ -34,9 +34,11 @@ CSRF_FIELD = "csrf_token"
 
 @dataclass(frozen=True)
 class Session:
-    """Who signed in: ``user`` as shown and audited, ``roles`` (rtops roles, in ``ROLES``
-    order), the DICOM person ``names`` and ``npi`` they appear under (empty: not mapped), and
-    how (``origin``: "dev" or "oidc")."""
+    """Who signed in: ``user`` the stable identity audited and owning what they do (the
+    development sign-in name, or ``<issuer>#<sub>``: ``shared.auth.stable_id``), ``display``
+    the name shown (empty: ``user``), ``roles`` (rtops roles, in ``ROLES`` order), the DICOM
+    person ``names`` and ``npi`` they appear under (empty: not mapped), and how (``origin``:
+    "dev" or "oidc")."""
 
     user: str
     roles: tuple[str, ...]
@@ -44,6 +46,13 @@ class Session:
     names: tuple[str, ...] = ()
     npi: str | None = None
     origin: str = "dev"
+    display: str = ""
+    subject: str = ""
+    issuer: str = DEV_ISSUER
+
+    @property
+    def shown_as(self) -> str:
+        return self.display or self.user
 
     @property
     def role(self) -> str:
@@ -55,7 +64,14 @@ class Session:
 
     @property
     def principal(self) -> Principal:
-        return Principal(user=self.user, roles=frozenset(self.roles))
+        return Principal(
+            user=self.user,
+            roles=frozenset(self.roles),
+            subject=self.subject or self.user,
+            issuer=self.issuer,
+            display_name=self.display,
+            names=self.names,
+        )
 
 
 class CsrfError(Exception):
@@ -126,6 +142,9 @@ def read_session(request: Request, settings: RtopsSettings) -> Session | None:
         names=tuple(str(n) for n in data.get("n") or ()),
         npi=data.get("p"),
         origin=origin,
+        display=str(data.get("d") or ""),
+        subject=str(data.get("s") or data["u"]),
+        issuer=str(data.get("i") or DEV_ISSUER),
     )
 
 
@@ -151,7 +170,11 @@ def start_session(
     names: Sequence[str] = (),
     npi: str | None = None,
     origin: str = "dev",
+    display: str = "",
+    subject: str | None = None,
+    issuer: str = DEV_ISSUER,
 ) -> Session:
+    """``user``: the stable identity (``shared.auth.stable_id``), ``display`` the name shown."""
     ordered = tuple(r for r in ROLES if r in roles)
     session = Session(
         user=user,
@@ -160,9 +183,22 @@ def start_session(
         names=tuple(names),
         npi=npi,
         origin=origin,
+        display=display,
+        subject=subject or user,
+        issuer=issuer,
     )
     value = _serializer(settings, "session").dumps(
-        {"u": user, "r": list(ordered), "c": session.csrf, "n": list(names), "p": npi, "o": origin}
+        {
+            "u": user,
+            "r": list(ordered),
+            "c": session.csrf,
+            "n": list(names),
+            "p": npi,
+            "o": origin,
+            "d": display,
+            "s": session.subject,
+            "i": issuer,
+        }
     )
     _cookie(response, request, SESSION_COOKIE, value)
     response.delete_cookie(PRE_SESSION_COOKIE, path="/")

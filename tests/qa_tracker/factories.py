@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.qa_tracker import domain
 from services.qa_tracker.app import SERVICE, TABLES
 from services.qa_tracker.policy import load_policy
 from services.qa_tracker.service import QaService
@@ -26,7 +29,17 @@ def qa_database(
         yield settings, factory
 
 
-def make_service(settings: QaSettings, factory: sessionmaker[Session], clock: Clock) -> QaService:
+def make_service(
+    settings: QaSettings,
+    factory: sessionmaker[Session],
+    clock: Clock,
+    policy: domain.ReviewPolicy | None = None,
+) -> QaService:
     return QaService(
-        factory=factory, policy=load_policy(None, zone="America/New_York"), clock=clock
+        factory=factory, policy=policy or load_policy(None, zone="America/New_York"), clock=clock
     )
+
+
+def policy_with(**changes: Any) -> domain.ReviewPolicy:
+    """The default policy (America/New_York) with ``changes``."""
+    return replace(load_policy(None, zone="America/New_York"), **changes)

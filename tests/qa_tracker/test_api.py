@@ -21,8 +21,9 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.qa_tracker import domain
 from services.qa_tracker.app import api_app
-from services.qa_tracker.service import QaService
+from services.qa_tracker.service import CLOCK_SKEW, QaService
 from services.qa_tracker.settings import QaSettings
 from services.qa_tracker.store import AuditLog, Fraction, Outbox, ReviewRow
 from shared.auth import issue_dev_token
@@ -39,6 +40,7 @@ from tests.events import (
     record_event,
     registration_event,
 )
+from tests.qa_tracker.factories import make_service, policy_with
 
 OLGA = "Oncologist^Olga"
 PAUL = "Oncologist^Paul"
@@ -59,21 +61,31 @@ FIELDS = {
     "rejected",
     "physician",
 }
-COUNTS = (
+COUNTS = (  # the report's columns, in the CSV's order
     "imaged_fractions",
     "reviewed_on_time",
     "reviewed_late",
+    "reviewed_backdated",
     "overdue",
     "pending",
     "overrides_required",
     "overrides_documented",
     "compliance_pct",
+    "attested_compliance_pct",
 )
 Db = tuple[QaSettings, sessionmaker[Session]]
 Auth = Callable[..., dict[str, str]]
 
 
 # ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture
+def service(qa_db: Db, clock: Clock) -> QaService:
+    """Any physician may review (``reviewers: any``): the tests here are about what a review
+    does; who may document one is tested in test_review_identity.py."""
+    settings, factory = qa_db
+    return make_service(settings, factory, clock, policy_with(reviewers=domain.Reviewers.ANY))
 
 
 @pytest.fixture
@@ -191,12 +203,22 @@ async def post_review(
     fraction_id: int,
     decision: str = "approved",
     reviewed_at: datetime | None = None,
+    *,
+    clock: Clock | None = None,
     **extra: Any,
 ) -> httpx.Response:
+    """``clock``: record the review when it happened (the clock at ``reviewed_at`` for the
+    request), as a physician documenting it at once does; without it, "now" stays."""
     body: dict[str, Any] = {"decision": decision, **extra}
     if reviewed_at is not None:
         body["reviewed_at"] = reviewed_at.isoformat()
-    return await client.post(f"/v1/fractions/{fraction_id}/reviews", json=body, headers=headers)
+    if clock is None or reviewed_at is None:
+        return await client.post(f"/v1/fractions/{fraction_id}/reviews", json=body, headers=headers)
+    now, clock.now = clock.now, reviewed_at
+    try:
+        return await client.post(f"/v1/fractions/{fraction_id}/reviews", json=body, headers=headers)
+    finally:
+        clock.now = now
 
 
 async def fraction(client: httpx.AsyncClient, auth: Auth, fraction_id: int) -> dict[str, Any]:
@@ -312,10 +334,10 @@ async def test_status_filter_decides_overdue_with_the_clock(
     clock.now = at("2026-11-27", "12:00")
     physician = auth("physician")
     on_time = await post_review(
-        client, physician, fid["QA-001", 1], reviewed_at=at("2026-11-23", "15:00")
+        client, physician, fid["QA-001", 1], reviewed_at=at("2026-11-23", "15:00"), clock=clock
     )
     late = await post_review(
-        client, physician, fid["QA-001", 2], reviewed_at=at("2026-11-25", "09:00")
+        client, physician, fid["QA-001", 2], reviewed_at=at("2026-11-25", "09:00"), clock=clock
     )
     assert (on_time.status_code, late.status_code) == (201, 201)
 
@@ -587,7 +609,7 @@ async def test_review_is_on_time_until_the_due_second(
     assert when(before["due_at"]) == due
     assert before["review_status"] == "overdue"
 
-    response = await post_review(client, auth(), fid, reviewed_at=due + after_due)
+    response = await post_review(client, auth(), fid, reviewed_at=due + after_due, clock=clock)
 
     assert response.status_code == 201, response.text
     review = response.json()
@@ -647,7 +669,8 @@ async def test_a_review_in_the_future_or_before_treatment_is_refused(
     clock.now = at("2026-11-23", "12:00")
     treated = at("2026-11-23", "08:00")
 
-    future = await post_review(client, auth(), fid, reviewed_at=clock.now + timedelta(seconds=1))
+    ahead = CLOCK_SKEW + timedelta(seconds=1)
+    future = await post_review(client, auth(), fid, reviewed_at=clock.now + ahead)
     assert "future" in problem(future, 422)["detail"]
     early = await post_review(client, auth(), fid, reviewed_at=treated - timedelta(seconds=1))
     assert "before the fraction was treated" in problem(early, 422)["detail"]
@@ -660,10 +683,15 @@ async def test_a_review_in_the_future_or_before_treatment_is_refused(
     assert outbox(factory) == []
     assert (await fraction(client, auth, fid))["reviews"] == []
 
-    # The limits themselves are allowed: at the treatment start, and exactly now.
-    assert (await post_review(client, auth(), fid, reviewed_at=treated)).status_code == 201
+    # The limits themselves are allowed: at the treatment start (recorded then), exactly now,
+    # and a clock running fast by up to CLOCK_SKEW, taken as now.
+    started = await post_review(client, auth(), fid, reviewed_at=treated, clock=clock)
+    assert started.status_code == 201
     assert (await post_review(client, auth(), fid, reviewed_at=clock.now)).status_code == 201
-    assert len(outbox(factory)) == 2
+    fast = await post_review(client, auth(), fid, reviewed_at=clock.now + CLOCK_SKEW)
+    assert fast.status_code == 201, fast.text
+    assert when(fast.json()["reviewed_at"]) == when(fast.json()["recorded_at"]) == clock.now
+    assert len(outbox(factory)) == 3
 
 
 @pytest.mark.parametrize("role", ["therapist", "physicist", "admin", "dosimetrist"])
@@ -838,7 +866,7 @@ async def test_each_review_writes_one_event(
         (("QA-001", 2), at("2026-11-25", "08:01")),  # due Wed 08:00
         (("QA-001", 1), at("2026-11-25", "09:00")),  # a second review of fraction 1
     ):
-        response = await post_review(client, auth(), fid[key], reviewed_at=reviewed_at)
+        response = await post_review(client, auth(), fid[key], reviewed_at=reviewed_at, clock=clock)
         assert response.status_code == 201, response.text
         responses.append(response.json())
         assert len(outbox(factory)) == len(responses)
@@ -928,7 +956,9 @@ async def test_flags_group_open_problems_by_physician(
         (("QA-001", 3), "approved", at("2026-11-25", "12:00")),
         (("QA-002", 1), "rejected", at("2026-11-25", "12:00")),
     ):
-        response = await post_review(client, auth(), fid[key], decision, reviewed_at=reviewed_at)
+        response = await post_review(
+            client, auth(), fid[key], decision, reviewed_at=reviewed_at, clock=clock
+        )
         assert response.status_code == 201, response.text
 
     response = await client.get("/v1/flags", headers=auth("therapist"))
@@ -1016,8 +1046,15 @@ async def test_nothing_to_flag(
 # ---------------------------------------------------------------- GET /v1/compliance/weekly
 
 
-def tally(*values: float | None) -> dict[str, float | None]:
-    return dict(zip(COUNTS, values, strict=True))
+def tally(*values: float | None, backdated: int = 0) -> dict[str, float | None]:
+    """imaged, on time, late, overdue, pending, overrides required, documented, compliance %;
+    ``backdated`` apart (the attested % follows from it)."""
+    named = ("imaged_fractions", "reviewed_on_time", "reviewed_late", "overdue", "pending")
+    named += ("overrides_required", "overrides_documented", "compliance_pct")
+    base = dict(zip(named, values, strict=True))
+    imaged, on_time = int(base["imaged_fractions"] or 0), int(base["reviewed_on_time"] or 0)
+    attested = round(100.0 * (on_time + backdated) / imaged, 1) if imaged else None
+    return {**base, "reviewed_backdated": backdated, "attested_compliance_pct": attested}
 
 
 TB1 = tally(5, 2, 1, 1, 1, 1, 0, 40.0)
@@ -1067,7 +1104,9 @@ async def week(
         (("QA-001", 3), at("2026-11-26", "08:00") + timedelta(seconds=1), {}),
         (("QA-002", 1), at("2026-11-27", "09:59"), {"override_reason": "rotated; re-imaged"}),
     ):
-        response = await post_review(client, auth(), fid[key], reviewed_at=reviewed_at, **extra)
+        response = await post_review(
+            client, auth(), fid[key], reviewed_at=reviewed_at, clock=clock, **extra
+        )
         assert response.status_code == 201, response.text
     return fid
 
@@ -1183,7 +1222,9 @@ async def test_weekly_compliance_as_csv(
     assert "2026-W48.csv" in response.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(response.text)))
     assert rows[0] == ["week", "group", "name", *COUNTS]
-    assert rows[1] == ["2026-W48", "total", "", "7", "3", "1", "2", "1", "2", "1", "42.9"]
+    assert rows[1] == [
+        *("2026-W48", "total", "", "7", "3", "1", "0", "2", "1", "2", "1", "42.9", "42.9")
+    ]
     assert [float(v) for v in rows[1][3:]] == [as_json[k] for k in COUNTS]
     groups = {(r[1], r[2]): r[3:] for r in rows[2:]}
     assert set(groups) == {

@@ -204,11 +204,13 @@ def test_weekly_summary() -> None:
         "imaged_fractions": 4,
         "reviewed_on_time": 1,
         "reviewed_late": 1,
+        "reviewed_backdated": 0,
         "overdue": 1,
         "pending": 1,
         "overrides_required": 2,
         "overrides_documented": 1,
         "compliance_pct": 25.0,
+        "attested_compliance_pct": 25.0,
     }
     assert summary.by_machine["TrueBeam1"].compliance_pct == 50.0
     assert summary.by_machine["TrueBeam2"].imaged_fractions == 2

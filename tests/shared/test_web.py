@@ -379,8 +379,10 @@ async def test_oidc_token_with_right_issuer_and_audience(
     before = idp.requests
     response = await oidc_client.post("/prescriptions", json=ORDER, headers=bearer(idp.token()))
     assert response.status_code == 200, response.text
-    # preferred_username names the user; roles come from the nested claim, unknown ones dropped.
-    assert response.json()["by"] == "drwho"
+    # The subject qualified by the issuer is the user (issue 15: preferred_username is the
+    # user's to change, so it is never the identity); roles come from the nested claim,
+    # unknown ones dropped.
+    assert response.json()["by"] == f"{ISSUER.rstrip('/')}#f3c1-uuid"
     assert response.json()["roles"] == ["physician"]
     assert idp.requests > before  # each app fetched the key from the JWKS endpoint
 

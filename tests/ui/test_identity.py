@@ -6,11 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from shared.auth import DEV_ISSUER
 from shared.settings import RtopsSettings, StaffIdentity
 from shared.ui.identity import staff_identity
 from shared.ui.timeline import Entry, Timeline
 
 OLGA = "Oncologist^Olga"
+IDP = "https://idp.hospital.example/realms/rtops"
 
 
 def settings(**identities: StaffIdentity) -> RtopsSettings:
@@ -19,28 +21,41 @@ def settings(**identities: StaffIdentity) -> RtopsSettings:
 
 def test_the_claim_wins_over_the_settings() -> None:
     s = settings(olga=StaffIdentity(dicom_names=["Old^Name"], npi="1"))
-    who = staff_identity(s, ["sub-1", "olga"], {"dicom_names": [OLGA, " "], "npi": 1234567893})
+    who = staff_identity(s, "olga", DEV_ISSUER, {"dicom_names": [OLGA, " "], "npi": 1234567893})
     assert who == StaffIdentity(dicom_names=[OLGA], npi="1234567893")
 
 
 def test_one_name_as_a_string_and_the_npi_from_settings() -> None:
     s = settings(olga=StaffIdentity(dicom_names=["Old^Name"], npi="1"))
-    assert staff_identity(s, ["olga"], {"dicom_names": OLGA}) == StaffIdentity(
+    assert staff_identity(s, "olga", DEV_ISSUER, {"dicom_names": OLGA}) == StaffIdentity(
         dicom_names=[OLGA], npi="1"
     )
 
 
-def test_the_first_key_that_is_mapped() -> None:
+def test_mapped_by_the_subject_or_the_issuer_qualified_subject() -> None:
     s = settings(
-        **{"olga@hospital.example": StaffIdentity(dicom_names=[OLGA]), "sub-2": StaffIdentity()}
+        **{"sub-1": StaffIdentity(dicom_names=[OLGA]), f"{IDP}#sub-2": StaffIdentity(npi="2")}
     )
-    keys = ["sub-9", None, "olga@hospital.example"]
-    assert staff_identity(s, keys).dicom_names == [OLGA]
-    assert staff_identity(s, ["nobody"]) == StaffIdentity()
+    assert staff_identity(s, "sub-1", IDP).dicom_names == [OLGA]
+    assert staff_identity(s, "sub-2", IDP + "/").npi == "2"  # a trailing slash is the same
+    assert staff_identity(s, "nobody", IDP) == StaffIdentity()
+
+
+def test_never_by_a_name_or_address_the_user_may_change() -> None:
+    """Issue 15: keys that are a username or an e-mail address map nobody by the claims the
+    user controls; only the subject is looked up."""
+    s = settings(
+        **{
+            "olga": StaffIdentity(dicom_names=[OLGA]),
+            "olga@hospital.example": StaffIdentity(dicom_names=[OLGA]),
+        }
+    )
+    claims = {"preferred_username": "olga", "email": "olga@hospital.example", "name": "olga"}
+    assert staff_identity(s, "sub-mallory", IDP, claims) == StaffIdentity()
 
 
 def test_a_claim_of_the_wrong_shape_is_no_names() -> None:
-    assert staff_identity(settings(), ["x"], {"dicom_names": {"a": 1}}).dicom_names == []
+    assert staff_identity(settings(), "x", DEV_ISSUER, {"dicom_names": {"a": 1}}).dicom_names == []
 
 
 def test_identities_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -96,7 +96,8 @@ async def test_sign_in_with_pkce_then_my_worklist(
     assert query["redirect_uri"] == [f"{APP}/ui/auth/callback"]
     assert {"state", "nonce"} <= set(query)
     assert str(page.url) == f"{APP}/ui/worklist"
-    assert "olga" in page.text and "(physician)" in page.text
+    # The header shows the provider's display name; identity is the subject.
+    assert "Olga Oncologist" in page.text and "(physician)" in page.text
     assert "QA-001" in page.text and "QA-002" not in page.text  # Olga's own, from the claim
     cookie = next(c for c in page.history if SESSION_COOKIE in c.headers.get("set-cookie", ""))
     header = cookie.headers["set-cookie"].lower()
@@ -106,17 +107,36 @@ async def test_sign_in_with_pkce_then_my_worklist(
     assert provider.token_requests[-1]["authorization"] == ""
 
 
+@pytest.mark.parametrize("qualified", [False, True], ids=["sub", "issuer#sub"])
 async def test_identity_from_settings_when_no_claim(
-    qa_db: Db, service: QaService, provider: Provider
+    qa_db: Db, service: QaService, provider: Provider, qualified: bool
 ) -> None:
     provider.auto = "olga.mapped"
-    identities = {"olga@hospital.example": StaffIdentity(dicom_names=[OLGA], npi="1234567893")}
+    key = f"{provider.url}#sub-olga.mapped" if qualified else "sub-olga.mapped"
+    identities = {key: StaffIdentity(dicom_names=[OLGA], npi="1234567893")}
     app = oidc_app(qa_db, service, provider, ui_identities=identities)
     async with httpx.AsyncClient(
         base_url=APP, mounts={APP: httpx.ASGITransport(app=app)}, follow_redirects=True
     ) as client:
         page = await client.get("/ui/worklist")
     assert "QA-001" in page.text and "QA-002" not in page.text
+
+
+@pytest.mark.parametrize("key", ["olga@hospital.example", "olga.mapped"])
+async def test_no_identity_by_email_or_username(
+    qa_db: Db, service: QaService, provider: Provider, key: str
+) -> None:
+    """Issue 15: an e-mail address or username is the user's to change at the provider, so a
+    mapping keyed by one maps nobody."""
+    provider.auto = "olga.mapped"
+    identities = {key: StaffIdentity(dicom_names=[OLGA], npi="1234567893")}
+    app = oidc_app(qa_db, service, provider, ui_identities=identities)
+    async with httpx.AsyncClient(
+        base_url=APP, mounts={APP: httpx.ASGITransport(app=app)}, follow_redirects=True
+    ) as client:
+        page = await client.get("/ui/worklist")
+    assert "maps to no DICOM name" in page.text
+    assert "QA-001" not in page.text
 
 
 async def test_a_user_with_no_dicom_name_is_told(
@@ -217,7 +237,8 @@ async def test_sign_out_ends_the_provider_session_too(
     assert SESSION_COOKIE not in browser.cookies
     with app.state.session_factory() as session:
         users = set(session.scalars(select(AuditLog.user)))
-    assert users == {"olga"}  # the worklist read, audited under the provider's username
+    # The worklist read, audited under the provider's subject, qualified by the issuer.
+    assert users == {f"{provider.url}#sub-olga"}
 
 
 async def test_a_confidential_client_authenticates(
@@ -262,4 +283,5 @@ async def test_the_timeline_forwards_the_providers_token(
         assert len(provider.token_requests) == signed_in + 1
     with app.state.session_factory() as session:
         readers = set(session.scalars(select(AuditLog.user).where(AuditLog.resource.like("/v1/%"))))
-    assert readers == {"olga"}  # the API read the provider's user from the forwarded token
+    # The API read the provider's subject from the forwarded token.
+    assert readers == {f"{provider.url}#sub-olga"}

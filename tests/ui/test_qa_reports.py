@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.qa_tracker import domain
 from services.qa_tracker.app import SERVICE, TABLES, api_app
 from services.qa_tracker.policy import load_policy
+from services.qa_tracker.report import CSV_COLUMNS
 from services.qa_tracker.service import NewReview, QaService
 from services.qa_tracker.settings import QaSettings
 from shared.auth import Principal, issue_dev_token
@@ -138,16 +139,7 @@ async def test_compliance_shows_the_apis_numbers_for_the_last_full_week(
     assert 'href="?week=2026-W46"' in html and 'href="?week=2026-W48"' in html
     assert 'href="/ui/compliance.csv?week=2026-W47"' in html
     assert "<svg" in html  # the chart by machine
-    columns = (
-        "imaged_fractions",
-        "reviewed_on_time",
-        "reviewed_late",
-        "overdue",
-        "pending",
-        "overrides_required",
-        "overrides_documented",
-        "compliance_pct",
-    )
+    columns = CSV_COLUMNS  # the report's columns, backdated reviews and their % included
 
     def shown(value: object) -> list[str]:
         return [] if value is None else [str(value)]
@@ -222,7 +214,14 @@ def seed_weeks(tmp_path: Path, isolation: dict[str, str]) -> None:
         database_schema_prefix=isolation["database_schema_prefix"],
     )
     runtime = Runtime.create(SERVICE, settings, TABLES)
-    service = QaService(factory=runtime.factory, policy=load_policy(None, zone="America/New_York"))
+    # Each review is recorded when it is made (the service's clock at its reviewed_at), as a
+    # physician documenting it at once does: none is backdated.
+    moment = [datetime.now(NY)]
+    service = QaService(
+        factory=runtime.factory,
+        policy=load_policy(None, zone="America/New_York"),
+        clock=lambda: moment[0],
+    )
     plan = "1.2.826.0.1.3680043.10.1.3"
     service.apply(plan_event(plan_uid=plan, pid="QA-003", physician=PAT))
     today = datetime.now(NY).date()
@@ -242,13 +241,14 @@ def seed_weeks(tmp_path: Path, isolation: dict[str, str]) -> None:
             )
             if (weekday + week) % 5 < 3 + week % 3:
                 fid = ids(runtime.factory)[("QA-003", number)]
+                moment[0] = datetime.fromisoformat(f"{day}T12:00").replace(tzinfo=NY)
                 service.add_review(
                     fid,
                     NewReview(
                         decision=domain.Decision.APPROVED,
                         comment=None,
                         override_reason=None,
-                        reviewed_at=datetime.fromisoformat(f"{day}T12:00").replace(tzinfo=NY),
+                        reviewed_at=moment[0],
                     ),
                     principal=Principal(PAT, frozenset({"physician"})),
                     resource="/seed",

@@ -161,7 +161,15 @@ class ReviewRow(Base):
     override_reason: Mapped[str | None] = mapped_column(Text)
     reviewed_at: Mapped[datetime] = mapped_column(UtcDateTime)
     physician: Mapped[str] = mapped_column(String(200))
+    # When rtops recorded it (the server's clock), beside the time the review says it happened.
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # A review dated further back than the policy's backdate tolerance: why, and the system
+    # it was first documented in (e.g. "ARIA", "paper chart"). Migration 0006.
+    backdate_reason: Mapped[str | None] = mapped_column(Text)
+    documented_in: Mapped[str | None] = mapped_column(String(200))
+    # The stable identity (shared.auth.Principal.user) that recorded it; None for a device's
+    # approval and for reviews recorded before migration 0006.
+    recorded_by: Mapped[str | None] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(20))  # "api" or "dicom_approval"
     source_ref: Mapped[str] = mapped_column(String(100))  # request id or RT Image SOP UID
 
