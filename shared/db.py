@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    Connection,
     DateTime,
     Dialect,
     Engine,
@@ -73,8 +74,8 @@ def make_engine(settings: RtopsSettings, service: str, **kwargs: Any) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            # WAL lets readers run during a write; FULL makes every commit durable, which the
-            # SCP relies on before it answers C-STORE success.
+            # WAL lets readers run during a write; FULL makes every commit durable (the SCP's
+            # ingest relaxes it per transaction: relaxed_commit).
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
@@ -98,6 +99,34 @@ def make_engine(settings: RtopsSettings, service: str, **kwargs: Any) -> Engine:
         connect_args={"options": f"-csearch_path={schema}"},
         **kwargs,
     )
+
+
+def relaxed_commit(conn: Connection) -> None:
+    """This transaction's commit does not wait for its own flush to disk: a crash of the
+    process loses nothing committed, a power cut (or a PostgreSQL crash) can lose the last
+    commits. Only for a transaction whose facts can be rebuilt from something that was made
+    durable (the SCP's index, from its object files: docs/scp_durability.md).
+
+    SQLite: ``synchronous=NORMAL`` in WAL mode syncs the WAL at checkpoints, not at each
+    commit (https://sqlite.org/pragma.html#pragma_synchronous); it is a setting of the
+    connection, so ``durable_commit`` sets FULL back. PostgreSQL: ``synchronous_commit = off``
+    for this transaction only (``SET LOCAL``; the WAL writer flushes within 3 x
+    wal_writer_delay)."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+
+
+def durable_commit(conn: Connection) -> None:
+    """This transaction's commit waits for its flush, and with it every earlier commit's
+    (SQLite appends commits to one WAL and syncs it whole; PostgreSQL flushes its WAL up to
+    this commit's record): the barrier after ``relaxed_commit``s. The transaction must write
+    something, or there is nothing to flush."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA synchronous=FULL")
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
 
 
 def _private_file(database: str | None) -> None:

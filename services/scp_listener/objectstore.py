@@ -1,18 +1,55 @@
 """Content-addressed object store: one file per stored revision, named by its SHA-256.
 
-A file is fsynced and renamed into place (and its directory fsynced) before the index row
-that points to it commits, so the index never names a file a crash could lose.
+The object file is the durable record of a C-STORE (docs/scp_durability.md). Before the index
+row that names it commits, a new file is fsynced, renamed into ``.recent/`` and that directory
+fsynced: two flushes, after which a power cut cannot lose it. It is then hard-linked under its
+key (``<sha[:2]>/<sha>.dcm``, what the index names and readers open) without a flush of its
+own. The index commit does not wait for a flush either, so ``.recent/`` is the list of objects
+whose index row may not be durable yet: the reconciliation (reconcile.py) re-indexes any of
+them the index lacks, makes the index and the key links durable, and only then removes their
+``.recent`` names. Its scan is that directory, not the store.
+
+A ``.recent`` name also carries the calling AE title (hex), which the file itself does not
+hold: the File Meta is part of the content address, so it is kept as received.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import hashlib
 import os
 import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 _CHUNK = 1 << 20
+RECENT = ".recent"
+
+# Fault injection for the crash-at-every-step test (tests/scp_listener/test_crash_recovery.py):
+# ``RTOPS_SCP_CRASH_AT=<step>[:<n>]`` ends the process at the n-th time (default the first) a
+# store reaches that step. Read at the first step (not at import: that test forks its SCPs
+# from a process that imported this already); unset, as always outside that test, a step
+# costs a comparison.
+_crash_seen = 0
+
+
+@functools.cache
+def _crash_at() -> tuple[str, int]:
+    step, _, nth = (os.environ.get("RTOPS_SCP_CRASH_AT") or "").partition(":")
+    return step, int(nth or 1)
+
+
+def crash_point(step: str) -> None:
+    global _crash_seen
+    at, nth = _crash_at()
+    if step != at:
+        return
+    _crash_seen += 1
+    if _crash_seen >= nth:
+        os._exit(70)  # no cleanup, no atexit: what a kill -9 leaves
 
 
 def sha256_of(path: Path) -> tuple[str, int]:
@@ -25,7 +62,7 @@ def sha256_of(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -33,11 +70,67 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (Linux ``syncfs(2)``; ``sync`` elsewhere): one
+    call makes every key link made since the last one durable, however many directories."""
+    if _syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Recent:
+    """An object whose index row is not known durable yet (its ``.recent`` name)."""
+
+    path: Path
+    sha256: str
+    sop_instance_uid: str
+    calling_ae: str
+    modified: datetime
+
+    @property
+    def key(self) -> str:
+        return ObjectStore.key_for(self.sha256)
+
+
+def _recent_name(sha256: str, uid: str, calling_ae: str) -> str:
+    # The UID finds the index row through its index (the store's key has none). An AE title
+    # may hold "/" or spaces (PS3.5 Table 6.2-1, AE: default repertoire but backslash): hex
+    # keeps the name a plain file name. At most 64 + 64 + 32 + 2 characters (NAME_MAX 255).
+    # No ".dcm": a walk of the store for objects finds each object once, under its key.
+    return f"{sha256}_{uid}_{calling_ae.encode().hex()}"
+
+
+def _parse_recent(path: Path) -> Recent | None:
+    parts = path.name.split("_")
+    if len(parts) != 3 or len(parts[0]) != 64:
+        return None
+    try:
+        ae = bytes.fromhex(parts[2]).decode()
+        modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except (ValueError, OSError):
+        return None
+    return Recent(path, parts[0], parts[1], ae, modified)
+
+
 class ObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._incoming = root / ".incoming"
         self._incoming.mkdir(parents=True, exist_ok=True)
+        self.recent_dir = root / RECENT
+        self.recent_dir.mkdir(exist_ok=True)
 
     @staticmethod
     def key_for(sha256: str) -> str:
@@ -46,23 +139,26 @@ class ObjectStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def put(self, source: Path, sha256: str) -> tuple[str, bool]:
+    def put(
+        self, source: Path, sha256: str, *, sop_instance_uid: str, calling_ae: str
+    ) -> tuple[str, bool]:
         """Make ``source`` durable under its key (moving it when on the same filesystem).
-        Returns the key and whether this call placed the file (``False``: it was there)."""
+        Returns the key and whether this call placed the file (``False``: it was there).
+        When it returns, a power cut cannot lose the file (it is fsynced and its ``.recent``
+        name is in a fsynced directory)."""
         key = self.key_for(sha256)
         target = self.path(key)
         if target.exists():
             return key, False
-        if not target.parent.exists():
-            target.parent.mkdir(exist_ok=True)
-            _fsync_dir(self.root)
+        recent = self.recent_dir / _recent_name(sha256, sop_instance_uid, calling_ae)
         fd = os.open(source, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        crash_point("file_fsynced")
         try:
-            os.rename(source, target)
+            os.rename(source, recent)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
@@ -72,11 +168,57 @@ class ObjectStore:
                 shutil.copyfileobj(src, dst, _CHUNK)
                 dst.flush()
                 os.fsync(dst.fileno())
-            os.rename(staging, target)
-        _fsync_dir(target.parent)
+            os.rename(staging, recent)
+        crash_point("renamed")
+        fsync_dir(self.recent_dir)
+        crash_point("recent_fsynced")
+        if not self._link(recent, target):
+            # Placed by another process between our check and now: theirs is the same bytes.
+            recent.unlink(missing_ok=True)
+            return key, False
+        crash_point("linked")
         return key, True
 
-    def discard(self, key: str) -> None:
+    def _link(self, recent: Path, target: Path) -> bool:
+        """Give the ``.recent`` file its key (no flush: the reconciliation's ``sync`` makes it
+        durable before the ``.recent`` name goes). False: the key was taken already."""
+        target.parent.mkdir(exist_ok=True)
+        try:
+            os.link(recent, target)
+        except FileExistsError:
+            return False
+        return True
+
+    def discard(self, key: str, *, sop_instance_uid: str, calling_ae: str) -> None:
         """Remove a file that no committed index row names (its transaction failed). A crash
-        before this runs leaves an unreferenced file, which is harmless: nothing points to it."""
+        before this runs leaves an un-indexed file, which the reconciliation indexes (its
+        sender was not answered success; a re-send is then a duplicate)."""
+        sha = Path(key).stem
         self.path(key).unlink(missing_ok=True)
+        (self.recent_dir / _recent_name(sha, sop_instance_uid, calling_ae)).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ reconciliation
+
+    def recent(self) -> list[Recent]:
+        """The ``.recent`` entries, oldest first (arrival order, so re-indexed revisions of
+        one UID keep their order)."""
+        entries = []
+        with os.scandir(self.recent_dir) as it:
+            for entry in it:
+                parsed = _parse_recent(Path(entry.path))
+                if parsed is not None:
+                    entries.append(parsed)
+        return sorted(entries, key=lambda r: (r.modified, r.path.name))
+
+    def relink(self, recent: Recent) -> None:
+        """Give a ``.recent`` file its key again if a power cut lost the (unflushed) link."""
+        self._link(recent.path, self.path(recent.key))
+
+    def sync(self) -> None:
+        """Make every key link made so far durable."""
+        sync_filesystem(self.root)
+
+    def forget(self, recent: Recent) -> None:
+        """Drop a ``.recent`` name once its index row and key link are durable (no flush: if
+        the removal is lost, the next reconciliation finds it indexed and drops it again)."""
+        recent.path.unlink(missing_ok=True)

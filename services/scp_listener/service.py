@@ -3,7 +3,9 @@ association that delivered them is released, or once they have been quiet).
 
 ``ingest`` is the whole C-STORE path after the bytes arrived: decode and check the header,
 make the file durable, then index it and queue its event in one transaction. Only when that
-commits does the caller answer success.
+commits does the caller answer success. The file is the durable record; the index commit does
+not wait for its own flush, and ``restore`` / ``confirm`` are what the reconciliation
+(reconcile.py) rebuilds and confirms it with (docs/scp_durability.md).
 """
 
 from __future__ import annotations
@@ -20,15 +22,23 @@ from typing import Any
 
 import structlog
 from pydicom.dataset import Dataset
-from sqlalchemy import bindparam, func, insert, select, update
+from pydicom.filereader import read_file_meta_info
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp_listener import extract, sop
 from services.scp_listener.extract import MalformedObject, Undecodable, read_header
-from services.scp_listener.objectstore import ObjectStore, sha256_of
-from services.scp_listener.store import ArrivalHour, DicomObject, ImageSeries, hour_of
+from services.scp_listener.objectstore import ObjectStore, Recent, crash_point, sha256_of
+from services.scp_listener.store import (
+    ArrivalHour,
+    DicomObject,
+    DurabilityMark,
+    ImageSeries,
+    hour_of,
+)
+from shared.db import durable_commit, relaxed_commit
 from shared.events import (
     DicomEvent,
     ImageApproval,
@@ -190,8 +200,11 @@ class Ingestor:
         transfer_syntax_uid: str,
         source: SourceDevice,
         content: tuple[str, int] | None = None,
+        received_at: datetime | None = None,
     ) -> Outcome:
-        """``content``: the file's SHA-256 and size when hashed as it arrived (else read)."""
+        """``content``: the file's SHA-256 and size when hashed as it arrived (else read).
+        ``received_at``: when it arrived, if not now (an object the reconciliation restores)."""
+        crash_point("received")
         try:
             ds = read_header(path, self._max_depth)
             uid = _check_identity(ds, sop_class_uid, sop_instance_uid)
@@ -205,7 +218,15 @@ class Ingestor:
             sha, size = content or sha256_of(path)
             with self._locks[int(sha[:8], 16) % _LOCK_STRIPES]:
                 return self._index(
-                    ds, path, sha, size, uid, sop_class_uid, transfer_syntax_uid, source
+                    ds,
+                    path,
+                    sha,
+                    size,
+                    uid,
+                    sop_class_uid,
+                    transfer_syntax_uid,
+                    source,
+                    received_at,
                 )
         except (SQLAlchemyError, OSError) as exc:
             log.error(
@@ -229,6 +250,7 @@ class Ingestor:
         sop_class_uid: str,
         transfer_syntax_uid: str,
         source: SourceDevice,
+        received_at: datetime | None,
     ) -> Outcome:
         """Store and index one decoded object; the caller holds the lock of its content."""
         placed: str | None = None  # the key of a file this call put into the store
@@ -242,6 +264,9 @@ class Ingestor:
                 # Core statements on the connection: the ORM's unit of work costs more per
                 # object than the fsyncs do.
                 conn = session.connection()
+                # The file is the durable record (ObjectStore.put flushes it before this
+                # commits): the commit need not wait for its own flush.
+                relaxed_commit(conn)
                 revisions = conn.execute(_SELECT_REVISIONS, {"uid": uid}).all()
                 if any(row.sha256 == sha for row in revisions):
                     # Still the release's to publish if its series has not been yet (a
@@ -297,9 +322,11 @@ class Ingestor:
                         revision=revision,
                     )
                 # The file is durable before the row that names it commits.
-                key, created = self._store.put(path, sha)
+                key, created = self._store.put(
+                    path, sha, sop_instance_uid=uid, calling_ae=source.ae_title
+                )
                 placed = key if created else None
-                now = datetime.now(UTC)
+                now = received_at or datetime.now(UTC)
                 approval = facts.pop("approval", None) if facts else None
                 conn.execute(
                     _INSERT_OBJECT,
@@ -339,8 +366,9 @@ class Ingestor:
             # failure leaves nothing behind. A file that was already there stays (an earlier
             # revision or object may name it).
             if placed is not None:
-                self._discard(placed)
+                self._discard(placed, uid, source.ae_title)
             raise
+        crash_point("committed")
         self._on_commit()
         return Outcome(
             Status.SUCCESS,
@@ -352,11 +380,73 @@ class Ingestor:
             series_instance_uid=series_uid,
         )
 
-    def _discard(self, key: str) -> None:
+    def _discard(self, key: str, uid: str, calling_ae: str) -> None:
         try:
-            self._store.discard(key)
+            self._store.discard(key, sop_instance_uid=uid, calling_ae=calling_ae)
         except OSError as exc:  # the original failure is the one to report
             log.error("could not remove the file of a failed store", key=key, error=str(exc))
+
+    # ------------------------------------------------------------ reconciliation
+
+    def indexed(self, recent: Collection[Recent]) -> set[str]:
+        """The storage keys of these ``.recent`` objects that the index names."""
+        return self._present(recent, durable=False)
+
+    def confirm(self, recent: Collection[Recent]) -> set[str]:
+        """Flush the index (a commit that waits for its flush, after which every earlier
+        commit is durable too) and return the storage keys of these objects it names: their
+        rows were committed before that commit, so they are durable now."""
+        return self._present(recent, durable=True)
+
+    def _present(self, recent: Collection[Recent], *, durable: bool) -> set[str]:
+        pairs = sorted({(r.sop_instance_uid, r.sha256) for r in recent})
+        present: set[str] = set()
+        with self._factory() as session, session.begin():
+            conn = session.connection()
+            if durable:
+                durable_commit(conn)
+            for start in range(0, len(pairs), 400):  # bound the statement's parameters
+                chunk = pairs[start : start + 400]
+                rows = conn.execute(
+                    select(_objects.c.sha256).where(
+                        _objects.c.sop_instance_uid.in_({uid for uid, _ in chunk}),
+                        tuple_(_objects.c.sop_instance_uid, _objects.c.sha256).in_(chunk),
+                    )
+                )
+                present.update(ObjectStore.key_for(sha) for (sha,) in rows)
+            if durable:
+                # Something to flush, so that the commit syncs the log up to here.
+                mark = DurabilityMark.__table__
+                confirmed = len(present)
+                now = datetime.now(UTC)
+                updated = conn.execute(
+                    update(mark)
+                    .where(mark.c.id == 1)
+                    .values(
+                        confirmed_at=now,
+                        confirmed_objects=mark.c.confirmed_objects + confirmed,
+                    )
+                )
+                if updated.rowcount == 0:
+                    conn.execute(
+                        insert(mark).values(id=1, confirmed_at=now, confirmed_objects=confirmed)
+                    )
+        return present
+
+    def restore(self, recent: Recent, source: SourceDevice) -> Outcome:
+        """Index a stored file the index lacks, through the C-STORE path (same checks, same
+        revision rule, same event and event id), as if it arrived when its file was written.
+        Already indexed meanwhile: the C-STORE path's duplicate answer."""
+        path = self._store.path(recent.key)
+        meta = read_file_meta_info(path)
+        return self.ingest(
+            path,
+            sop_class_uid=str(meta.MediaStorageSOPClassUID),
+            sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
+            transfer_syntax_uid=str(meta.TransferSyntaxUID),
+            source=source,
+            received_at=recent.modified,
+        )
 
     def _event_for(
         self,

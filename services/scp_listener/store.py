@@ -1,5 +1,5 @@
-"""Tables of the SCP (the object index, image series awaiting their event, and the kit's
-outbox, inbox and audit log) and the queries its API and pages run."""
+"""Tables of the SCP (the object index, image series awaiting their event, the durability
+mark, and the kit's outbox, inbox and audit log) and the queries its API and pages run."""
 
 from __future__ import annotations
 
@@ -81,6 +81,17 @@ class ArrivalHour(Base):
     hour: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True, index=True)
     objects: Mapped[int] = mapped_column(Integer)
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DurabilityMark(Base):
+    """One row, rewritten by each confirmation of the reconciliation (reconcile.py) in a
+    transaction whose commit waits for its flush: the write that makes every earlier relaxed
+    index commit durable, and a record of when that last happened."""
+
+    __tablename__ = "durability_mark"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    confirmed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    confirmed_objects: Mapped[int] = mapped_column(BigInteger)
 
 
 def hour_of(instant: datetime) -> datetime:

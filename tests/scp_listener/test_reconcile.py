@@ -1,0 +1,215 @@
+"""The reconciliation of the object store and its index (services/scp_listener/reconcile.py),
+in process: what a lost index commit, a store cut between its file and its commit, and a lost
+key link leave, and what one round makes of each (docs/scp_durability.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from services.scp_listener import objectstore, reconcile
+from services.scp_listener.service import Ingestor, Status
+from services.scp_listener.store import ArrivalHour, DicomObject, DurabilityMark, Outbox
+from shared.events import SourceDevice
+from tests import dicom_factories as f
+from tests.support import scp_rest_app, scp_settings
+
+RECORD = "1.2.840.10008.5.1.4.1.1.481.4"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+LINAC = SourceDevice(ae_title="TRUEBEAM1", role="linac", machine="TrueBeam1")
+
+
+def _sources(ae: str) -> SourceDevice:
+    assert ae == LINAC.ae_title  # the AE title the .recent name kept
+    return LINAC
+
+
+@pytest.fixture
+def ingestor(base_settings: dict[str, object]) -> Iterator[Ingestor]:
+    with scp_rest_app(scp_settings(base_settings)) as app:
+        yield app.state.ingestor
+
+
+def _ingest(ingestor: Ingestor, tmp_path: Path, fraction: int, **kw: Any) -> Any:
+    path = f.write(
+        f.treatment_record(plan_uid="1.2.3", fraction_number=fraction, **kw),
+        tmp_path / f"in{fraction}.dcm",
+    )
+    outcome = ingestor.ingest(
+        path,
+        sop_class_uid=RECORD,
+        sop_instance_uid="",
+        transfer_syntax_uid=EXPLICIT_LE,
+        source=LINAC,
+    )
+    assert outcome.status == Status.SUCCESS, outcome
+    return outcome
+
+
+def _rows(ingestor: Ingestor) -> tuple[list[tuple[str, int, str]], list[str], int]:
+    """(index rows (uid, revision, calling AE), outbox event ids, arrivals counted)."""
+    with ingestor._factory() as session:
+        objects = session.execute(
+            select(DicomObject.sop_instance_uid, DicomObject.revision, DicomObject.calling_ae)
+        ).all()
+        events = list(session.scalars(select(Outbox.event_id).order_by(Outbox.id)))
+        arrivals = session.scalar(select(func.coalesce(func.sum(ArrivalHour.objects), 0)))
+    return sorted(tuple(r) for r in objects), events, int(arrivals or 0)  # type: ignore[misc]
+
+
+def _lose_index(ingestor: Ingestor) -> None:
+    """What a power cut does to commits no flush covered: as if they never happened."""
+    with ingestor._factory.begin() as session:
+        for table in (DicomObject, Outbox, ArrivalHour):
+            session.execute(delete(table))
+
+
+def test_a_store_leaves_a_recent_name_that_a_round_confirms(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    outcome = _ingest(ingestor, tmp_path, 1)
+    store = ingestor.store
+    [recent] = store.recent()
+    assert recent.sop_instance_uid == outcome.sop_instance_uid
+    assert recent.calling_ae == "TRUEBEAM1"
+    # One file, two names: its key (what the index names) and its .recent name.
+    assert os.path.samefile(recent.path, store.path(recent.key))
+    before = _rows(ingestor)
+
+    assert reconcile.reconcile(ingestor, _sources) == 0
+
+    assert store.recent() == []
+    assert store.path(recent.key).exists()
+    assert _rows(ingestor) == before  # nothing re-indexed, nothing queued again
+    with ingestor._factory() as session:
+        mark = session.get(DurabilityMark, 1)
+    assert mark is not None and mark.confirmed_objects == 1
+    # Nothing left to look at: the next round touches neither the index nor the files.
+    assert reconcile.reconcile(ingestor, _sources) == 0
+
+
+def test_lost_index_commits_are_restored_with_the_same_events(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    for fraction in (1, 2, 3):
+        _ingest(ingestor, tmp_path, fraction)
+    before = _rows(ingestor)
+    assert len(before[0]) == len(before[1]) == before[2] == 3
+    _lose_index(ingestor)
+    assert _rows(ingestor) == ([], [], 0)
+
+    assert reconcile.reconcile(ingestor, _sources) == 3
+
+    assert _rows(ingestor) == before  # the same rows, the same event ids, counted again
+    assert ingestor.store.recent() == []
+    assert reconcile.reconcile(ingestor, _sources) == 0
+
+
+def test_revisions_restored_in_arrival_order(ingestor: Ingestor, tmp_path: Path) -> None:
+    first = _ingest(ingestor, tmp_path, 1)
+    # Same UID, other content: a second revision, whose event names revision 2.
+    ds = f.treatment_record(
+        plan_uid="1.2.3", fraction_number=1, beams=3, sop_instance_uid=first.sop_instance_uid
+    )
+    second = ingestor.ingest(
+        f.write(ds, tmp_path / "rev.dcm"),
+        sop_class_uid=RECORD,
+        sop_instance_uid="",
+        transfer_syntax_uid=EXPLICIT_LE,
+        source=LINAC,
+    )
+    assert second.status == Status.SUCCESS and second.created
+    before = _rows(ingestor)
+    assert [r[1] for r in before[0]] == [1, 2]
+    _lose_index(ingestor)
+
+    assert reconcile.reconcile(ingestor, _sources) == 2
+
+    assert _rows(ingestor) == before
+
+
+def test_a_store_cut_before_its_commit_is_indexed(ingestor: Ingestor, tmp_path: Path) -> None:
+    """The file was placed, the process ended before the commit: never answered success, so
+    either choice is safe; indexing it makes the sender's re-send a duplicate."""
+    ds = f.treatment_record(plan_uid="1.2.3")
+    path = f.write(ds, tmp_path / "cut.dcm")
+    sha, _ = objectstore.sha256_of(path)
+    uid = str(ds.SOPInstanceUID)
+    _, created = ingestor.store.put(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1")
+    assert created and _rows(ingestor) == ([], [], 0)
+
+    assert reconcile.reconcile(ingestor, _sources) == 1
+
+    rows, events, arrivals = _rows(ingestor)
+    assert rows == [(uid, 1, "TRUEBEAM1")] and len(events) == 1 and arrivals == 1
+    assert ingestor.store.recent() == []
+
+
+def test_a_lost_key_link_is_made_again(ingestor: Ingestor, tmp_path: Path) -> None:
+    _ingest(ingestor, tmp_path, 1)
+    [recent] = ingestor.store.recent()
+    ingestor.store.path(recent.key).unlink()  # the unflushed link a power cut can lose
+    _lose_index(ingestor)
+
+    assert reconcile.reconcile(ingestor, _sources) == 1
+
+    assert ingestor.store.path(recent.key).exists()
+    assert len(_rows(ingestor)[0]) == 1
+
+
+def test_an_object_the_rules_refuse_is_kept_unindexed(ingestor: Ingestor, tmp_path: Path) -> None:
+    """A .recent file whose UID is now another patient's (it never got its row): refused as a
+    C-STORE would be, its file kept, its .recent name dropped so it is not retried forever."""
+    placed = f.treatment_record(plan_uid="1.2.3", patient=f.PatientSpec(patient_id="P-ONE"))
+    path = f.write(placed, tmp_path / "a.dcm")
+    sha, _ = objectstore.sha256_of(path)
+    key, _ = ingestor.store.put(
+        path, sha, sop_instance_uid=str(placed.SOPInstanceUID), calling_ae="TRUEBEAM1"
+    )
+    other = f.treatment_record(
+        plan_uid="1.2.3",
+        patient=f.PatientSpec(patient_id="P-TWO"),
+        sop_instance_uid=str(placed.SOPInstanceUID),
+    )
+    ingestor.ingest(
+        f.write(other, tmp_path / "b.dcm"),
+        sop_class_uid=RECORD,
+        sop_instance_uid="",
+        transfer_syntax_uid=EXPLICIT_LE,
+        source=LINAC,
+    )
+    rows_before = _rows(ingestor)
+
+    reconcile.reconcile(ingestor, _sources)
+
+    assert _rows(ingestor)[0] == rows_before[0]  # P-ONE's object was not indexed
+    assert ingestor.store.path(key).exists()
+    assert ingestor.store.recent() == []
+
+
+def test_an_ingest_flushes_twice_and_its_commit_does_not_wait(
+    ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file and the .recent directory: two fsyncs from Python per new object (the
+    directory of its key and the database's log no longer flush on the C-STORE path)."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(objectstore.os, "fsync", counting)
+    _ingest(ingestor, tmp_path, 1)
+    assert len(calls) == 2
+    with ingestor._factory() as session:
+        dialect = session.get_bind().dialect.name
+        if dialect == "sqlite":
+            # The pooled connection the ingest used: NORMAL (1), set by relaxed_commit.
+            level = session.connection().exec_driver_sql("PRAGMA synchronous").scalar()
+            assert level == 1
