@@ -42,6 +42,15 @@ PatientIdQuery = Annotated[
 ]
 UidQuery = Annotated[str | None, Query(min_length=1, max_length=UID_MAX_CHARS)]
 UidPath = Annotated[str, Path(min_length=1, max_length=UID_MAX_CHARS, description="a DICOM UID")]
+# The longest time ``clinic_time`` reads, 2026-11-24T09:00:00.123456+05:30:00.123456, is 42
+# characters; 64 leaves room and keeps a megabyte of text out of the parser.
+TIME_MAX_CHARS = 64
+# A keyset cursor is base64 of a few sort values (a time, a row id, at most a UID): a few hundred
+# characters at most.
+CURSOR_MAX_CHARS = 512
+CursorQuery = Annotated[
+    str | None, Query(max_length=CURSOR_MAX_CHARS, description="next_cursor of the last page")
+]
 
 
 @dataclass(frozen=True)
@@ -80,8 +89,13 @@ def clinic_time(value: str, zone: ZoneInfo, name: str) -> datetime:
 
 def time_range(
     request: Request,
-    start: Annotated[str | None, Query(alias="from", description=_TIME_HELP)] = None,
-    end: Annotated[str | None, Query(alias="to", description=f"exclusive; {_TIME_HELP}")] = None,
+    start: Annotated[
+        str | None, Query(alias="from", max_length=TIME_MAX_CHARS, description=_TIME_HELP)
+    ] = None,
+    end: Annotated[
+        str | None,
+        Query(alias="to", max_length=TIME_MAX_CHARS, description=f"exclusive; {_TIME_HELP}"),
+    ] = None,
 ) -> TimeRange:
     zone = ZoneInfo(request.app.state.settings.clinic_timezone)
     return TimeRange(

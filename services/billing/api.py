@@ -10,7 +10,7 @@ import uuid
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,10 +25,14 @@ from shared.audit import record_request
 from shared.auth import BillingStaff
 from shared.errors import NotFound
 from shared.pagination import Page
-from shared.params import PatientIdQuery, TimeRange, TimeRangeDep
+from shared.params import CursorQuery, PatientIdQuery, TimeRange, TimeRangeDep
 from shared.web import problem
 
 router = APIRouter(prefix="/v1", tags=["billing"])
+
+# A course id is "course:" + a plan UID (64, VR UI): the course column's String(100).
+COURSE_ID_MAX_CHARS = 100
+CourseIdPath = Annotated[str, Path(min_length=1, max_length=COURSE_ID_MAX_CHARS)]
 
 
 def _service(request: Request) -> BillingService:
@@ -160,10 +164,10 @@ def list_charges(
     request: Request,
     span: TimeRangeDep,
     patient_id: PatientIdQuery = None,
-    course_id: str | None = None,
+    course_id: Annotated[str | None, Query(min_length=1, max_length=COURSE_ID_MAX_CHARS)] = None,
     status: Literal["ready", "hold"] | None = None,
     limit: Limit = 100,
-    cursor: str | None = None,
+    cursor: CursorQuery = None,
 ) -> Page[ChargeOut]:
     """Charges by date of service (``from``/``to``), newest first; ``next_cursor`` continues."""
     first, end = _days(span, service)
@@ -281,7 +285,7 @@ def list_courses(
     patient_id: PatientIdQuery = None,
     status: Literal["open", "closed"] | None = None,
     limit: Limit = 100,
-    cursor: str | None = None,
+    cursor: CursorQuery = None,
 ) -> Page[CourseOut]:
     """Courses with their fractions delivered and status (open or closed, with each closure
     point and why)."""
@@ -298,7 +302,7 @@ def list_courses(
 
 @router.get("/courses/{course_id}", response_model=CourseOut)
 def get_course(
-    course_id: str, principal: BillingStaff, factory: FactoryDep, request: Request
+    course_id: CourseIdPath, principal: BillingStaff, factory: FactoryDep, request: Request
 ) -> CourseOut:
     with factory.begin() as session:
         row = session.get(Course, course_id)
@@ -310,7 +314,7 @@ def get_course(
 
 @router.post("/courses/{course_id}/close", response_model=CourseOut)
 def close_course(
-    course_id: str,
+    course_id: CourseIdPath,
     principal: BillingStaff,
     service: ServiceDep,
     request: Request,
@@ -331,7 +335,7 @@ def close_course(
 
 @router.post("/courses/{course_id}/kind", response_model=CourseOut)
 def set_course_kind(
-    course_id: str,
+    course_id: CourseIdPath,
     body: KindIn,
     principal: BillingStaff,
     service: ServiceDep,
@@ -394,13 +398,21 @@ class DiscrepancyOut(BaseModel):
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "properties": {
+                            "file": {
+                                "type": "string",
+                                "format": "binary",
+                                "maxLength": MAX_CLAIM_FILE,
+                            }
+                        },
                         "required": ["file"],
                     }
                 },
-                "text/csv": {"schema": {"type": "string"}},
-                "application/edi-x12": {"schema": {"type": "string"}},
-                "x-application/hl7-v2+er7": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string", "maxLength": MAX_CLAIM_FILE}},
+                "application/edi-x12": {"schema": {"type": "string", "maxLength": MAX_CLAIM_FILE}},
+                "x-application/hl7-v2+er7": {
+                    "schema": {"type": "string", "maxLength": MAX_CLAIM_FILE}
+                },
             },
             "required": True,
         }

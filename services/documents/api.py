@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -20,6 +20,12 @@ from shared.params import UID_MAX_CHARS, WEEK_PATTERN
 from shared.web import problem_responses
 
 router = APIRouter(prefix="/v1", tags=["documents"])
+
+# Documents, notes and letters are keyed by a UUID (String(36) columns).
+RowUuid = Annotated[str, Path(min_length=1, max_length=36, description="a UUID")]
+WEEK_MAX_CHARS = 8  # 2026-W48
+# A course's plans: an initial plan, its boosts and its adaptive versions; far more is no course.
+MAX_PLANS_PER_COURSE = 100
 
 # Who files documents and corrects groupings: the clinical staff who produce them.
 DocumentStaff = Annotated[
@@ -121,7 +127,7 @@ class CourseOut(BaseModel):
 
 class RegroupIn(BaseModel):
     plan_uids: list[Annotated[str, Field(min_length=1, max_length=UID_MAX_CHARS)]] = Field(
-        min_length=1, description="exactly the plans of one course"
+        min_length=1, max_length=MAX_PLANS_PER_COURSE, description="exactly the plans of one course"
     )
     reason: str | None = Field(default=None, max_length=2000)
 
@@ -137,7 +143,11 @@ class NoteBody(BaseModel):
     patient_id: str = Field(min_length=1, max_length=64)
     course_id: str = Field(min_length=1, max_length=80)
     # years bounded as every query's (shared.params): 9999-W52 ends past the calendar
-    week: str = Field(pattern=r"^(19|2\d)\d{2}-W(0[1-9]|[1-4]\d|5[0-3])$", description="ISO week")
+    week: str = Field(
+        pattern=r"^(19|2\d)\d{2}-W(0[1-9]|[1-4]\d|5[0-3])$",
+        max_length=WEEK_MAX_CHARS,
+        description="ISO week",
+    )
     kind: Literal["management_note", "physics_check"]
     author: str = Field(min_length=1, max_length=200)
     signed_at: datetime
@@ -255,14 +265,18 @@ async def upload_document(
     service: ServiceDep,
     principal: DocumentStaff,
     plan_uid: Annotated[str, Form(min_length=1, max_length=64)],
-    doc_type: Annotated[str, Form(description=", ".join(DOC_TYPES))],
+    doc_type: Annotated[str, Form(max_length=40, description=", ".join(DOC_TYPES))],
     file: Annotated[UploadFile, File(description="the document, PDF")],
     author: Annotated[str | None, Form(max_length=200)] = None,
     signed_by: Annotated[str | None, Form(max_length=200)] = None,
     signed_at: Annotated[datetime | None, Form()] = None,
     week: Annotated[
         str | None,
-        Form(pattern=WEEK_PATTERN, description="weekly notes: the ISO week documented"),
+        Form(
+            pattern=WEEK_PATTERN,
+            max_length=WEEK_MAX_CHARS,
+            description="weekly notes: the ISO week documented",
+        ),
     ] = None,
 ) -> DocumentOut:
     """File a PDF for a plan version. The type is checked by content (a PDF named .txt is
@@ -297,7 +311,7 @@ async def upload_document(
 
 @router.get("/documents/{document_id}/content")
 async def document_content(
-    document_id: str, request: Request, service: ServiceDep, principal: ClinicalReader
+    document_id: RowUuid, request: Request, service: ServiceDep, principal: ClinicalReader
 ) -> Response:
     row, content = await run_in_threadpool(
         service.document, document_id, principal=principal, resource=_resource(request)
@@ -332,7 +346,7 @@ async def add_note(
 
 @router.post("/notes/{note_id}/void", response_model=NoteOut)
 async def void_note(
-    note_id: str, request: Request, service: ServiceDep, principal: NoteSigners
+    note_id: RowUuid, request: Request, service: ServiceDep, principal: NoteSigners
 ) -> NoteOut:
     """A note signed in error is voided: its next revision, published with ``voided``."""
     row = await run_in_threadpool(
@@ -360,7 +374,7 @@ async def list_letters(
 
 @router.get("/letters/{letter_id}/pdf")
 async def letter_pdf(
-    letter_id: str, request: Request, service: ServiceDep, principal: ClinicalReader
+    letter_id: RowUuid, request: Request, service: ServiceDep, principal: ClinicalReader
 ) -> Response:
     _, content = await run_in_threadpool(
         service.letter_pdf, letter_id, principal=principal, resource=_resource(request)
@@ -374,7 +388,7 @@ async def letter_pdf(
 
 @router.post("/letters/{letter_id}/approve", response_model=LetterOut)
 async def approve_letter(
-    letter_id: str, request: Request, service: ServiceDep, principal: PhysicianOnly
+    letter_id: RowUuid, request: Request, service: ServiceDep, principal: PhysicianOnly
 ) -> LetterOut:
     """draft -> approved; the letter is sent at once, and retried until it is."""
     await run_in_threadpool(

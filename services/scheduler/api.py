@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,6 +44,11 @@ from .store import (
 )
 
 router = APIRouter(prefix="/v1", tags=["scheduler"])
+
+# Every id the scheduler keeps (rooms, staff, devices, requests, bookings) is a String(64)
+# column (store.ID); a longer one names nothing and is a 422 before any lookup.
+ID_MAX_CHARS = 64
+IdPath = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS)]
 
 
 def _service(request: Request) -> SchedulerService:
@@ -200,7 +205,7 @@ def list_rooms(principal: SchedulingStaff, factory: FactoryDep) -> list[RoomOut]
 
 @router.put("/rooms/{room_id}", response_model=RoomOut)
 def put_room(
-    room_id: str, body: RoomIn, principal: SchedulingStaff, service: ServiceDep
+    room_id: IdPath, body: RoomIn, principal: SchedulingStaff, service: ServiceDep
 ) -> RoomOut:
     """Create or replace a CT simulator room; ``machine`` ties it to the SCP registry."""
     _same_id(room_id, body.id)
@@ -219,7 +224,7 @@ def list_therapists(principal: SchedulingStaff, factory: FactoryDep) -> list[The
 
 @router.put("/therapists/{therapist_id}", response_model=TherapistIn)
 def put_therapist(
-    therapist_id: str, body: TherapistIn, principal: SchedulingStaff, service: ServiceDep
+    therapist_id: IdPath, body: TherapistIn, principal: SchedulingStaff, service: ServiceDep
 ) -> TherapistIn:
     _same_id(therapist_id, body.id)
     service.put_therapist(body, principal)
@@ -237,7 +242,7 @@ def list_proceduralists(principal: SchedulingStaff, factory: FactoryDep) -> list
 
 @router.put("/proceduralists/{proceduralist_id}", response_model=ProceduralistIn)
 def put_proceduralist(
-    proceduralist_id: str, body: ProceduralistIn, principal: SchedulingStaff, service: ServiceDep
+    proceduralist_id: IdPath, body: ProceduralistIn, principal: SchedulingStaff, service: ServiceDep
 ) -> ProceduralistIn:
     _same_id(proceduralist_id, body.id)
     service.put_proceduralist(body, principal)
@@ -262,7 +267,7 @@ def list_device_types(principal: SchedulingStaff, factory: FactoryDep) -> list[D
 
 @router.put("/device-types/{device_type_id}", response_model=DeviceTypeIn)
 def put_device_type(
-    device_type_id: str, body: DeviceTypeIn, principal: SchedulingStaff, service: ServiceDep
+    device_type_id: IdPath, body: DeviceTypeIn, principal: SchedulingStaff, service: ServiceDep
 ) -> DeviceTypeIn:
     """Create a device type or set its stock (never below the units bookings hold)."""
     _same_id(device_type_id, body.id)
@@ -279,7 +284,7 @@ def _same_id(path: str, body: str) -> None:
 
 
 class ConsentIn(BaseModel):
-    kind: str = Field(description=f"one of {', '.join(domain.CONSENT_KINDS)}")
+    kind: str = Field(max_length=30, description=f"one of {', '.join(domain.CONSENT_KINDS)}")
     signed_at: datetime
 
 
@@ -295,7 +300,9 @@ class BookIn(BaseModel):
         description="a proposed start (clinic time when it has no offset); omitted: the "
         "earliest slot that satisfies every constraint",
     )
-    room: str | None = Field(default=None, description="the proposed room (with ``start``)")
+    room: str | None = Field(
+        default=None, max_length=ID_MAX_CHARS, description="the proposed room (with ``start``)"
+    )
 
 
 class ReasonIn(BaseModel):
@@ -347,7 +354,7 @@ def list_requests(
 
 @router.get("/simulation-requests/{request_id}", response_model=RequestOut)
 def get_request(
-    request_id: str,
+    request_id: IdPath,
     principal: SchedulingStaff,
     service: ServiceDep,
     factory: FactoryDep,
@@ -361,7 +368,7 @@ def get_request(
     "/simulation-requests/{request_id}/consents", response_model=RequestOut, status_code=201
 )
 def add_consent(
-    request_id: str,
+    request_id: IdPath,
     body: ConsentIn,
     principal: SchedulingStaff,
     service: ServiceDep,
@@ -373,7 +380,7 @@ def add_consent(
 
 @router.post("/simulation-requests/{request_id}/labs", response_model=RequestOut, status_code=201)
 def add_lab(
-    request_id: str,
+    request_id: IdPath,
     body: LabIn,
     principal: SchedulingStaff,
     service: ServiceDep,
@@ -385,7 +392,7 @@ def add_lab(
 
 @router.post("/simulation-requests/{request_id}/book", response_model=RequestOut, status_code=201)
 def book(
-    request_id: str,
+    request_id: IdPath,
     body: BookIn,
     principal: SchedulingStaff,
     service: ServiceDep,
@@ -399,7 +406,7 @@ def book(
 
 @router.post("/simulation-requests/{request_id}/cancel", response_model=RequestOut)
 def cancel_request(
-    request_id: str,
+    request_id: IdPath,
     body: ReasonIn,
     principal: SchedulingStaff,
     service: ServiceDep,
@@ -418,7 +425,7 @@ def list_bookings(
     factory: FactoryDep,
     request: Request,
     service: ServiceDep,
-    room: str | None = None,
+    room: Annotated[str | None, Query(max_length=ID_MAX_CHARS)] = None,
     start: date | None = None,
     days: int = 7,
 ) -> list[BookingOut]:
@@ -440,7 +447,7 @@ def list_bookings(
 
 @router.get("/bookings/{booking_id}", response_model=BookingOut)
 def get_booking(
-    booking_id: str, principal: SchedulingStaff, factory: FactoryDep, request: Request
+    booking_id: IdPath, principal: SchedulingStaff, factory: FactoryDep, request: Request
 ) -> BookingOut:
     with factory.begin() as session:
         row = session.get(BookingRow, booking_id)
@@ -452,7 +459,7 @@ def get_booking(
 
 @router.get("/bookings/{booking_id}/history")
 def booking_history(
-    booking_id: str, principal: SchedulingStaff, factory: FactoryDep, request: Request
+    booking_id: IdPath, principal: SchedulingStaff, factory: FactoryDep, request: Request
 ) -> list[dict[str, Any]]:
     """Who booked, moved, cancelled or completed the booking's request, and why."""
     with factory.begin() as session:
@@ -481,7 +488,7 @@ def booking_history(
 
 @router.post("/bookings/{booking_id}/reschedule", response_model=RequestOut)
 def reschedule(
-    booking_id: str,
+    booking_id: IdPath,
     body: RescheduleIn,
     principal: SchedulingStaff,
     service: ServiceDep,
@@ -495,7 +502,7 @@ def reschedule(
 
 @router.post("/bookings/{booking_id}/cancel", response_model=RequestOut)
 def cancel_booking(
-    booking_id: str,
+    booking_id: IdPath,
     body: ReasonIn,
     principal: SchedulingStaff,
     service: ServiceDep,
@@ -510,7 +517,7 @@ def cancel_booking(
 
 @router.post("/bookings/{booking_id}/return-devices", response_model=BookingOut)
 def return_devices(
-    booking_id: str,
+    booking_id: IdPath,
     body: ReasonIn,
     principal: SchedulingStaff,
     service: ServiceDep,
@@ -596,7 +603,7 @@ def _feed_bookings(session: Session, service: SchedulerService) -> list[BookingR
     responses={200: {"content": {"text/calendar": {}}}},
 )
 def room_calendar(
-    room_id: str,
+    room_id: IdPath,
     principal: SchedulingStaff,
     service: ServiceDep,
     factory: FactoryDep,
@@ -620,7 +627,7 @@ def room_calendar(
     responses={200: {"content": {"text/calendar": {}}}},
 )
 def staff_calendar(
-    staff_id: str,
+    staff_id: IdPath,
     principal: SchedulingStaff,
     service: ServiceDep,
     factory: FactoryDep,

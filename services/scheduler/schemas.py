@@ -5,7 +5,7 @@ plain data."""
 from __future__ import annotations
 
 from datetime import date, time
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -14,6 +14,10 @@ from shared.calendar import WEEKDAYS, Weekday
 from . import domain
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# The pattern bounds a slug to 64 characters already; max_length says so in the OpenAPI too.
+SLUG_MAX_CHARS = 64
+# A week's opening hours or shifts: a few windows a day at most.
+MAX_WINDOWS = 50
 
 
 class Strict(BaseModel):
@@ -38,29 +42,31 @@ class WindowIn(Strict):
 
 
 class RoomIn(Strict):
-    id: str = Field(pattern=SLUG)
+    id: str = Field(pattern=SLUG, max_length=SLUG_MAX_CHARS)
     name: str = Field(min_length=1, max_length=200)
     machine: str = Field(
         min_length=1, max_length=100, description="the SCP device registry's machine name"
     )
-    hours: list[WindowIn] = Field(description="opening hours per weekday")
+    hours: list[WindowIn] = Field(max_length=MAX_WINDOWS, description="opening hours per weekday")
 
 
 class TherapistIn(Strict):
-    id: str = Field(pattern=SLUG)
+    id: str = Field(pattern=SLUG, max_length=SLUG_MAX_CHARS)
     name: str = Field(min_length=1, max_length=200)
-    shifts: list[WindowIn]
+    shifts: list[WindowIn] = Field(max_length=MAX_WINDOWS)
 
 
 class ProceduralistIn(Strict):
-    id: str = Field(pattern=SLUG)
+    id: str = Field(pattern=SLUG, max_length=SLUG_MAX_CHARS)
     name: str = Field(min_length=1, max_length=200)
     specialty: str = Field(default="urology", max_length=100)
-    blocks: list[WindowIn] = Field(description="procedure blocks (fiducials, SpaceOAR)")
+    blocks: list[WindowIn] = Field(
+        max_length=MAX_WINDOWS, description="procedure blocks (fiducials, SpaceOAR)"
+    )
 
 
 class DeviceTypeIn(Strict):
-    id: str = Field(pattern=SLUG)
+    id: str = Field(pattern=SLUG, max_length=SLUG_MAX_CHARS)
     name: str = Field(min_length=1, max_length=200)
     stock: int = Field(ge=0)
     fabricated: bool = Field(
@@ -78,7 +84,9 @@ class Resources(Strict):
 
 
 class RequirementsIn(Strict):
-    immobilization: list[str] = Field(default_factory=list, description="device type ids")
+    immobilization: list[Annotated[str, Field(max_length=SLUG_MAX_CHARS)]] = Field(
+        default_factory=list, max_length=20, description="device type ids"
+    )
     iv_contrast: bool = False
     four_d_ct: bool = False
     fiducials: bool = False

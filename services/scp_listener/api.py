@@ -20,7 +20,7 @@ from shared.audit import record_request
 from shared.auth import DeviceOperator, RecordReader
 from shared.errors import NotFound, RuleViolation
 from shared.pagination import page_of
-from shared.params import PatientIdQuery, TimeRangeDep, UidPath, UidQuery
+from shared.params import CursorQuery, PatientIdQuery, TimeRangeDep, UidPath, UidQuery
 
 router = APIRouter(prefix="/v1", tags=["objects"])
 
@@ -64,10 +64,11 @@ def list_objects(
     request: Request,
     received: TimeRangeDep,
     patient_id: PatientIdQuery = None,
-    calling_ae: str | None = None,
+    # An AE title is at most 16 characters (VR AE, PS3.5 table 6.2-1).
+    calling_ae: Annotated[str | None, Query(min_length=1, max_length=16)] = None,
     sop_class_uid: UidQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: str | None = None,
+    cursor: CursorQuery = None,
 ) -> ObjectPage:
     """Stored objects, newest first; ``next_cursor`` continues the listing."""
     query = received_objects(
