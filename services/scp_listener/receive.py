@@ -28,6 +28,8 @@ from typing import Any
 import structlog
 from pynetdicom import dimse_messages
 
+from services.scp_listener import pdu_reader
+
 log = structlog.get_logger(__name__)
 
 # None: the system's temporary directory (pynetdicom's default).
@@ -91,7 +93,10 @@ class SpoolFile:
 
 
 def install() -> None:
+    """Receive data sets into hashing spool files, and PDUs through ``pdu_reader`` (within
+    the maximum length we advertise, one copy)."""
     dimse_messages.NamedTemporaryFile = SpoolFile  # type: ignore[attr-defined,assignment]
+    pdu_reader.install()
 
 
 def discard_partial(assoc: Any) -> None:
