@@ -169,7 +169,8 @@ class QaService:
                 "reviewed_at is in the future; a review is documented when it "
                 "happened, at the latest now"
             )
-        reviewed_at = min(reviewed_at, now)
+        # Stored and answered in UTC, as every read gives them back.
+        now, reviewed_at = now.astimezone(UTC), min(reviewed_at, now).astimezone(UTC)
         backdated = domain.is_backdated(reviewed_at, now, self._policy)
         reason, system = _text(review.backdate_reason), _text(review.documented_in)
         names = reviewer_names(principal)

@@ -19,10 +19,11 @@ from sqlalchemy import select
 
 from services.qa_tracker.app import api_app
 from services.qa_tracker.service import QaService
-from services.qa_tracker.store import AuditLog
+from services.qa_tracker.store import AuditLog, ReviewRow
 from shared.settings import SettingError, StaffIdentity
 from shared.ui import SESSION_COOKIE
 from tests.oidc_provider import CLIENT_ID, Provider, RunningProvider
+from tests.qa_tracker.test_api import ids
 from tests.ui.test_qa_pages import OLGA, Db, token_in, two_physicians
 
 SESSION_KEY = "k" * 48
@@ -137,6 +138,41 @@ async def test_no_identity_by_email_or_username(
         page = await client.get("/ui/worklist")
     assert "maps to no DICOM name" in page.text
     assert "QA-001" not in page.text
+
+
+async def test_mallory_signed_in_as_olgas_username_is_not_olga(
+    qa_db: Db, service: QaService, provider: Provider
+) -> None:
+    """Issue 15's token through the pages: sub mallory, preferred_username and name Olga's.
+    The header shows the name, but the worklist is not Olga's, a review of Olga's fraction is
+    refused (the review policy, default "covering"), and every audit row is mallory's."""
+    provider.users["mallory"] = {
+        "roles": ["physician"],
+        "sub": "mallory",
+        "preferred_username": OLGA,
+        "name": OLGA,
+    }
+    provider.auto = "mallory"
+    identities = {OLGA: StaffIdentity(dicom_names=[OLGA])}  # a key a username could match
+    app = oidc_app(qa_db, service, provider, ui_identities=identities)
+    fid = ids(qa_db[1])["QA-001", 1]
+    async with httpx.AsyncClient(
+        base_url=APP, mounts={APP: httpx.ASGITransport(app=app)}, follow_redirects=True
+    ) as client:
+        page = await client.get("/ui/worklist")
+        assert "maps to no DICOM name" in page.text and "QA-001" not in page.text
+        answer = await client.post(
+            f"/ui/worklist/{fid}/review",
+            data={"csrf_token": token_in(page.text), "decision": "approved"},
+            headers={"HX-Request": "true"},
+        )
+    assert answer.status_code == 403, answer.text
+    assert "not mapped to a DICOM person name" in answer.text
+    with qa_db[1]() as session:
+        assert session.scalars(select(ReviewRow)).all() == []
+        rows = session.scalars(select(AuditLog)).all()
+    assert {r.user for r in rows} == {f"{provider.url}#mallory"}
+    assert ("refused", f"/ui/worklist/{fid}/review") in {(r.action, r.resource) for r in rows}
 
 
 async def test_a_user_with_no_dicom_name_is_told(
