@@ -275,7 +275,17 @@ class Scp:
         return f"http://{HOST}:{self.http_port}{path}"
 
 
-def start_scp(var: Path, nats_url: str, log_path: Path, *, fsync: bool = True) -> Scp:
+def start_scp(
+    var: Path,
+    nats_url: str,
+    log_path: Path,
+    *,
+    fsync: bool = True,
+    module: str | None = None,
+    **settings_env: str,
+) -> Scp:
+    """The SCP as ``python -m <module>`` (default the service itself, or ``bench.scp_nofsync``
+    without fsync); ``settings_env`` adds ``RTOPS_*`` variables (``RTOPS_SCP_MAX_PDU=...``)."""
     # The service does not migrate on start (`rtops run` does it first), so do the same here.
     settings = ScpSettings(var_dir=var, database_url=None)
     engine = make_engine(settings, SERVICE)
@@ -292,12 +302,15 @@ def start_scp(var: Path, nats_url: str, log_path: Path, *, fsync: bool = True) -
         RTOPS_SCP_HTTP_HOST=HOST,
         RTOPS_LOG_LEVEL="WARNING",
         RTOPS_NATS_URL=nats_url,
+        **settings_env,
     )
+    if module is None:
+        module = "services.scp_listener" if fsync else "bench.scp_nofsync"
     with log_path.open("wb") as out:
         # Own session: Ctrl-C reaches only the bench, which then stops the SCP before NATS.
         proc = subprocess.Popen(
             # bench.scp_nofsync: the same SCP with fsync off (--no-fsync; never a setting).
-            [sys.executable, "-m", "services.scp_listener" if fsync else "bench.scp_nofsync"],
+            [sys.executable, "-m", module],
             cwd=REPO,
             env=env,
             stdout=out,
