@@ -135,6 +135,9 @@ def read_session(request: Request, settings: RtopsSettings) -> Session | None:
     roles = tuple(r for r in ROLES if r in (data.get("r") or ()))
     if not roles:
         return None
+    if origin == "oidc" and not data.get("i"):
+        # Made before issue 15, when "u" was the provider's username: sign in again.
+        return None
     return Session(
         user=str(data["u"]),
         roles=roles,

@@ -321,3 +321,17 @@ async def test_the_timeline_forwards_the_providers_token(
         readers = set(session.scalars(select(AuditLog.user).where(AuditLog.resource.like("/v1/%"))))
     # The API read the provider's subject from the forwarded token.
     assert readers == {f"{provider.url}#sub-olga"}
+
+
+async def test_a_session_from_before_issue_15_signs_in_again(
+    browser: httpx.AsyncClient, provider: Provider
+) -> None:
+    """An OIDC session cookie without the issuer held the provider's username as its user:
+    it is no session now (the provider signs the user in again, as its subject)."""
+    old = URLSafeTimedSerializer(SESSION_KEY, salt="rtops.ui.session").dumps(
+        {"u": "olga", "r": ["physician"], "c": "x", "n": [OLGA], "o": "oidc"}
+    )
+    browser.cookies.set(SESSION_COOKIE, old)
+    page = await browser.get("/ui/worklist", follow_redirects=False)
+    assert page.status_code == 303
+    assert page.headers["location"].startswith("/ui/sign-in")
