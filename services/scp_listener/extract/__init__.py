@@ -26,6 +26,7 @@ from services.scp_listener.extract.readers import (
     check_complete,
     decode_sequences,
     first,
+    get_value,
     integer,
     items,
     number,
@@ -38,6 +39,7 @@ from services.scp_listener.extract.readers import (
     stamp,
     text,
 )
+from services.scp_listener.extract.received import Extracted, extract_received
 from services.scp_listener.extract.records import (
     brachy_setups,
     treatment_recorded,
@@ -52,6 +54,7 @@ from services.scp_listener.extract.registration import (
 __all__ = [
     "DEFER_BYTES",
     "MAX_SEQUENCE_DEPTH",
+    "Extracted",
     "MalformedObject",
     "Undecodable",
     "brachy_setups",
@@ -61,8 +64,10 @@ __all__ = [
     "document_received",
     "elekta_couch_shift_mm",
     "encapsulated_document",
+    "extract_received",
     "first",
     "gantry_rotation",
+    "get_value",
     "image_facts",
     "integer",
     "items",

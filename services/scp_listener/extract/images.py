@@ -9,7 +9,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from services.scp_listener import sop
-from services.scp_listener.extract.readers import first, integer, stamp, text
+from services.scp_listener.extract.readers import first, get_value, integer, stamp, text
 from shared.events import ImageApproval, SourceDevice
 
 
@@ -17,7 +17,7 @@ def classify(ds: Dataset, sop_class_uid: str, device_role: str) -> str:
     """CBCT vs simulation CT by the sender's registry role first (architecture: scp_listener
     decides), then by attributes; 2D images by RT Image Image Type."""
     if sop_class_uid == sop.RT_IMAGE:
-        image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+        image_type = [str(v).upper() for v in (get_value(ds, "ImageType") or [])]
         kind = image_type[2] if len(image_type) > 2 else ""
         if kind == "DRR":
             return "drr"

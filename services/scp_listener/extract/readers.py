@@ -14,19 +14,24 @@ import struct
 import warnings
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian
-from pydicom.valuerep import VR
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
 
+from services.scp_listener.extract import structure
 from shared.events import Patient
 
 
@@ -43,11 +48,36 @@ class MalformedObject(ValueError):
 # ---------------------------------------------------------------- values
 
 
+# A value a reader reads is loaded whole, so it is bounded: the longest one read in a real
+# object, the Leaf/Jaw Positions of a 160-leaf MLC, is under 3 KB.
+MAX_READ_BYTES = 1024 * 1024
+
+
+def get_value(ds: Dataset, keyword: str) -> Any:
+    """The value of ``keyword`` as pydicom converts it (``None`` when absent). A value too
+    long to read, or one pydicom's conversion fails on in a way its callers do not expect
+    (an IS of ``1e400`` overflows), is a ``MalformedObject``."""
+    elem = ds._dict.get(tag_for_keyword(keyword))  # type: ignore[arg-type]
+    if (
+        isinstance(elem, RawDataElement)
+        and elem.length != _UNDEFINED_LENGTH
+        and elem.length > MAX_READ_BYTES
+    ):
+        raise MalformedObject(
+            f"{keyword} is {elem.length:,} bytes long; rtops reads at most "
+            f"{MAX_READ_BYTES:,} bytes of one value"
+        )
+    try:
+        return ds.get(keyword)
+    except (OverflowError, struct.error, LookupError) as exc:
+        raise MalformedObject(f"{keyword} cannot be read: {type(exc).__name__}: {exc}") from exc
+
+
 def text(ds: Dataset | None, keyword: str) -> str | None:
     """A string value, ``None`` when absent or empty (Type 2 attributes may be empty)."""
     if ds is None:
         return None
-    value = ds.get(keyword)
+    value = get_value(ds, keyword)
     if value is None or value == "":
         return None
     if isinstance(value, list | tuple | MultiValue):
@@ -58,7 +88,7 @@ def text(ds: Dataset | None, keyword: str) -> str | None:
 
 def number(ds: Dataset | None, keyword: str) -> float | None:
     """The first value as a finite float; ``None`` when absent, empty or not a number."""
-    value = ds.get(keyword) if ds is not None else None
+    value = get_value(ds, keyword) if ds is not None else None
     if value is None or value == "":
         return None
     if isinstance(value, list | tuple | MultiValue):
@@ -75,7 +105,7 @@ def number(ds: Dataset | None, keyword: str) -> float | None:
 def numbers(ds: Dataset | None, keyword: str) -> tuple[float, ...] | None:
     """Every value of a multi-valued numeric attribute; ``None`` when absent, empty or when
     any value is not a finite number (a half-read position is no position)."""
-    value = ds.get(keyword) if ds is not None else None
+    value = get_value(ds, keyword) if ds is not None else None
     if value is None or value == "":
         return None
     values = value if isinstance(value, list | tuple | MultiValue) else [value]
@@ -92,8 +122,8 @@ def integer(ds: Dataset | None, keyword: str) -> int | None:
 
 
 def items(ds: Dataset | None, keyword: str) -> Sequence | list[Dataset]:
-    value = ds.get(keyword) if ds is not None else None
-    return value if value else []
+    seq = get_value(ds, keyword) if ds is not None else None
+    return seq if seq else []
 
 
 def first(ds: Dataset | None, keyword: str) -> Dataset | None:
@@ -191,6 +221,7 @@ def read_header(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> Dataset:
     """Decode the object's structure once; a malformed or truncated one raises
     ``Undecodable``. Large values stay on disk (``DEFER_BYTES``)."""
     try:
+        _walk_data_set(path, max_depth)
         with warnings.catch_warnings():
             # pydicom only warns when an undefined-length item runs into the end of the file.
             warnings.filterwarnings("error", message=".*[Ee]nd of file.*")
@@ -203,6 +234,11 @@ def read_header(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> Dataset:
             check_complete(ds, path.stat().st_size)
         decode_sequences(ds, max_depth)
         check_structure(ds)
+        check_identity_values(ds)
+    except structure.TooDeep as exc:
+        raise Undecodable(str(exc)) from exc
+    except _Refused as exc:
+        raise Undecodable(str(exc)) from exc
     except RecursionError as exc:
         raise Undecodable(
             f"sequences are nested too deeply to decode (more than {max_depth} levels accepted)"
@@ -231,12 +267,8 @@ def read_header(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> Dataset:
     return ds
 
 
-# PS3.5 6.2: the two-letter VR codes (pydicom's ambiguous "US or SS" forms are not codes).
-_VR_CODES = frozenset(v.value for v in VR if " " not in v.value)
-# PS3.5 7.1.2: these explicit VRs have a 2-byte reserved field and a 4-byte length.
-_LONG_HEADER_VRS = frozenset(
-    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
-)
+_VR_CODES = structure.VR_CODES
+_LONG_HEADER_VRS = structure.LONG_HEADER_VRS
 
 
 def check_structure(ds: Dataset, *, top: bool = True) -> None:
@@ -270,17 +302,7 @@ def check_structure(ds: Dataset, *, top: bool = True) -> None:
                 check_structure(item, top=False)
 
 
-def _check_vr(tag: int, vr: str) -> None:
-    if vr not in _VR_CODES:
-        raise ValueError(f"element {Tag(tag)} has VR {vr!r}, which is not a DICOM VR")
-    if vr == "UN" or Tag(tag).is_private or Tag(tag).element == 0:
-        return
-    try:
-        allowed = dictionary_VR(tag)
-    except KeyError:  # not in the dictionary (a newer or retired public tag)
-        return
-    if vr not in allowed.split(" or "):
-        raise ValueError(f"element {Tag(tag)} has VR {vr}, but the data dictionary says {allowed}")
+_check_vr = structure.check_vr
 
 
 def check_complete(ds: Dataset, size: int) -> None:
@@ -338,10 +360,76 @@ def decode_sequences(ds: Dataset, max_depth: int = MAX_SEQUENCE_DEPTH, depth: in
             decode_sequences(item, max_depth, depth + 1)
 
 
-def _is_sequence(tag: int, vr: str | None, length: int) -> bool:
-    if vr is not None:
-        return vr == "SQ"
-    try:  # implicit VR: the data dictionary knows public tags
-        return dictionary_VR(tag) == "SQ"
-    except KeyError:  # private or unknown: undefined length means a sequence
-        return length == _UNDEFINED_LENGTH and tag != _PIXEL_DATA
+_is_sequence = structure.is_sequence
+
+
+class _Refused(ValueError):
+    """A refusal whose message is the whole reason (no exception type in front)."""
+
+
+def _walk_data_set(path: Path, max_depth: int) -> None:
+    """``structure.walk`` over the data set after the File Meta Information, before pydicom
+    decodes anything. A file without the DICM prefix is left to pydicom to refuse."""
+    with path.open("rb") as fp:
+        head = fp.read(132)
+        if len(head) < 132 or head[128:] != b"DICM":
+            return
+        syntax = ""
+        while True:  # the File Meta group is explicit VR little endian (PS3.10 7.1)
+            at = fp.tell()
+            header = fp.read(8)
+            if len(header) < 8 or header[:2] != b"\x02\x00":
+                fp.seek(at)
+                break
+            vr = header[4:6].decode("latin-1")
+            if vr in _LONG_HEADER_VRS:
+                (length,) = struct.unpack("<L", fp.read(4))
+            else:
+                (length,) = struct.unpack("<H", header[6:8])
+            value = fp.read(length) if length < 1024 else b""
+            if header[2:4] == b"\x10\x00":
+                syntax = value.decode("ascii", "replace").strip("\0 ")
+        try:
+            structure.walk(
+                fp,
+                implicit=syntax == ImplicitVRLittleEndian,
+                little=syntax != ExplicitVRBigEndian,
+                deflated=syntax == DeflatedExplicitVRLittleEndian,
+                max_depth=max_depth,
+            )
+        except structure.TooDeep:
+            raise
+        except (ValueError, EOFError, struct.error) as exc:
+            raise _Refused(str(exc)) from exc
+
+
+# The values the ingest reads into its index and every event, outside the readers' guard
+# against malformed values: refused here, before anything is stored, when no column or
+# consumer could hold them (PS3.5 6.2: UI 64 bytes, LO 64 characters, PN 64 per group).
+# (The SOP Class and Instance UIDs are the identity check's: ``service._check_identity``.)
+_IDENTITY = {
+    "StudyInstanceUID": 64,
+    "SeriesInstanceUID": 64,
+    "PatientID": 64,
+    "IssuerOfPatientID": 64,
+    "PatientName": 64,
+}
+
+
+def check_identity_values(ds: Dataset) -> None:
+    """Decode the identity and routing values and refuse those too long for their VR."""
+    for keyword, limit in _IDENTITY.items():
+        try:
+            value = text(ds, keyword)
+        except (ValueError, TypeError, LookupError) as exc:
+            raise _Refused(f"{keyword} cannot be decoded: {exc}") from exc
+        if value is None:
+            continue
+        parts = value.split("=") if keyword == "PatientName" else [value]
+        longest = max(len(p) for p in parts)
+        if longest > limit:
+            what = "a component group of " if keyword == "PatientName" else ""
+            raise _Refused(
+                f"{keyword} has {what}{longest:,} characters; its VR holds at most {limit} "
+                "(PS3.5 6.2)"
+            )

@@ -12,6 +12,7 @@ from pydicom.tag import Tag
 from services.scp_listener import sop
 from services.scp_listener.extract.readers import (
     first,
+    get_value,
     integer,
     items,
     number,
@@ -133,7 +134,7 @@ def _beam_delivery(item: Dataset, cp_kw: str, offset: str | None, clinic_tz: str
         couch=couch,
         overrides=tuple(
             Override(
-                parameter=_tag_text(ov.get("OverrideParameterPointer")),
+                parameter=_tag_text(get_value(ov, "OverrideParameterPointer")),
                 operator=text(ov, "OperatorsName"),
                 reason=text(ov, "OverrideReason"),
             )

@@ -7,13 +7,21 @@ import io
 import math
 import re
 import zipfile
+import zlib
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from services.scp_listener import sop
-from services.scp_listener.extract.readers import first, items, patient, stamp, text
+from services.scp_listener.extract.readers import (
+    first,
+    get_value,
+    items,
+    patient,
+    stamp,
+    text,
+)
 from shared.events import (
     RegistrationItem,
     RegistrationReceived,
@@ -22,6 +30,8 @@ from shared.events import (
     Vector3,
 )
 
+# The alignment INI is a few KB; a larger member is not one (and is not inflated).
+_MAX_INI_BYTES = 1024 * 1024
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -126,7 +136,7 @@ def _moving(regs: list[RegistrationItem]) -> tuple[str, ...]:
 
 
 def _matrix(ds: Dataset | None) -> tuple[float, ...] | None:
-    value = ds.get("FrameOfReferenceTransformationMatrix") if ds is not None else None
+    value = get_value(ds, "FrameOfReferenceTransformationMatrix") if ds is not None else None
     if not value or len(value) != 16:
         return None
     return tuple(float(v) for v in value)
@@ -172,11 +182,27 @@ def elekta_couch_shift_mm(ds: Dataset) -> Vector3 | None:
         return None
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-            name = next((n for n in zf.namelist() if n.upper().endswith(".INI.XVI")), None)
-            if name is None:
+            member = next(
+                (i for i in zf.infolist() if i.filename.upper().endswith(".INI.XVI")), None
+            )
+            if member is None or member.file_size > _MAX_INI_BYTES:
                 return None
-            ini = zf.read(name).decode("latin-1")
-    except (zipfile.BadZipFile, OSError, KeyError):
+            # read no more than the member says it holds (a forged size inflates no further)
+            with zf.open(member) as fp:
+                ini = fp.read(_MAX_INI_BYTES + 1)[:_MAX_INI_BYTES].decode("latin-1")
+    except (
+        # what a damaged or unusual archive raises: encrypted (RuntimeError), compressed
+        # in a way zipfile lacks (NotImplementedError), a broken deflate stream (zlib.error)
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        EOFError,
+        KeyError,
+        ValueError,
+        RuntimeError,
+        NotImplementedError,
+        zlib.error,
+    ):
         return None
     values = dict(re.findall(r"(?im)^\s*(CouchShift\w+)\s*=\s*([-+0-9.eE]+)\s*$", ini))
     keys = {k.lower(): v for k, v in values.items()}
