@@ -173,8 +173,9 @@ class ObjectStore:
         fsync_dir(self.recent_dir)
         crash_point("recent_fsynced")
         if not self._link(recent, target):
-            # Placed by another process between our check and now: theirs is the same bytes.
-            recent.unlink(missing_ok=True)
+            # Linked meanwhile (another process's store of the same bytes, or a round of the
+            # reconciliation). The .recent name stays: it is what finds this object again if
+            # the commit that follows is lost, and a round drops it once that is durable.
             return key, False
         crash_point("linked")
         return key, True

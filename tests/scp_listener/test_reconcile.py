@@ -213,3 +213,27 @@ def test_an_ingest_flushes_twice_and_its_commit_does_not_wait(
             # The pooled connection the ingest used: NORMAL (1), set by relaxed_commit.
             level = session.connection().exec_driver_sql("PRAGMA synchronous").scalar()
             assert level == 1
+
+
+def test_a_key_linked_meanwhile_keeps_its_recent_name(
+    ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a store's check for its key and its link, another store of the same bytes (or
+    a reconciliation round) linked it. The .recent name must stay: it is all that finds this
+    object again if the commit that follows is lost."""
+    store = ingestor.store
+    link = type(store)._link
+
+    def linked_by_someone_else(recent: Path, target: Path) -> bool:
+        link(store, recent, target)
+        return False
+
+    monkeypatch.setattr(store, "_link", linked_by_someone_else)
+    _ingest(ingestor, tmp_path, 1)
+    assert len(store.recent()) == 1
+    monkeypatch.undo()
+    _lose_index(ingestor)
+
+    assert reconcile.reconcile(ingestor, _sources) == 1
+
+    assert len(_rows(ingestor)[0]) == 1 and store.recent() == []
