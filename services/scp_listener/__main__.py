@@ -1,17 +1,44 @@
-"""``python -m services.scp_listener``: the SCP and its HTTP side in one process."""
+"""``python -m services.scp_listener``: the SCP and its HTTP side, plus the other SCP processes
+that share its DICOM port(s) (``RTOPS_SCP_PROCESSES``, default one per CPU core)."""
 
 from __future__ import annotations
 
-from services.scp_listener.app import create_app
-from services.scp_listener.settings import ScpSettings
-from shared.settings import settings_or_exit
-from shared.web import serve
+from services.scp_listener.lean import keep_lean
+
+keep_lean()  # first: before anything imports pydicom
+
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from services.scp_listener.settings import ScpSettings  # noqa: E402
+from shared.settings import settings_or_exit  # noqa: E402
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def shared_metrics_dir(var_dir: Path) -> Path:
+    """``var/scp-metrics``, emptied: prometheus_client's per-process files of this run (the
+    workers inherit the variable). A previous run's files would add its counts to ours."""
+    directory = var_dir / "scp-metrics"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for old in directory.glob("*.db"):
+        old.unlink(missing_ok=True)
+    return directory
 
 
 def main() -> None:
     settings = settings_or_exit(ScpSettings, "scp_listener")
+    processes = settings.scp_processes or os.cpu_count() or 1
+    if processes > 1:
+        # Before prometheus_client is imported (by the imports below): it picks its value
+        # store once, at import.
+        os.environ[MULTIPROC_ENV] = str(shared_metrics_dir(settings.var_dir))
+
+    from services.scp_listener.app import create_app
+    from shared.web import serve
+
     serve(
-        lambda: create_app(settings),
+        lambda: create_app(settings, processes=processes),
         settings,
         host=settings.scp_http_host,
         port=settings.scp_http_port,

@@ -1,19 +1,25 @@
 """Composition root of the SCP: the DICOM listener and the quiet-series sweep, with an HTTP side
 for health, readiness, metrics and the object API; the kit's runtime brings the database,
-the NATS link and the outbox relay."""
+the NATS link and the outbox relay. With ``processes`` > 1 this process also starts and
+watches the other SCP processes (processes.py), which share its DICOM port(s)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.scp_listener import scp
+from services.scp_listener import reconcile, scp, tls
 from services.scp_listener.api import router
+from services.scp_listener.content_locks import share_between_processes
 from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import ScpMetrics
 from services.scp_listener.objectstore import ObjectStore
 from services.scp_listener.pages import router as pages_router
+from services.scp_listener.processes import WorkerInbox, WorkerPool, wait_for_associations
 from services.scp_listener.service import Ingestor
 from services.scp_listener.settings import ScpSettings
 from services.scp_listener.store import AuditLog, Outbox, ProcessedEvent
@@ -31,13 +37,23 @@ def create_app(
     *,
     runtime: Runtime | None = None,
     background: bool = True,
+    processes: int = 1,
 ) -> FastAPI:
     """The SCP's app. ``background=False`` serves the HTTP API only: no DICOM listener, NATS
-    link, sweep or relay (what REST tests build)."""
+    link, sweep or relay (what REST tests build). ``processes``: SCP processes serving the
+    DICOM port(s), this one included (``python -m services.scp_listener`` passes
+    ``RTOPS_SCP_PROCESSES``); set ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client is
+    imported for /metrics to count every process's stores."""
     settings = settings or ScpSettings()
+    # Checked now, so a bad certificate or key is one line and exit status 2 at start.
+    ssl_context = tls.server_context(settings)
     runtime = runtime or Runtime.create(SERVICE, settings, TABLES)
     registry = DeviceRegistry(settings.scp_device_registry)
-    metrics = ScpMetrics(runtime.registry)
+    multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics = ScpMetrics(
+        runtime.registry,
+        summed_from=Path(multiprocess_dir) if multiprocess_dir and processes > 1 else None,
+    )
     metrics.track_outbox(lambda: outbox_depth(runtime.factory, Outbox))
     ingestor = Ingestor(
         factory=runtime.factory,
@@ -46,14 +62,50 @@ def create_app(
         on_commit=runtime.relay.wake,
         max_sequence_depth=settings.scp_max_sequence_depth,
     )
+    if processes > 1:
+        share_between_processes(ingestor, settings.object_store())
     quiet = timedelta(seconds=settings.scp_series_quiet_s)
 
     def sweep() -> None:
+        # Here only, in the parent: workers publish at release, where the conditional claim
+        # in Ingestor._publish_series lets one publication win.
         ingestor.publish_quiet_series(now=datetime.now(UTC), quiet=quiet)
 
     def start_dicom(app: FastAPI) -> None:
-        app.state.dicom_server = scp.start(settings, registry, ingestor, metrics)
-        scp.reload_on_sighup(registry)
+        # Start-up reconciliation (docs/scp_durability.md): once, in this parent process,
+        # before any DICOM port opens; its periodic rounds then run here too and cover the
+        # workers' objects (one object store; the content locks are shared by the processes).
+        reconcile.run_at_start(settings, ingestor)
+        listeners = scp.listen(
+            settings,
+            registry,
+            ingestor,
+            metrics,
+            tls_port=settings.scp_tls_port,
+            ssl_context=ssl_context,
+            reuse_port=processes > 1,
+        )
+        app.state.dicom_server = listeners.plain
+        app.state.dicom_listeners = listeners
+        pool: WorkerPool | None = None
+        if processes > 1:
+            inbox = WorkerInbox(runtime.relay.wake, metrics.problems)
+            inbox.attach(asyncio.get_running_loop())
+            plain_port, tls_port = listeners.ports
+            pool = WorkerPool(
+                settings, processes - 1, port=plain_port, tls_port=tls_port, inbox=inbox
+            )
+            pool.start()
+        app.state.scp_workers = pool
+        scp.reload_on_sighup(registry, also=pool.forward if pool else None)
+
+    def stop_dicom() -> None:
+        # Stop taking associations first; in-flight C-STOREs finish before the pool closes.
+        listeners = app.state.dicom_listeners
+        listeners.shutdown()
+        if app.state.scp_workers is not None:
+            app.state.scp_workers.stop()
+        wait_for_associations(listeners)
 
     app = runtime.app(
         title="rtops DICOM SCP",
@@ -71,8 +123,7 @@ def create_app(
         if background
         else None,
         on_start=start_dicom,
-        # Stop taking associations first; in-flight C-STOREs finish before the pool closes.
-        on_stop=lambda: app.state.dicom_server.shutdown(),
+        on_stop=stop_dicom,
     )
     app.state.ingestor = ingestor
     app.state.device_registry = registry

@@ -1,16 +1,27 @@
 """Prometheus metrics of the SCP, in a registry of its own (one per app instance), and the
-recent refusals and failed stores, with their reasons, that the problems page lists."""
+recent refusals and failed stores, with their reasons, that the problems page lists.
+
+With several SCP processes (``RTOPS_SCP_PROCESSES``) every process counts into prometheus_client's
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set before prometheus_client is imported), and
+the parent's ``/metrics`` serves the SCP's counters and histograms summed over every process
+(``ScpMetrics(..., summed_from=<that directory>)``); the other processes send their problems to
+the parent, whose page lists them all.
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 RECENT_PROBLEMS = 500
 
@@ -29,6 +40,19 @@ class Problem:
     called_ae: str | None = None
     peer: str | None = None
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json(self) -> bytes:
+        return json.dumps({**asdict(self), "at": self.at.isoformat()}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Problem:
+        values: dict[str, Any] = json.loads(data)
+        values["at"] = datetime.fromisoformat(values["at"])
+        return cls(**values)
+
+
+class ProblemSink(Protocol):
+    def record(self, problem: Problem) -> None: ...
 
 
 class RecentProblems:
@@ -53,9 +77,47 @@ class RecentProblems:
             return list(reversed(self._items))
 
 
+# The SCP's counters and histograms: what ``summed_from`` serves summed over the processes.
+SUMMED = frozenset(
+    {
+        "rtops_scp_objects_stored",
+        "rtops_scp_bytes_stored",
+        "rtops_scp_duplicates",
+        "rtops_scp_rejections",
+        "rtops_scp_internal_errors",
+        "rtops_scp_store_seconds",
+    }
+)
+
+
+class SummedOverProcesses:
+    """A collector of the SCP metrics in a multiprocess directory, summed over every process
+    that wrote there (a worker that died keeps its counts: they happened)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._all = MultiProcessCollector(None, path=str(directory))
+
+    def collect(self) -> Iterable[Metric]:
+        return [m for m in self._all.collect() if m.name in SUMMED]
+
+
 class ScpMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.problems = RecentProblems()
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        problems: ProblemSink | None = None,
+        summed_from: Path | None = None,
+    ) -> None:
+        """``problems``: where problems go (default: kept here for the page). ``summed_from``:
+        a multiprocess directory; the counters then count into it, and ``registry`` serves
+        their sum over every SCP process instead of this process's values."""
+        self.problems: Any = problems if problems is not None else RecentProblems()
+        if summed_from is not None:
+            registry.register(SummedOverProcesses(summed_from))
+            outbox_registry, registry = registry, CollectorRegistry()
+        else:
+            outbox_registry = registry
         self.objects = Counter(
             "rtops_scp_objects_stored",
             "new objects stored, by SOP class",
@@ -93,7 +155,10 @@ class ScpMetrics:
             buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
         self.outbox_depth = Gauge(
-            "rtops_scp_outbox_depth", "events waiting to be published", registry=registry
+            "rtops_scp_outbox_depth",
+            "events waiting to be published",
+            registry=outbox_registry,
+            multiprocess_mode="liveall",
         )
 
     def track_outbox(self, depth: Callable[[], int]) -> None:

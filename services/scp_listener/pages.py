@@ -199,8 +199,8 @@ def devices(request: Request, user: Operator) -> Response:
 
 @router.get(PROBLEMS, response_class=HTMLResponse)
 def problems(request: Request, user: Operator, device: str | None = None) -> Response:
-    """Recent refused associations, refused contexts and failed stores (this process's,
-    newest first), and the events waiting for NATS."""
+    """Recent refused associations, refused contexts and failed stores (of every SCP process:
+    the workers send theirs to this one; newest first), and the events waiting for NATS."""
     recent: RecentProblems = request.app.state.problems
     items: list[Problem] = recent.newest_first()
     device = (device or "").strip()

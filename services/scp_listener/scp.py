@@ -4,12 +4,16 @@ rejects unknown callers at association, and answers C-STORE only after ``Ingesto
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydicom.uid import UID
@@ -17,6 +21,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from services.scp_listener import receive, sop
 from services.scp_listener.devices import DeviceRegistry
@@ -60,6 +65,77 @@ def build_ae(settings: ScpSettings, registry: DeviceRegistry) -> AE:
     return ae
 
 
+class DicomServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, plus: ``SO_REUSEPORT`` (several SCP processes listen on
+    one port and the kernel spreads connections over them), and a TLS handshake done in the
+    connection's own thread under a deadline. pynetdicom wraps and handshakes in its accept
+    loop, where one client that connects and never sends its ClientHello stopped every other
+    TLS connection from being accepted."""
+
+    reuse_port = False
+    handshake_timeout_s = 5.0
+    on_handshake_failure: Any = None  # called with (peer address, reason)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+    def _handshake(self, sock: ssl.SSLSocket, client_address: Any) -> bool:
+        try:
+            sock.settimeout(self.handshake_timeout_s)
+            sock.do_handshake()
+            sock.settimeout(None)  # pynetdicom's reads select() on a blocking socket
+            return True
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError | socket.timeout):
+                reason = f"no TLS handshake within {self.handshake_timeout_s:g} s"
+            if self.on_handshake_failure is not None:
+                self.on_handshake_failure(client_address, str(reason))
+            return False
+
+
+@dataclass
+class Listeners:
+    """The DICOM server(s) of one process: the plain port, and the TLS port when configured,
+    sharing one AE (so ``scp_max_associations`` counts both)."""
+
+    plain: DicomServer
+    tls: DicomServer | None = None
+
+    @property
+    def ports(self) -> tuple[int, int | None]:
+        return self.plain.server_address[1], self.tls.server_address[1] if self.tls else None
+
+    @property
+    def active_associations(self) -> list[Any]:
+        return [a for s in self.servers for a in s.active_associations]
+
+    @property
+    def servers(self) -> list[DicomServer]:
+        return [self.plain, *([self.tls] if self.tls else [])]
+
+    def shutdown(self) -> None:
+        """Stop accepting on every port (associations in progress go on)."""
+        for server in self.servers:
+            server.shutdown()
+
+
 def start(
     settings: ScpSettings,
     registry: DeviceRegistry,
@@ -68,8 +144,27 @@ def start(
     *,
     port: int | None = None,
 ) -> ThreadedAssociationServer:
-    """Start listening (port 0 picks a free one: see ``server.server_address``)."""
-    receive.configure(settings.spool_dir())
+    """Start listening on the plain port only (port 0 picks a free one: see
+    ``server.server_address``)."""
+    return listen(settings, registry, ingestor, metrics, port=port).plain
+
+
+def listen(
+    settings: ScpSettings,
+    registry: DeviceRegistry,
+    ingestor: Ingestor,
+    metrics: ScpMetrics,
+    *,
+    port: int | None = None,
+    tls_port: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
+    spool: Path | None = None,
+) -> Listeners:
+    """Listen on the plain port, and on ``tls_port`` with ``ssl_context`` when both are given.
+    ``reuse_port``: let other SCP processes listen on the same ports (``SO_REUSEPORT``).
+    ``spool``: this process's receive directory (emptied now), default the settings' spool."""
+    receive.configure(spool or settings.spool_dir())
     ae = build_ae(settings, registry)
     touched = TouchedSeries()
     handlers = [
@@ -86,19 +181,89 @@ def start(
         (evt.EVT_ABORTED, _discard_partial),
         (evt.EVT_CONN_CLOSE, _discard_partial),
     ]
-    address = (settings.scp_host, settings.scp_port if port is None else port)
-    try:
-        server = ae.start_server(address, block=False, evt_handlers=handlers)
-    except OSError as exc:
-        raise explain_bind_error(exc, *address, "RTOPS_SCP_PORT") from None
-    limit_per_peer(server, settings, metrics)
+    peers = PeerConnections(settings.scp_max_associations_per_peer)
+    plain = _serve(
+        ae,
+        handlers,
+        (settings.scp_host, settings.scp_port if port is None else port),
+        "RTOPS_SCP_PORT",
+        reuse_port=reuse_port,
+    )
+    limit_per_peer(plain, settings, metrics, peers)
+    listeners = Listeners(plain)
+    if ssl_context is not None and tls_port is not None:
+        try:
+            listeners.tls = _serve(
+                ae,
+                handlers,
+                (settings.scp_host, tls_port),
+                "RTOPS_SCP_TLS_PORT",
+                reuse_port=reuse_port,
+                ssl_context=ssl_context,
+            )
+        except Exception:
+            plain.shutdown()
+            raise
+        listeners.tls.handshake_timeout_s = settings.scp_association_request_timeout_s
+        listeners.tls.on_handshake_failure = _handshake_failed(metrics)
+        limit_per_peer(listeners.tls, settings, metrics, peers)
     log.info(
         "DICOM SCP listening",
         ae_title=settings.scp_ae_title,
-        address=list(server.server_address),
+        address=list(plain.server_address),
+        tls_address=list(listeners.tls.server_address) if listeners.tls else None,
         devices=sorted(registry.devices),
+        pid=os.getpid(),
     )
-    return server
+    return listeners
+
+
+def _serve(
+    ae: AE,
+    handlers: list[Any],
+    address: tuple[str, int],
+    setting: str,
+    *,
+    reuse_port: bool,
+    ssl_context: ssl.SSLContext | None = None,
+) -> DicomServer:
+    """``AE.start_server(block=False)`` with our server class."""
+    server_class = type("DicomServer", (DicomServer,), {"reuse_port": reuse_port})
+    try:
+        server = ae.make_server(
+            address, evt_handlers=handlers, ssl_context=ssl_context, server_class=server_class
+        )
+    except OSError as exc:
+        raise explain_bind_error(exc, *address, setting) from None
+    thread = threading.Thread(
+        target=make_target(server.serve_forever), name=f"AcceptorServer@{address[1]}", daemon=True
+    )
+    thread.start()
+    ae._servers.append(server)  # what start_server does: AE.shutdown() stops it too
+    return cast(DicomServer, server)
+
+
+def _handshake_failed(metrics: ScpMetrics) -> Any:
+    def record(client_address: Any, reason: str) -> None:
+        peer = f"{client_address[0]}:{client_address[1]}"
+        metrics.rejections.labels("tls_handshake_failed").inc()
+        metrics.problems.record(
+            Problem(
+                kind="association",
+                reason="tls_handshake_failed",
+                calling_ae="",  # refused before its A-ASSOCIATE-RQ: no AE title yet
+                peer=peer,
+                detail=f"TLS handshake failed: {reason} (a client needs a certificate signed "
+                "by a CA in RTOPS_SCP_TLS_CLIENT_CA)",
+            )
+        )
+        log.warning(
+            f"refused a TLS connection from {peer}: {reason}",
+            reason="tls_handshake_failed",
+            peer=peer,
+        )
+
+    return record
 
 
 _PEERS_KEPT = 1024
@@ -128,7 +293,10 @@ class PeerConnections:
 
 
 def limit_per_peer(
-    server: ThreadedAssociationServer, settings: ScpSettings, metrics: ScpMetrics
+    server: ThreadedAssociationServer,
+    settings: ScpSettings,
+    metrics: ScpMetrics,
+    peers: PeerConnections | None = None,
 ) -> None:
     """Close a connection at once (before it gets a thread or an association slot) when its
     peer address already holds ``scp_max_associations_per_peer`` connections: sixteen silent
@@ -257,6 +425,7 @@ def _log_acceptance(event: Event, registry: DeviceRegistry, metrics: ScpMetrics)
         "machine": device.machine if device else None,
         "peer": _peer(event),
         "accepted_contexts": len(accepted),
+        "pid": os.getpid(),  # which SCP process serves it (several share the port)
     }
     if refused:
         fields["refused_contexts"] = {k: sorted(set(v)) for k, v in refused.items()}
@@ -466,14 +635,18 @@ def _ingest(
     return outcome.status
 
 
-def reload_on_sighup(registry: DeviceRegistry) -> None:
+def reload_on_sighup(registry: DeviceRegistry, also: Callable[[], None] | None = None) -> None:
     """``kill -HUP <pid>`` reloads the registry at once (in the main thread's event loop; an
-    app served from another thread, as in tests, relies on the file-change check)."""
+    app served from another thread, as in tests, relies on the file-change check). ``also``:
+    what else a SIGHUP does (forward it to the other SCP processes)."""
+
+    def reload() -> None:
+        threading.Thread(target=registry.reload, args=("SIGHUP",)).start()
+        if also is not None:
+            also()
+
     try:
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP,
-            lambda: threading.Thread(target=registry.reload, args=("SIGHUP",)).start(),
-        )
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
     except (RuntimeError, ValueError, NotImplementedError):
         return
 

@@ -1,0 +1,105 @@
+"""``python -m services.scp_listener.worker``: one extra SCP process, started by the parent's
+``WorkerPool`` (services/scp_listener/processes.py), never by hand. It listens on the parent's
+DICOM port(s) with ``SO_REUSEPORT`` and stores what it receives into the same database and
+object store; the parent's relay publishes the events.
+
+Its settings arrive as JSON on stdin (the parent's, whatever their source); its arguments say
+which worker it is, the port(s) and the inherited socket to the parent.
+"""
+
+from __future__ import annotations
+
+from services.scp_listener.lean import keep_lean
+
+SERVICE = "scp_listener"  # the database (schema) is the SCP's, as app.SERVICE names it
+
+
+def main(argv: list[str] | None = None) -> None:
+    keep_lean()  # before anything imports pydicom
+    import argparse
+    import signal
+    import sys
+    import threading
+
+    import structlog
+    from prometheus_client import CollectorRegistry
+
+    from services.scp_listener import scp, tls
+    from services.scp_listener.content_locks import share_between_processes
+    from services.scp_listener.devices import DeviceRegistry
+    from services.scp_listener.metrics import ScpMetrics
+    from services.scp_listener.objectstore import ObjectStore
+    from services.scp_listener.processes import (
+        ParentLink,
+        settings_from_json,
+        wait_for_associations,
+    )
+    from services.scp_listener.service import Ingestor
+    from services.scp_listener.store import Outbox
+    from shared.collector import tune_collector
+    from shared.db import make_engine, session_factory
+    from shared.logging import configure_logging
+    from shared.outbox import outbox_info
+    from shared.settings import SettingError
+
+    parser = argparse.ArgumentParser(prog="python -m services.scp_listener.worker")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--tls-port", type=int)
+    parser.add_argument("--link-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    settings = settings_from_json(sys.stdin.buffer.read())
+    configure_logging(settings.log_level, settings.log_format, service=SERVICE)
+    log = structlog.get_logger("services.scp_listener.worker").bind(worker=args.index)
+    # The parent stops its workers with SIGTERM; a Ctrl-C in a terminal reaches the parent,
+    # which then stops them after its own ports closed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    link = ParentLink(args.link_fd)
+    engine = make_engine(settings, SERVICE)
+    ingestor = Ingestor(
+        factory=session_factory(engine, **outbox_info(Outbox, SERVICE)),
+        store=ObjectStore(settings.object_store()),
+        clinic_tz=settings.clinic_timezone,
+        on_commit=link.wake,
+        max_sequence_depth=settings.scp_max_sequence_depth,
+    )
+    share_between_processes(ingestor, settings.object_store())
+    try:
+        registry = DeviceRegistry(settings.scp_device_registry)
+        context = tls.server_context(settings) if args.tls_port is not None else None
+        listeners = scp.listen(
+            settings,
+            registry,
+            ingestor,
+            ScpMetrics(CollectorRegistry(), problems=link),
+            port=args.port,
+            tls_port=args.tls_port,
+            ssl_context=context,
+            reuse_port=True,
+            spool=settings.spool_dir() / f"w{args.index}",
+        )
+    except SettingError as exc:
+        log.error(f"SCP worker cannot start: {exc}")
+        raise SystemExit(2) from None
+    signal.signal(
+        signal.SIGHUP,
+        lambda *_: threading.Thread(target=registry.reload, args=("SIGHUP",)).start(),
+    )
+    tune_collector()
+    while not stop.wait(settings.scp_device_registry_poll_s):
+        try:
+            registry.reload_if_changed()
+        except Exception:  # the next round tries again, as the parent's periodic task does
+            log.exception("device registry reload failed")
+    listeners.shutdown()
+    wait_for_associations(listeners)
+    engine.dispose()
+    log.info("SCP worker stopped")
+
+
+if __name__ == "__main__":
+    main()

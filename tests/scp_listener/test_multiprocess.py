@@ -1,0 +1,303 @@
+"""Several SCP processes on one port (issue 14): the real ``python -m services.scp_listener``
+with ``RTOPS_SCP_PROCESSES=2``, ten senders at once, a worker killed, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
+
+from services.scp_listener.app import SERVICE
+from services.scp_listener.content_locks import share_between_processes
+from services.scp_listener.metrics import Problem, RecentProblems
+from services.scp_listener.processes import ParentLink, WorkerInbox
+from services.scp_listener.store import DicomObject
+from shared.db import make_engine, migrate, session_factory
+from shared.natsd import free_port
+from tests import dicom_factories as f
+from tests.conftest import dcmtk_tool
+from tests.support import (
+    MIGRATIONS,
+    REPO,
+    drop_test_schema,
+    pynetdicom_echo,
+    pynetdicom_store,
+    scp_settings,
+    storescu,
+    wait_for,
+)
+
+SENDERS = 10
+SLICES = 10
+
+
+@dataclass
+class Scp:
+    proc: subprocess.Popen[bytes]
+    dicom_port: int
+    http: str
+    log: Path
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def pids(self, event: str) -> set[int]:
+        return {line["pid"] for line in self.lines() if line.get("event") == event}
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"{self.http}/metrics", timeout=10).text
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    total += sample.value
+        return total
+
+
+@pytest.fixture
+def scp_processes(tmp_path: Path, base_settings: dict[str, object]) -> Iterator[Scp]:
+    settings = scp_settings(base_settings)
+    engine = make_engine(settings, SERVICE)
+    migrate(engine, settings, SERVICE, MIGRATIONS)
+    engine.dispose()
+    dicom_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RTOPS_VAR_DIR": str(settings.var_dir),
+        "RTOPS_NATS_URL": str(base_settings["nats_url"]),
+        "RTOPS_STREAM_NAME": settings.stream_name,
+        "RTOPS_SUBJECT_PREFIX": settings.subject_prefix,
+        "RTOPS_DATABASE_SCHEMA_PREFIX": settings.database_schema_prefix,
+        "RTOPS_SCP_HOST": "127.0.0.1",
+        "RTOPS_SCP_PORT": str(dicom_port),
+        "RTOPS_SCP_HTTP_HOST": "127.0.0.1",
+        "RTOPS_SCP_HTTP_PORT": str(http_port),
+        "RTOPS_SCP_PROCESSES": "2",
+        # Ten senders from one address: above the default of 4 per peer (docs/scp_scale.md).
+        "RTOPS_SCP_MAX_ASSOCIATIONS_PER_PEER": "16",
+        # Series publish at their association's release; a short quiet window would publish
+        # a slow (loaded machine) series early and once more at its release.
+        "RTOPS_SCP_SERIES_QUIET_S": "60",
+        "RTOPS_SCP_SWEEP_INTERVAL_S": "0.2",
+        "RTOPS_LOG_FORMAT": "json",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = tmp_path / "scp.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.scp_listener"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    scp = Scp(proc, dicom_port, f"http://127.0.0.1:{http_port}", log)
+    try:
+        wait_for(lambda: _ready(scp), timeout=60, interval=0.2, message="SCP /readyz")
+        wait_for(
+            lambda: len(scp.pids("DICOM SCP listening")) == 2,
+            timeout=60,
+            message="two SCP processes listening",
+        )
+        yield scp
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        drop_test_schema(settings)
+
+
+def _ready(scp: Scp) -> bool:
+    if scp.proc.poll() is not None:
+        raise AssertionError(f"the SCP exited: {scp.log.read_text()[-3000:]}")
+    try:
+        return httpx.get(f"{scp.http}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _message_ids(url: str, stream: str) -> list[str]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        ids = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(stream, seq)
+            ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+        return ids
+    finally:
+        await nc.close()
+
+
+def _send_all(port: int, batches: list[list[Path]]) -> list[Any]:
+    """Every batch over its own association, all at once (DCMTK storescu where installed)."""
+    tool = dcmtk_tool("storescu")
+    results: list[Any] = [None] * len(batches)
+
+    def send(i: int) -> None:
+        if tool:
+            done = storescu(tool, port, batches[i])
+            results[i] = done.returncode == 0 or done.stdout + done.stderr
+        else:
+            results[i] = set(pynetdicom_store(port, batches[i])) == {0}
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+def test_ten_senders_two_processes(
+    scp_processes: Scp, tmp_path: Path, base_settings: dict[str, object]
+) -> None:
+    scp = scp_processes
+    batches = []
+    for i in range(SENDERS):
+        series = f.cbct_series(n_slices=SLICES, rows=16, columns=16)
+        record = f.treatment_record(plan_uid=None, fraction_number=i + 1)
+        batches.append(f.write_series([*series, record], tmp_path / f"sender{i}"))
+    assert _send_all(scp.dicom_port, batches) == [True] * SENDERS
+
+    # Every object stored once, in one index.
+    settings = scp_settings(base_settings)
+    engine = make_engine(settings, SERVICE)
+    try:
+        with session_factory(engine)() as session:
+            stored = session.scalar(select(func.count()).select_from(DicomObject))
+    finally:
+        engine.dispose()
+    assert stored == SENDERS * (SLICES + 1)
+
+    # Every event on the stream exactly once: a record and a CBCT series per sender.
+    url, stream = str(base_settings["nats_url"]), settings.stream_name
+    wait_for(
+        lambda: len(asyncio.run(_message_ids(url, stream))) >= 2 * SENDERS,
+        timeout=30,
+        message="20 events",
+    )
+    ids = asyncio.run(_message_ids(url, stream))
+    assert len(ids) == 2 * SENDERS and len(set(ids)) == len(ids) and "" not in ids
+
+    # Both processes served associations (the kernel picks the socket by the connection's
+    # addresses: a few more echoes make "all on one" vanishingly unlikely).
+    for _ in range(30):
+        if len(scp.pids("association accepted")) == 2:
+            break
+        pynetdicom_echo(scp.dicom_port)
+    assert len(scp.pids("association accepted")) == 2
+
+    # /metrics counts every process's stores, and refusals wherever they happened.
+    assert scp.metric("rtops_scp_objects_stored_total") == SENDERS * (SLICES + 1)
+    for _ in range(4):
+        assert not pynetdicom_echo(scp.dicom_port, calling="INTRUDER").is_established
+    wait_for(
+        lambda: scp.metric("rtops_scp_rejections_total", reason="unknown_calling_ae") == 4,
+        timeout=10,
+        message="four refusals counted",
+    )
+
+    # A worker killed outright is started again, and serves.
+    parent = psutil.Process(scp.proc.pid)
+    (worker,) = parent.children()
+    worker.kill()
+    wait_for(
+        lambda: any(
+            "exited with status -9; starting it again" in str(line.get("event"))
+            for line in scp.lines()
+        ),
+        timeout=10,
+        message="the restart logged",
+    )
+    wait_for(lambda: len(parent.children()) == 1, timeout=10, message="a new worker")
+    (restarted,) = parent.children()
+    assert restarted.pid != worker.pid
+    wait_for(
+        lambda: restarted.pid in scp.pids("DICOM SCP listening"),
+        timeout=30,
+        message="the new worker listening",
+    )
+
+    # SIGTERM stops every process cleanly (uvicorn re-raises the signal once it has shut
+    # down, hence -15).
+    scp.proc.send_signal(signal.SIGTERM)
+    assert scp.proc.wait(40) in (0, -signal.SIGTERM)
+    events = [str(line.get("event")) for line in scp.lines()]
+    assert "SCP worker stopped" in events and "Application shutdown complete." in events
+    assert events.index("SCP worker stopped") < events.index("Application shutdown complete.")
+    assert not psutil.pid_exists(restarted.pid)
+
+
+def test_worker_link_wakes_the_relay_and_passes_problems() -> None:
+    """A worker's commit wakes the parent's relay; its problems reach the parent's page."""
+    woken: list[int] = []
+    problems = RecentProblems()
+    inbox = WorkerInbox(lambda: woken.append(1), problems)
+    link = ParentLink(os.dup(inbox.worker_end.fileno()))
+    try:
+        link.wake()
+        link.wake()
+        link.record(Problem(kind="store", reason="cannot_understand", calling_ae="TB1", detail="x"))
+        inbox.read()
+        assert woken == [1]  # two wakes, one nudge
+        (problem,) = problems.newest_first()
+        assert (problem.reason, problem.calling_ae, problem.detail) == (
+            "cannot_understand",
+            "TB1",
+            "x",
+        )
+        inbox.read()  # nothing new: no wake
+        assert woken == [1]
+    finally:
+        inbox.close()
+
+
+def test_content_locks_exclude_other_processes(tmp_path: Path) -> None:
+    """The same bytes stored by two processes at once serialise on a file lock: while this
+    process holds a stripe, another process cannot take it (and can once it is released)."""
+
+    class FakeIngestor:
+        _locks: list[Any] = [object()] * 4
+
+    ingestor = FakeIngestor()
+    locks = share_between_processes(ingestor, tmp_path)
+    assert ingestor._locks == locks and len(locks) == 4
+    probe = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError: sys.exit(1)\n"
+    )
+    lock_file = str(tmp_path / ".locks" / "02")
+
+    def other_process_can_lock() -> bool:
+        done = subprocess.run([sys.executable, "-c", probe, lock_file], check=False)
+        return done.returncode == 0
+
+    with locks[2]:
+        assert not other_process_can_lock()
+    assert other_process_can_lock()
