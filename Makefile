@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run demo test lint format schemas bench bench-qa bench-billing bench-pages bench-documents clean audit sbom
+.PHONY: help install run demo test lint format schemas bench bench-qa bench-billing bench-pages bench-documents bench-scp-concurrent clean audit sbom
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,3 +68,6 @@ sbom: install ## CycloneDX SBOM of the runtime lock (what the image ships) to va
 	@mkdir -p var/ci
 	$(BIN)/uv export --frozen --no-hashes --no-dev --no-emit-project --quiet -o var/ci/requirements.runtime.txt
 	$(BIN)/cyclonedx-py requirements --of JSON --output-reproducible -o var/ci/sbom.cdx.json var/ci/requirements.runtime.txt
+
+bench-scp-concurrent: install ## SCP: ten storescu senders at once against 1 and N processes (needs dcmtk)
+	$(BIN)/python -m bench.scp_concurrent

@@ -1,0 +1,325 @@
+"""Ten senders at once against one SCP process and against N (issue 14; docs/scp_scale.md).
+
+Each sender is a DCMTK ``storescu`` process with one association carrying a CBCT series
+(``--slices`` slices, 512x512, 16 bit) and ``--records`` treatment records, all senders started
+together. The same data go, in the same run, to ``python -m services.scp_listener`` with
+``RTOPS_SCP_PROCESSES=1`` and with ``RTOPS_SCP_PROCESSES=N`` (each on its own SQLite database,
+object store and embedded NATS under a temp dir; ``RTOPS_SCP_MAX_ASSOCIATIONS_PER_PEER=16``,
+since every sender is 127.0.0.1). Printed per configuration:
+
+* aggregate MB/s and objects/s (bytes of every file / wall time from the first sender's start
+  to the last one's exit) and the ratio N / 1 (target: at least 1.7 on 2 cores);
+* p99 store time: the bucket bound of the SCP's own ``rtops_scp_store_seconds`` histogram
+  (received -> answered, every process) that holds the 99th percentile;
+* CPU seconds of the SCP's processes (user + system) while they received, which, unlike the
+  wall time, a loaded machine does not inflate much;
+* peak RSS of each SCP process (psutil, sampled every 50 ms);
+* events on the stream once the outbox is empty: expected, found, distinct ``Nats-Msg-Id``
+  (lost = expected - distinct, duplicated = found - distinct; both must be 0).
+
+The load average is printed first and last: the machine may be shared. Run from the root::
+
+    python -m bench.scp_concurrent [--senders 10] [--slices 100] [--records 5] [--processes 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+
+from bench.scp_bench import (
+    clean_env,
+    dcmtk_tool,
+    fresh_copies,
+    start_scp,
+    stop_process,
+    wait_http_ok,
+)
+from services.scp_listener.settings import ScpSettings
+from services.scp_listener.store import DicomObject
+from shared.db import make_engine, session_factory
+from shared.natsd import EmbeddedNats
+from tests.dicom_factories import cbct_series, treatment_record, write_series
+
+SERVICE = "scp_listener"
+CALLING_AE = "TRUEBEAM1"
+TARGET_RATIO = 1.7
+RSS_EVERY_S = 0.05
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# ------------------------------------------------------------------ data
+
+
+def build(folder: Path, senders: int, slices: int, records: int, rows: int) -> list[list[Path]]:
+    """One batch per sender: its own CBCT series and records (new UIDs each)."""
+    cbct = write_series(cbct_series(n_slices=slices, rows=rows, columns=rows), folder / "base")
+    plan = generate_uid()
+    recs = write_series(
+        (treatment_record(plan_uid=plan, fraction_number=i + 1) for i in range(records)),
+        folder / "base",
+    )
+    return [fresh_copies(cbct + recs, folder / f"sender{i}") for i in range(senders)]
+
+
+# ------------------------------------------------------------------ measuring
+
+
+@dataclass
+class PeakRssPerProcess:
+    """Peak RSS of a process and each of its children, sampled from a thread."""
+
+    pid: int
+    peaks: dict[int, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> PeakRssPerProcess:
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        parent = psutil.Process(self.pid)
+        while not self._stop.wait(RSS_EVERY_S):
+            with contextlib.suppress(psutil.Error):
+                for p in (parent, *parent.children()):
+                    with contextlib.suppress(psutil.Error):
+                        rss = p.memory_info().rss
+                        self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), rss)
+
+    def stop(self) -> dict[int, int]:
+        self._stop.set()
+        return self.peaks
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        parent = psutil.Process(pid)
+        for p in (parent, *parent.children()):
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+def metrics(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def p99_bound(samples: dict[str, list[tuple[dict[str, str], float]]]) -> str:
+    """The histogram bucket bound that holds the 99th percentile (all SOP classes)."""
+    buckets: dict[float, float] = {}
+    for labels, value in samples.get("rtops_scp_store_seconds_bucket", []):
+        bound = float(labels["le"])
+        buckets[bound] = buckets.get(bound, 0.0) + value
+    if not buckets:
+        return "n/a"
+    total = buckets[max(buckets)]
+    for bound in sorted(buckets):
+        if buckets[bound] >= 0.99 * total:
+            return f"<={bound:g}s" if bound != float("inf") else ">2.5s"
+    return "n/a"
+
+
+async def _message_ids(url: str, stream: str) -> list[str]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        ids = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(stream, seq)
+            ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+        return ids
+    finally:
+        await nc.close()
+
+
+def wait_listening(pid: int, port: int, processes: int, timeout: float = 120.0) -> None:
+    """Every SCP process has its socket on the DICOM port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parent = psutil.Process(pid)
+        listening = 0
+        for p in (parent, *parent.children()):
+            with contextlib.suppress(psutil.Error):
+                listening += any(
+                    c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                    for c in p.net_connections("tcp")
+                )
+        if listening == processes:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{processes} SCP processes did not listen on {port} within {timeout}s")
+
+
+@dataclass
+class Result:
+    processes: int
+    wall_s: float
+    nbytes: int
+    objects: int
+    stored: int
+    p99: str
+    cpu_s: float
+    peaks_mb: list[float]
+    expected_events: int
+    events: int
+    distinct: int
+
+    @property
+    def mb_s(self) -> float:
+        return self.nbytes / 1e6 / self.wall_s
+
+    @property
+    def objects_s(self) -> float:
+        return self.objects / self.wall_s
+
+
+def run_once(
+    tool: str, batches: list[list[Path]], processes: int, records: int, work: Path
+) -> Result:
+    var = work / f"var{processes}"
+    nats_server = EmbeddedNats(work / f"nats{processes}", port=0).start()
+    stream = f"BENCH{processes}"
+    scp = start_scp(
+        var,
+        nats_server.url,
+        work / f"scp{processes}.log",
+        RTOPS_SCP_PROCESSES=str(processes),
+        RTOPS_SCP_MAX_ASSOCIATIONS_PER_PEER="16",
+        RTOPS_STREAM_NAME=stream,
+    )
+    try:
+        wait_http_ok(scp.url("/readyz"), scp.proc, timeout=120)
+        wait_listening(scp.proc.pid, scp.dicom_port, processes)
+        rss = PeakRssPerProcess(scp.proc.pid).start()
+        cpu0 = cpu_seconds(scp.proc.pid)
+        cmd = [tool, "-R", "-aet", CALLING_AE, "-aec", "RTOPS", "127.0.0.1", str(scp.dicom_port)]
+        start = time.perf_counter()
+        senders = [
+            subprocess.Popen(
+                [*cmd, *map(str, batch)],
+                env=clean_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for batch in batches
+        ]
+        for proc in senders:
+            _, err = proc.communicate(timeout=1800)
+            if proc.returncode != 0:
+                raise RuntimeError(f"storescu exited with {proc.returncode}: {err.decode()[-800:]}")
+        wall = time.perf_counter() - start
+        expected = len(batches) * (1 + records)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            seen = metrics(scp.url("/metrics"))
+            depth = sum(v for _, v in seen.get("rtops_scp_outbox_depth", []))
+            if depth == 0 and len(asyncio.run(_message_ids(nats_server.url, stream))) >= expected:
+                break
+            time.sleep(0.2)
+        cpu = cpu_seconds(scp.proc.pid) - cpu0
+        peaks = rss.stop()
+        ids = asyncio.run(_message_ids(nats_server.url, stream))
+        engine = make_engine(ScpSettings(var_dir=var, database_url=None), SERVICE)
+        try:
+            with session_factory(engine)() as session:
+                stored = session.scalar(select(func.count()).select_from(DicomObject)) or 0
+        finally:
+            engine.dispose()
+        return Result(
+            processes=processes,
+            wall_s=wall,
+            nbytes=sum(p.stat().st_size for b in batches for p in b),
+            objects=sum(len(b) for b in batches),
+            stored=stored,
+            p99=p99_bound(seen),
+            cpu_s=cpu,
+            peaks_mb=[peaks[pid] / 1e6 for pid in sorted(peaks)],
+            expected_events=expected,
+            events=len(ids),
+            distinct=len(set(ids) - {""}),
+        )
+    finally:
+        stop_process(scp.proc, timeout=40)
+        nats_server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--senders", type=int, default=10)
+    parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--records", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=512, help="CBCT slice rows and columns")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args(argv)
+    tool = dcmtk_tool("storescu")
+    print(f"load average at start: {loadavg()} ({os.cpu_count()} cores)")
+    with tempfile.TemporaryDirectory(prefix="rtops-concurrent-") as tmp:
+        work = Path(tmp)
+        log(f"building {args.senders} x ({args.slices} slices + {args.records} records)")
+        batches = build(work / "data", args.senders, args.slices, args.records, args.rows)
+        results = []
+        for processes in (1, args.processes):
+            log(f"{args.senders} senders -> {processes} SCP process(es)")
+            results.append(run_once(tool, batches, processes, args.records, work))
+    print(
+        f"{'procs':>5} {'wall s':>7} {'MB/s':>7} {'obj/s':>7} {'stored':>7} {'p99 store':>10} "
+        f"{'SCP CPU s':>9} {'events':>6} {'lost':>4} {'dup':>4}  peak RSS per process (MB)"
+    )
+    for r in results:
+        print(
+            f"{r.processes:>5} {r.wall_s:>7.2f} {r.mb_s:>7.1f} {r.objects_s:>7.1f} "
+            f"{r.stored:>7} {r.p99:>10} {r.cpu_s:>9.1f} {r.events:>6} "
+            f"{r.expected_events - r.distinct:>4} {r.events - r.distinct:>4}  "
+            + ", ".join(f"{mb:.0f}" for mb in r.peaks_mb)
+        )
+    one, many = results
+    ratio = many.mb_s / one.mb_s
+    verdict = "ok" if ratio >= TARGET_RATIO else "MISS"
+    print(
+        f"aggregate throughput {many.processes} processes / 1: {ratio:.2f}x "
+        f"({verdict}, target >= {TARGET_RATIO}x)"
+    )
+    print(f"load average at end: {loadavg()}")
+    if any(
+        r.stored != r.objects or r.distinct != r.expected_events or r.events != r.distinct
+        for r in results
+    ):
+        print("objects or events lost or duplicated: see the table", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""The concurrent-senders benchmark still runs (tiny sizes): bench/scp_concurrent.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support import REPO
+
+
+def test_scp_concurrent_bench_runs(dcmtk: dict[str, str]) -> None:
+    args = ["--senders", "2", "--slices", "2", "--records", "1", "--rows", "16", "--processes", "2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.scp_concurrent", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "aggregate throughput 2 processes / 1" in done.stdout
+    table = done.stdout.splitlines()
+    # Two rows (1 and 2 processes), each with nothing lost or duplicated and one peak RSS
+    # per SCP process.
+    rows = [line.split() for line in table if line.split()[:1] in (["1"], ["2"])]
+    assert [(row[0], row[8], row[9]) for row in rows] == [("1", "0", "0"), ("2", "0", "0")]
+    assert [len(" ".join(row[10:]).split(",")) for row in rows] == [1, 2]
