@@ -45,6 +45,7 @@ NAMING_CONVENTION = {
 
 SQLITE_CACHE_KIB = 64 * 1024  # page cache per connection (PRAGMA cache_size; default 2 MB)
 SQLITE_MMAP_BYTES = 1 << 30  # memory-mapped part of the file (PRAGMA mmap_size; default 0)
+_RELAXED = "rtops.relaxed_commit"  # connection info: synchronous=NORMAL until checked in
 
 
 def new_metadata() -> MetaData:
@@ -91,6 +92,14 @@ def make_engine(settings: RtopsSettings, service: str, **kwargs: Any) -> Engine:
             cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
             cur.close()
 
+        @event.listens_for(engine, "checkin")
+        def _full_again(dbapi_conn: Any, record: Any) -> None:
+            # relaxed_commit's NORMAL is the connection's: set FULL back before any other
+            # transaction (the outbox relay's, an audit row's) gets this connection.
+            if record is not None and record.info.pop(_RELAXED, False):
+                with contextlib.suppress(Exception):  # a broken connection is discarded anyway
+                    dbapi_conn.execute("PRAGMA synchronous=FULL")
+
         return engine
     schema = schema_name(settings, service)
     return create_engine(
@@ -109,11 +118,12 @@ def relaxed_commit(conn: Connection) -> None:
 
     SQLite: ``synchronous=NORMAL`` in WAL mode syncs the WAL at checkpoints, not at each
     commit (https://sqlite.org/pragma.html#pragma_synchronous); it is a setting of the
-    connection, so ``durable_commit`` sets FULL back. PostgreSQL: ``synchronous_commit = off``
-    for this transaction only (``SET LOCAL``; the WAL writer flushes within 3 x
-    wal_writer_delay)."""
+    connection, set back to FULL when the connection returns to the pool. PostgreSQL:
+    ``synchronous_commit = off`` for this transaction only (``SET LOCAL``; the WAL writer
+    flushes within 3 x wal_writer_delay)."""
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        conn.info[_RELAXED] = True  # FULL again when the connection goes back to the pool
     elif conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
 

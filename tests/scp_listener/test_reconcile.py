@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, event, func, select
 
 from services.scp_listener import objectstore, reconcile
 from services.scp_listener.service import Ingestor, Status
@@ -196,7 +196,8 @@ def test_an_ingest_flushes_twice_and_its_commit_does_not_wait(
     ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The file and the .recent directory: two fsyncs from Python per new object (the
-    directory of its key and the database's log no longer flush on the C-STORE path)."""
+    directory of its key and the database's log no longer flush on the C-STORE path); the
+    ingest's own commit is relaxed, and the connection is back to waiting afterwards."""
     calls: list[int] = []
     real = os.fsync
 
@@ -204,15 +205,28 @@ def test_an_ingest_flushes_twice_and_its_commit_does_not_wait(
         calls.append(fd)
         real(fd)
 
+    statements: list[str] = []
+    engine = ingestor._factory.kw["bind"]
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.split("(")[0].strip())
+
     monkeypatch.setattr(objectstore.os, "fsync", counting)
-    _ingest(ingestor, tmp_path, 1)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        _ingest(ingestor, tmp_path, 1)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
     assert len(calls) == 2
-    with ingestor._factory() as session:
-        dialect = session.get_bind().dialect.name
-        if dialect == "sqlite":
-            # The pooled connection the ingest used: NORMAL (1), set by relaxed_commit.
-            level = session.connection().exec_driver_sql("PRAGMA synchronous").scalar()
-            assert level == 1
+    relax = (
+        "PRAGMA synchronous=NORMAL"
+        if engine.dialect.name == "sqlite"
+        else "SET LOCAL synchronous_commit = off"
+    )
+    assert statements.index(relax) < statements.index("INSERT INTO dicom_object")
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:  # the next transaction's connection waits again (FULL)
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
 def test_a_key_linked_meanwhile_keeps_its_recent_name(
