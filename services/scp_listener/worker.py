@@ -16,8 +16,12 @@ SERVICE = "scp_listener"  # the database (schema) is the SCP's, as app.SERVICE n
 
 def main(argv: list[str] | None = None) -> None:
     keep_lean()  # before anything imports pydicom
-    import argparse
     import signal
+
+    # A SIGHUP forwarded while this process starts must not end it (the default action): the
+    # registry it loads below is the file as it is then.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    import argparse
     import sys
     import threading
 

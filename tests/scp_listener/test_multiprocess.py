@@ -26,6 +26,7 @@ from services.scp_listener.app import SERVICE
 from services.scp_listener.content_locks import share_between_processes
 from services.scp_listener.metrics import Problem, RecentProblems
 from services.scp_listener.processes import ParentLink, WorkerInbox
+from services.scp_listener.settings import DEV_DEVICES
 from services.scp_listener.store import DicomObject
 from shared.db import make_engine, migrate, session_factory
 from shared.natsd import free_port
@@ -84,6 +85,8 @@ def scp_processes(tmp_path: Path, base_settings: dict[str, object]) -> Iterator[
     migrate(engine, settings, SERVICE, MIGRATIONS)
     engine.dispose()
     dicom_port, http_port = free_port(), free_port()
+    registry = tmp_path / "devices.yaml"
+    registry.write_text(DEV_DEVICES.read_text())
     env = {
         **os.environ,
         "RTOPS_VAR_DIR": str(settings.var_dir),
@@ -103,6 +106,8 @@ def scp_processes(tmp_path: Path, base_settings: dict[str, object]) -> Iterator[
         "RTOPS_SCP_SERIES_QUIET_S": "60",
         "RTOPS_SCP_SWEEP_INTERVAL_S": "0.2",
         "RTOPS_LOG_FORMAT": "json",
+        "RTOPS_SCP_DEVICE_REGISTRY": str(registry),
+        "RTOPS_SCP_DEVICE_REGISTRY_POLL_S": "0.5",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = tmp_path / "scp.log"
@@ -221,6 +226,23 @@ def test_ten_senders_two_processes(
         timeout=10,
         message="four refusals counted",
     )
+
+    # The device registry reloads in every process: on SIGHUP to the parent (forwarded), and
+    # when the file changes (each process polls it).
+    def reloads(trigger: str) -> int:
+        return sum(
+            1
+            for line in scp.lines()
+            if line.get("event") == "device registry reloaded" and line.get("trigger") == trigger
+        )
+
+    scp.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: reloads("SIGHUP") == 2, timeout=20, message="two SIGHUP reloads")
+    registry = tmp_path / "devices.yaml"
+    registry.write_text(
+        registry.read_text() + "  - ae_title: NEWLINAC\n    role: linac\n    machine: New1\n"
+    )
+    wait_for(lambda: reloads("file changed") == 2, timeout=20, message="two file reloads")
 
     # A worker killed outright is started again, and serves.
     parent = psutil.Process(scp.proc.pid)
