@@ -198,3 +198,26 @@ def test_64mb_element_in_one_pdu_is_refused_unread(scp_process: ScpProcess, big_
     assert indexed(scp_process) == []
     wait_for(lambda: spool_files(scp_process) == [], 10, message="empty spool")
     assert "pdu_too_long" in scp_process.log.read_text()
+
+
+def test_lean_scp_imports_none_of_the_unused_libraries() -> None:
+    """``keep_lean`` before the SCP's imports: no numpy, Pillow, rich, pygments, requests or
+    tqdm in the process (docs/scp_performance.md, "Memory"), and the loggers still render an
+    exception (structlog falls back to plain tracebacks)."""
+    script = (
+        "import sys;"
+        "from services.scp_listener.lean import keep_lean; assert keep_lean();"
+        "import services.scp_listener.__main__, services.scp_listener.app, structlog;"
+        "names = ('numpy', 'PIL', 'rich', 'pygments', 'requests', 'tqdm');"
+        "loaded = [n for n in names if sys.modules.get(n) is not None];"
+        "assert not loaded, loaded;"
+        "render = structlog.dev.ConsoleRenderer()\n"
+        "try:\n    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    out = render(None, 'error', {'event': 'e', 'exc_info': True})\n"
+        "assert 'ZeroDivisionError' in out, out\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
