@@ -1,7 +1,9 @@
 """Audit log of every read and write of patient data: who, what, when, which patient.
 
 Each service keeps its own ``audit_log`` table (``class AuditLog(AuditMixin, Base)``); writes
-are recorded in the same transaction as the change, reads in their own.
+are recorded in the same transaction as the change, reads in their own. ``user`` is the
+principal's stable identity (the token's ``sub``, qualified by an external issuer), never a
+name the user can change (docs/identity.md).
 """
 
 from __future__ import annotations
