@@ -26,9 +26,18 @@ def shared_metrics_dir(var_dir: Path) -> Path:
     return directory
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on (a cpuset or ``taskset`` counts, a CFS quota does
+    not: set RTOPS_SCP_PROCESSES to a container's CPU limit)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def main() -> None:
     settings = settings_or_exit(ScpSettings, "scp_listener")
-    processes = settings.scp_processes or os.cpu_count() or 1
+    processes = settings.scp_processes or cpu_cores()
     if processes > 1:
         # Before prometheus_client is imported (by the imports below): it picks its value
         # store once, at import.
