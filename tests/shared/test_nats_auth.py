@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import stat
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -404,3 +405,66 @@ def test_each_deployment_connects_as_its_own_user_from_the_secret() -> None:
         assert env["RTOPS_NATS_USER"]["value"] == user, manifest
         secret = env["RTOPS_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert secret == {"name": "rtops-nats", "key": user}, manifest
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate it signed for 127.0.0.1 (openssl)."""
+    paths = {n: folder / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")}
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=rtops CA")
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=nats")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    signing = ["-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-extfile", "san.ext"]
+    openssl("x509", "-req", "-in", "server.csr", *signing, "-out", "server.crt", "-days", "1")
+    return paths
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl makes the test certificates")
+def test_a_service_reaches_nats_over_tls_with_the_ca_it_is_given(tmp_path: Path) -> None:
+    """RTOPS_NATS_TLS_CA: the service checks the server's certificate against that CA (and the
+    host) and connects with its user; a client without that CA is refused by its own check."""
+    import json
+    import ssl
+
+    certs = make_certificates(tmp_path)
+    nats_dir = tmp_path / "nats"
+    config_path, passwords = natsauth.write_server_config(
+        nats_dir, stream=STREAM, subject_prefix=SUBJECT_PREFIX
+    )
+    config = json.loads(config_path.read_text())
+    config["tls"] = {"cert_file": str(certs["server.crt"]), "key_file": str(certs["server.key"])}
+    config_path.write_text(json.dumps(config))
+    server = EmbeddedNats(nats_dir, port=0, config=config_path).start()
+    secured = {"server": server, "passwords": passwords}
+
+    async def scenario() -> None:
+        admin = settings_of(secured, natsauth.ADMIN_USER, tmp_path)
+        admin = admin.model_copy(update={"nats_tls_ca": certs["ca.crt"]})
+        from shared.jetstream import set_up_stream
+
+        await set_up_stream(admin)
+        scp = settings_of(secured, "scp_listener", tmp_path).model_copy(
+            update={"nats_tls_ca": certs["ca.crt"]}
+        )
+        async with linked(scp, "scp_listener") as link:
+            assert link.nc is not None and link.nc.connected_url is not None
+            event = record_event(1, "2026-01-05", pid="TLS-1")
+            await link.publish(event.type, event.to_json(), event.id)
+        with pytest.raises((ssl.SSLError, NatsError, OSError)):
+            await nats.connect(
+                server.url,
+                user="scp_listener",
+                password=passwords["scp_listener"],
+                tls=ssl.create_default_context(),  # the system's CAs: not ours
+                allow_reconnect=False,
+                connect_timeout=3,
+            )
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
