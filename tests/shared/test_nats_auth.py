@@ -20,6 +20,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
+from pydantic import SecretStr
 
 from shared import natsauth
 from shared.events import SUBJECT_PREFIX, CloudEvent
@@ -468,3 +469,32 @@ def test_a_service_reaches_nats_over_tls_with_the_ca_it_is_given(tmp_path: Path)
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def test_rtops_migrate_sets_up_the_stream_as_admin_and_says_what_a_service_user_lacks(
+    secured: dict[str, Any], tmp_path: Path
+) -> None:
+    """``rtops migrate`` on an external NATS (the migrate job): the admin creates the stream;
+    run with a service's user it stops with a line naming the credentials it needs."""
+    from services.cli import CliError, set_up_external_stream
+
+    stream = "MIGRATED"
+    admin = settings_of(secured, natsauth.ADMIN_USER, tmp_path).model_copy(
+        update={"stream_name": stream, "subject_prefix": "migrated"}
+    )
+    set_up_external_stream(admin)
+
+    async def subjects() -> list[str]:
+        nc = await connect_as(secured, natsauth.ADMIN_USER, Violations())
+        try:
+            return list((await nc.jetstream().stream_info(stream)).config.subjects or [])
+        finally:
+            await nc.jetstream().delete_stream(stream)
+            await nc.close()
+
+    assert asyncio.run(subjects()) == ["migrated.>"]
+    service = admin.model_copy(
+        update={"nats_user": "billing", "nats_password": SecretStr(secured["passwords"]["billing"])}
+    )
+    with pytest.raises(CliError, match="admin user's RTOPS_NATS_USER and RTOPS_NATS_PASSWORD"):
+        set_up_external_stream(service)
