@@ -243,18 +243,25 @@ IN_PROCESS_STEPS = [
 ]
 
 
+# RTOPS_CRASH_REPEAT=n runs every crash n times with the object that crashes moving through
+# 1..OBJECTS ("many times": run once with 5 and reported in docs/scp_durability.md).
+REPEAT = range(int(os.environ.get("RTOPS_CRASH_REPEAT") or 1))
+
+
+@pytest.mark.parametrize("repeat", REPEAT)
 @pytest.mark.parametrize("step", IN_PROCESS_STEPS)
-def test_crash_at_a_step_of_a_store(scp: Scp, tmp_path: Path, step: str) -> None:
+def test_crash_at_a_step_of_a_store(scp: Scp, tmp_path: Path, step: str, repeat: int) -> None:
     paths = _records(tmp_path)
-    scp.start(RTOPS_SCP_CRASH_AT=f"{step}:2")  # the second object's store ends there
+    nth = 2 if repeat == 0 else 1 + repeat % OBJECTS
+    scp.start(RTOPS_SCP_CRASH_AT=f"{step}:{nth}")  # the nth object's store ends there
     statuses = _send(scp.dicom_port, paths)
-    assert statuses == [0, -1, -1], statuses
+    assert statuses == [0] * (nth - 1) + [-1] * (OBJECTS - nth + 1), statuses
     assert scp.wait_exit() == 70
 
     scp.start()
     # The sender retries what was not answered success: stored now (or a duplicate).
-    assert _send(scp.dicom_port, paths[1:]) == [0, 0]
-    _settle_and_check(scp, paths, answered={0, 1, 2})
+    assert _send(scp.dicom_port, paths[nth - 1 :]) == [0] * (OBJECTS - nth + 1)
+    _settle_and_check(scp, paths, answered=set(range(OBJECTS)))
 
 
 @pytest.mark.parametrize("when", ["answered", "published"])
@@ -272,21 +279,25 @@ def test_killed_after_the_answer(scp: Scp, tmp_path: Path, when: str) -> None:
     _settle_and_check(scp, paths, answered={0, 1, 2})
 
 
+@pytest.mark.parametrize("repeat", REPEAT)
 @pytest.mark.parametrize("step", ["reconciled", "confirmed"])
-def test_crash_in_a_confirmation_round(scp: Scp, tmp_path: Path, step: str) -> None:
+def test_crash_in_a_confirmation_round(scp: Scp, tmp_path: Path, step: str, repeat: int) -> None:
     paths = _records(tmp_path)
     scp.start(RTOPS_SCP_CRASH_AT=step, RTOPS_SCP_CONFIRM_INTERVAL_S="0.2")
-    statuses = _send(scp.dicom_port, paths)
+    # The round may end the process before any answer went out (it runs while the first
+    # object is being stored): what was answered is whatever the sender saw.
+    _send(scp.dicom_port, paths)
     assert scp.wait_exit() == 70
-    answered = {i for i, s in enumerate(statuses) if s == 0}
-    assert answered, statuses
 
     scp.start()
     assert _send(scp.dicom_port, paths) == [0] * OBJECTS
     _settle_and_check(scp, paths, answered=set(range(OBJECTS)))
 
 
-def test_a_power_cut_loses_index_commits_that_the_start_restores(scp: Scp, tmp_path: Path) -> None:
+@pytest.mark.parametrize("repeat", REPEAT)
+def test_a_power_cut_loses_index_commits_that_the_start_restores(
+    scp: Scp, tmp_path: Path, repeat: int
+) -> None:
     """No confirmation round ran (a long interval): every commit of this run may be lost in
     a power cut. Kill the SCP and drop them, as a machine that lost its un-flushed writes
     would find the database; the start-up round re-indexes every answered object from its
