@@ -52,9 +52,11 @@ def reconcile(ingestor: Ingestor, sources: Sources) -> int:
     restored = 0
     refused = set()
     for entry in recent:
+        # Whether or not its row survived, the key link may not have (neither was flushed),
+        # and the .recent name goes once the round is done.
+        store.relink(entry)
         if entry.key in present:
             continue
-        store.relink(entry)
         try:
             outcome = ingestor.restore(entry, sources(entry.calling_ae))
         except OSError as exc:  # removed meanwhile: its failed store discarded it
