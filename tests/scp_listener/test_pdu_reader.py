@@ -238,3 +238,11 @@ def test_a_header_announcing_gigabytes_allocates_nothing(
     raw.close()
     wait_for(lambda: not assoc.is_established, 10, message="association ended")
     assert int(pynetdicom_echo(scp.dicom_port).Status) == 0
+
+
+@pytest.mark.parametrize("reader", ["ours", "pynetdicom"])
+def test_the_read_path_micro_benchmark_runs(reader: str) -> None:
+    """bench/scp_pdu_micro.py, kept from rotting: both readers assemble a data set."""
+    from bench.scp_pdu_micro import run
+
+    assert run(reader, 16384, 20) >= 0
