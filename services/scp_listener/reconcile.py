@@ -40,6 +40,8 @@ CONFIRM_INTERVAL_S = 1.0  # default of RTOPS_SCP_CONFIRM_INTERVAL_S
 _MAX_FAILURES = 60
 
 Sources = Callable[[str], SourceDevice]
+# Storage or internal failures: the object is not refused, it is kept for the next round.
+_TRANSIENT = frozenset({Status.OUT_OF_RESOURCES, Status.PROCESSING_FAILURE})
 
 
 def reconcile(ingestor: Ingestor, sources: Sources) -> int:
@@ -62,7 +64,14 @@ def reconcile(ingestor: Ingestor, sources: Sources) -> int:
         except OSError as exc:  # removed meanwhile: its failed store discarded it
             log.info("a .recent object went away before it was restored", error=str(exc))
             continue
-        if outcome.status != Status.SUCCESS:
+        if outcome.status in _TRANSIENT:
+            log.warning(
+                "could not re-index a stored object the index lacks; the next round retries",
+                key=entry.key,
+                status=f"0x{outcome.status:04X}",
+                reason=outcome.reason,
+            )
+        elif outcome.status != Status.SUCCESS:
             # Never answered success (the rules refused it): keep the file, drop the name.
             log.error(
                 "a stored object the index lacked was refused on re-indexing; its file is "

@@ -404,7 +404,11 @@ class Ingestor:
         with self._factory() as session, session.begin():
             conn = session.connection()
             if durable:
+                # Write first: on SQLite a transaction that read before it writes cannot wait
+                # for the write lock (SQLITE_BUSY at once when an ingest committed meanwhile);
+                # holding it, the reads below see every row committed before this commit.
                 durable_commit(conn)
+                self._mark(conn, 0)
             for start in range(0, len(pairs), 400):  # bound the statement's parameters
                 chunk = pairs[start : start + 400]
                 rows = conn.execute(
@@ -415,23 +419,22 @@ class Ingestor:
                 )
                 present.update(ObjectStore.key_for(sha) for (sha,) in rows)
             if durable:
-                # Something to flush, so that the commit syncs the log up to here.
-                mark = DurabilityMark.__table__
-                confirmed = len(present)
-                now = datetime.now(UTC)
-                updated = conn.execute(
-                    update(mark)
-                    .where(mark.c.id == 1)
-                    .values(
-                        confirmed_at=now,
-                        confirmed_objects=mark.c.confirmed_objects + confirmed,
-                    )
-                )
-                if updated.rowcount == 0:
-                    conn.execute(
-                        insert(mark).values(id=1, confirmed_at=now, confirmed_objects=confirmed)
-                    )
+                self._mark(conn, len(present))
         return present
+
+    @staticmethod
+    def _mark(conn: Any, confirmed: int) -> None:
+        """Rewrite the durability mark: something to flush, so that the commit syncs the log
+        up to here, and a record of when that last happened."""
+        mark = DurabilityMark.__table__
+        now = datetime.now(UTC)
+        updated = conn.execute(
+            update(mark)
+            .where(mark.c.id == 1)
+            .values(confirmed_at=now, confirmed_objects=mark.c.confirmed_objects + confirmed)
+        )
+        if updated.rowcount == 0:
+            conn.execute(insert(mark).values(id=1, confirmed_at=now, confirmed_objects=confirmed))
 
     def restore(self, recent: Recent, source: SourceDevice) -> Outcome:
         """Index a stored file the index lacks, through the C-STORE path (same checks, same

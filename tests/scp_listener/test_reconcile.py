@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import delete, event, func, select
 
 from services.scp_listener import objectstore, reconcile
-from services.scp_listener.service import Ingestor, Status
+from services.scp_listener.service import Ingestor, Outcome, Status
 from services.scp_listener.store import ArrivalHour, DicomObject, DurabilityMark, Outbox
 from shared.events import SourceDevice
 from tests import dicom_factories as f
@@ -254,3 +254,25 @@ def test_a_key_linked_meanwhile_keeps_its_recent_name(
     assert reconcile.reconcile(ingestor, _sources) == 1
 
     assert len(_rows(ingestor)[0]) == 1 and store.recent() == []
+
+
+def test_a_storage_failure_on_reindexing_keeps_the_object_for_the_next_round(
+    ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0xA700 on re-indexing (a full disk, a database away) is not a refusal: the .recent
+    name stays, and a later round indexes the object."""
+    _ingest(ingestor, tmp_path, 1)
+    _lose_index(ingestor)
+    real = ingestor.restore
+    monkeypatch.setattr(
+        ingestor,
+        "restore",
+        lambda recent, source: Outcome(Status.OUT_OF_RESOURCES, "storage failed: disk full"),
+    )
+
+    assert reconcile.reconcile(ingestor, _sources) == 0
+    assert len(ingestor.store.recent()) == 1
+
+    monkeypatch.setattr(ingestor, "restore", real)
+    assert reconcile.reconcile(ingestor, _sources) == 1
+    assert ingestor.store.recent() == [] and len(_rows(ingestor)[0]) == 1
