@@ -418,12 +418,14 @@ _IDENTITY = {
 
 def check_identity_values(ds: Dataset) -> None:
     """Decode the identity and routing values and refuse those too long for their VR."""
-    for keyword, limit in _IDENTITY.items():
+    for keyword in ("SOPClassUID", "SOPInstanceUID", *_IDENTITY):
+        # decoded here, so that the reads after this one (outside any guard) cannot fail
         try:
             value = text(ds, keyword)
         except (ValueError, TypeError, LookupError) as exc:
             raise _Refused(f"{keyword} cannot be decoded: {exc}") from exc
-        if value is None:
+        limit = _IDENTITY.get(keyword)
+        if value is None or limit is None:
             continue
         parts = value.split("=") if keyword == "PatientName" else [value]
         longest = max(len(p) for p in parts)

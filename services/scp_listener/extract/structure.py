@@ -35,7 +35,7 @@ from pydicom.valuerep import VR
 # 100 segments about 30,000.
 MAX_SEQUENCE_ELEMENTS = 150_000
 # A deflated data set is inflated whole by pydicom: bound what it may inflate to.
-MAX_INFLATED_BYTES = 256 * 1024 * 1024
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
 
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
@@ -258,7 +258,9 @@ def walk(
                     f"its sequences hold more than {budget:,} items and elements, more than "
                     "the SCP decodes in one object"
                 )
-        check_value_length(tag, vr, length)
+        # PS3.5 6.2.2: pydicom reads a public UN element as its dictionary VR
+        known = vr if vr != "UN" or Tag(tag).is_private else _dictionary_vr(tag)
+        check_value_length(tag, known, length)
         vr_code = None if frame.implicit or (vr is not None and " " in vr) else vr
         if is_sequence(tag, vr_code, length) or (vr == "UN" and length == _UNDEFINED):
             depth = frame.depth + 1
@@ -277,10 +279,18 @@ def walk(
             stack.append(_Frame("fragments", tag, None, frame.depth, frame.implicit))
             continue
         if reader.skip(length) != length:
-            if len(stack) == 1:
-                return nested  # a cut top-level value: check_complete says so
-            raise EOFError(f"the data set ends inside {_where(frame)}: it is truncated")
+            raise EOFError(
+                f"element {Tag(tag)} is cut short: the data set ends before the "
+                f"{length:,} bytes its header announces"
+            )
         pos += length
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
 
 
 def _check_encoding(head: bytes, implicit: bool) -> None:
