@@ -5,9 +5,8 @@ Then every object answered success is indexed once and its event is in the strea
 nothing else was published. A power cut is simulated too: the index commits no flush covered
 are dropped after a kill, and the start-up reconciliation restores them and their events.
 
-``python -m tests.scp_listener.test_crash_recovery`` is the SCP these tests start: the app of
-``python -m services.scp_listener`` with the start-up reconciliation called before its DICOM
-port opens (as app.py's start-up does once it calls ``reconcile.run_at_start``).
+Each SCP is ``python -m services.scp_listener`` (one process), forked from a process that
+imported it once (``Zygote``).
 """
 
 from __future__ import annotations
@@ -326,31 +325,18 @@ def test_a_power_cut_loses_index_commits_that_the_start_restores(
 
 
 def _serve() -> None:
-    """The SCP process of these tests (see the module's docstring)."""
-    from services.scp_listener import reconcile
-    from services.scp_listener.app import create_app
-    from shared.settings import settings_or_exit
-    from shared.web import serve
+    """``python -m services.scp_listener``, whose start-up runs the reconciliation before the
+    DICOM port opens (app.py's ``start_dicom``)."""
+    from services.scp_listener.__main__ import main
 
-    settings = settings_or_exit(ScpSettings, SERVICE)
-
-    def create() -> Any:
-        app = create_app(settings)
-        reconcile.run_at_start(settings, app.state.ingestor)
-        return app
-
-    serve(
-        create,
-        settings,
-        host=settings.scp_http_host,
-        port=settings.scp_http_port,
-        service=SERVICE,
-    )
+    main()
 
 
 def _zygote() -> None:
     """Serve ``Zygote``'s commands, one JSON line each, answered by one integer line."""
-    import shared.web  # noqa: F401 - imported before any fork, with everything the SCP uses
+    # Imported before any fork, in the entry point's order (it keeps pydicom lean first).
+    import services.scp_listener.__main__  # noqa: F401
+    import shared.web  # noqa: F401
     from services.scp_listener import app, reconcile  # noqa: F401
 
     for line in sys.stdin.buffer:
