@@ -94,7 +94,7 @@ class FakeDul:
 def run(reader: str, size: int, pdus: int) -> float:
     _config.STORE_RECV_CHUNKED_DATASET = True
     receive.install()
-    read = pdu_reader.read_pdu if reader == "ours" else DULServiceProvider._read_pdu_data
+    read = pdu_reader.read_pdu if reader == "ours" else pdu_reader.PYNETDICOM_READ_PDU
     a, b = socket.socketpair()
     fragment = bytes(size - 12)
     stream = pdu(0x03, command_set()) + b"".join(

@@ -54,6 +54,10 @@ _DRAIN = 64 << 10
 _REFUSED = "_rtops_refused_pdu"
 
 
+# pynetdicom's own reader, kept for the comparison in bench/scp_pdu_micro.py.
+PYNETDICOM_READ_PDU = DULServiceProvider._read_pdu_data
+
+
 def install() -> None:
     DULServiceProvider._read_pdu_data = read_pdu  # type: ignore[method-assign]
 
