@@ -356,6 +356,18 @@ def start_pynetdicom_storescp(out_dir: Path, log_path: Path) -> tuple[subprocess
     return proc, port
 
 
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (the SCP's workers)."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for p in (root, *root.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
 def uss_of(pid: int) -> int:
     """Memory unique to the process (no shared libraries); too slow to poll every 20 ms."""
     try:
@@ -584,6 +596,7 @@ class Raw:
     store_buckets: dict[float, float]
     probe: dict[str, list[float]]
     probe_failures: dict[str, list[str]]
+    cpu_ms_per_object: dict[str, dict[str, list[float]]]
     idle_rss: int
     peak_rss: int
     peak_rss_process: int
@@ -641,6 +654,9 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
     _config.STORE_SEND_CHUNKED_DATASET = True
 
     walls: dict[str, dict[str, list[float]]] = {t: {w: [] for w in WORKLOADS} for t in TARGETS}
+    # CPU ms per object of each receiver's process tree during its sends (user + system).
+    cpu: dict[str, dict[str, list[float]]] = {t: {w: [] for w in WORKLOADS} for t in TARGETS}
+    pids = {"rtops": scp.proc.pid, "dcmtk": storescp.pid, "pynetdicom": pyscp.pid}
     ledger = CpuLedger([p.pid for p in (scp.proc, storescp, pyscp, nats.proc) if p is not None])
     timed_start = time.perf_counter()
     store_buckets: dict[float, float] = {}
@@ -656,7 +672,11 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
             for target in order:
                 before = scrape(scp.url("/metrics")) if target == "rtops" else {}
                 prime_memory(max(2 * size_of(paths), PRIME_MIN_BYTES))
+                cpu_before = tree_cpu(pids[target])
                 walls[target][workload].append(storescu(storescu_bin, ports[target], paths))
+                cpu[target][workload].append(
+                    1000 * (tree_cpu(pids[target]) - cpu_before) / len(paths)
+                )
                 if target in received:
                     expected_received[target] += len(paths)
                     got = count_files(received[target])
@@ -701,6 +721,7 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
     rss.stop()
     return Raw(
         walls=walls,
+        cpu_ms_per_object=cpu,
         bytes_per_round={w: [size_of(r.of(w)) for r in rounds] for w in WORKLOADS},
         store_buckets=store_buckets,
         probe=probe,
@@ -852,6 +873,10 @@ def summarize(args: argparse.Namespace, raw: Raw) -> dict[str, Any]:
             "dcmtk": raw.dcmtk,
         },
         "workloads": workloads,
+        "cpu_ms_per_object": {
+            t: {w: statistics.median(v) for w, v in by_w.items() if v}
+            for t, by_w in raw.cpu_ms_per_object.items()
+        },
         "memory": {
             "idle_rss_mb": raw.idle_rss / MB,
             "peak_rss_mb": peak_mb,
@@ -927,6 +952,18 @@ def render(summary: dict[str, Any]) -> str:
                 f"{workload:<10}{name:<18}{r['median_of_per_round']:>16.2f}x"
                 f"{r['of_medians']:>11.2f}x{r['order_balanced']:>15.2f}x   {rounds}"
             )
+    cpu = summary["cpu_ms_per_object"]
+    lines += ["", "receiver CPU per object (user + system of its processes, median of rounds, ms):"]
+    for workload in WORKLOADS:
+        row = {t: cpu.get(t, {}).get(workload) for t in TARGETS}
+        ratio = (
+            f"; rtops/DCMTK {row['rtops'] / row['dcmtk']:.1f}x"
+            if row.get("rtops") and row.get("dcmtk")
+            else ""
+        )
+        lines.append(
+            f"  {workload}: " + ", ".join(f"{t} {_fmt(row[t], '.2f')}" for t in TARGETS) + ratio
+        )
     mem = summary["memory"]
     lines += [
         "",
