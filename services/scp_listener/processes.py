@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
@@ -33,7 +34,6 @@ from pydantic import SecretStr
 
 from services.scp_listener.metrics import Problem, ProblemSink
 from services.scp_listener.settings import ScpSettings
-from shared.natsd import die_with_parent
 
 log = structlog.get_logger(__name__)
 
@@ -172,17 +172,12 @@ class WorkerPool:
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         fd = self._inbox.worker_end.fileno()
         args = [sys.executable, "-m", WORKER_MODULE, "--index", str(index)]
-        args += ["--port", str(self._port), "--link-fd", str(fd)]
+        args += ["--port", str(self._port), "--link-fd", str(fd), "--parent", str(os.getpid())]
         if self._tls_port is not None:
             args += ["--tls-port", str(self._tls_port)]
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE,
-            pass_fds=(fd,),
-            # The kernel sends SIGTERM when the thread that started it ends: the main thread
-            # (first start) or the watcher (restarts), which both outlive the workers.
-            preexec_fn=die_with_parent,
-        )
+        # No preexec_fn (unsafe in a process with threads, which this one has): the worker
+        # asks for its death signal itself, first thing (``die_with_parent`` in worker.py).
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=(fd,))
         assert proc.stdin is not None
         proc.stdin.write(settings_json(self._settings))
         proc.stdin.close()

@@ -16,8 +16,14 @@ SERVICE = "scp_listener"  # the database (schema) is the SCP's, as app.SERVICE n
 
 def main(argv: list[str] | None = None) -> None:
     keep_lean()  # before anything imports pydicom
+    import os
     import signal
 
+    from shared.natsd import die_with_parent
+
+    # SIGTERM from the kernel when the parent's thread that started this one ends (the parent
+    # dies, however): asked here rather than in a preexec_fn, which is unsafe in the parent.
+    die_with_parent()
     # A SIGHUP forwarded while this process starts must not end it (the default action): the
     # registry it loads below is the file as it is then.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -51,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tls-port", type=int)
     parser.add_argument("--link-fd", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True, help="the parent's pid")
     args = parser.parse_args(argv)
+    if os.getppid() != args.parent:  # it died before the death signal was asked for
+        raise SystemExit(1)
 
     settings = settings_from_json(sys.stdin.buffer.read())
     configure_logging(settings.log_level, settings.log_format, service=SERVICE)

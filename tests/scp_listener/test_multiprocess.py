@@ -323,3 +323,13 @@ def test_content_locks_exclude_other_processes(tmp_path: Path) -> None:
     with locks[2]:
         assert not other_process_can_lock()
     assert other_process_can_lock()
+
+
+def test_workers_die_with_the_parent(scp_processes: Scp) -> None:
+    """A parent killed outright (SIGKILL, the OOM killer) leaves no worker serving the port."""
+    parent = psutil.Process(scp_processes.proc.pid)
+    (worker,) = parent.children()
+    scp_processes.proc.kill()
+    scp_processes.proc.wait()
+    _gone, alive = psutil.wait_procs([worker], timeout=30)
+    assert not alive
