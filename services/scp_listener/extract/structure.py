@@ -20,6 +20,8 @@ Every refusal is a ``ValueError`` (or ``EOFError``) whose message ``read_header`
 
 from __future__ import annotations
 
+import functools
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -69,10 +71,10 @@ _BYTES_PER_CHARACTER = 4  # UTF-8's widest; ISO 2022 and GB18030 stay within it 
 
 def check_value_length(tag: int, vr: str | None, length: int) -> None:
     """Refuse a single-valued element longer than any value of its VR can be."""
-    if vr not in MAX_CHARACTERS or length == _UNDEFINED:
+    most = MAX_CHARACTERS.get(vr) if vr is not None else None
+    if most is None or length <= most * _BYTES_PER_CHARACTER or length == _UNDEFINED:
         return
-    limit = MAX_CHARACTERS[vr] * _BYTES_PER_CHARACTER
-    if length <= limit or not _single_valued(tag):
+    if not _single_valued(tag):
         return
     raise ValueError(
         f"element {Tag(tag)} is {length:,} bytes long; a value of VR {vr} holds at most "
@@ -80,6 +82,7 @@ def check_value_length(tag: int, vr: str | None, length: int) -> None:
     )
 
 
+@functools.cache
 def _single_valued(tag: int) -> bool:
     if Tag(tag).is_private:
         # a private creator (gggg,0010-00FF) is one LO (PS3.5 7.8.1); others are unknown
@@ -91,25 +94,34 @@ def _single_valued(tag: int) -> bool:
 
 
 def check_vr(tag: int, vr: str) -> None:
+    problem = _vr_problem(tag, vr)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+@functools.cache  # a few hundred distinct (tag, VR) pairs in a department's traffic
+def _vr_problem(tag: int, vr: str) -> str | None:
     if vr not in VR_CODES:
-        raise ValueError(f"element {Tag(tag)} has VR {vr!r}, which is not a DICOM VR")
+        return f"element {Tag(tag)} has VR {vr!r}, which is not a DICOM VR"
     if vr == "UN" or Tag(tag).is_private or Tag(tag).element == 0:
-        return
+        return None
     try:
         allowed = dictionary_VR(tag)
     except KeyError:  # not in the dictionary (a newer or retired public tag)
-        return
+        return None
     if vr not in allowed.split(" or "):
-        raise ValueError(f"element {Tag(tag)} has VR {vr}, but the data dictionary says {allowed}")
+        return f"element {Tag(tag)} has VR {vr}, but the data dictionary says {allowed}"
+    return None
 
 
 def is_sequence(tag: int, vr: str | None, length: int) -> bool:
     if vr is not None:
         return vr == "SQ"
-    try:  # implicit VR: the data dictionary knows public tags
-        return dictionary_VR(tag) == "SQ"
-    except KeyError:  # private or unknown: undefined length means a sequence
-        return length == _UNDEFINED and tag != _PIXEL_DATA
+    known = _dictionary_vr(tag)
+    if known is not None:  # implicit VR: the data dictionary knows public tags
+        return known == "SQ"
+    # private or unknown: undefined length means a sequence
+    return length == _UNDEFINED and tag != _PIXEL_DATA
 
 
 class TooDeep(ValueError):
@@ -124,6 +136,7 @@ class _Reader:
 
     def __init__(self, fp: BinaryIO, deflated: bool) -> None:
         self._fp = fp
+        self._size = os.fstat(fp.fileno()).st_size
         self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if deflated else None
         self._buffer = b""
         self.inflated = 0
@@ -149,11 +162,11 @@ class _Reader:
     def skip(self, n: int) -> int:
         """Skip ``n`` bytes; how many there were."""
         if self._inflater is None:
-            start = self._fp.tell()
             end = self._fp.seek(n, 1)
-            size = self._fp.seek(0, 2)
-            self._fp.seek(min(end, size))
-            return min(end, size) - start
+            if end <= self._size:
+                return n
+            self._fp.seek(self._size)
+            return n - (end - self._size)
         skipped = 0
         while skipped < n:
             got = len(self.read(min(n - skipped, 1 << 20)))
@@ -235,10 +248,7 @@ def walk(
             raise ValueError(f"a delimiter {Tag(tag)} out of place in {_where(frame)}")
         vr: str | None
         if frame.implicit:
-            try:
-                vr = dictionary_VR(tag)
-            except KeyError:
-                vr = None
+            vr = _dictionary_vr(tag)
         else:
             vr = head[4:6].decode("latin-1")
             if vr in LONG_HEADER_VRS:
@@ -259,7 +269,7 @@ def walk(
                     "the SCP decodes in one object"
                 )
         # PS3.5 6.2.2: pydicom reads a public UN element as its dictionary VR
-        known = vr if vr != "UN" or Tag(tag).is_private else _dictionary_vr(tag)
+        known = vr if vr != "UN" or group & 1 else _dictionary_vr(tag)
         check_value_length(tag, known, length)
         vr_code = None if frame.implicit or (vr is not None and " " in vr) else vr
         if is_sequence(tag, vr_code, length) or (vr == "UN" and length == _UNDEFINED):
@@ -286,6 +296,7 @@ def walk(
         pos += length
 
 
+@functools.cache
 def _dictionary_vr(tag: int) -> str | None:
     try:
         return dictionary_VR(tag)
