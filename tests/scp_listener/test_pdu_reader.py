@@ -245,4 +245,5 @@ def test_the_read_path_micro_benchmark_runs(reader: str) -> None:
     """bench/scp_pdu_micro.py, kept from rotting: both readers assemble a data set."""
     from bench.scp_pdu_micro import run
 
+    assert pdu_reader.PYNETDICOM_READ_PDU is not pdu_reader.read_pdu  # a real comparison
     assert run(reader, 16384, 20) >= 0
