@@ -386,7 +386,10 @@ def _walk_data_set(path: Path, max_depth: int) -> None:
                 (length,) = struct.unpack("<L", fp.read(4))
             else:
                 (length,) = struct.unpack("<H", header[6:8])
-            value = fp.read(length) if length < 1024 else b""
+            if length > 1024:  # no meta element of use is this long: pydicom judges it
+                fp.seek(length, 1)
+                continue
+            value = fp.read(length)
             if header[2:4] == b"\x10\x00":
                 syntax = value.decode("ascii", "replace").strip("\0 ")
         try:
