@@ -18,7 +18,6 @@ also finds rows a PostgreSQL crash lost while the SCP kept running.
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -34,7 +33,6 @@ from shared.events import SourceDevice
 
 log = structlog.get_logger(__name__)
 
-CONFIRM_INTERVAL_S = 1.0  # default of RTOPS_SCP_CONFIRM_INTERVAL_S
 # Consecutive failed rounds after which the thread stops (a database gone for good, as after
 # a test): the next start's round picks up whatever it left.
 _MAX_FAILURES = 60
@@ -118,10 +116,10 @@ def run_at_start(
     settings: ScpSettings, ingestor: Ingestor, *, interval_s: float | None = None
 ) -> int:
     """The start-up round (before the DICOM port opens), then a round every ``interval_s``
-    (default ``RTOPS_SCP_CONFIRM_INTERVAL_S``, else 1 s) in a daemon thread. Returns how many
+    (default ``settings.scp_confirm_interval_s``) in a daemon thread. Returns how many
     objects the start-up round re-indexed."""
     if interval_s is None:
-        interval_s = float(os.environ.get("RTOPS_SCP_CONFIRM_INTERVAL_S") or CONFIRM_INTERVAL_S)
+        interval_s = settings.scp_confirm_interval_s
     sources = registry_sources(settings.scp_device_registry)
     restored = reconcile(ingestor, sources)
     if restored:

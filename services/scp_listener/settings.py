@@ -75,6 +75,13 @@ class ScpSettings(RtopsSettings):
         description="SCP processes serving the DICOM port(s) together (SO_REUSEPORT); 0 = the "
         "number of CPU cores",
     )
+    scp_confirm_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="how often objects stored since the last round are confirmed durable in "
+        "the index (docs/scp_durability.md); after a power cut the start-up scan covers about "
+        "this long",
+    )
     scp_tls_port: int | None = Field(
         default=None,
         description="DICOM over TLS on this port, beside the plain port (None: no TLS port)",
