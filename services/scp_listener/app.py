@@ -14,13 +14,13 @@ from fastapi import FastAPI
 
 from services.scp_listener import reconcile, scp, tls
 from services.scp_listener.api import router
-from services.scp_listener.content_locks import share_between_processes
+from services.scp_listener.content_locks import shared_locks
 from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import ScpMetrics
 from services.scp_listener.objectstore import ObjectStore
 from services.scp_listener.pages import router as pages_router
 from services.scp_listener.processes import WorkerInbox, WorkerPool, wait_for_associations
-from services.scp_listener.service import Ingestor
+from services.scp_listener.service import LOCK_STRIPES, Ingestor
 from services.scp_listener.settings import ScpSettings
 from services.scp_listener.store import AuditLog, Outbox, ProcessedEvent
 from shared.outbox import outbox_depth
@@ -61,9 +61,9 @@ def create_app(
         clinic_tz=settings.clinic_timezone,
         on_commit=runtime.relay.wake,
         max_sequence_depth=settings.scp_max_sequence_depth,
+        # Several processes may store the same bytes at once: their stripes are shared.
+        locks=shared_locks(settings.object_store(), LOCK_STRIPES) if processes > 1 else None,
     )
-    if processes > 1:
-        share_between_processes(ingestor, settings.object_store())
     quiet = timedelta(seconds=settings.scp_series_quiet_s)
 
     def sweep() -> None:

@@ -16,7 +16,6 @@ import os
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 
 class StripeLock:
@@ -52,12 +51,9 @@ class StripeLock:
             self._thread.release()
 
 
-def share_between_processes(ingestor: Any, store_root: Path) -> list[StripeLock]:
-    """Replace the ingestor's per-process stripe locks by ones every SCP process shares (the
-    same number of stripes, lock files under ``<object store>/.locks``)."""
+def shared_locks(store_root: Path, count: int) -> list[StripeLock]:
+    """``count`` stripe locks every SCP process on the machine shares (lock files under
+    ``<object store>/.locks``), for ``Ingestor(locks=...)``."""
     directory = store_root / ".locks"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    count = len(ingestor._locks)
-    locks = [StripeLock(directory / f"{i:02d}") for i in range(count)]
-    ingestor._locks = locks
-    return locks
+    return [StripeLock(directory / f"{i:02d}") for i in range(count)]

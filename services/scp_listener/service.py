@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
@@ -92,7 +93,7 @@ MALFORMED_DATA: tuple[type[Exception], ...] = (ValueError, TypeError, MalformedO
 
 # Same content serialises (from the revision lookup to the commit), so that a failed
 # transaction can remove the file it placed without racing another ingest of that file.
-_LOCK_STRIPES = 64
+LOCK_STRIPES = 64
 
 __all__ = [
     "MALFORMED_DATA",
@@ -179,13 +180,16 @@ class Ingestor:
         clinic_tz: str,
         on_commit: Callable[[], None] = lambda: None,
         max_sequence_depth: int = extract.MAX_SEQUENCE_DEPTH,
+        locks: Sequence[AbstractContextManager[Any]] | None = None,
     ) -> None:
+        """``locks``: one lock per content stripe (``LOCK_STRIPES`` of them); threading locks
+        by default, enough for one process (content_locks.py has ones shared by processes)."""
         self._max_depth = max_sequence_depth
         self._factory = factory
         self._store = store
         self._tz = clinic_tz
         self._on_commit = on_commit
-        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._locks = list(locks) if locks else [threading.Lock() for _ in range(LOCK_STRIPES)]
 
     @property
     def store(self) -> ObjectStore:
@@ -216,7 +220,7 @@ class Ingestor:
             )
         try:
             sha, size = content or sha256_of(path)
-            with self._locks[int(sha[:8], 16) % _LOCK_STRIPES]:
+            with self._locks[int(sha[:8], 16) % len(self._locks)]:
                 return self._index(
                     ds,
                     path,

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from prometheus_client import CollectorRegistry
 
     from services.scp_listener import scp, tls
-    from services.scp_listener.content_locks import share_between_processes
+    from services.scp_listener.content_locks import shared_locks
     from services.scp_listener.devices import DeviceRegistry
     from services.scp_listener.metrics import ScpMetrics
     from services.scp_listener.objectstore import ObjectStore
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         settings_from_json,
         wait_for_associations,
     )
-    from services.scp_listener.service import Ingestor
+    from services.scp_listener.service import LOCK_STRIPES, Ingestor
     from services.scp_listener.store import Outbox
     from shared.collector import tune_collector
     from shared.db import make_engine, session_factory
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         clinic_tz=settings.clinic_timezone,
         on_commit=link.wake,
         max_sequence_depth=settings.scp_max_sequence_depth,
+        locks=shared_locks(settings.object_store(), LOCK_STRIPES),
     )
-    share_between_processes(ingestor, settings.object_store())
     try:
         registry = DeviceRegistry(settings.scp_device_registry)
         context = tls.server_context(settings) if args.tls_port is not None else None

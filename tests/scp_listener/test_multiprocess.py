@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from services.scp_listener.app import SERVICE
-from services.scp_listener.content_locks import share_between_processes
+from services.scp_listener.content_locks import shared_locks
 from services.scp_listener.metrics import Problem, RecentProblems
 from services.scp_listener.processes import ParentLink, WorkerInbox
 from services.scp_listener.settings import DEV_DEVICES
@@ -303,12 +303,8 @@ def test_content_locks_exclude_other_processes(tmp_path: Path) -> None:
     """The same bytes stored by two processes at once serialise on a file lock: while this
     process holds a stripe, another process cannot take it (and can once it is released)."""
 
-    class FakeIngestor:
-        _locks: list[Any] = [object()] * 4
-
-    ingestor = FakeIngestor()
-    locks = share_between_processes(ingestor, tmp_path)
-    assert ingestor._locks == locks and len(locks) == 4
+    locks = shared_locks(tmp_path, 4)
+    assert len(locks) == 4
     probe = (
         "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
         "try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
