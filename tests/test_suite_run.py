@@ -102,7 +102,7 @@ def running_suite(tmp_path: Path, isolation: dict[str, str], **extra: str) -> It
     )
     try:
         for url in (suite.scp_http, suite.qa_http):
-            wait_for(lambda url=url: _ready(url), timeout=60, interval=0.2, message=f"{url}/readyz")
+            wait_for(lambda url=url: _ready(url), timeout=120, interval=0.2, message=f"{url}/readyz")
         yield suite
     finally:
         if proc.poll() is None:  # a failed test: the services die with the supervisor
@@ -179,7 +179,7 @@ def test_ctrl_c_at_a_terminal_reaches_the_supervisor_alone(
     output = b""
     try:
         for port in (scp_port, qa_port):
-            wait_for(lambda port=port: _ready(f"http://127.0.0.1:{port}"), timeout=60)
+            wait_for(lambda port=port: _ready(f"http://127.0.0.1:{port}"), timeout=120)
         os.write(terminal, b"\x03")  # what the terminal sends for Ctrl-C
         deadline = time.monotonic() + 60
         while b"parent saw" not in output and time.monotonic() < deadline:
