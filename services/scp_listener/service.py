@@ -41,7 +41,6 @@ from services.scp_listener.store import (
 )
 from shared.db import durable_commit, relaxed_commit
 from shared.events import (
-    DicomEvent,
     ImageApproval,
     ImagingAcquired,
     Patient,
@@ -299,14 +298,14 @@ class Ingestor:
                     )
                 revision = max((row.revision for row in revisions), default=0) + 1
                 try:
-                    event = self._event_for(
-                        ds, sop_class_uid, uid, sha, revision, size, transfer_syntax_uid, source
+                    # The one entry point the fuzz harness (tests/fuzz) runs too.
+                    extracted = extract.extract_received(
+                        ds,
+                        _stored_object(ds, sop_class_uid, uid, sha, revision, transfer_syntax_uid),
+                        source,
+                        self._tz,
                     )
-                    facts = (
-                        extract.image_facts(ds, sop_class_uid, source, self._tz)
-                        if sop.STORAGE[sop_class_uid] == "image"
-                        else None
-                    )
+                    event, facts = extracted.event, extracted.facts
                 except MALFORMED_DATA as exc:
                     log.warning(
                         "the object's attributes could not be read: answering 0xC210",
@@ -455,39 +454,6 @@ class Ingestor:
             received_at=recent.modified,
         )
 
-    def _event_for(
-        self,
-        ds: Dataset,
-        sop_class_uid: str,
-        uid: str,
-        sha: str,
-        revision: int,
-        size: int,
-        transfer_syntax_uid: str,
-        source: SourceDevice,
-    ) -> DicomEvent | None:
-        route = sop.STORAGE[sop_class_uid]
-        if route in ("image", "store_only"):
-            return None
-        obj = StoredObject(
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=uid,
-            study_instance_uid=extract.text(ds, "StudyInstanceUID"),
-            series_instance_uid=extract.text(ds, "SeriesInstanceUID"),
-            storage_key=ObjectStore.key_for(sha),
-            revision=revision,
-            sha256=sha,
-            transfer_syntax_uid=transfer_syntax_uid,
-        )
-        build = {
-            "plan": extract.plan_received,
-            "treatment": extract.treatment_recorded,
-            "summary": extract.treatment_summarized,
-            "registration": extract.registration_received,
-            "document": extract.document_received,
-        }[route]
-        return build(ds, obj, source, self._tz)
-
     def _touch_series(
         self,
         session: Session,
@@ -593,6 +559,26 @@ class Ingestor:
             storage_keys=tuple(o.storage_key for o in objects),
             **facts,
         )
+
+
+def _stored_object(
+    ds: Dataset,
+    sop_class_uid: str,
+    uid: str,
+    sha: str,
+    revision: int,
+    transfer_syntax_uid: str,
+) -> StoredObject:
+    return StoredObject(
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=uid,
+        study_instance_uid=extract.text(ds, "StudyInstanceUID"),
+        series_instance_uid=extract.text(ds, "SeriesInstanceUID"),
+        storage_key=ObjectStore.key_for(sha),
+        revision=revision,
+        sha256=sha,
+        transfer_syntax_uid=transfer_syntax_uid,
+    )
 
 
 def _uid_conflict(revisions: Any, sop_class_uid: str, patient_id: str | None) -> str | None:

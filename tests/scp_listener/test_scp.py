@@ -323,12 +323,12 @@ def test_reader_failures_are_malformed_data_or_internal_errors(
     status: int,
     reason: str,
 ) -> None:
-    from services.scp_listener import extract
+    from services.scp_listener.extract import received
 
     def reader(*args: object) -> None:
         failure()
 
-    monkeypatch.setattr(extract, "treatment_recorded", reader)
+    monkeypatch.setitem(received._BUILDERS, "treatment", reader)
     path = f.write(f.treatment_record(plan_uid="1.2.3"), tmp_path / "rec.dcm")
     assert pynetdicom_store(scp.dicom_port, [path]) == [status]
     assert counts(scp) == (0, 0, 0)
@@ -341,12 +341,12 @@ def test_reader_failures_are_malformed_data_or_internal_errors(
 def test_a_bug_in_the_image_facts_is_an_internal_error(
     scp: RunningScp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.scp_listener import extract
+    from services.scp_listener.extract import received
 
     def image_facts(*args: object) -> None:
         raise NameError("name 'station' is not defined")
 
-    monkeypatch.setattr(extract, "image_facts", image_facts)
+    monkeypatch.setattr(received, "image_facts", image_facts)
     paths = f.write_series(f.cbct_series(n_slices=1), tmp_path)
     assert pynetdicom_store(scp.dicom_port, paths) == [0x0110]
     assert counts(scp) == (0, 0, 0)
@@ -355,10 +355,10 @@ def test_a_bug_in_the_image_facts_is_an_internal_error(
 def test_internal_error_outcome_names_the_bug(
     scp: RunningScp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.scp_listener import extract
+    from services.scp_listener.extract import received
     from services.scp_listener.service import Status
 
-    monkeypatch.setattr(extract, "treatment_recorded", lambda *a: _bug_key())
+    monkeypatch.setitem(received._BUILDERS, "treatment", lambda *a: _bug_key())
     path = f.write(f.treatment_record(plan_uid="1.2.3"), tmp_path / "rec.dcm")
     outcome = scp.app.state.ingestor.ingest(
         path,
