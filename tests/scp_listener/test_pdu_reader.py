@@ -20,7 +20,6 @@ from pynetdicom.sop_class import CTImageStorage
 from structlog.testing import capture_logs
 
 from services.scp_listener import pdu_reader
-from services.scp_listener.extract import readers
 from tests import dicom_factories as f
 from tests.scp_listener.test_hash_on_receive import assert_index_matches_files, indexed
 from tests.support import RunningScp, pynetdicom_echo, storescu, wait_for
@@ -141,24 +140,8 @@ def every_syntax(folder: Path) -> list[tuple[str, Path]]:
     return [(str(s), encapsulated_ct(str(s), folder)) for s in ALL_TRANSFER_SYNTAXES]
 
 
-@pytest.fixture
-def encapsulated_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``extract.readers.check_complete`` takes the end of a deferred undefined-length Pixel
-    Data for the end of the data set and refuses every encapsulated image with 0xC210 (reported
-    to the owner of extract/). These tests are about the bytes arriving whole: the check is
-    skipped for encapsulated pixel data here, the hash and size checks below stay."""
-    original = readers.check_complete
-
-    def check(ds: Any, size: int) -> None:
-        pixels = ds._dict.get(0x7FE00010)
-        if pixels is None or getattr(pixels, "length", 0) != 0xFFFFFFFF:
-            original(ds, size)
-
-    monkeypatch.setattr(readers, "check_complete", check)
-
-
 def test_every_transfer_syntax_in_16k_pdus_from_pynetdicom(
-    start_scp: Callable[..., RunningScp], tmp_path: Path, encapsulated_accepted: None
+    start_scp: Callable[..., RunningScp], tmp_path: Path
 ) -> None:
     """Each data set of some 512 KiB crosses 32 PDUs: the stored file is the sent data set."""
     scp = start_scp(scp_max_pdu=16384)
@@ -201,7 +184,6 @@ def test_every_transfer_syntax_in_16k_pdus_from_dcmtk(
     start_scp: Callable[..., RunningScp],
     dcmtk: dict[str, str],
     tmp_path: Path,
-    encapsulated_accepted: None,
 ) -> None:
     """DCMTK 3.6 sends each file over an association of its own here: proposing one SOP class
     in many transfer syntaxes at once, storescu picks a context it then cannot convert to."""

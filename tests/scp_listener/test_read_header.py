@@ -59,3 +59,32 @@ def test_reference_samples_with_file_meta_are_complete() -> None:
     assert len(files) >= 9
     for path in files:
         read_header(path)
+
+
+def _encapsulated_slice(folder: Path) -> Path:
+    """A CT slice in JPEG Baseline: one fragment of stand-in bytes (nothing decodes pixels)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = f.cbct_series(n_slices=1, rows=64, columns=64, transfer_syntax_uid=JPEGBaseline8Bit)[0]
+    del ds[0x7FE00010]
+    # 512 KiB: past DEFER_BYTES, so pydicom skips it unread
+    ds.add_new(0x7FE00010, "OB", encapsulate([bytes(range(256)) * 2048]))
+    ds[0x7FE00010].is_undefined_length = True  # PS3.5 A.4
+    return f.write(ds, folder / "jpeg.dcm")
+
+
+def test_an_encapsulated_image_is_complete(tmp_path: Path) -> None:
+    """Its Pixel Data has an undefined length that pydicom skips without keeping its extent:
+    that is not the end of the data set (every JPEG/RLE image was refused with 0xC210)."""
+    ds = read_header(_encapsulated_slice(tmp_path))
+    assert ds.Rows == 64
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
+def test_an_encapsulated_image_cut_inside_its_fragments_is_refused(
+    tmp_path: Path, keep: float
+) -> None:
+    cut = f.truncated_copy(_encapsulated_slice(tmp_path), tmp_path / "cut.dcm", keep_fraction=keep)
+    with pytest.raises(Undecodable):
+        read_header(cut)

@@ -320,6 +320,12 @@ def check_complete(ds: Dataset, size: int) -> None:
             open_sequence = max(open_sequence, elem.file_tell)
         if not isinstance(elem, RawDataElement) or elem.value_tell is None:
             continue
+        if elem.value is None and elem.length == _UNDEFINED_LENGTH:
+            # A deferred undefined-length value (encapsulated Pixel Data, PS3.5 A.4): pydicom
+            # skipped to its delimiter without keeping its extent. The header walk checked
+            # that delimiter is there; like an open sequence, it ends the data set unmeasured.
+            open_sequence = max(open_sequence, elem.value_tell)
+            continue
         if elem.value is None and elem.length not in (0, _UNDEFINED_LENGTH):
             # a deferred (skipped) value: only its extent can be checked, against the end
             end = max(end, elem.value_tell + elem.length)
