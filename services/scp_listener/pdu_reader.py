@@ -49,8 +49,8 @@ OTHER_PDU_LIMIT = 1 << 20
 _PREALLOCATE = 4 << 20
 _CHUNK = 1 << 20
 _DRAIN = 64 << 10
-# Set on a DUL that refused a PDU: whatever its peer sends after that is the rest of the
-# refused PDU, never a PDU header.
+# Set on a DUL that refused a PDU (to the words of the refusal): whatever its peer sends after
+# that is the rest of the refused PDU, never a PDU header.
 _REFUSED = "_rtops_refused_pdu"
 
 
@@ -60,6 +60,11 @@ PYNETDICOM_READ_PDU = DULServiceProvider._read_pdu_data
 
 def install() -> None:
     DULServiceProvider._read_pdu_data = read_pdu  # type: ignore[method-assign]
+
+
+def refusal(dul: DULServiceProvider) -> str | None:
+    """Why this connection's PDU was refused (None: none was)."""
+    return getattr(dul, _REFUSED, None) or None
 
 
 def advertised_limit(dul: DULServiceProvider) -> int:
@@ -142,12 +147,15 @@ def _p_data(dul: DULServiceProvider, header: bytes, body: bytearray) -> P_DATA_T
 
 
 def _refuse(dul: DULServiceProvider, pdu_type: int, length: int, limit: int) -> None:
-    setattr(dul, _REFUSED, True)
     assoc: Any = dul.assoc
     kind = "P-DATA-TF" if pdu_type == P_DATA_TF_TYPE else f"type 0x{pdu_type:02X}"
+    detail = (
+        f"a {kind} PDU of {length} bytes is longer than the {limit} bytes this SCP accepts "
+        "(RTOPS_SCP_MAX_PDU; PS3.8 D.3.3.1)"
+    )
+    setattr(dul, _REFUSED, detail)
     log.warning(
-        f"aborted the association: a {kind} PDU of {length} bytes is longer than the "
-        f"{limit} bytes this SCP accepts (RTOPS_SCP_MAX_PDU; PS3.8 D.3.3.1)",
+        f"aborted the association: {detail}",
         reason="pdu_too_long",
         peer=_peer(dul),
         calling_ae=str(getattr(assoc.requestor, "ae_title", "")).strip(),

@@ -23,7 +23,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from services.scp_listener import receive, sop
+from services.scp_listener import pdu_reader, receive, sop
 from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import Problem, ScpMetrics
 from services.scp_listener.service import Ingestor, Status
@@ -180,6 +180,7 @@ def listen(
         (evt.EVT_CONN_CLOSE, touched.forget),
         (evt.EVT_ABORTED, _discard_partial),
         (evt.EVT_CONN_CLOSE, _discard_partial),
+        (evt.EVT_CONN_CLOSE, _count_pdu_refusal, [metrics]),
     ]
     peers = PeerConnections(settings.scp_max_associations_per_peer)
     plain = _serve(
@@ -332,6 +333,24 @@ def limit_per_peer(
 
 def _discard_partial(event: Event) -> None:
     receive.discard_partial(event.assoc)
+
+
+def _count_pdu_refusal(event: Event, metrics: ScpMetrics) -> None:
+    """A PDU longer than we advertised was refused (pdu_reader logged it): count it and put
+    it on the problems page, once per connection."""
+    detail = pdu_reader.refusal(event.assoc.dul)
+    if detail is None:
+        return
+    metrics.rejections.labels("pdu_too_long").inc()
+    metrics.problems.record(
+        Problem(
+            kind="association",
+            reason="pdu_too_long",
+            calling_ae=str(event.assoc.requestor.ae_title or "").strip(),
+            peer=_peer(event),
+            detail=detail,
+        )
+    )
 
 
 def _no_delay(event: Event) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -58,6 +59,12 @@ def test_p_data_longer_than_advertised_is_aborted_unread(
     refused = [e for e in logs if e.get("reason") == "pdu_too_long"]
     assert refused and refused[0]["pdu_length"] == 16385 and refused[0]["limit"] == 16384
     assert list(scp.settings.spool_dir().iterdir()) == []
+    # Counted once, and on the problems page (its connection closes after the A-ABORT).
+    metric = 'rtops_scp_rejections_total{reason="pdu_too_long"} 1.0'
+    wait_for(lambda: metric in httpx.get(f"{scp.http}/metrics").text, 10, message=metric)
+    problems = scp.app.state.problems.newest_first()
+    assert [p.reason for p in problems] == ["pdu_too_long"]
+    assert "16385 bytes" in problems[0].detail
     # The SCP goes on serving.
     path = f.write(f.cbct_series(n_slices=1)[0], scp.settings.var_dir / "in" / "ct.dcm")
     again = associate(scp.dicom_port)
