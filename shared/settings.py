@@ -154,7 +154,8 @@ class RtopsSettings(BaseSettings):
     ui_identities: dict[str, StaffIdentity] = Field(
         default_factory=dict,
         description='JSON: user -> {"dicom_names": [...], "npi": "..."}; the user is the OIDC '
-        "subject, preferred_username or email, or the name given at the development sign-in",
+        "sub (or <issuer>#<sub>), or the name given at the development sign-in; never a "
+        "username or email, which users can change",
     )
     ui_service_urls: dict[str, str] = Field(
         default_factory=lambda: dict(DEV_SERVICE_URLS),

@@ -102,7 +102,9 @@ def running_suite(tmp_path: Path, isolation: dict[str, str], **extra: str) -> It
     )
     try:
         for url in (suite.scp_http, suite.qa_http):
-            wait_for(lambda url=url: _ready(url), timeout=120, interval=0.2, message=f"{url}/readyz")
+            wait_for(
+                lambda url=url: _ready(url), timeout=120, interval=0.2, message=f"{url}/readyz"
+            )
         yield suite
     finally:
         if proc.poll() is None:  # a failed test: the services die with the supervisor
@@ -263,10 +265,14 @@ def test_a_week_through_dcmtk_gives_the_exact_weekly_summary(
         assert [i["review_status"] for i in items] == ["overdue"] * 5
         assert [i["override_required"] for i in items] == [False] * 4 + [True]
 
-        physician = suite.token("physician", "dr.olga")
+        # The embedded signer's user name is the physician's DICOM name (issue 15: only the
+        # fraction's physician, or one covering for them, may review it).
+        physician = suite.token("physician", "Oncologist^Olga")
         due = {i["fraction_number"]: datetime.fromisoformat(str(i["due_at"])) for i in items}
-        # Monday reviewed on time, Tuesday a second late, Wednesday on time with a rejection,
-        # Thursday never, Friday on time with the override acknowledged.
+        # Documented today for a past week, so backdated (issue 15: a reason and the system):
+        # Monday dated on time, Tuesday a second late, Wednesday dated on time with a
+        # rejection, Thursday never, Friday dated on time with the override acknowledged.
+        backdated = {"backdate_reason": "entered after the fact", "documented_in": "ARIA"}
         posts = {
             1: {"decision": "approved", "reviewed_at": due[1] - timedelta(hours=2)},
             2: {"decision": "approved", "reviewed_at": due[2] + timedelta(seconds=1)},
@@ -279,7 +285,7 @@ def test_a_week_through_dcmtk_gives_the_exact_weekly_summary(
         }
         ids = {i["fraction_number"]: i["id"] for i in items}
         for number, body in posts.items():
-            body = {**body, "reviewed_at": body["reviewed_at"].isoformat()}
+            body = {**body, **backdated, "reviewed_at": body["reviewed_at"].isoformat()}
             response = httpx.post(f"{url}/{ids[number]}/reviews", json=body, headers=physician)
             assert response.status_code == 201, response.text
 
@@ -288,17 +294,19 @@ def test_a_week_through_dcmtk_gives_the_exact_weekly_summary(
         ).json()
         expected = {
             "imaged_fractions": 5,
-            "reviewed_on_time": 3,
+            "reviewed_on_time": 0,
+            "reviewed_backdated": 3,
             "reviewed_late": 1,
             "overdue": 1,
             "pending": 0,
             "overrides_required": 1,
             "overrides_documented": 1,
-            "compliance_pct": 60.0,
+            "compliance_pct": 0.0,
+            "attested_compliance_pct": 60.0,
         }
         assert {k: summary[k] for k in expected} == expected
         assert summary["by_machine"]["TrueBeam1"]["imaged_fractions"] == 5
-        assert summary["by_physician"]["Oncologist^Olga"]["compliance_pct"] == 60.0
+        assert summary["by_physician"]["Oncologist^Olga"]["attested_compliance_pct"] == 60.0
         flags = httpx.get(f"{suite.qa_http}/v1/flags", headers=reader).json()
         kinds = sorted(flag["kind"] for group in flags["physicians"] for flag in group["flags"])
         assert kinds == ["overdue_review", "rejected_without_follow_up"]
