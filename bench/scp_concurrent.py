@@ -25,7 +25,6 @@ The load average is printed first and last: the machine may be shared. Run from 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -37,7 +36,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import generate_uid
@@ -56,6 +54,7 @@ from services.scp_listener.store import DicomObject
 from shared.db import make_engine, session_factory
 from shared.natsd import EmbeddedNats
 from tests.dicom_factories import cbct_series, treatment_record, write_series
+from tests.support import stream_message_ids
 
 SERVICE = "scp_listener"
 CALLING_AE = "TRUEBEAM1"
@@ -150,20 +149,6 @@ def p99_bound(samples: dict[str, list[tuple[dict[str, str], float]]]) -> str:
     return "n/a"
 
 
-async def _message_ids(url: str, stream: str) -> list[str]:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(stream)
-        ids = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await js.get_msg(stream, seq)
-            ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
-        return ids
-    finally:
-        await nc.close()
-
-
 def wait_listening(pid: int, port: int, processes: int, timeout: float = 120.0) -> None:
     """Every SCP process has its socket on the DICOM port."""
     deadline = time.monotonic() + timeout
@@ -245,12 +230,12 @@ def run_once(
         while time.monotonic() < deadline:
             seen = metrics(scp.url("/metrics"))
             depth = sum(v for _, v in seen.get("rtops_scp_outbox_depth", []))
-            if depth == 0 and len(asyncio.run(_message_ids(nats_server.url, stream))) >= expected:
+            if depth == 0 and len(stream_message_ids(nats_server.url, stream)) >= expected:
                 break
             time.sleep(0.2)
         cpu = cpu_seconds(scp.proc.pid) - cpu0
         peaks = rss.stop()
-        ids = asyncio.run(_message_ids(nats_server.url, stream))
+        ids = stream_message_ids(nats_server.url, stream)
         engine = make_engine(ScpSettings(var_dir=var, database_url=None), SERVICE)
         try:
             with session_factory(engine)() as session:

@@ -300,3 +300,23 @@ def storescu(
         *map(str, paths),
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+
+
+def stream_message_ids(url: str, stream: str) -> list[str]:
+    """The ``Nats-Msg-Id`` of every message on ``stream``, in order: how tests and benchmarks
+    count each event exactly once."""
+
+    async def read() -> list[str]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(stream)
+            ids = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                msg = await js.get_msg(stream, seq)
+                ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+            return ids
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())

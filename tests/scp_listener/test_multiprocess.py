@@ -3,7 +3,6 @@ with ``RTOPS_SCP_PROCESSES=2``, ten senders at once, a worker killed, a clean st
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -40,6 +38,7 @@ from tests.support import (
     pynetdicom_store,
     scp_settings,
     storescu,
+    stream_message_ids,
     wait_for,
 )
 
@@ -144,20 +143,6 @@ def _ready(scp: Scp) -> bool:
         return False
 
 
-async def _message_ids(url: str, stream: str) -> list[str]:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(stream)
-        ids = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await js.get_msg(stream, seq)
-            ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
-        return ids
-    finally:
-        await nc.close()
-
-
 def _send_all(port: int, batches: list[list[Path]]) -> list[Any]:
     """Every batch over its own association, all at once (DCMTK storescu where installed)."""
     tool = dcmtk_tool("storescu")
@@ -202,11 +187,11 @@ def test_ten_senders_two_processes(
     # Every event on the stream exactly once: a record and a CBCT series per sender.
     url, stream = str(base_settings["nats_url"]), settings.stream_name
     wait_for(
-        lambda: len(asyncio.run(_message_ids(url, stream))) >= 2 * SENDERS,
+        lambda: len(stream_message_ids(url, stream)) >= 2 * SENDERS,
         timeout=30,
         message="20 events",
     )
-    ids = asyncio.run(_message_ids(url, stream))
+    ids = stream_message_ids(url, stream)
     assert len(ids) == 2 * SENDERS and len(set(ids)) == len(ids) and "" not in ids
 
     # Both processes served associations (the kernel picks the socket by the connection's
