@@ -178,16 +178,10 @@ def _drain(sock: Any) -> None:
 
 
 def _recv_exactly(raw: Any, n: int) -> bytes | None:
-    """``n`` bytes, or None if the connection ended first."""
-    buffer = bytearray(n)
-    view = memoryview(buffer)
-    got = 0
-    while got < n:
-        read = raw.recv_into(view[got:])
-        if not read:
-            return None
-        got += read
-    return bytes(buffer)
+    """``n`` bytes (a PDU header: far below ``_PREALLOCATE``), or None if the connection ended
+    first."""
+    buffer = _recv_body(raw, n)
+    return None if buffer is None else bytes(buffer)
 
 
 def _recv_body(raw: Any, length: int) -> bytearray | None:
