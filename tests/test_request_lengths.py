@@ -18,16 +18,9 @@ from tests.service_apps import SERVICES, service_app
 # (documents: RTOPS_DOCUMENTS_MAX_UPLOAD_MB; billing's claim files: 64 MiB).
 FIXED_FORMATS = {"date", "date-time", "time", "uuid", "duration", "binary"}
 
-# The QA tracker's request models belong to another piece of work in progress (issue 15);
-# its offenders are listed here until they get their bounds, and the test says when one is
-# fixed so that the entry can go.
-KNOWN_EXCEPTIONS: set[str] = {
-    "qa_tracker: GET /v1/compliance/weekly query machine: string without maxLength",
-    "qa_tracker: GET /v1/compliance/weekly query physician: string without maxLength",
-    "qa_tracker: GET /v1/compliance/weekly query week: string without maxLength",
-    "qa_tracker: GET /v1/fractions query cursor: string without maxLength",
-    "qa_tracker: GET /v1/fractions query machine: string without maxLength",
-}
+# A request value that must stay unbounded would be listed here, with its reason; the test
+# says when a listed one has got its bound, so that the entry goes.
+KNOWN_EXCEPTIONS: set[str] = set()
 
 
 def offenders_in(schema: dict[str, Any], where: str, components: dict[str, Any]) -> Iterator[str]:

@@ -28,7 +28,7 @@ from shared.auth import ClinicalReader, PhysicianOnly
 from shared.calendar import iso_week_bounds
 from shared.errors import NotFound, RuleViolation
 from shared.pagination import Page
-from shared.params import WEEK_PATTERN, PatientIdQuery, RowId, TimeRangeDep
+from shared.params import WEEK_PATTERN, CursorQuery, PatientIdQuery, RowId, TimeRangeDep
 
 router = APIRouter(prefix="/v1", tags=["qa"])
 StatusName = Literal[
@@ -162,6 +162,12 @@ def _out(fraction: Fraction, now: datetime) -> dict[str, Any]:
     }
 
 
+# Treatment Machine Name is SH (16 characters, PS3.5 table 6.2-1); the column holds 64.
+MachineQuery = Annotated[
+    str | None, Query(max_length=64, description="treatment machine name (300A,00B2)")
+]
+
+
 @router.get("/fractions", response_model=Page[FractionOut])
 def list_fractions(
     principal: ClinicalReader,
@@ -171,9 +177,9 @@ def list_fractions(
     treated: TimeRangeDep,
     patient_id: PatientIdQuery = None,
     status: StatusName | None = None,
-    machine: str | None = None,
+    machine: MachineQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: str | None = None,
+    cursor: CursorQuery = None,
 ) -> Page[FractionOut]:
     """Treated fractions, newest first; ``next_cursor`` continues the listing."""
     now = service.now()
@@ -276,9 +282,15 @@ def weekly(
     service: ServiceDep,
     factory: FactoryDep,
     request: Request,
-    week: Annotated[str, Query(pattern=WEEK_PATTERN, examples=["2026-W48"])],
-    machine: str | None = None,
-    physician: str | None = None,
+    week: Annotated[str, Query(pattern=WEEK_PATTERN, max_length=8, examples=["2026-W48"])],
+    machine: MachineQuery = None,
+    physician: Annotated[
+        str | None,
+        Query(
+            max_length=200,  # a DICOM name (PN, 64 per component group) or a stable identity
+            description="the reviewing physician's DICOM person name",
+        ),
+    ] = None,
 ) -> Any:
     """The week's compliance; ``Accept: text/csv`` gives CSV, ``text/html`` a printable page."""
     zone = service.policy.calendar.zone
