@@ -771,6 +771,18 @@ class DocumentsService:
         needed = {"management_note": "physician", "physics_check": "physicist"}[note.kind]
         if not principal.roles & {needed, "admin"}:
             raise Forbidden(f"a {note.kind} is signed by a {needed}")
+        if (
+            principal.names
+            and note.author not in principal.names
+            and "admin" not in principal.roles
+        ):
+            # A mapped user signs as one of their own DICOM names (issue 15: identity is the
+            # token's subject, not what a body claims); an admin (an OIS interface) files
+            # others' notes, and recorded_by keeps who filed it.
+            raise Forbidden(
+                f"{principal.shown_as} signs notes as {' or '.join(principal.names)}, "
+                f"not {note.author!r}"
+            )
         with self._factory.begin() as session:
             plan = session.scalar(
                 select(PlanRow)

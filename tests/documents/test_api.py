@@ -5,6 +5,8 @@ letters; every read audited; bad input a problem+json that changes nothing."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
+from datetime import UTC, datetime
 
 import httpx
 import pypdf
@@ -12,8 +14,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.documents.service import DocumentsService
+from services.documents.service import DocumentsService, NoteIn
 from services.documents.store import AuditLog, DocumentRow, FileRow
+from shared.auth import Principal
+from shared.errors import Forbidden
 from tests.documents.conftest import Auth, make_pdf
 from tests.documents.events import MONDAY, PID, fraction, plan, uid
 
@@ -190,6 +194,30 @@ async def test_notes_by_role_and_course(
         "/v1/notes", json={**note, "week": "2026-W60"}, headers=auth("physician")
     )
     assert bad_week.status_code == 422
+
+
+async def test_a_mapped_physician_signs_notes_only_as_herself(
+    client: httpx.AsyncClient, auth: Auth, service: DocumentsService
+) -> None:
+    """Identity comes from the token's subject (issue 15): a physician mapped to her DICOM
+    names cannot sign a management note as another physician by naming her in the body."""
+    service.apply(plan(1))
+    [p] = (await client.get("/v1/plans", params={"patient_id": PID}, headers=auth())).json()
+    mallory = Principal(user="mallory", roles=frozenset({"physician"}), names=("Doctor^Mal",))
+    note = NoteIn(
+        patient_id=PID,
+        course_id=p["course_id"],
+        week="2026-W10",
+        kind="management_note",
+        author="Oncologist^Olga",
+        signed_at=datetime(2026, 3, 4, 17, tzinfo=UTC),
+    )
+    with pytest.raises(Forbidden):
+        service.add_note(note, principal=mallory, resource="/v1/notes")
+    own = service.add_note(
+        replace(note, author="Doctor^Mal"), principal=mallory, resource="/v1/notes"
+    )
+    assert own.author == "Doctor^Mal"
 
 
 async def test_regroup_and_letters_over_http(
