@@ -106,6 +106,7 @@ def create_app(
         if app.state.scp_workers is not None:
             app.state.scp_workers.stop()
         wait_for_associations(listeners)
+        reconcile.stop_confirming(ingestor)
 
     app = runtime.app(
         title="rtops DICOM SCP",

@@ -128,33 +128,45 @@ def run_at_start(
     return restored
 
 
-_confirming: weakref.WeakSet[Ingestor] = weakref.WeakSet()
+_confirming: weakref.WeakKeyDictionary[Ingestor, threading.Event] = weakref.WeakKeyDictionary()
 _confirming_lock = threading.Lock()
 
 
 def start_confirming(ingestor: Ingestor, sources: Sources, interval_s: float) -> None:
-    """Start the thread of periodic rounds (once per ingestor)."""
+    """Start the thread of periodic rounds (once per ingestor, until ``stop_confirming``)."""
     with _confirming_lock:
         if ingestor in _confirming:
             return
-        _confirming.add(ingestor)
-    # A weak reference: the thread ends with its app (tests build many).
+        stop = _confirming[ingestor] = threading.Event()
+    # A weak reference: the thread also ends with its app if nobody stopped it.
     ref = weakref.ref(ingestor)
     root = ingestor.store.root
     thread = threading.Thread(
         target=_confirm_forever,
-        args=(ref, root, sources, interval_s),
+        args=(ref, root, sources, interval_s, stop),
         name="scp-reconcile",
         daemon=True,
     )
     thread.start()
 
 
+def stop_confirming(ingestor: Ingestor) -> None:
+    """End the periodic rounds (the app stops: its database may go away; the next start's
+    round confirms what this one left)."""
+    with _confirming_lock:
+        stop = _confirming.pop(ingestor, None)
+    if stop is not None:
+        stop.set()
+
+
 def _confirm_forever(
-    ref: weakref.ReferenceType[Ingestor], root: Path, sources: Sources, interval_s: float
+    ref: weakref.ReferenceType[Ingestor],
+    root: Path,
+    sources: Sources,
+    interval_s: float,
+    stop: threading.Event,
 ) -> None:
     failures = 0
-    stop = threading.Event()
     while not stop.wait(interval_s):
         ingestor = ref()
         if ingestor is None or not root.is_dir():

@@ -5,7 +5,8 @@ key link leave, and what one round makes of each (docs/scp_durability.md)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from services.scp_listener.service import Ingestor, Outcome, Status
 from services.scp_listener.store import ArrivalHour, DicomObject, DurabilityMark, Outbox
 from shared.events import SourceDevice
 from tests import dicom_factories as f
-from tests.support import scp_rest_app, scp_settings
+from tests.support import RunningScp, scp_rest_app, scp_settings, wait_for
 
 RECORD = "1.2.840.10008.5.1.4.1.1.481.4"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -276,3 +277,20 @@ def test_a_storage_failure_on_reindexing_keeps_the_object_for_the_next_round(
     monkeypatch.setattr(ingestor, "restore", real)
     assert reconcile.reconcile(ingestor, _sources) == 1
     assert ingestor.store.recent() == [] and len(_rows(ingestor)[0]) == 1
+
+
+def test_the_periodic_rounds_end_with_the_app(
+    start_scp: Callable[..., RunningScp],
+) -> None:
+    """A stopped SCP's confirmation thread ends (it kept polling a dropped database before)."""
+    scp = start_scp(scp_confirm_interval_s=0.05)
+    ingestor = scp.app.state.ingestor
+
+    def rounds() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "scp-reconcile" and t.is_alive()]
+
+    before = len(rounds())
+    assert ingestor in reconcile._confirming
+    scp.stop()
+    assert ingestor not in reconcile._confirming
+    wait_for(lambda: len(rounds()) < before, 5, message="the confirmation thread ends")
