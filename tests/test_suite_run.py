@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from sqlalchemy.exc import OperationalError
 
 from services.cli import existing_services
 from services.scp_listener.settings import ScpSettings
@@ -108,8 +109,17 @@ def running_suite(tmp_path: Path, isolation: dict[str, str], **extra: str) -> It
         yield suite
     finally:
         if proc.poll() is None:  # a failed test: the services die with the supervisor
+            try:
+                services = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                services = []
             proc.kill()
             proc.wait()
+            # ... but only after their own shutdown, which still uses their schemas: dropping
+            # those meanwhile deadlocks on PostgreSQL.
+            _gone, alive = psutil.wait_procs(services, timeout=30)
+            for straggler in alive:
+                straggler.kill()
         log.close()
         drop_suite_schemas(tmp_path, isolation)
 
@@ -121,7 +131,14 @@ def drop_suite_schemas(tmp_path: Path, isolation: dict[str, str]) -> None:
     )
     for service in existing_services():
         engine = make_engine(settings, service)
-        drop_schema(engine, settings, service)
+        for attempt in range(3):
+            try:
+                drop_schema(engine, settings, service)
+                break
+            except OperationalError:  # a deadlock with a service still stopping: again
+                if attempt == 2:
+                    raise
+                time.sleep(1)
         engine.dispose()
 
 
