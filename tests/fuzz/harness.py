@@ -54,15 +54,15 @@ from pydicom.uid import (
 )
 
 from services.scp_listener import extract, sop
-from services.scp_listener.objectstore import ObjectStore
 from services.scp_listener.service import (
     MALFORMED_DATA,
     Undecodable,
     WrongSopClass,
     _check_identity,
     _jsonable,
+    _stored_object,
 )
-from shared.events import SourceDevice, StoredObject, envelope
+from shared.events import SourceDevice, envelope
 
 # Every storage SOP class the SCP accepts, in a fixed order (the selector byte indexes it).
 SOP_CLASSES: tuple[str, ...] = tuple(sorted(sop.STORAGE))
@@ -149,15 +149,7 @@ def _ingest_path(path: Path, sop_class_uid: str, transfer_syntax_uid: str) -> st
         extract.text(ds, "SeriesInstanceUID")
     sha = "0" * 64
     try:
-        obj = StoredObject(
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=uid,
-            study_instance_uid=extract.text(ds, "StudyInstanceUID"),
-            series_instance_uid=extract.text(ds, "SeriesInstanceUID"),
-            storage_key=ObjectStore.key_for(sha),
-            sha256=sha,
-            transfer_syntax_uid=transfer_syntax_uid,
-        )
+        obj = _stored_object(ds, sop_class_uid, uid, sha, 1, transfer_syntax_uid)
         extracted = extract.extract_received(ds, obj, SOURCE, CLINIC_TZ)
     except MALFORMED_DATA:
         return CANNOT_UNDERSTAND
