@@ -39,6 +39,11 @@ FOUND: dict[str, tuple[str, str]] = {
         "MalformedObject in the identity check, outside the ingest's guard (0x0110)",
         CANNOT_UNDERSTAND,
     ),
+    "us-of-5-bytes-in-an-image-header.bin": (
+        "Pixel Representation (0028,0103), US, 5 bytes long in an image: pydicom raised "
+        "BytesLengthException when decoding a sequence read it (CI's fuzz run, 0x0110)",
+        CANNOT_UNDERSTAND,
+    ),
 }
 
 
@@ -50,6 +55,22 @@ def test_every_saved_input_is_listed() -> None:
 @pytest.mark.parametrize("name", sorted(FOUND))
 def test_found_by_the_fuzzer(name: str) -> None:
     assert check_input((REGRESSIONS / name).read_bytes()) == FOUND[name][1]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [
+        (0x00280103, b"\0\0\\\0\0"),  # Pixel Representation, US: 5 bytes
+        (0x00280010, b"\0\2\0"),  # Rows, US: 3 bytes
+        (0x00280030, b"0.5\\0.5"),  # Pixel Spacing, DS: strings are not checked this way
+    ],
+)
+def test_binary_values_that_are_not_whole_values_are_0xc210(tag: int, value: bytes) -> None:
+    ds = f.cbct_series(n_slices=1, rows=8, columns=8)[0]
+    body = _replace_value(encode(ds, ExplicitVRLittleEndian), tag, value)
+    expected = STORED if tag == 0x00280030 else CANNOT_UNDERSTAND
+    assert check_one(body, ds.SOPClassUID, ExplicitVRLittleEndian) == expected
 
 
 def _replace_value(body: bytes, tag: int, value: bytes) -> bytes:

@@ -69,9 +69,33 @@ MAX_CHARACTERS = {
 _BYTES_PER_CHARACTER = 4  # UTF-8's widest; ISO 2022 and GB18030 stay within it too
 
 
+# PS3.5 6.2, Table 6.2-1: binary VRs whose values have a fixed width; a length that is not a
+# multiple of it cannot be decoded (pydicom raises BytesLengthException when it is read).
+VALUE_WIDTHS = {
+    "AT": 4, "FD": 8, "FL": 4, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2,
+    "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8,
+}  # fmt: skip
+
+
+@functools.cache
+def _value_width(vr: str) -> int | None:
+    """The width every reading of ``vr`` shares ("US or SS": 2); None if they differ."""
+    widths = {VALUE_WIDTHS.get(v) for v in vr.split(" or ")}
+    return widths.pop() if len(widths) == 1 else None
+
+
 def check_value_length(tag: int, vr: str | None, length: int) -> None:
-    """Refuse a single-valued element longer than any value of its VR can be."""
-    most = MAX_CHARACTERS.get(vr) if vr is not None else None
+    """Refuse a value whose length no value of its VR can have: a single-valued string
+    longer than its VR allows, or binary values that do not fill a whole number of values."""
+    if vr is None or length == _UNDEFINED:
+        return
+    width = _value_width(vr)
+    if width is not None and length % width:
+        raise ValueError(
+            f"element {Tag(tag)} is {length:,} bytes long; values of VR {vr} are {width} "
+            "bytes each (PS3.5 6.2)"
+        )
+    most = MAX_CHARACTERS.get(vr)
     if most is None or length <= most * _BYTES_PER_CHARACTER or length == _UNDEFINED:
         return
     if not _single_valued(tag):
