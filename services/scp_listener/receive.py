@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 from pynetdicom import dimse_messages
 
-from services.scp_listener import pdu_reader
+from services.scp_listener import inline_store, pdu_reader
 
 log = structlog.get_logger(__name__)
 
@@ -93,10 +93,12 @@ class SpoolFile:
 
 
 def install() -> None:
-    """Receive data sets into hashing spool files, and PDUs through ``pdu_reader`` (within
-    the maximum length we advertise, one copy)."""
+    """Receive data sets into hashing spool files, PDUs through ``pdu_reader`` (within the
+    maximum length we advertise, one copy), and serve C-STORE on the thread that received it
+    (``inline_store``)."""
     dimse_messages.NamedTemporaryFile = SpoolFile  # type: ignore[attr-defined,assignment]
     pdu_reader.install()
+    inline_store.install()
 
 
 def discard_partial(assoc: Any) -> None:
