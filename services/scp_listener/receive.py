@@ -79,7 +79,8 @@ class SpoolFile:
     def write(self, data: bytes) -> int:
         self._digest.update(data)
         self._size += len(data)
-        return self._file.write(data)
+        # the file itself, not through the wrapper's per-call attribute lookup
+        return self.file.write(data)
 
     def close(self) -> None:
         self._file.close()

@@ -1,0 +1,87 @@
+"""C-STORE served on the DUL thread that received it, and the DUL's idle wait that ends when
+the peer sends (services/scp_listener/inline_store.py, issue 14)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pynetdicom import dul
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
+
+from services.scp_listener import inline_store
+from services.scp_listener.service import Ingestor
+from tests import dicom_factories as f
+from tests.scp_listener.test_hash_on_receive import indexed
+from tests.support import RunningScp, pynetdicom_echo, storescu
+
+
+def test_installed_at_scp_import() -> None:
+    import services.scp_listener.scp  # noqa: F401
+
+    assert DIMSEServiceProvider.__init__ is inline_store._dimse_init
+    assert isinstance(dul.time, inline_store._SocketClock)
+
+
+def test_stores_are_served_on_the_dul_thread_and_the_rest_by_the_reactor(
+    start_scp: Callable[..., RunningScp],
+    dcmtk: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served_on: list[threading.Thread] = []
+    ingest = Ingestor.ingest
+
+    def recording(self: Ingestor, *args: Any, **kwargs: Any) -> Any:
+        served_on.append(threading.current_thread())
+        return ingest(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ingestor, "ingest", recording)
+    scp = start_scp()
+    paths = f.write_series(f.cbct_series(n_slices=6), tmp_path / "cbct")
+    # DCMTK sends the six over one association and releases it: every object stored, in
+    # order, each by the thread that read its PDUs, and the release still answered.
+    run = storescu(dcmtk["storescu"], scp.dicom_port, paths)
+    assert run.returncode == 0, run.stderr
+    assert len(served_on) == 6
+    assert all(isinstance(t, DULServiceProvider) for t in served_on)
+    assert len(indexed(scp)) == 6
+    # C-ECHO is not a C-STORE: pynetdicom's reactor answers it as before.
+    assert pynetdicom_echo(scp.dicom_port).Status == 0x0000
+
+
+def test_idle_dul_wakes_when_its_peer_sends() -> None:
+    mine, peer = socket.socketpair()
+    woke: list[float] = []
+
+    def idle() -> None:
+        start = time.perf_counter()
+        dul.time.sleep(2.0)  # what DULServiceProvider.run_reactor calls when idle
+        woke.append(time.perf_counter() - start)
+
+    # A DUL thread as run_reactor is one: a DULServiceProvider with an open socket.
+    thread = DULServiceProvider.__new__(DULServiceProvider)
+    threading.Thread.__init__(thread, target=idle)
+    thread.socket = SimpleNamespace(socket=mine)  # type: ignore[assignment]
+    try:
+        thread.start()
+        time.sleep(0.05)
+        peer.send(b"\x04")
+        thread.join(5)
+    finally:
+        mine.close()
+        peer.close()
+    assert woke and woke[0] < 1.0
+
+
+def test_sleep_outside_a_dul_thread_sleeps() -> None:
+    start = time.perf_counter()
+    dul.time.sleep(0.05)
+    assert time.perf_counter() - start >= 0.05
