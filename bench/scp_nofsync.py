@@ -11,12 +11,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from services.scp_listener.__main__ import prepare, run
 
-import shared.db
-import shared.runtime
-from services.scp_listener.__main__ import main
+# First, as the service's own main does: with several processes the metrics' shared directory
+# must be set before prometheus_client is imported (shared.runtime imports it).
+settings, processes = prepare()
+
+from sqlalchemy import event  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
+
+import shared.db  # noqa: E402
+import shared.runtime  # noqa: E402
 
 _make_engine = shared.db.make_engine
 
@@ -36,4 +41,4 @@ if __name__ == "__main__":
     os.fsync = lambda fd: None  # the object file and its directory
     shared.db.make_engine = _no_sync  # type: ignore[assignment]
     shared.runtime.make_engine = _no_sync  # type: ignore[assignment]
-    main()
+    run(settings, processes)

@@ -35,14 +35,22 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def main() -> None:
+def prepare() -> tuple[ScpSettings, int]:
+    """The settings and the number of processes; with more than one, the shared metrics
+    directory is set up. Before prometheus_client is imported (by ``run``'s imports): it
+    picks its value store once, at import."""
     settings = settings_or_exit(ScpSettings, "scp_listener")
     processes = settings.scp_processes or cpu_cores()
     if processes > 1:
-        # Before prometheus_client is imported (by the imports below): it picks its value
-        # store once, at import.
         os.environ[MULTIPROC_ENV] = str(shared_metrics_dir(settings.var_dir))
+    return settings, processes
 
+
+def main() -> None:
+    run(*prepare())
+
+
+def run(settings: ScpSettings, processes: int) -> None:
     from services.scp_listener.app import create_app
     from shared.web import serve
 
