@@ -20,13 +20,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import struct
 import tempfile
 import weakref
 from pathlib import Path
 from typing import Any
 
 import structlog
-from pynetdicom import dimse_messages
+from pynetdicom import (
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    dimse_messages,
+)
 
 from services.scp_listener import inline_store, pdu_reader
 
@@ -93,11 +98,60 @@ class SpoolFile:
         return getattr(self._file, name)
 
 
+# pynetdicom's, for what ``file_meta`` does not encode itself.
+PYNETDICOM_CREATE_FILE_META = dimse_messages.create_file_meta
+PYNETDICOM_WRITE_FILE_META_INFO = dimse_messages.write_file_meta_info
+
+
+def _explicit(tag: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    value = text.encode("ascii")
+    return value + pad if len(value) % 2 else value
+
+
+def file_meta(*, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """The File Meta Information group that pynetdicom writes before a received data set
+    (its ``create_file_meta`` and pydicom's ``write_file_meta_info``; PS3.10 7.1, explicit VR
+    little endian), encoded directly: building it through a pydicom Dataset cost about 0.5 ms
+    per object. The bytes are the same (tests/scp_listener/test_hash_on_receive.py)."""
+    body = b"".join(
+        (
+            # (0002,0001) OB: two bytes, so the long form (PS3.5 7.1.2)
+            struct.pack("<HH2s2xL", 0x0002, 0x0001, b"OB", 2) + b"\x00\x01",
+            _explicit(0x00020002, b"UI", _padded(sop_class_uid, b"\0")),
+            _explicit(0x00020003, b"UI", _padded(sop_instance_uid, b"\0")),
+            _explicit(0x00020010, b"UI", _padded(transfer_syntax, b"\0")),
+            _explicit(0x00020012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\0")),
+            _explicit(0x00020013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+        )
+    )
+    return _explicit(0x00020000, b"UL", struct.pack("<L", len(body))) + body
+
+
+def _create_file_meta(**kwargs: Any) -> Any:
+    try:
+        return file_meta(**kwargs)
+    except UnicodeEncodeError:  # not a UID at all: pydicom's own handling and errors
+        return PYNETDICOM_CREATE_FILE_META(**kwargs)
+
+
+def _write_file_meta_info(fp: Any, meta: Any, enforce_standard: bool = True) -> None:
+    if isinstance(meta, bytes):
+        fp.write(meta)
+    else:
+        PYNETDICOM_WRITE_FILE_META_INFO(fp, meta, enforce_standard)
+
+
 def install() -> None:
     """Receive data sets into hashing spool files, PDUs through ``pdu_reader`` (within the
     maximum length we advertise, one copy), and serve C-STORE on the thread that received it
     (``inline_store``)."""
     dimse_messages.NamedTemporaryFile = SpoolFile  # type: ignore[attr-defined,assignment]
+    dimse_messages.create_file_meta = _create_file_meta  # type: ignore[assignment]
+    dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[assignment]
     pdu_reader.install()
     inline_store.install()
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydicom.filebase import DicomBytesIO
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -17,6 +18,7 @@ from pydicom.uid import (
 from pynetdicom import dimse_messages
 from sqlalchemy import select
 
+from services.scp_listener import receive
 from services.scp_listener.app import SERVICE
 from services.scp_listener.objectstore import sha256_of
 from services.scp_listener.receive import SpoolFile
@@ -72,3 +74,37 @@ def test_hash_on_arrival_is_the_file_hash(
         sent = storescu(dcmtk["storescu"], scp.dicom_port, paths, extra=["-pdu", "16384"])
         assert sent.returncode == 0, sent.stdout + sent.stderr
     assert_index_matches_files(scp, len(paths))
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "syntax"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", ExplicitVRLittleEndian),
+        ("1.2.840.10008.5.1.4.1.1.481.5", "1.2.3.45", ImplicitVRLittleEndian),
+        ("1.2.840.10008.5.1.4.1.1.481.2", "1." + "2" * 62, DeflatedExplicitVRLittleEndian),
+        ("1.2.840.10008.5.1.4.1.1.2", "1." + "2" * 100, "1.2.840.10008.1.2.4.50"),  # too long
+    ],
+)
+def test_file_meta_is_the_bytes_pydicom_writes(
+    sop_class: str, sop_instance: str, syntax: str
+) -> None:
+    assert dimse_messages.create_file_meta is receive._create_file_meta
+    assert dimse_messages.write_file_meta_info is receive._write_file_meta_info
+    expected = DicomBytesIO()
+    meta = receive.PYNETDICOM_CREATE_FILE_META(
+        sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax
+    )
+    receive.PYNETDICOM_WRITE_FILE_META_INFO(expected, meta)
+    got = receive.file_meta(
+        sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=syntax
+    )
+    assert got == expected.getvalue()
+
+
+def test_file_meta_of_a_uid_that_is_not_ascii_is_left_to_pydicom() -> None:
+    meta = receive._create_file_meta(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid="1.2.\u00e9",
+        transfer_syntax=ExplicitVRLittleEndian,
+    )
+    assert not isinstance(meta, bytes)

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from pynetdicom import dul
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 
 from services.scp_listener import inline_store
@@ -27,6 +29,7 @@ def test_installed_at_scp_import() -> None:
     import services.scp_listener.scp  # noqa: F401
 
     assert DIMSEServiceProvider.__init__ is inline_store._dimse_init
+    assert DIMSEServiceProvider.send_msg is inline_store.send_msg
     assert isinstance(dul.time, inline_store._SocketClock)
 
 
@@ -85,3 +88,38 @@ def test_sleep_outside_a_dul_thread_sleeps() -> None:
     start = time.perf_counter()
     dul.time.sleep(0.05)
     assert time.perf_counter() - start >= 0.05
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "status", "message_id"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", 0x0000, 1),  # odd-length class UID
+        ("1.2.840.10008.5.1.4.1.1.481.5", "1.2.3.45", 0x0000, 65535),  # even-length
+        ("1.2.840.10008.5.1.4.1.1.481.2", "1." + "2" * 62, 0xB000, 7),  # 64 characters
+        ("1.2.840.10008.5.1.4.1.1.2", None, 0xA700, 2),  # no instance UID: left out
+    ],
+)
+def test_status_only_response_is_the_bytes_pynetdicom_encodes(
+    sop_class: str, sop_instance: str | None, status: int, message_id: int
+) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = message_id
+    rsp.AffectedSOPClassUID = sop_class
+    if sop_instance is not None:
+        rsp.AffectedSOPInstanceUID = sop_instance
+    rsp.Status = status
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    (pdata,) = message.encode_msg(1, 16384)
+    assert pdata.presentation_data_value_list == [
+        (1, b"\x03" + inline_store.store_response_command(rsp))
+    ]
+
+
+def test_a_response_with_an_error_comment_takes_pynetdicoms_way() -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 1
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    rsp.Status = 0xC210
+    rsp.ErrorComment = "the object is truncated"
+    assert inline_store.store_response_command(rsp) is None
