@@ -35,6 +35,10 @@ log = structlog.get_logger(__name__)
 # Received datasets go to a temporary file as they arrive instead of into memory: a 200-slice
 # CBCT over one association never sits whole in RAM, and the file becomes the stored object.
 _config.STORE_RECV_CHUNKED_DATASET = True
+# pynetdicom's standard handlers describe every PDU and DIMSE message to its logger at INFO and
+# DEBUG, which shared.logging keeps at WARNING: they cost CPU per PDU for lines nobody sees,
+# and a bound EVT_DIMSE_SENT handler keeps inline_store's direct response encoding off.
+_config.LOG_HANDLER_LEVEL = "none"
 # ... and hashed as it arrives, instead of being read back for its content address.
 receive.install()
 
