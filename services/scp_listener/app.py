@@ -1,7 +1,8 @@
 """Composition root of the SCP: the DICOM listener and the quiet-series sweep, with an HTTP side
 for health, readiness, metrics and the object API; the kit's runtime brings the database,
 the NATS link and the outbox relay. With ``processes`` > 1 this process also starts and
-watches the other SCP processes (processes.py), which share its DICOM port(s)."""
+watches the other SCP processes (processes.py), and gives each of them their share of the
+connections it accepts on its DICOM port(s)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import ScpMetrics
 from services.scp_listener.objectstore import ObjectStore
 from services.scp_listener.pages import router as pages_router
-from services.scp_listener.processes import WorkerInbox, WorkerPool, wait_for_associations
+from services.scp_listener.processes import (
+    Balancer,
+    WorkerInbox,
+    WorkerPool,
+    wait_for_associations,
+)
 from services.scp_listener.service import LOCK_STRIPES, Ingestor
 from services.scp_listener.settings import ScpSettings
 from services.scp_listener.store import AuditLog, Outbox, ProcessedEvent
@@ -76,6 +82,9 @@ def create_app(
         # before any DICOM port opens; its periodic rounds then run here too and cover the
         # workers' objects (one object store; the content locks are shared by the processes).
         reconcile.run_at_start(settings, ingestor)
+        # With several processes this one accepts every connection and gives each to the
+        # least busy process (processes.py).
+        balancer = Balancer() if processes > 1 else None
         listeners = scp.listen(
             settings,
             registry,
@@ -83,17 +92,22 @@ def create_app(
             metrics,
             tls_port=settings.scp_tls_port,
             ssl_context=ssl_context,
-            reuse_port=processes > 1,
+            dispatch=balancer.dispatch if balancer else None,
+            on_connection_end=(lambda: balancer.ended(0)) if balancer else None,
         )
         app.state.dicom_server = listeners.plain
         app.state.dicom_listeners = listeners
+        app.state.scp_balancer = balancer
         pool: WorkerPool | None = None
-        if processes > 1:
-            inbox = WorkerInbox(runtime.relay.wake, metrics.problems)
+        if balancer is not None:
+            inbox = WorkerInbox(runtime.relay.wake, metrics.problems, balancer)
             inbox.attach(asyncio.get_running_loop())
-            plain_port, tls_port = listeners.ports
             pool = WorkerPool(
-                settings, processes - 1, port=plain_port, tls_port=tls_port, inbox=inbox
+                settings,
+                processes - 1,
+                tls=listeners.tls is not None,
+                inbox=inbox,
+                balancer=balancer,
             )
             pool.start()
         app.state.scp_workers = pool

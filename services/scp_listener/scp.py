@@ -70,20 +70,27 @@ def build_ae(settings: ScpSettings, registry: DeviceRegistry) -> AE:
 
 
 class DicomServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, plus: ``SO_REUSEPORT`` (several SCP processes listen on
-    one port and the kernel spreads connections over them), and a TLS handshake done in the
-    connection's own thread under a deadline. pynetdicom wraps and handshakes in its accept
-    loop, where one client that connects and never sends its ClientHello stopped every other
-    TLS connection from being accepted."""
+    """pynetdicom's threaded server, plus: ``dispatch`` (with several SCP processes, the
+    parent's balancer may pass an accepted connection to a worker: processes.py), and a TLS
+    handshake done in the connection's own thread under a deadline. pynetdicom wraps and
+    handshakes in its accept loop, where one client that connects and never sends its
+    ClientHello stopped every other TLS connection from being accepted."""
 
-    reuse_port = False
     handshake_timeout_s = 5.0
     on_handshake_failure: Any = None  # called with (peer address, reason)
+    # (socket, peer address, is TLS) -> True when another process took the connection
+    dispatch: Callable[[socket.socket, Any, bool], bool] | None = None
+    on_connection_end: Callable[[], None] | None = None
 
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.dispatch is not None and self.dispatch(
+            request, client_address, self.ssl_context is not None
+        ):
+            # Close this process's descriptor only: shutdown_request would end the
+            # connection for the worker that holds it now.
+            request.close()
+            return
+        super().process_request(request, client_address)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = self.socket.accept()
@@ -96,6 +103,8 @@ class DicomServer(ThreadedAssociationServer):
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
             self.shutdown_request(request)
+            if self.on_connection_end is not None:
+                self.on_connection_end()  # no association, so no EVT_CONN_CLOSE
             return
         super().process_request_thread(request, client_address)
 
@@ -162,11 +171,15 @@ def listen(
     port: int | None = None,
     tls_port: int | None = None,
     ssl_context: ssl.SSLContext | None = None,
-    reuse_port: bool = False,
+    host: str | None = None,
+    dispatch: Callable[[socket.socket, Any, bool], bool] | None = None,
+    on_connection_end: Callable[[], None] | None = None,
     spool: Path | None = None,
 ) -> Listeners:
     """Listen on the plain port, and on ``tls_port`` with ``ssl_context`` when both are given.
-    ``reuse_port``: let other SCP processes listen on the same ports (``SO_REUSEPORT``).
+    ``host``: instead of the settings' (a worker's servers take passed connections and listen
+    on loopback port 0 only). ``dispatch``: may pass an accepted connection to another SCP
+    process; ``on_connection_end``: called when a connection this process served closes.
     ``spool``: this process's receive directory (emptied now), default the settings' spool."""
     receive.configure(spool or settings.spool_dir())
     ae = build_ae(settings, registry)
@@ -186,13 +199,15 @@ def listen(
         (evt.EVT_CONN_CLOSE, _discard_partial),
         (evt.EVT_CONN_CLOSE, _count_pdu_refusal, [metrics]),
     ]
+    if on_connection_end is not None:
+        handlers.append((evt.EVT_CONN_CLOSE, lambda _event: on_connection_end()))
     peers = PeerConnections(settings.scp_max_associations_per_peer)
+    bind_host = settings.scp_host if host is None else host
     plain = _serve(
         ae,
         handlers,
-        (settings.scp_host, settings.scp_port if port is None else port),
+        (bind_host, settings.scp_port if port is None else port),
         "RTOPS_SCP_PORT",
-        reuse_port=reuse_port,
     )
     limit_per_peer(plain, settings, metrics, peers)
     listeners = Listeners(plain)
@@ -201,9 +216,8 @@ def listen(
             listeners.tls = _serve(
                 ae,
                 handlers,
-                (settings.scp_host, tls_port),
+                (bind_host, tls_port),
                 "RTOPS_SCP_TLS_PORT",
-                reuse_port=reuse_port,
                 ssl_context=ssl_context,
             )
         except Exception:
@@ -212,6 +226,9 @@ def listen(
         listeners.tls.handshake_timeout_s = settings.scp_association_request_timeout_s
         listeners.tls.on_handshake_failure = _handshake_failed(metrics)
         limit_per_peer(listeners.tls, settings, metrics, peers)
+    for server in listeners.servers:
+        server.dispatch = dispatch
+        server.on_connection_end = on_connection_end
     log.info(
         "DICOM SCP listening",
         ae_title=settings.scp_ae_title,
@@ -229,14 +246,12 @@ def _serve(
     address: tuple[str, int],
     setting: str,
     *,
-    reuse_port: bool,
     ssl_context: ssl.SSLContext | None = None,
 ) -> DicomServer:
     """``AE.start_server(block=False)`` with our server class."""
-    server_class = type("DicomServer", (DicomServer,), {"reuse_port": reuse_port})
     try:
         server = ae.make_server(
-            address, evt_handlers=handlers, ssl_context=ssl_context, server_class=server_class
+            address, evt_handlers=handlers, ssl_context=ssl_context, server_class=DicomServer
         )
     except OSError as exc:
         raise explain_bind_error(exc, *address, setting) from None
@@ -305,8 +320,9 @@ def limit_per_peer(
 ) -> None:
     """Close a connection at once (before it gets a thread or an association slot) when its
     peer address already holds ``scp_max_associations_per_peer`` connections: sixteen silent
-    sockets from one host otherwise took every slot from every device."""
-    peers = PeerConnections(settings.scp_max_associations_per_peer)
+    sockets from one host otherwise took every slot from every device. ``peers``: the
+    counts to share with another port's server (the plain and TLS ports count together)."""
+    peers = peers or PeerConnections(settings.scp_max_associations_per_peer)
 
     def verify_request(request: Any, client_address: Any) -> bool:
         ip = str(client_address[0])

@@ -1,10 +1,11 @@
 """``python -m services.scp_listener.worker``: one extra SCP process, started by the parent's
-``WorkerPool`` (services/scp_listener/processes.py), never by hand. It listens on the parent's
-DICOM port(s) with ``SO_REUSEPORT`` and stores what it receives into the same database and
-object store; the parent's relay publishes the events.
+``WorkerPool`` (services/scp_listener/processes.py), never by hand. It serves the connections
+the parent accepted on the DICOM port(s) and passed to it, and stores what it receives into the
+same database and object store; the parent's relay publishes the events.
 
 Its settings arrive as JSON on stdin (the parent's, whatever their source); its arguments say
-which worker it is, the port(s) and the inherited socket to the parent.
+which worker it is, whether the parent has a TLS port, and the inherited sockets to the parent
+(its messages) and from it (the connections).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import sys
     import threading
+    from typing import Any
 
     import structlog
     from prometheus_client import CollectorRegistry
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     from services.scp_listener.objectstore import ObjectStore
     from services.scp_listener.processes import (
         ParentLink,
+        receive_connections,
         settings_from_json,
         wait_for_associations,
     )
@@ -54,9 +57,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m services.scp_listener.worker")
     parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--tls-port", type=int)
+    parser.add_argument("--tls", action="store_true", help="the parent has a TLS port")
     parser.add_argument("--link-fd", type=int, required=True)
+    parser.add_argument("--connections-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True, help="the parent's pid")
     args = parser.parse_args(argv)
     if os.getppid() != args.parent:  # it died before the death signal was asked for
@@ -69,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     # which then stops them after its own ports closed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # set() from another thread: the handler runs in this (main) thread, possibly while it
+    # holds the event's own lock inside stop.wait(), and set() would then wait for it forever.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop.set).start())
 
     link = ParentLink(args.link_fd)
     engine = make_engine(settings, SERVICE)
@@ -83,21 +88,37 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         registry = DeviceRegistry(settings.scp_device_registry)
-        context = tls.server_context(settings) if args.tls_port is not None else None
+        context = tls.server_context(settings) if args.tls else None
+        # Its servers take the connections the parent passes; their own listening sockets
+        # are on a loopback port nobody is told of.
         listeners = scp.listen(
             settings,
             registry,
             ingestor,
             ScpMetrics(CollectorRegistry(), problems=link),
-            port=args.port,
-            tls_port=args.tls_port,
+            host="127.0.0.1",
+            port=0,
+            tls_port=0 if args.tls else None,
             ssl_context=context,
-            reuse_port=True,
+            on_connection_end=lambda: link.ended(args.index),
             spool=settings.spool_dir() / f"w{args.index}",
         )
     except SettingError as exc:
         log.error(f"SCP worker cannot start: {exc}")
         raise SystemExit(2) from None
+
+    def serve(sock: Any, peer: tuple[str, int], is_tls: bool) -> None:
+        server = listeners.tls if is_tls else listeners.plain
+        if server is None:  # cannot happen: the parent passes TLS only with --tls
+            sock.close()
+            return
+        if server.ssl_context is not None:
+            sock = server.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        server.process_request(sock, peer)
+
+    receive_connections(args.connections_fd, serve)
     signal.signal(
         signal.SIGHUP,
         lambda *_: threading.Thread(target=registry.reload, args=("SIGHUP",)).start(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,12 @@ from sqlalchemy import func, select
 from services.scp_listener.app import SERVICE
 from services.scp_listener.content_locks import shared_locks
 from services.scp_listener.metrics import Problem, RecentProblems
-from services.scp_listener.processes import ParentLink, WorkerInbox
+from services.scp_listener.processes import (
+    Balancer,
+    ParentLink,
+    WorkerInbox,
+    receive_connections,
+)
 from services.scp_listener.settings import DEV_DEVICES
 from services.scp_listener.store import DicomObject
 from shared.db import make_engine, migrate, session_factory
@@ -194,12 +200,8 @@ def test_ten_senders_two_processes(
     ids = stream_message_ids(url, stream)
     assert len(ids) == 2 * SENDERS and len(set(ids)) == len(ids) and "" not in ids
 
-    # Both processes served associations (the kernel picks the socket by the connection's
-    # addresses: a few more echoes make "all on one" vanishingly unlikely).
-    for _ in range(30):
-        if len(scp.pids("association accepted")) == 2:
-            break
-        pynetdicom_echo(scp.dicom_port)
+    # Both processes served the senders: the parent gives each connection to the process
+    # with the fewest open, so ten at once split five and five.
     assert len(scp.pids("association accepted")) == 2
 
     # /metrics counts every process's stores, and refusals wherever they happened.
@@ -282,6 +284,65 @@ def test_worker_link_wakes_the_relay_and_passes_problems() -> None:
         assert woken == [1]
     finally:
         inbox.close()
+
+
+def test_worker_link_reports_the_end_of_a_connection_to_the_balancer() -> None:
+    balancer = Balancer()
+    balancer.channel(1).close()
+    inbox = WorkerInbox(lambda: None, RecentProblems(), balancer)
+    link = ParentLink(os.dup(inbox.worker_end.fileno()))
+    try:
+        balancer._open[1] = 2  # as if two connections were passed to worker 1
+        link.ended(1)
+        inbox.read()
+        assert balancer.open_connections[1] == 1
+    finally:
+        inbox.close()
+        balancer.close()
+
+
+def test_balancer_gives_each_connection_to_the_least_busy_process() -> None:
+    """Ties go to the parent (0); a worker's connections count until it reports their end;
+    a passed connection arrives in the worker with its peer and kind; a worker that is gone
+    is skipped and the parent serves."""
+    balancer = Balancer()
+    ends = {index: balancer.channel(index) for index in (1, 2)}
+    received: dict[int, list[tuple[socket.socket, tuple[str, int], bool]]] = {1: [], 2: []}
+    for index, end in ends.items():
+        receive_connections(
+            end.detach(), lambda sock, peer, tls, i=index: received[i].append((sock, peer, tls))
+        )
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        chosen = [
+            balancer.dispatch(ours, ("10.0.0.7", 1000 + n), n == 3)
+            for n, (ours, _theirs) in enumerate(pairs)
+        ]
+        # parent, worker 1, worker 2, then the parent again (1 each, parent first on a tie)
+        assert chosen == [False, True, True, False]
+        assert balancer.open_connections == {0: 2, 1: 1, 2: 1}
+        wait_for(lambda: received[1] and received[2], timeout=5, message="both workers got one")
+        ((sock, peer, tls),) = received[1]
+        assert peer == ("10.0.0.7", 1001) and tls is False
+        pairs[1][1].sendall(b"ping")  # the worker's descriptor is the same connection
+        assert sock.recv(4) == b"ping"
+        balancer.ended(1)
+        balancer.ended(1)  # never below zero
+        assert balancer.open_connections == {0: 2, 1: 0, 2: 1}
+        # worker 1 gone: its connections go to the next least busy
+        balancer.channel(1).close()
+        extra = socket.socketpair()
+        pairs.append(extra)
+        assert balancer.dispatch(extra[0], ("10.0.0.7", 2000), False) is True
+        assert balancer.open_connections[2] == 2
+    finally:
+        balancer.close()
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+        for conns in received.values():
+            for sock, _peer, _tls in conns:
+                sock.close()
 
 
 def test_content_locks_exclude_other_processes(tmp_path: Path) -> None:
