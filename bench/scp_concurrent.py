@@ -150,7 +150,8 @@ def p99_bound(samples: dict[str, list[tuple[dict[str, str], float]]]) -> str:
 
 
 def wait_listening(pid: int, port: int, processes: int, timeout: float = 120.0) -> None:
-    """Every SCP process has its socket on the DICOM port."""
+    """The parent listens on the DICOM port and every worker is up (a worker's servers
+    listen on a loopback port of their own once it is ready for passed connections)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         parent = psutil.Process(pid)
@@ -158,7 +159,7 @@ def wait_listening(pid: int, port: int, processes: int, timeout: float = 120.0) 
         for p in (parent, *parent.children()):
             with contextlib.suppress(psutil.Error):
                 listening += any(
-                    c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                    c.status == psutil.CONN_LISTEN and (p is not parent or c.laddr.port == port)
                     for c in p.net_connections("tcp")
                 )
         if listening == processes:
