@@ -72,8 +72,8 @@ class ScpSettings(RtopsSettings):
     scp_processes: int = Field(
         default=0,
         ge=0,
-        description="SCP processes serving the DICOM port(s) together (SO_REUSEPORT); 0 = the "
-        "number of CPU cores",
+        description="SCP processes serving the DICOM port(s) together (the parent accepts and "
+        "gives each connection to the least busy); 0 = the number of CPU cores",
     )
     scp_confirm_interval_s: float = Field(
         default=1.0,
