@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -144,6 +145,16 @@ _UPSERT_SERIES = text(
 )
 
 
+_MARK_SERIES_CHANGED = text(
+    "UPDATE image_series SET last_received_at = :last_received_at, dirty = :dirty "
+    "WHERE series_instance_uid = :series_instance_uid"
+).bindparams(
+    bindparam("last_received_at", type_=UtcDateTime),
+    bindparam("dirty", type_=Boolean, value=True),
+)
+_SERIES_SEEN = 4096  # a department's series of the last hours, in this process
+
+
 # PS3.5 9.1: a UID is numeric components separated by dots, no component with a leading zero
 # (except "0" itself), at most 64 characters.
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
@@ -193,6 +204,9 @@ class Ingestor:
         self._tz = clinic_tz
         self._on_commit = on_commit
         self._locks = list(locks) if locks else [threading.Lock() for _ in range(LOCK_STRIPES)]
+        # Series whose row this process wrote (a row, once there, stays: it is never deleted).
+        self._series_seen: OrderedDict[str, None] = OrderedDict()
+        self._series_lock = threading.Lock()
 
     @property
     def store(self) -> ObjectStore:
@@ -367,7 +381,7 @@ class Ingestor:
                 if event is not None:
                     emit(session, event, subject=uid)
                 if facts is not None:
-                    self._touch_series(session, ds, sop_class_uid, facts, source, now)
+                    self._touch_series(session, ds, sop_class_uid, facts, source, now, series_uid)
         except BaseException:
             # Nothing committed names the file this call placed: take it away again, so a
             # failure leaves nothing behind. A file that was already there stays (an earlier
@@ -469,8 +483,17 @@ class Ingestor:
         facts: dict[str, Any],
         source: SourceDevice,
         now: datetime,
+        series_uid: str | None,
     ) -> None:
-        series_uid = extract.text(ds, "SeriesInstanceUID") or extract.text(ds, "SOPInstanceUID")
+        series_uid = series_uid or extract.text(ds, "SOPInstanceUID")
+        if series_uid in self._series_seen:
+            # Its row holds the first instance's facts already (the upsert keeps them): only
+            # mark it changed, without building facts that would be thrown away.
+            touched = session.connection().execute(
+                _MARK_SERIES_CHANGED, {"series_instance_uid": series_uid, "last_received_at": now}
+            )
+            if touched.rowcount:
+                return
         first_facts = {k: v for k, v in facts.items() if k not in ("acquired_at",)}
         first_facts["patient"] = extract.patient(ds).model_dump(mode="json")
         first_facts["source"] = source.model_dump(mode="json")
@@ -485,6 +508,10 @@ class Ingestor:
                 "published_count": 0,
             },
         )
+        with self._series_lock:
+            self._series_seen[series_uid] = None
+            if len(self._series_seen) > _SERIES_SEEN:
+                self._series_seen.popitem(last=False)
 
     # ------------------------------------------------------------ image series
 

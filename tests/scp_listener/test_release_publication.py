@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pydicom
 from pynetdicom import AE, StoragePresentationContexts
+from sqlalchemy import delete
 
 from services.scp_listener.service import Ingestor
+from services.scp_listener.store import ImageSeries
 from shared.events import SourceDevice
 from tests import dicom_factories as f
 from tests.support import (
@@ -149,3 +151,44 @@ def _race(ingestor: Ingestor, uid: str) -> list[int]:
     for t in threads:
         t.join()
     return counts
+
+
+def test_later_instances_mark_their_series_changed_and_a_lost_row_is_written_again(
+    base_settings: dict[str, object], tmp_path: Path
+) -> None:
+    """After a series' first instance, later ones only mark its row changed (the first
+    instance's facts stay); a row that is not there any more is written whole again."""
+    settings = scp_settings(base_settings, scp_object_store=tmp_path / "objects")
+    with scp_rest_app(settings) as app:
+        ingestor: Ingestor = app.state.ingestor
+        cbct = f.cbct_series(n_slices=3)
+        uid = str(cbct[0].SeriesInstanceUID)
+
+        def ingest(i: int) -> None:
+            path = f.write(cbct[i], tmp_path / f"{i}.dcm")
+            assert ingestor.ingest(
+                path,
+                sop_class_uid=str(cbct[i].SOPClassUID),
+                sop_instance_uid=str(cbct[i].SOPInstanceUID),
+                transfer_syntax_uid=str(pydicom.dcmread(path).file_meta.TransferSyntaxUID),
+                source=LINAC,
+            ).created
+
+        def row() -> ImageSeries | None:
+            with ingestor._factory() as session:
+                return session.get(ImageSeries, uid)
+
+        ingest(0)
+        first = row()
+        assert first is not None and first.dirty
+        assert ingestor.publish_series({uid}) == 1
+        assert not row().dirty  # type: ignore[union-attr]
+        ingest(1)
+        second = row()
+        assert second is not None and second.dirty and second.facts == first.facts
+        assert second.last_received_at > first.last_received_at
+        with ingestor._factory() as session, session.begin():
+            session.execute(delete(ImageSeries).where(ImageSeries.series_instance_uid == uid))
+        ingest(2)
+        again = row()
+        assert again is not None and again.dirty and again.facts == first.facts
