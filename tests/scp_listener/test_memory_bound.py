@@ -22,6 +22,7 @@ import pytest
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
+from services.scp_listener import lean
 from services.scp_listener.app import SERVICE
 from services.scp_listener.settings import ScpSettings
 from shared.db import make_engine, migrate
@@ -221,3 +222,20 @@ def test_lean_scp_imports_none_of_the_unused_libraries() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_lean_caps_malloc_arenas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SCP process runs two threads per association, and glibc gives each allocating
+    thread an arena of its own: ``keep_lean`` caps them at two (M_ARENA_MAX)."""
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(lean.ctypes, "CDLL", lambda _name: Libc())
+    monkeypatch.setattr(lean.ctypes.util, "find_library", lambda _name: "libc.so.6")
+    monkeypatch.setattr(lean.sys, "platform", "linux")
+    lean._cap_malloc_arenas()
+    assert calls == [(-8, 2)]
