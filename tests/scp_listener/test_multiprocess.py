@@ -302,9 +302,9 @@ def test_worker_link_reports_the_end_of_a_connection_to_the_balancer() -> None:
 
 
 def test_balancer_gives_each_connection_to_the_least_busy_process() -> None:
-    """Ties go to the parent (0); a worker's connections count until it reports their end;
-    a passed connection arrives in the worker with its peer and kind; a worker that is gone
-    is skipped and the parent serves."""
+    """Ties go to a worker (the parent's GIL also serves HTTP and the relay); a worker's
+    connections count until it reports their end; a passed connection arrives in the worker
+    with its peer and kind; a worker that is gone is skipped."""
     balancer = Balancer()
     ends = {index: balancer.channel(index) for index in (1, 2)}
     received: dict[int, list[tuple[socket.socket, tuple[str, int], bool]]] = {1: [], 2: []}
@@ -318,23 +318,25 @@ def test_balancer_gives_each_connection_to_the_least_busy_process() -> None:
             balancer.dispatch(ours, ("10.0.0.7", 1000 + n), n == 3)
             for n, (ours, _theirs) in enumerate(pairs)
         ]
-        # parent, worker 1, worker 2, then the parent again (1 each, parent first on a tie)
-        assert chosen == [False, True, True, False]
-        assert balancer.open_connections == {0: 2, 1: 1, 2: 1}
-        wait_for(lambda: received[1] and received[2], timeout=5, message="both workers got one")
-        ((sock, peer, tls),) = received[1]
-        assert peer == ("10.0.0.7", 1001) and tls is False
-        pairs[1][1].sendall(b"ping")  # the worker's descriptor is the same connection
-        assert sock.recv(4) == b"ping"
-        balancer.ended(1)
-        balancer.ended(1)  # never below zero
-        assert balancer.open_connections == {0: 2, 1: 0, 2: 1}
-        # worker 1 gone: its connections go to the next least busy
-        balancer.channel(1).close()
+        # worker 1, worker 2, the parent (the only one with none), then worker 1 again
+        assert chosen == [True, True, False, True]
+        assert balancer.open_connections == {0: 1, 1: 2, 2: 1}
+        wait_for(lambda: len(received[1]) == 2 and received[2], timeout=5, message="passed sockets")
+        assert [(peer, tls) for _sock, peer, tls in received[1]] == [
+            (("10.0.0.7", 1000), False),
+            (("10.0.0.7", 1003), True),
+        ]
+        pairs[0][1].sendall(b"ping")  # the worker's descriptor is the same connection
+        assert received[1][0][0].recv(4) == b"ping"
+        balancer.ended(2)
+        balancer.ended(2)  # never below zero
+        assert balancer.open_connections == {0: 1, 1: 2, 2: 0}
+        # worker 2 gone: the connection goes to the next least busy, the parent
+        balancer.channel(2).close()
         extra = socket.socketpair()
         pairs.append(extra)
-        assert balancer.dispatch(extra[0], ("10.0.0.7", 2000), False) is True
-        assert balancer.open_connections[2] == 2
+        assert balancer.dispatch(extra[0], ("10.0.0.7", 2000), False) is False
+        assert balancer.open_connections == {0: 2, 1: 2, 2: 0}
     finally:
         balancer.close()
         for ours, theirs in pairs:
