@@ -181,10 +181,10 @@ class Balancer:
             # rounds) share its GIL, and a CBCT served there took 15.7 ms a slice against
             # 10.8 ms in a worker (200 slices from storescu, one association each).
             order = sorted(self._open, key=lambda i: (self._open[i], i == 0, i))
+            note = json.dumps({"tls": tls, "peer": list(address)}).encode()
             for index in order:
                 if index == 0:
                     break  # the parent serves it
-                note = json.dumps({"tls": tls, "peer": list(address)}).encode()
                 try:
                     socket.send_fds(self._channels[index], [note], [sock.fileno()])
                 except OSError as exc:  # the worker is gone (it is being started again)
