@@ -120,7 +120,15 @@ def store_response_command(primitive: C_STORE) -> bytes | None:
     status = primitive.Status
     if not isinstance(status, int) or primitive.MessageIDBeingRespondedTo is None:
         return None
-    body = b"".join(
+    try:
+        body = _command_body(primitive, status)
+    except UnicodeEncodeError:  # not a UID at all (a hostile peer's): pynetdicom's own way
+        return None
+    return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+
+
+def _command_body(primitive: C_STORE, status: int) -> bytes:
+    return b"".join(
         (
             _ui(0x00000002, primitive.AffectedSOPClassUID)
             if primitive.AffectedSOPClassUID
@@ -134,7 +142,6 @@ def store_response_command(primitive: C_STORE) -> bytes | None:
             else b"",
         )
     )
-    return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
 
 
 def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:

@@ -123,3 +123,12 @@ def test_a_response_with_an_error_comment_takes_pynetdicoms_way() -> None:
     rsp.Status = 0xC210
     rsp.ErrorComment = "the object is truncated"
     assert inline_store.store_response_command(rsp) is None
+
+
+def test_a_response_whose_uid_is_not_ascii_takes_pynetdicoms_way() -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 1
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    rsp.AffectedSOPInstanceUID = "1.2.\u00e9"
+    rsp.Status = 0x0000
+    assert inline_store.store_response_command(rsp) is None
