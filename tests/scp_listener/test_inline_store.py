@@ -12,11 +12,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pynetdicom import dul
+from pynetdicom import AE, association, dul
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from services.scp_listener import inline_store
 from services.scp_listener.service import Ingestor
@@ -31,6 +32,7 @@ def test_installed_at_scp_import() -> None:
     assert DIMSEServiceProvider.__init__ is inline_store._dimse_init
     assert DIMSEServiceProvider.send_msg is inline_store.send_msg
     assert isinstance(dul.time, inline_store._SocketClock)
+    assert isinstance(association.time, inline_store._ReactorClock)
 
 
 def test_stores_are_served_on_the_dul_thread_and_the_rest_by_the_reactor(
@@ -132,3 +134,55 @@ def test_a_response_whose_uid_is_not_ascii_takes_pynetdicoms_way() -> None:
     rsp.AffectedSOPInstanceUID = "1.2.\u00e9"
     rsp.Status = 0x0000
     assert inline_store.store_response_command(rsp) is None
+
+
+def test_the_acceptors_reactor_is_woken_by_a_release_and_an_echo(
+    start_scp: Callable[..., RunningScp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With no wake-up the reactor would look at its queues only every 30 s: both the C-ECHO
+    # (the DIMSE message queue) and the A-RELEASE (the DUL's queue to the user) must wake it.
+    monkeypatch.setattr(inline_store, "REACTOR_IDLE", 30.0)
+    scp = start_scp()
+    ae = AE(ae_title="TRUEBEAM1")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.dicom_port, ae_title="RTOPS")
+    assert assoc.is_established
+    time.sleep(0.2)  # the reactor is asleep by now
+    start = time.perf_counter()
+    assert assoc.send_c_echo().Status == 0x0000
+    echoed = time.perf_counter() - start
+    time.sleep(0.2)
+    start = time.perf_counter()
+    assoc.release()
+    released = time.perf_counter() - start
+    assert assoc.is_released
+    assert echoed < 5.0 and released < 5.0
+
+
+def test_the_reactor_clock_waits_for_its_wake_up_only_in_an_acceptor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(inline_store, "REACTOR_IDLE", 30.0)
+    clock = association.time
+    assert isinstance(clock, inline_store._ReactorClock)
+    wake = threading.Event()
+    woke: list[float] = []
+
+    def reactor() -> None:
+        start = time.perf_counter()
+        clock.sleep(0.001)  # what Association._run_reactor calls between looks
+        woke.append(time.perf_counter() - start)
+
+    for acceptor in (True, False):
+        woke.clear()
+        thread = threading.Thread(target=reactor)
+        thread.is_acceptor = acceptor  # type: ignore[attr-defined]
+        setattr(thread, inline_store._WAKE, wake)
+        thread.start()
+        time.sleep(0.2)
+        inline_store.WakingQueue(wake).put("A-RELEASE")
+        thread.join(5)
+        assert woke
+        # an acceptor waits for the put; a requestor keeps pynetdicom's 1 ms poll
+        assert (woke[0] >= 0.2) is acceptor and woke[0] < 5
+        wake.clear()
