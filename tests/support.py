@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp_listener.app import SERVICE, create_app
+from services.scp_listener.receive import RESERVE
 from services.scp_listener.settings import ScpSettings
 from shared.db import make_engine, migrate, session_factory
 from shared.events import CloudEvent, parse_event
@@ -262,6 +263,16 @@ def send_file_as_is(
         _config.STORE_SEND_CHUNKED_DATASET = False
         assoc.release()
     return int(rsp.Status) if "Status" in rsp else -1
+
+
+def spooled(spool: Path) -> list[Path]:
+    """The files in an SCP's receive spool that hold data: besides them it keeps at most
+    ``receive.RESERVE`` empty files created ahead (a file pynetdicom writes holds at least
+    its 128-byte preamble and "DICM")."""
+    files = sorted(p for p in spool.iterdir() if p.is_file()) if spool.exists() else []
+    empty = [p for p in files if p.stat().st_size == 0]
+    assert len(empty) <= RESERVE, f"{len(empty)} empty spool files: more than the reserve"
+    return [p for p in files if p not in empty]
 
 
 def pynetdicom_echo(port: int, *, calling: str = "TRUEBEAM1", called: str = "RTOPS") -> Any:

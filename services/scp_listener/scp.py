@@ -615,6 +615,8 @@ def _ingest(
 ) -> int:
     start_t = time.perf_counter()
     request: Any = event.request
+    # The file's flush waits on the disk while this thread reads its header.
+    flushing = ingestor.store.flush_ahead(path)
     outcome = ingestor.ingest(
         path,
         sop_class_uid=sop_class,
@@ -622,6 +624,7 @@ def _ingest(
         transfer_syntax_uid=str(event.context.transfer_syntax),
         source=device.as_source(),
         content=receive.content_of(request),
+        flushing=flushing,
     )
     name = sop.NAMES.get(sop_class, sop_class)
     if outcome.status == Status.SUCCESS and outcome.series_instance_uid and touched is not None:

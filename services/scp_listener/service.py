@@ -15,6 +15,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -222,9 +223,11 @@ class Ingestor:
         source: SourceDevice,
         content: tuple[str, int] | None = None,
         received_at: datetime | None = None,
+        flushing: Future[None] | None = None,
     ) -> Outcome:
         """``content``: the file's SHA-256 and size when hashed as it arrived (else read).
-        ``received_at``: when it arrived, if not now (an object the reconciliation restores)."""
+        ``received_at``: when it arrived, if not now (an object the reconciliation restores).
+        ``flushing``: ``store.flush_ahead(path)``, if the caller started the file's flush."""
         crash_point("received")
         try:
             ds = read_header(path, self._max_depth)
@@ -248,6 +251,7 @@ class Ingestor:
                     transfer_syntax_uid,
                     source,
                     received_at,
+                    flushing,
                 )
         except (SQLAlchemyError, OSError) as exc:
             log.error(
@@ -272,6 +276,7 @@ class Ingestor:
         transfer_syntax_uid: str,
         source: SourceDevice,
         received_at: datetime | None,
+        flushing: Future[None] | None,
     ) -> Outcome:
         """Store and index one decoded object; the caller holds the lock of its content."""
         placed: str | None = None  # the key of a file this call put into the store
@@ -344,7 +349,7 @@ class Ingestor:
                     )
                 # The file is durable before the row that names it commits.
                 key, created = self._store.put(
-                    path, sha, sop_instance_uid=uid, calling_ae=source.ae_title
+                    path, sha, sop_instance_uid=uid, calling_ae=source.ae_title, flushing=flushing
                 )
                 placed = key if created else None
                 now = received_at or datetime.now(UTC)

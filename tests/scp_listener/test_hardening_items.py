@@ -18,7 +18,7 @@ from tests import dicom_factories as f
 from tests.fuzz.mutator import parse
 from tests.scp_listener.test_hardening_malformed import element, encode, part10
 from tests.scp_listener.test_scp import RT_PLAN_STORAGE, counts
-from tests.support import RunningScp, send_file_as_is
+from tests.support import RunningScp, send_file_as_is, spooled
 
 # In a Beam Sequence item (pydicom writes sequences and items with undefined lengths, so an
 # element added inside an item needs no length fixed around it).
@@ -128,7 +128,7 @@ def test_refused_with_0xc210_and_nothing_stored(scp: RunningScp, tmp_path: Path,
     )
     assert status == 0xC210
     assert counts(scp) == (0, 0, 0)
-    assert list(scp.settings.spool_dir().iterdir()) == []
+    assert spooled(scp.settings.spool_dir()) == []
     problem = scp.app.state.problems.newest_first()[0]
     assert problem.status == 0xC210
     assert reason in problem.detail

@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests import dicom_factories as f
 from tests.scp_listener.test_scp import RT_PLAN_STORAGE, counts
-from tests.support import RunningScp, send_file_as_is, storescu
+from tests.support import RunningScp, send_file_as_is, spooled, storescu
 
 PATIENT_ID_LO = struct.pack("<HH", 0x0010, 0x0020) + b"LO"
 
@@ -133,7 +133,7 @@ def test_malformed_data_set_is_refused_and_leaves_nothing(
     )
     assert status == 0xC210
     assert counts(scp) == (0, 0, 0)
-    assert list(scp.settings.spool_dir().iterdir()) == []
+    assert spooled(scp.settings.spool_dir()) == []
     problem = scp.app.state.problems.newest_first()[0]
     assert problem.status == 0xC210
     assert reason in problem.detail

@@ -17,7 +17,7 @@ from pynetdicom import AE, _config
 
 from tests import dicom_factories as f
 from tests.scp_listener.test_scp import RT_PLAN_STORAGE, counts
-from tests.support import RunningScp, send_file_as_is, wait_for
+from tests.support import RunningScp, send_file_as_is, spooled, wait_for
 
 _CREATOR = struct.pack("<HH", 0x4011, 0x0010) + b"LO" + struct.pack("<H", 10) + b"RTOPS TEST"
 _SQ = struct.pack("<HH", 0x4011, 0x1010) + b"SQ\x00\x00" + b"\xff\xff\xff\xff"
@@ -41,8 +41,7 @@ def nested_plan(path: Path, depth: int) -> Path:
 
 
 def spool_files(scp: RunningScp) -> list[Path]:
-    spool = scp.settings.spool_dir()
-    return sorted(spool.iterdir()) if spool.exists() else []
+    return spooled(scp.settings.spool_dir())
 
 
 def test_deep_nesting_is_refused_with_c210_and_leaves_nothing(

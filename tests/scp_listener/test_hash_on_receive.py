@@ -25,7 +25,7 @@ from services.scp_listener.receive import SpoolFile
 from services.scp_listener.store import DicomObject
 from shared.db import make_engine, session_factory
 from tests import dicom_factories as f
-from tests.support import RunningScp, pynetdicom_store, storescu
+from tests.support import RunningScp, pynetdicom_store, spooled, storescu, wait_for
 
 SYNTAXES = (
     ImplicitVRLittleEndian,
@@ -108,3 +108,29 @@ def test_file_meta_of_a_uid_that_is_not_ascii_is_left_to_pydicom() -> None:
         transfer_syntax=ExplicitVRLittleEndian,
     )
     assert not isinstance(meta, bytes)
+
+
+def test_spool_files_are_created_ahead_and_taken_without_waiting(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    try:
+        assert receive.configure(spool) == 0
+        wait_for(
+            lambda: len(list(spool.iterdir())) == receive.RESERVE, 5, 0.01, "the reserve filled"
+        )
+        ready = {str(p) for p in spool.iterdir()}
+        assert all(p.stat().st_size == 0 for p in spool.iterdir())
+        taken = SpoolFile(delete=False, mode="wb", suffix=".dcm")
+        assert taken.name in ready  # a file made ahead, not a new one
+        taken.write(b"\x00" * 128 + b"DICM")
+        taken.file.flush()
+        assert taken.content()[1] == 132
+        wait_for(  # refilled
+            lambda: len(list(spool.iterdir())) == receive.RESERVE + 1, 5, 0.01, "refilled"
+        )
+        assert spooled(spool) == [Path(taken.name)]
+        taken.close()
+        # A restart removes the partial file (counted) and the empty ones without a word.
+        assert receive.configure(spool) == 1
+        assert spooled(spool) == []
+    finally:
+        receive.configure(tmp_path / "other")  # no reserve left filling this test's folder

@@ -30,7 +30,7 @@ from shared.natsd import free_port
 from tests import dicom_factories as f
 from tests.scp_listener.test_hash_on_receive import indexed
 from tests.scp_listener.test_pdu_reader import _dataset_sha, _element, _pdu, p_data_header
-from tests.support import MIGRATIONS, REPO, drop_test_schema, wait_for
+from tests.support import MIGRATIONS, REPO, drop_test_schema, spooled, wait_for
 
 LIMIT = 150_000_000  # bytes of resident memory, per SCP process
 ELEMENT = 64 << 20
@@ -142,7 +142,7 @@ def associate(port: int) -> Any:
 
 
 def spool_files(scp: ScpProcess) -> list[Path]:
-    return [p for p in scp.settings.spool_dir().iterdir() if p.is_file()]
+    return spooled(scp.settings.spool_dir())
 
 
 def test_64mb_element_in_many_pdus_is_stored_within_bound(

@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from services.scp_listener import pdu_reader
 from tests import dicom_factories as f
 from tests.scp_listener.test_hash_on_receive import assert_index_matches_files, indexed
-from tests.support import RunningScp, pynetdicom_echo, storescu, wait_for
+from tests.support import RunningScp, pynetdicom_echo, spooled, storescu, wait_for
 
 
 def associate(port: int, syntaxes: list[str] | None = None, max_pdu: int = 16384) -> Any:
@@ -58,7 +58,7 @@ def test_p_data_longer_than_advertised_is_aborted_unread(
         wait_for(lambda: assoc.is_aborted, 10, message="A-ABORT from the SCP")
     refused = [e for e in logs if e.get("reason") == "pdu_too_long"]
     assert refused and refused[0]["pdu_length"] == 16385 and refused[0]["limit"] == 16384
-    assert list(scp.settings.spool_dir().iterdir()) == []
+    assert spooled(scp.settings.spool_dir()) == []
     # Counted once, and on the problems page (its connection closes after the A-ABORT).
     metric = 'rtops_scp_rejections_total{reason="pdu_too_long"} 1.0'
     wait_for(lambda: metric in httpx.get(f"{scp.http}/metrics").text, 10, message=metric)
@@ -96,10 +96,10 @@ def test_refused_mid_data_set_leaves_nothing(start_scp: Callable[..., RunningScp
     command = _element(0x0000_0000, struct.pack("<L", len(command))) + command
     raw.sendall(_pdu([(context_id, 0x03, command)]))
     raw.sendall(_pdu([(context_id, 0x00, b"\x08\x00" * 2000)]))  # a first data set fragment
-    wait_for(lambda: any(scp.settings.spool_dir().iterdir()), 10, message="a spool file")
+    wait_for(lambda: any(spooled(scp.settings.spool_dir())), 10, message="a spool file")
     raw.sendall(p_data_header(1 << 30))
     wait_for(lambda: assoc.is_aborted, 10, message="A-ABORT from the SCP")
-    wait_for(lambda: not any(scp.settings.spool_dir().iterdir()), 10, message="empty spool")
+    wait_for(lambda: not spooled(scp.settings.spool_dir()), 10, message="empty spool")
     assert indexed(scp) == []
 
 

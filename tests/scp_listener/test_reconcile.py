@@ -294,3 +294,36 @@ def test_the_periodic_rounds_end_with_the_app(
     scp.stop()
     assert ingestor not in reconcile._confirming
     wait_for(lambda: len(rounds()) < before, 5, message="the confirmation thread ends")
+
+
+def test_a_flush_started_ahead_stands_for_the_files_own(
+    ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flush_ahead`` (started by the C-STORE handler before the header is read): ``put``
+    waits for it instead of flushing the file again, and its failure fails the put."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(objectstore.os, "fsync", counting)
+    path = f.write(f.treatment_record(plan_uid="1.2.3", fraction_number=1), tmp_path / "a.dcm")
+    sha, _ = objectstore.sha256_of(path)
+    store = ingestor.store
+    flushing = store.flush_ahead(path)
+    flushing.result()
+    assert len(calls) == 1  # the file
+    key, created = store.put(
+        path, sha, sop_instance_uid="1.2", calling_ae="TRUEBEAM1", flushing=flushing
+    )
+    assert created and store.path(key).exists()
+    assert len(calls) == 2  # and the .recent directory only
+    other = f.write(f.treatment_record(plan_uid="1.2.3", fraction_number=2), tmp_path / "b.dcm")
+    sha, _ = objectstore.sha256_of(other)
+    failed = store.flush_ahead(tmp_path / "gone.dcm")
+    with pytest.raises(FileNotFoundError):
+        store.put(other, sha, sop_instance_uid="1.3", calling_ae="TRUEBEAM1", flushing=failed)
+    assert not store.path(store.key_for(sha)).exists()
+    assert other.exists()  # not moved: the caller's failure path removes it
