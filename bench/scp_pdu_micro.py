@@ -64,6 +64,8 @@ class FakeDul:
         self.assoc = SimpleNamespace(
             get_handlers=lambda event: [],
             is_requestor=False,
+            # not an acceptor: PDUs go through DT-2 as below, never store_assembly
+            is_acceptor=False,
             acceptor=SimpleNamespace(maximum_length=0),
             requestor=SimpleNamespace(address="127.0.0.1", port=0, ae_title="X"),
             _accepted_cx={1: cx},

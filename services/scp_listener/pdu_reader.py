@@ -35,6 +35,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
 
+from services.scp_listener import store_assembly
+
 log = structlog.get_logger(__name__)
 
 P_DATA_TF_TYPE = 0x04
@@ -106,7 +108,11 @@ def read_pdu(dul: DULServiceProvider) -> None:
         return
     try:
         if pdu_type == P_DATA_TF_TYPE:
-            pdu, event = _p_data(dul, header, body), "Evt10"
+            values = presentation_data_values(body)
+            if store_assembly.takes(dul):
+                store_assembly.receive_fragments(dul, values)
+                return
+            pdu, event = _p_data(dul, header, body, values), "Evt10"
         else:
             pdu, event = dul._decode_pdu(bytearray(header + body))
     except Exception:
@@ -117,16 +123,12 @@ def read_pdu(dul: DULServiceProvider) -> None:
     dul._recv_pdu.put(pdu)
 
 
-def _p_data(dul: DULServiceProvider, header: bytes, body: bytearray) -> P_DATA_TF:
-    """A P-DATA-TF whose PDV values are views into ``body`` (PS3.8 9.3.5.1: each item is a
-    4-byte length, the presentation context ID, then the message control header and the
-    fragment)."""
-    assoc = dul.assoc
-    if assoc.get_handlers(evt.EVT_DATA_RECV):
-        evt.trigger(assoc, evt.EVT_DATA_RECV, {"data": header + bytes(body)})
+def presentation_data_values(body: bytearray) -> list[tuple[int, memoryview]]:
+    """A P-DATA-TF's presentation data values as (context ID, view into ``body``) (PS3.8
+    9.3.5.1: each item is a 4-byte length, the presentation context ID, then the message
+    control header and the fragment)."""
     view = memoryview(body)
-    pdu = P_DATA_TF()
-    items = pdu.presentation_data_value_items
+    values = []
     offset, end = 0, len(body)
     while offset < end:
         if end - offset < 6:
@@ -134,13 +136,30 @@ def _p_data(dul: DULServiceProvider, header: bytes, body: bytearray) -> P_DATA_T
         (item_length,) = struct.unpack_from(">L", body, offset)
         if item_length < 2 or offset + 4 + item_length > end:
             raise ValueError(f"presentation data value item length {item_length} is invalid")
-        item = PresentationDataValueItem()
-        item.presentation_context_id = body[offset + 4]
-        item.presentation_data_value = view[offset + 5 : offset + 4 + item_length]  # type: ignore[assignment]
-        items.append(item)
+        values.append((body[offset + 4], view[offset + 5 : offset + 4 + item_length]))
         offset += 4 + item_length
-    if not items:
+    if not values:
         raise ValueError("P-DATA-TF without a presentation data value item")
+    return values
+
+
+def _p_data(
+    dul: DULServiceProvider,
+    header: bytes,
+    body: bytearray,
+    values: list[tuple[int, memoryview]],
+) -> P_DATA_TF:
+    """pynetdicom's P-DATA-TF of these values (views into ``body``)."""
+    assoc = dul.assoc
+    if assoc.get_handlers(evt.EVT_DATA_RECV):
+        evt.trigger(assoc, evt.EVT_DATA_RECV, {"data": header + bytes(body)})
+    pdu = P_DATA_TF()
+    items = pdu.presentation_data_value_items
+    for context_id, value in values:
+        item = PresentationDataValueItem()
+        item.presentation_context_id = context_id
+        item.presentation_data_value = value  # type: ignore[assignment]
+        items.append(item)
     if assoc.get_handlers(evt.EVT_PDU_RECV):
         evt.trigger(assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
     return pdu

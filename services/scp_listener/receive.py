@@ -221,19 +221,13 @@ def install() -> None:
     inline_store.install()
 
 
-def discard_partial(assoc: Any) -> None:
+def discard_partial(spool: SpoolFile, peer: str) -> None:
     """Remove the spool file of a data set still arriving when its connection closed or its
-    association aborted: pynetdicom keeps the half-decoded message and removes nothing (a cut
-    transfer left its 31 MB behind)."""
-    message = getattr(getattr(assoc, "dimse", None), "message", None)
-    spool = getattr(message, "_data_set_file", None)
-    if spool is None:
-        return
+    association aborted (a cut transfer left its 31 MB behind)."""
     spool.close()
     _remove(spool.name)
     log.warning(
-        "removed a partially received data set: the connection ended mid-transfer",
-        peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        "removed a partially received data set: the connection ended mid-transfer", peer=peer
     )
 
 

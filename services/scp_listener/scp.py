@@ -23,7 +23,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from services.scp_listener import pdu_reader, receive, sop
+from services.scp_listener import pdu_reader, receive, sop, store_assembly
 from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import Problem, ScpMetrics
 from services.scp_listener.service import Ingestor, Status
@@ -352,7 +352,7 @@ def limit_per_peer(
 
 
 def _discard_partial(event: Event) -> None:
-    receive.discard_partial(event.assoc)
+    store_assembly.discard_partial(event.assoc)
 
 
 def _count_pdu_refusal(event: Event, metrics: ScpMetrics) -> None:
