@@ -10,12 +10,14 @@ sender such as ``storescu`` waits for each response before it sends the next obj
 sleeps (about 2-3 ms per object) were most of the wall time a 0.5 MiB CBCT slice took beyond
 DCMTK's (1.5 ms per slice on this machine; docs/scp_performance.md).
 
-``install`` changes two things, both through names pynetdicom looks up at run time:
+``install`` changes these, all through names pynetdicom looks up at run time:
 
 * each DIMSE provider's message queue (``DIMSEServiceProvider.msg_queue``) serves a complete
   C-STORE request at once, on the DUL thread that decoded it, through the association's own
   ``_serve_request`` (the path pynetdicom itself takes for N-EVENT-REPORT requests, in a thread
-  of their own). Everything else is queued for the reactor as before. The DUL thread is the
+  of their own). Everything else is queued for the reactor as before. (Most C-STORE requests
+  no longer reach this queue: ``store_assembly`` serves them the same way without pynetdicom's
+  DIMSE decoding; the queue serves those it leaves to pynetdicom.) The DUL thread is the
   only one that reads the socket and the only one that sends, so serving there changes no
   order: a peer waits for the response before it sends again (we negotiate one outstanding
   operation), and an A-RELEASE-RQ read afterwards still reaches the reactor after every

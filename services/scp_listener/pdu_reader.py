@@ -19,9 +19,10 @@ announcing 4 GiB would be read for as long as the peer sends.
   kernel, as many bytes per call as have arrived), and hands a P-DATA-TF's fragments on as
   ``memoryview`` slices of that buffer, so the spool file is written straight from it.
 
-Everything else (the state machine, DIMSE assembly, the events ``EVT_DATA_RECV`` and
-``EVT_PDU_RECV`` when a handler is bound) stays pynetdicom's. What this saved is measured in
-docs/scp_performance.md.
+A P-DATA-TF that ``store_assembly`` takes (an established association's C-STORE request)
+goes there, without a state machine event; everything else (the state machine, DIMSE
+assembly, the events ``EVT_DATA_RECV`` and ``EVT_PDU_RECV`` when a handler is bound) stays
+pynetdicom's. What this saved is measured in docs/scp_performance.md.
 """
 
 from __future__ import annotations
