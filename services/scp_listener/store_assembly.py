@@ -139,9 +139,11 @@ def receive_fragments(dul: DULServiceProvider, fragments: list[tuple[int, memory
                 request, context = state.request, state.context_id
                 state.reset()
                 assoc._serve_request(request, context)
-                # Its response is queued for the DUL: have it sent in this turn of the DUL's
-                # loop, as after pynetdicom's own DT-2, not after the loop's idle wait.
-                dul._process_recv_primitive()
+    # A response queued meanwhile (served here, or by pynetdicom's inline queue) is sent in
+    # this turn of the DUL's loop, as after pynetdicom's own DT-2, not after its idle wait
+    # (the loop looked at that queue before it read this PDU: one event for its head).
+    if not dul.to_provider_queue.empty():
+        dul._process_recv_primitive()
 
 
 def _command_complete(dul: DULServiceProvider, state: Assembly, context_id: int) -> None:

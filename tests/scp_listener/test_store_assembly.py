@@ -204,3 +204,26 @@ def test_a_bound_dimse_handler_sees_every_store(
     assoc.release()
     assert len(seen) == 2
     assert_index_matches_files(scp, 2)
+
+
+def test_a_store_command_it_does_not_read_is_stored_by_pynetdicom(
+    start_scp: Callable[..., RunningScp],
+) -> None:
+    """A command set with an element pynetdicom ignores (Move Destination, (0000,0600), in a
+    C-STORE-RQ): left to pynetdicom, stored, and answered."""
+    scp = start_scp(scp_max_pdu=16384)
+    assoc = associate(scp.dicom_port)
+    raw = assoc.dul.socket.socket
+    context_id = assoc.accepted_contexts[0].context_id
+    ds = f.cbct_series(n_slices=1, rows=64, columns=64)[0]
+    command = _minimal_store_command(
+        {0x1000: str(ds.SOPInstanceUID).encode(), 0x0600: b"OTHER_AE        "}
+    )
+    assert store_assembly.store_request(command) is None
+    data = _data_set(ds)
+    raw.sendall(_pdu([(context_id, 0x03, command), (context_id, 0x00, data[:5000])]))
+    raw.sendall(_pdu([(context_id, 0x02, data[5000:])]))
+    _, response = assoc.dimse.get_msg(block=True)
+    assert response.Status == 0x0000
+    assert_index_matches_files(scp, 1)
+    assoc.release()
