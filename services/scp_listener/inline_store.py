@@ -108,11 +108,15 @@ def _dimse_init(self: DIMSEServiceProvider, assoc: Any) -> None:
     assoc.dul.to_user_queue = WakingQueue(wake)
 
 
-class _ReactorClock:
-    """What ``pynetdicom.association`` sees as its ``time`` module."""
+class _Clock:
+    """The ``time`` module, but for a ``sleep`` of its own."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
+
+
+class _ReactorClock(_Clock):
+    """What ``pynetdicom.association`` sees as its ``time`` module."""
 
     @staticmethod
     def sleep(seconds: float) -> None:
@@ -128,11 +132,8 @@ class _ReactorClock:
         wake.clear()
 
 
-class _SocketClock:
+class _SocketClock(_Clock):
     """What ``pynetdicom.dul`` sees as its ``time`` module."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
 
     @staticmethod
     def sleep(seconds: float) -> None:
