@@ -221,9 +221,16 @@ def test_a_store_command_it_does_not_read_is_stored_by_pynetdicom(
     )
     assert store_assembly.store_request(command) is None
     data = _data_set(ds)
-    raw.sendall(_pdu([(context_id, 0x03, command), (context_id, 0x00, data[:5000])]))
-    raw.sendall(_pdu([(context_id, 0x02, data[5000:])]))
-    _, response = assoc.dimse.get_msg(block=True)
-    assert response.Status == 0x0000
+    # Pause this requestor's reactor, as its own send_c_store() does, or it takes the
+    # response off the queue first (and logs it as an unexpected C-STORE).
+    assoc._reactor_checkpoint.clear()
+    wait_for(lambda: assoc._is_paused, 5, 0.0001, "the requestor's reactor paused")
+    try:
+        raw.sendall(_pdu([(context_id, 0x03, command), (context_id, 0x00, data[:5000])]))
+        raw.sendall(_pdu([(context_id, 0x02, data[5000:])]))
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    assert response is not None and response.Status == 0x0000
     assert_index_matches_files(scp, 1)
     assoc.release()
