@@ -6,11 +6,12 @@ Evt10, DT-2: "issue a P-DATA indication", PS3.8 9.2), builds a P-DATA primitive,
 it to its DIMSE provider, which decodes the request's command set with pydicom into a
 Dataset and copies it into a C-STORE primitive element by element: about 9 % of the wall
 time of a 0.5 MiB CBCT slice (docs/scp_performance.md). For a C-STORE request,
-``receive`` does the same work directly: it reads the command set (implicit VR little
-endian, PS3.7 6.3.1 and 9.3.1.1) with ``struct``, writes the data set's fragments into a
-hashing spool file exactly as pynetdicom would (preamble, "DICM", the same File Meta, then
-the fragments: the stored bytes and their address do not change), and serves the complete
-request through the association's own ``_serve_request``, as ``inline_store`` did.
+``receive_fragments`` does the same work directly: it reads the command set (implicit VR
+little endian, PS3.7 6.3.1 and 9.3.1.1) with ``struct``, writes the data set's fragments
+into a hashing spool file exactly as pynetdicom would (preamble, "DICM", the same File Meta,
+then the fragments: the stored bytes and their address do not change), and serves the
+complete request through the association's own ``_serve_request``, as ``inline_store``
+does.
 
 pynetdicom keeps everything else, PDU by PDU: any PDU while the association is not
 established (Sta6) or while pynetdicom has events of its own waiting, any association with an
