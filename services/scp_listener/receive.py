@@ -155,6 +155,11 @@ class SpoolFile:
     def close(self) -> None:
         self.file.close()
 
+    def discard(self) -> None:
+        """Close and remove it (a data set that will not be stored)."""
+        self.file.close()
+        _remove(self.name)
+
     def content(self) -> tuple[str, int]:
         """SHA-256 (hex) and size of everything written so far."""
         return self._digest.hexdigest(), self._size
@@ -224,8 +229,7 @@ def install() -> None:
 def discard_partial(spool: SpoolFile, peer: str) -> None:
     """Remove the spool file of a data set still arriving when its connection closed or its
     association aborted (a cut transfer left its 31 MB behind)."""
-    spool.close()
-    _remove(spool.name)
+    spool.discard()
     log.warning(
         "removed a partially received data set: the connection ended mid-transfer", peer=peer
     )

@@ -232,6 +232,5 @@ def _abort(dul: DULServiceProvider, state: Assembly) -> None:
     spool = state.spool
     state.reset()
     if spool is not None:
-        spool.close()
-        Path(spool.name).unlink(missing_ok=True)
+        spool.discard()
     dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT (PS3.8 9.2.3, AA-8)
