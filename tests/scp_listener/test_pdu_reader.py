@@ -36,6 +36,12 @@ def associate(port: int, syntaxes: list[str] | None = None, max_pdu: int = 16384
     return assoc
 
 
+def raw_association(port: int) -> tuple[Any, Any, int]:
+    """An association (16 KiB PDUs), its socket to write PDUs by hand, and its context ID."""
+    assoc = associate(port)
+    return assoc, assoc.dul.socket.socket, assoc.accepted_contexts[0].context_id
+
+
 def p_data_header(length: int) -> bytes:
     return struct.pack(">BBL", 0x04, 0x00, length)
 
@@ -80,9 +86,7 @@ def test_refused_mid_data_set_leaves_nothing(start_scp: Callable[..., RunningScp
     """A sender that ignores the limit part-way through a data set: the fragments already
     written to the spool go with the aborted association, and nothing is stored."""
     scp = start_scp(scp_max_pdu=16384)
-    assoc = associate(scp.dicom_port)
-    raw = assoc.dul.socket.socket
-    context_id = assoc.accepted_contexts[0].context_id
+    assoc, raw, context_id = raw_association(scp.dicom_port)
     ds = f.cbct_series(n_slices=1)[0]
     command = (
         # A C-STORE-RQ command set (Implicit VR LE, PS3.7 9.3.1.1), the minimum pynetdicom needs

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import CTImageStorage
 from services.scp_listener import store_assembly
 from tests import dicom_factories as f
 from tests.scp_listener.test_hash_on_receive import assert_index_matches_files, indexed
-from tests.scp_listener.test_pdu_reader import _element, _pdu, associate
+from tests.scp_listener.test_pdu_reader import _element, _pdu, associate, raw_association
 from tests.support import RunningScp, spooled, wait_for
 
 
@@ -132,9 +132,7 @@ def test_fragments_in_any_split_are_stored_whole(start_scp: Callable[..., Runnin
     """The command in two fragments over two PDUs, its last fragment sharing a PDU with the
     data set's first, and the data set's last in a PDU of its own."""
     scp = start_scp(scp_max_pdu=16384)
-    assoc = associate(scp.dicom_port)
-    raw = assoc.dul.socket.socket
-    context_id = assoc.accepted_contexts[0].context_id
+    assoc, raw, context_id = raw_association(scp.dicom_port)
     ds = f.cbct_series(n_slices=1, rows=64, columns=64)[0]
     command = _minimal_store_command({0x1000: str(ds.SOPInstanceUID).encode()})
     data = _data_set(ds)
@@ -156,9 +154,7 @@ def test_a_command_inside_a_data_set_aborts_and_leaves_nothing(
     start_scp: Callable[..., RunningScp],
 ) -> None:
     scp = start_scp(scp_max_pdu=16384)
-    assoc = associate(scp.dicom_port)
-    raw = assoc.dul.socket.socket
-    context_id = assoc.accepted_contexts[0].context_id
+    assoc, raw, context_id = raw_association(scp.dicom_port)
     raw.sendall(_pdu([(context_id, 0x03, _minimal_store_command())]))
     raw.sendall(_pdu([(context_id, 0x00, b"\x08\x00" * 2000)]))
     wait_for(lambda: any(spooled(scp.settings.spool_dir())), 10, message="a spool file")
@@ -212,9 +208,7 @@ def test_a_store_command_it_does_not_read_is_stored_by_pynetdicom(
     """A command set with an element pynetdicom ignores (Move Destination, (0000,0600), in a
     C-STORE-RQ): left to pynetdicom, stored, and answered."""
     scp = start_scp(scp_max_pdu=16384)
-    assoc = associate(scp.dicom_port)
-    raw = assoc.dul.socket.socket
-    context_id = assoc.accepted_contexts[0].context_id
+    assoc, raw, context_id = raw_association(scp.dicom_port)
     ds = f.cbct_series(n_slices=1, rows=64, columns=64)[0]
     command = _minimal_store_command(
         {0x1000: str(ds.SOPInstanceUID).encode(), 0x0600: b"OTHER_AE        "}
