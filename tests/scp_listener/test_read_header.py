@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 
-from services.scp_listener.extract import Undecodable, read_header
+from services.scp_listener.extract import Undecodable, read_header, readers
 from tests import dicom_factories as f
 from tests.support import TEST_DATA
 
@@ -88,3 +91,78 @@ def test_an_encapsulated_image_cut_inside_its_fragments_is_refused(
     cut = f.truncated_copy(_encapsulated_slice(tmp_path), tmp_path / "cut.dcm", keep_fraction=keep)
     with pytest.raises(Undecodable):
         read_header(cut)
+
+
+# ------------------------------------------------ the walk's data set is pydicom's
+
+
+def _described(ds: Dataset) -> list[object]:
+    """Every element as read: a raw one's fields, a decoded sequence's items in turn."""
+    out: list[object] = []
+    for tag, elem in ds._dict.items():
+        if isinstance(elem, RawDataElement):
+            out.append(tuple(elem))
+        elif elem.VR == "SQ":
+            out.append((tag, elem.is_undefined_length, [_described(i) for i in elem.value]))
+        else:
+            out.append((tag, elem.VR, elem.value, elem.is_undefined_length))
+    return out
+
+
+def _outcome(path: Path) -> object:
+    try:
+        ds = read_header(path)
+    except Undecodable:
+        return "refused"
+    return (
+        _described(ds),
+        [(tag, ds.file_meta[tag].VR, ds.file_meta[tag].value) for tag in ds.file_meta._dict],
+        ds.preamble,
+        ds.original_encoding,
+        ds.original_character_set,
+        ds.filename,
+        ds.is_little_endian,
+        ds.is_implicit_VR,
+    )
+
+
+def _samples(folder: Path) -> list[Path]:
+    """Real files, every shape of the factories, the fuzz corpus, and mutations of it."""
+    from tests.fuzz.harness import CORPUS, TRANSFER_SYNTAXES, decode_input, spool_bytes
+    from tests.fuzz.mutator import _mutate_structure
+
+    paths = [p for p in TEST_DATA.rglob("*.dcm") if p.read_bytes()[128:132] == b"DICM"]
+    paths.append(_encapsulated_slice(folder))
+    paths += f.write_series(f.cbct_series(n_slices=1, rows=300, columns=300), folder)
+    paths.append(f.write(f.rt_plan(), folder / "plan.dcm"))
+    for n, seed in enumerate(sorted(CORPUS.iterdir())):
+        klass, syntax, original = decode_input(seed.read_bytes())
+        implicit = syntax == TRANSFER_SYNTAXES[1]
+        order = ">" if syntax == TRANSFER_SYNTAXES[2] else "<"
+        for k in range(25):
+            rng = random.Random(n * 1000 + k)
+            body = original
+            for _ in range(k and rng.choice((1, 1, 2, 3))):  # the fuzzer's structure edits
+                body = _mutate_structure(body, rng, implicit, order)
+            if k % 7 == 6:  # cut short
+                body = body[: rng.randrange(len(body) + 1)]
+            path = folder / f"{seed.name}-{k}.dcm"
+            path.write_bytes(spool_bytes(body, klass, syntax))
+            paths.append(path)
+    return paths
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_data_set_built_from_the_walk_is_the_one_pydicom_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """read_header builds the data set from the elements its structure walk read; pydicom's
+    own reading (``_build`` declining) must give the same elements, values, offsets and
+    encodings, or refuse the same objects."""
+    paths = _samples(tmp_path)
+    built = {p: _outcome(p) for p in paths}
+    monkeypatch.setattr(readers, "_build", lambda fp, layout: None)
+    differ = [p.name for p in paths if _outcome(p) != built[p]]
+    assert not differ, differ[:10]
+    stored = sum(1 for outcome in built.values() if outcome != "refused")
+    assert stored > 100 and len(paths) - stored > 100  # both kinds well represented

@@ -12,19 +12,27 @@ import math
 import re
 import struct
 import warnings
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo
 
 import pydicom
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataelem import (
+    DataElement,
+    RawDataElement,
+    convert_raw_data_element,
+    empty_value_for_VR,
+)
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -221,19 +229,16 @@ def read_header(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> Dataset:
     """Decode the object's structure once; a malformed or truncated one raises
     ``Undecodable``. Large values stay on disk (``DEFER_BYTES``)."""
     try:
-        _walk_data_set(path, max_depth)
         with warnings.catch_warnings():
             # pydicom only warns when an undefined-length item runs into the end of the file.
             warnings.filterwarnings("error", message=".*[Ee]nd of file.*")
             # ... and reads the other VR encoding than the transfer syntax names, with a
             # warning: such a file's meta contradicts its bytes (DCMTK cannot read it).
             warnings.filterwarnings("error", message="Expected (ex|im)plicit VR, but found")
-            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
-        if ds.file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-            # A deflated dataset's offsets count inflated bytes; zlib checks its own end.
-            check_complete(ds, path.stat().st_size)
+            ds, checked = _read(path, max_depth)
         decode_sequences(ds, max_depth)
-        check_structure(ds)
+        if not checked:
+            check_structure(ds)
         check_identity_values(ds)
     except structure.TooDeep as exc:
         raise Undecodable(str(exc)) from exc
@@ -265,6 +270,25 @@ def read_header(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> Dataset:
             ) from exc
         raise Undecodable(f"{type(exc).__name__}: {exc}") from exc
     return ds
+
+
+def _read(path: Path, max_depth: int) -> tuple[Dataset, bool]:
+    """The data set, and whether its top level was checked as it was read (else
+    ``check_structure``'s to check). The header walk refuses a malformed object first; the
+    data set is then built from what the walk read, or, where the walk does not collect (no
+    File Meta, a deflated or unnamed transfer syntax, a command group in the file), read by
+    pydicom."""
+    with path.open("rb") as fp:
+        layout = _walk_data_set(fp, max_depth)
+        if layout is not None and layout.top is not None:
+            built = _build(fp, layout)
+            if built is not None:
+                return built, True
+    ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+    if ds.file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        # A deflated dataset's offsets count inflated bytes; zlib checks its own end.
+        check_complete(ds, path.stat().st_size)
+    return ds, False
 
 
 _VR_CODES = structure.VR_CODES
@@ -373,43 +397,123 @@ class _Refused(ValueError):
     """A refusal whose message is the whole reason (no exception type in front)."""
 
 
-def _walk_data_set(path: Path, max_depth: int) -> None:
+@dataclass
+class _Layout:
+    """What the header walk found: the File Meta, the transfer syntax's encoding and, when it
+    collected them, the data set's top-level elements."""
+
+    preamble: bytes
+    meta: dict[BaseTag, RawDataElement]
+    start: int  # the data set's first byte in the file
+    implicit: bool
+    little: bool
+    top: list[structure.TopElement] | None
+
+
+def _walk_data_set(fp: BinaryIO, max_depth: int) -> _Layout | None:
     """``structure.walk`` over the data set after the File Meta Information, before pydicom
-    decodes anything. A file without the DICM prefix is left to pydicom to refuse."""
-    with path.open("rb") as fp:
-        head = fp.read(132)
-        if len(head) < 132 or head[128:] != b"DICM":
-            return
-        syntax = ""
-        while True:  # the File Meta group is explicit VR little endian (PS3.10 7.1)
-            at = fp.tell()
-            header = fp.read(8)
-            if len(header) < 8 or header[:2] != b"\x02\x00":
-                fp.seek(at)
-                break
-            vr = header[4:6].decode("latin-1")
-            if vr in _LONG_HEADER_VRS:
-                (length,) = struct.unpack("<L", fp.read(4))
-            else:
-                (length,) = struct.unpack("<H", header[6:8])
-            if length > 1024:  # no meta element of use is this long: pydicom judges it
-                fp.seek(length, 1)
-                continue
-            value = fp.read(length)
-            if header[2:4] == b"\x10\x00":
-                syntax = value.decode("ascii", "replace").strip("\0 ")
-        try:
-            structure.walk(
-                fp,
-                implicit=syntax == ImplicitVRLittleEndian,
-                little=syntax != ExplicitVRBigEndian,
-                deflated=syntax == DeflatedExplicitVRLittleEndian,
-                max_depth=max_depth,
+    decodes anything. A file without the DICM prefix is left to pydicom to refuse (None)."""
+    head = fp.read(132)
+    if len(head) < 132 or head[128:] != b"DICM":
+        return None
+    syntax = ""
+    meta: dict[BaseTag, RawDataElement] = {}
+    plain = True  # a File Meta pydicom reads as the walk does
+    while True:  # the File Meta group is explicit VR little endian (PS3.10 7.1)
+        at = fp.tell()
+        header = fp.read(8)
+        if len(header) < 8 or header[:2] != b"\x02\x00":
+            fp.seek(at)
+            break
+        vr = header[4:6].decode("latin-1")
+        if vr in _LONG_HEADER_VRS:
+            (length,) = struct.unpack("<L", fp.read(4))
+        else:
+            (length,) = struct.unpack("<H", header[6:8])
+        if length > 1024:  # no meta element of use is this long: pydicom judges it
+            plain = False
+            fp.seek(length, 1)
+            continue
+        value_at = fp.tell()
+        value = fp.read(length)
+        tag = BaseTag(0x00020000 | struct.unpack("<H", header[2:4])[0])
+        plain = plain and vr in _VR_CODES and len(value) == length
+        meta[tag] = RawDataElement(
+            tag, vr, length, value or empty_value_for_VR(vr, raw=True), value_at, False, True
+        )
+        if tag == 0x00020010:
+            syntax = value.decode("ascii", "replace").strip("\0 ")
+    deflated = syntax == DeflatedExplicitVRLittleEndian
+    layout = _Layout(
+        preamble=head[:128],
+        meta=meta,
+        start=fp.tell(),
+        implicit=syntax == ImplicitVRLittleEndian,
+        little=syntax != ExplicitVRBigEndian,
+        top=[] if plain and syntax and not deflated and syntax not in _PRIVATE_SYNTAXES else None,
+    )
+    try:
+        structure.walk(
+            fp,
+            implicit=layout.implicit,
+            little=layout.little,
+            deflated=deflated,
+            max_depth=max_depth,
+            top=layout.top,
+            keep=DEFER_BYTES,
+        )
+    except structure.TooDeep:
+        raise
+    except (ValueError, EOFError, struct.error) as exc:
+        raise _Refused(str(exc)) from exc
+    return layout
+
+
+_PRIVATE_SYNTAXES = pydicom.uid.PrivateTransferSyntaxes
+
+
+def _build(fp: BinaryIO, layout: _Layout) -> FileDataset | None:
+    """The data set as ``pydicom.dcmread(defer_size=DEFER_BYTES)`` reads it (the same
+    elements, values and offsets), from the elements the walk collected. Sequences and
+    undefined-length values are read by pydicom's own element reader, one element each.
+    None for a command group in the file, which pydicom reads apart (implicit VR)."""
+    top = layout.top or []
+    if top and top[0].tag >> 16 == 0:
+        return None
+    implicit, little, start = layout.implicit, layout.little, layout.start
+    if not top:  # pydicom's encoding for an empty data set, whatever the syntax says
+        implicit, little = True, True
+    encoding: str | list[str] = default_encoding
+    raw: dict[BaseTag, RawDataElement | DataElement] = {}
+    for found in top:
+        tag = BaseTag(found.tag)
+        if found.value is None:  # deferred, a sequence or an undefined length
+            fp.seek(start + found.header_at)
+            raw[tag] = next(
+                data_element_generator(fp, implicit, little, None, DEFER_BYTES, encoding)
             )
-        except structure.TooDeep:
-            raise
-        except (ValueError, EOFError, struct.error) as exc:
-            raise _Refused(str(exc)) from exc
+            continue
+        elem = RawDataElement(
+            tag,
+            found.vr,
+            found.length,
+            found.value if found.length else empty_value_for_VR(found.vr, raw=True),
+            start + found.value_at,
+            implicit,
+            little,
+        )
+        raw[tag] = elem
+        if found.tag == 0x00080005:
+            encoding = convert_encodings(convert_raw_data_element(elem).value)
+    dataset = Dataset(raw, parent_encoding=default_encoding)
+    dataset.set_original_encoding(implicit, little, encoding)
+    file_meta = FileMetaDataset(layout.meta)
+    file_meta.set_original_encoding(False, True, default_encoding)
+    if layout.meta:  # pydicom decodes the first to check the meta's encoding: so do we
+        file_meta[next(iter(layout.meta))]
+    ds = FileDataset(fp, dataset, layout.preamble, file_meta, implicit, little)
+    ds.set_original_encoding(implicit, little, dataset._character_set)
+    return ds
 
 
 # The values the ingest reads into its index and every event, outside the readers' guard

@@ -25,7 +25,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.tag import Tag
@@ -42,6 +42,7 @@ MAX_INFLATED_BYTES = 64 * 1024 * 1024
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
+_CHARSET = 0x00080005  # Specific Character Set: pydicom never defers it
 # PS3.5 6.2: the two-letter VR codes (pydicom's ambiguous "US or SS" forms are not codes).
 VR_CODES = frozenset(v.value for v in VR if " " not in v.value)
 # PS3.5 7.1.2: these explicit VRs have a 2-byte reserved field and a 4-byte length.
@@ -160,7 +161,7 @@ class _Reader:
 
     def __init__(self, fp: BinaryIO, deflated: bool) -> None:
         self._fp = fp
-        self._size = os.fstat(fp.fileno()).st_size
+        self.size = os.fstat(fp.fileno()).st_size
         self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if deflated else None
         self._buffer = b""
         self.inflated = 0
@@ -187,10 +188,10 @@ class _Reader:
         """Skip ``n`` bytes; how many there were."""
         if self._inflater is None:
             end = self._fp.seek(n, 1)
-            if end <= self._size:
+            if end <= self.size:
                 return n
-            self._fp.seek(self._size)
-            return n - (end - self._size)
+            self._fp.seek(self.size)
+            return n - (end - self.size)
         skipped = 0
         while skipped < n:
             got = len(self.read(min(n - skipped, 1 << 20)))
@@ -198,6 +199,20 @@ class _Reader:
                 break
             skipped += got
         return skipped
+
+
+class TopElement(NamedTuple):
+    """A top-level element as the walk found it, for ``readers.read_header`` to build the
+    data set from without reading the file a second time. Offsets count from the start of the
+    data set. ``value`` is the value's bytes when the walk read them (a defined-length value
+    that is not a sequence, at most ``keep`` bytes long); ``None`` otherwise."""
+
+    tag: int
+    vr: str | None  # None: implicit VR
+    length: int
+    header_at: int
+    value_at: int
+    value: bytes | None
 
 
 @dataclass
@@ -218,9 +233,16 @@ def walk(
     deflated: bool,
     max_depth: int,
     budget: int = MAX_SEQUENCE_ELEMENTS,
+    top: list[TopElement] | None = None,
+    keep: int = 0,
 ) -> int:
     """Walk the data set from ``fp``'s position to the end of the file; returns how many
-    items and elements its sequences hold. Raises ``ValueError`` / ``EOFError``."""
+    items and elements its sequences hold. Raises ``ValueError`` / ``EOFError``.
+
+    ``top``: collect the top-level elements there, reading each plain value of at most
+    ``keep`` bytes instead of skipping it. The walk then also refuses what ``check_structure``
+    and ``check_complete`` would have refused at the top level (tags out of order or
+    repeated, bytes after the last element); not for a deflated data set."""
     order = "<" if little else ">"
     reader = _Reader(fp, deflated)
     stack = [_Frame("data", 0, None, 0, implicit)]
@@ -240,13 +262,19 @@ def walk(
                 return nested
             raise EOFError(f"the data set ends inside {_where(frame)}: it is truncated")
         if len(head) < 8:
-            if len(stack) == 1:
+            if len(stack) > 1:
+                raise EOFError(f"the data set ends inside {_where(frame)}: it is truncated")
+            if top is None:
                 return nested  # check_complete tells a cut element from trailing bytes
-            raise EOFError(f"the data set ends inside {_where(frame)}: it is truncated")
+            raise EOFError(
+                f"the dataset ends at byte {fp.tell() - len(head)} of {reader.size}: the "
+                "object is truncated or has trailing bytes"
+            )
         group, element, length = struct.unpack(order + "HHL", head)
         tag = group << 16 | element
         if pos == 0:
             _check_encoding(head, implicit)
+        header_at = pos
         pos += 8
         if frame.kind in ("sequence", "fragments"):
             if tag == _SEQUENCE_END:
@@ -284,8 +312,9 @@ def walk(
             else:
                 (length,) = struct.unpack(order + "H", head[6:8])
             check_vr(tag, vr)
-        if len(stack) > 1:
+        if len(stack) > 1 or top is not None:
             _check_order(frame, tag)
+        if len(stack) > 1:
             nested += 1
             if nested > budget:
                 raise ValueError(
@@ -296,7 +325,19 @@ def walk(
         known = vr if vr != "UN" or group & 1 else _dictionary_vr(tag)
         check_value_length(tag, known, length)
         vr_code = None if frame.implicit or (vr is not None and " " in vr) else vr
-        if is_sequence(tag, vr_code, length) or (vr == "UN" and length == _UNDEFINED):
+        sequence = is_sequence(tag, vr_code, length) or (vr == "UN" and length == _UNDEFINED)
+        if top is not None and len(stack) == 1:
+            raw_vr = None if frame.implicit else vr
+            if sequence or length == _UNDEFINED or (length > keep and tag != _CHARSET):
+                top.append(TopElement(tag, raw_vr, length, header_at, pos, None))
+            else:  # read here, not skipped: the data set is built from these
+                value = reader.read(length)
+                if len(value) != length:
+                    raise EOFError(_cut_short(tag, length))
+                top.append(TopElement(tag, raw_vr, length, header_at, pos, value))
+                pos += length
+                continue
+        if sequence:
             depth = frame.depth + 1
             if depth > max_depth:
                 raise TooDeep(
@@ -313,11 +354,15 @@ def walk(
             stack.append(_Frame("fragments", tag, None, frame.depth, frame.implicit))
             continue
         if reader.skip(length) != length:
-            raise EOFError(
-                f"element {Tag(tag)} is cut short: the data set ends before the "
-                f"{length:,} bytes its header announces"
-            )
+            raise EOFError(_cut_short(tag, length))
         pos += length
+
+
+def _cut_short(tag: int, length: int) -> str:
+    return (
+        f"element {Tag(tag)} is cut short: the data set ends before the {length:,} bytes its "
+        "header announces"
+    )
 
 
 @functools.cache
@@ -339,15 +384,14 @@ def _check_encoding(head: bytes, implicit: bool) -> None:
 
 
 def _check_order(frame: _Frame, tag: int) -> None:
-    # The top level is check_structure's (it also tells repeats pydicom merged away).
+    # At the top level only when the walk collects: otherwise check_structure's (it also
+    # tells repeats pydicom merged away).
+    within = f" in an item of sequence {Tag(frame.tag)}" if frame.tag else ""
     if tag == frame.previous:
-        raise ValueError(
-            f"element {Tag(tag)} appears more than once in an item of sequence {Tag(frame.tag)}"
-        )
+        raise ValueError(f"element {Tag(tag)} appears more than once{within}")
     if tag < frame.previous:
         raise ValueError(
-            f"element {Tag(tag)} comes after {Tag(frame.previous)} in an item of sequence "
-            f"{Tag(frame.tag)}: tags out of order"
+            f"element {Tag(tag)} comes after {Tag(frame.previous)}{within}: tags out of order"
         )
     frame.previous = tag
 
