@@ -20,6 +20,7 @@ import errno
 import functools
 import hashlib
 import os
+import re
 import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -114,6 +115,9 @@ class Recent:
         return ObjectStore.key_for(self.sha256)
 
 
+_NAMEABLE_UID = re.compile(r"[0-9.]{1,64}")
+
+
 def _recent_name(sha256: str, uid: str, calling_ae: str) -> str:
     # The UID finds the index row through its index (the store's key has none). An AE title
     # may hold "/" or spaces (PS3.5 Table 6.2-1, AE: default repertoire but backslash): hex
@@ -152,15 +156,52 @@ class ObjectStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def flush_ahead(self, source: Path) -> Future[None]:
-        """Start flushing ``source`` now, in a thread of the store's; ``put`` given the result
-        waits for it instead of flushing itself. A received object's flush (about 0.5 ms of
-        waiting on this disk) then overlaps the reading of its header and its index queries,
-        on the thread that holds the GIL meanwhile."""
+    def flush_ahead(
+        self,
+        source: Path,
+        sha256: str | None = None,
+        *,
+        sop_instance_uid: str = "",
+        calling_ae: str = "",
+    ) -> Future[Path | None]:
+        """Start making ``source`` durable now, in a thread of the store's; ``put`` given the
+        result waits for it instead of doing it itself. With its content address, the thread
+        also links the file into ``.recent/`` and flushes that directory (the result is
+        then its ``.recent`` name; None: flushed only). A received object's flushes (about
+        1 ms of waiting on this disk) then overlap the reading of its header and its index
+        queries, on the thread that holds the GIL meanwhile. A store that does not reach
+        ``put`` hands the result to ``withdraw``."""
         with self._flusher_lock:
             if self._flusher is None:
                 self._flusher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="flush")
-        return self._flusher.submit(fsync_file, source)
+        if sha256 is None or not _NAMEABLE_UID.fullmatch(sop_instance_uid):
+            # A UID from the command set, not checked yet: only digits and dots go into a name.
+            return self._flusher.submit(self._flush, source)
+        recent = self.recent_dir / _recent_name(sha256, sop_instance_uid, calling_ae)
+        return self._flusher.submit(self._flush, source, recent, self.path(self.key_for(sha256)))
+
+    def _flush(
+        self, source: Path, recent: Path | None = None, target: Path | None = None
+    ) -> Path | None:
+        fsync_file(source)
+        crash_point("file_fsynced")
+        if recent is None or target is None or target.exists() or recent.exists():
+            # Stored already, or its name taken: ``put`` decides under the content lock.
+            return None
+        try:
+            # A second name, not a rename: the handler is reading the file meanwhile (and
+            # pydicom reads deferred values by name); the spool's name goes when it is done.
+            os.link(source, recent)
+        except FileExistsError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:  # the spool is on another filesystem: put copies
+                return None
+            raise
+        crash_point("renamed")
+        fsync_dir(self.recent_dir)
+        crash_point("recent_fsynced")
+        return recent
 
     def put(
         self,
@@ -169,23 +210,48 @@ class ObjectStore:
         *,
         sop_instance_uid: str,
         calling_ae: str,
-        flushing: Future[None] | None = None,
+        flushing: Future[Path | None] | None = None,
     ) -> tuple[str, bool]:
         """Make ``source`` durable under its key (moving it when on the same filesystem).
         Returns the key and whether this call placed the file (``False``: it was there).
-        ``flushing``: ``flush_ahead(source)``, started after the last write to it. When it
-        returns, a power cut cannot lose the file (it is fsynced and its ``.recent`` name is
-        in a fsynced directory)."""
+        ``flushing``: ``flush_ahead(source, ...)``, started after the last write to it. When
+        it returns, a power cut cannot lose the file (it is fsynced and its ``.recent`` name
+        is in a fsynced directory)."""
         key = self.key_for(sha256)
         target = self.path(key)
-        if target.exists():
-            return key, False
         recent = self.recent_dir / _recent_name(sha256, sop_instance_uid, calling_ae)
-        if flushing is None:
-            fsync_file(source)
-        else:
-            flushing.result()  # its OSError, if it failed
-        crash_point("file_fsynced")
+        moved = flushing.result() if flushing is not None else None  # its OSError, if any
+        if moved is None:
+            if target.exists():
+                return key, False
+            if flushing is None:
+                fsync_file(source)
+                crash_point("file_fsynced")
+            self._move(source, sha256, recent)
+        elif moved != recent:
+            # Moved under the command's SOP Instance UID; the data set's is another.
+            os.rename(moved, recent)
+            fsync_dir(self.recent_dir)
+        if not self._link(recent, target):
+            # Linked meanwhile (another process's store of the same bytes, or a round of the
+            # reconciliation). The .recent name stays: it is what finds this object again if
+            # the commit that follows is lost, and a round drops it once that is durable.
+            return key, False
+        crash_point("linked")
+        return key, True
+
+    def withdraw(self, flushing: Future[Path | None], sha256: str) -> None:
+        """After a store that did not reach ``put`` (refused, or failed): remove the
+        ``.recent`` name its flush gave the file, unless the key exists (another store of
+        the same bytes then relies on that name). The caller holds the content's lock."""
+        try:
+            moved = flushing.result()
+        except OSError:
+            return
+        if moved is not None and not self.path(self.key_for(sha256)).exists():
+            moved.unlink(missing_ok=True)
+
+    def _move(self, source: Path, sha256: str, recent: Path) -> None:
         try:
             os.rename(source, recent)
         except OSError as exc:
@@ -201,13 +267,6 @@ class ObjectStore:
         crash_point("renamed")
         fsync_dir(self.recent_dir)
         crash_point("recent_fsynced")
-        if not self._link(recent, target):
-            # Linked meanwhile (another process's store of the same bytes, or a round of the
-            # reconciliation). The .recent name stays: it is what finds this object again if
-            # the commit that follows is lost, and a round drops it once that is durable.
-            return key, False
-        crash_point("linked")
-        return key, True
 
     def _link(self, recent: Path, target: Path) -> bool:
         """Give the ``.recent`` file its key (no flush: the reconciliation's ``sync`` makes it

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -36,14 +37,20 @@ log = structlog.get_logger(__name__)
 # Consecutive failed rounds after which the thread stops (a database gone for good, as after
 # a test): the next start's round picks up whatever it left.
 _MAX_FAILURES = 60
+# A C-STORE names its file in .recent/ before it reads the header; by this age it has
+# answered (a periodic round leaves younger un-indexed objects alone; the start-up round,
+# with no C-STORE running, takes every one).
+IN_FLIGHT_S = 5.0
 
 Sources = Callable[[str], SourceDevice]
 # Storage or internal failures: the object is not refused, it is kept for the next round.
 _TRANSIENT = frozenset({Status.OUT_OF_RESOURCES, Status.PROCESSING_FAILURE})
 
 
-def reconcile(ingestor: Ingestor, sources: Sources) -> int:
-    """One round; returns how many objects it re-indexed."""
+def reconcile(ingestor: Ingestor, sources: Sources, settled_s: float = 0.0) -> int:
+    """One round; returns how many objects it re-indexed. ``settled_s``: leave un-indexed
+    objects younger than this to the C-STORE that may still be storing them (its file is
+    flushed and named in ``.recent/`` before its header is read)."""
     store = ingestor.store
     recent = store.recent()
     if not recent:
@@ -51,11 +58,13 @@ def reconcile(ingestor: Ingestor, sources: Sources) -> int:
     present = ingestor.indexed(recent)
     restored = 0
     refused = set()
+    settled = datetime.now(UTC) - timedelta(seconds=settled_s)
     for entry in recent:
-        # Whether or not its row survived, the key link may not have (neither was flushed),
-        # and the .recent name goes once the round is done.
-        store.relink(entry)
         if entry.key in present:
+            # Its row survived; its key link may not have (neither was flushed).
+            store.relink(entry)
+            continue
+        if entry.modified > settled:
             continue
         try:
             outcome = ingestor.restore(entry, sources(entry.calling_ae))
@@ -172,7 +181,7 @@ def _confirm_forever(
         if ingestor is None or not root.is_dir():
             return
         try:
-            reconcile(ingestor, sources)
+            reconcile(ingestor, sources, settled_s=IN_FLIGHT_S)
             failures = 0
         except Exception as exc:
             failures += 1

@@ -615,15 +615,23 @@ def _ingest(
 ) -> int:
     start_t = time.perf_counter()
     request: Any = event.request
-    # The file's flush waits on the disk while this thread reads its header.
-    flushing = ingestor.store.flush_ahead(path)
+    uid = str(request.AffectedSOPInstanceUID)
+    source = device.as_source()
+    content = receive.content_of(request)
+    # The file's flushes wait on the disk while this thread reads its header.
+    flushing = ingestor.store.flush_ahead(
+        path,
+        content[0] if content else None,
+        sop_instance_uid=uid,
+        calling_ae=source.ae_title,
+    )
     outcome = ingestor.ingest(
         path,
         sop_class_uid=sop_class,
-        sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        sop_instance_uid=uid,
         transfer_syntax_uid=str(event.context.transfer_syntax),
-        source=device.as_source(),
-        content=receive.content_of(request),
+        source=source,
+        content=content,
         flushing=flushing,
     )
     name = sop.NAMES.get(sop_class, sop_class)

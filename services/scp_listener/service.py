@@ -223,11 +223,40 @@ class Ingestor:
         source: SourceDevice,
         content: tuple[str, int] | None = None,
         received_at: datetime | None = None,
-        flushing: Future[None] | None = None,
+        flushing: Future[Path | None] | None = None,
     ) -> Outcome:
         """``content``: the file's SHA-256 and size when hashed as it arrived (else read).
         ``received_at``: when it arrived, if not now (an object the reconciliation restores).
-        ``flushing``: ``store.flush_ahead(path)``, if the caller started the file's flush."""
+        ``flushing``: ``store.flush_ahead(path, ...)``, if the caller started the file's
+        flush (and, given the content's SHA-256, its move into ``.recent/``)."""
+        outcome = self._ingest(
+            path,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            source=source,
+            content=content,
+            received_at=received_at,
+            flushing=flushing,
+        )
+        if flushing is not None and content is not None and outcome.status != Status.SUCCESS:
+            # Refused or failed before its file was stored: no .recent name for it.
+            with self._locks[int(content[0][:8], 16) % len(self._locks)]:
+                self._store.withdraw(flushing, content[0])
+        return outcome
+
+    def _ingest(
+        self,
+        path: Path,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        source: SourceDevice,
+        content: tuple[str, int] | None,
+        received_at: datetime | None,
+        flushing: Future[Path | None] | None,
+    ) -> Outcome:
         crash_point("received")
         try:
             ds = read_header(path, self._max_depth)
@@ -276,7 +305,7 @@ class Ingestor:
         transfer_syntax_uid: str,
         source: SourceDevice,
         received_at: datetime | None,
-        flushing: Future[None] | None,
+        flushing: Future[Path | None] | None,
     ) -> Outcome:
         """Store and index one decoded object; the caller holds the lock of its content."""
         placed: str | None = None  # the key of a file this call put into the store
@@ -469,10 +498,9 @@ class Ingestor:
         """Index a stored file the index lacks, through the C-STORE path (same checks, same
         revision rule, same event and event id), as if it arrived when its file was written.
         Already indexed meanwhile: the C-STORE path's duplicate answer."""
-        path = self._store.path(recent.key)
-        meta = read_file_meta_info(path)
+        meta = read_file_meta_info(recent.path)
         return self.ingest(
-            path,
+            recent.path,
             sop_class_uid=str(meta.MediaStorageSOPClassUID),
             sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
             transfer_syntax_uid=str(meta.TransferSyntaxUID),

@@ -327,3 +327,90 @@ def test_a_flush_started_ahead_stands_for_the_files_own(
         store.put(other, sha, sop_instance_uid="1.3", calling_ae="TRUEBEAM1", flushing=failed)
     assert not store.path(store.key_for(sha)).exists()
     assert other.exists()  # not moved: the caller's failure path removes it
+
+
+def _received(tmp_path: Path, fraction: int, **kw: Any) -> tuple[Path, str, int, str]:
+    """A received file as the C-STORE handler has it: path, SHA-256, size, SOP Instance UID."""
+    ds = f.treatment_record(plan_uid="1.2.3", fraction_number=fraction, **kw)
+    path = f.write(ds, tmp_path / f"spool{fraction}.dcm")
+    sha, size = objectstore.sha256_of(path)
+    return path, sha, size, str(ds.SOPInstanceUID)
+
+
+def test_a_flush_ahead_with_the_content_address_names_the_file_in_recent(
+    ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given the SHA-256 and the command's UID, the flush thread also links the file into
+    ``.recent/`` and flushes that directory, both before ``put``; ``put`` then only links the
+    key. The received name stays (the handler reads the file meanwhile)."""
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(objectstore.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    path, sha, size, uid = _received(tmp_path, 1)
+    flushing = ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1")
+    moved = flushing.result()
+    assert moved is not None and moved.parent == ingestor.store.recent_dir
+    assert len(calls) == 2 and path.exists()  # the file and .recent/, nothing renamed away
+    outcome = ingestor.ingest(
+        path,
+        sop_class_uid=RECORD,
+        sop_instance_uid=uid,
+        transfer_syntax_uid=EXPLICIT_LE,
+        source=LINAC,
+        content=(sha, size),
+        flushing=flushing,
+    )
+    assert outcome.status == Status.SUCCESS and outcome.created
+    assert len(calls) == 2  # put flushed nothing more
+    [recent] = ingestor.store.recent()
+    assert recent.path == moved and ingestor.store.path(recent.key).exists()
+
+
+def test_a_uid_not_fit_for_a_file_name_is_only_flushed_ahead(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    """The command's UID is the peer's, unchecked when the flush starts: only digits and
+    dots go into a name (the data set's UID names the file in ``put``)."""
+    path, sha, _, _ = _received(tmp_path, 1)
+    for uid in ("../../x", "1.2_3", "", "1" * 65):
+        assert ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid).result() is None
+    assert ingestor.store.recent() == []
+
+
+def test_a_store_refused_after_its_flush_ahead_leaves_no_name(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    """The flush named the file in ``.recent/`` before the header was read; a refusal takes
+    the name away again (else a round would re-index what the sender was refused)."""
+    path, sha, size, uid = _received(tmp_path, 1)
+    flushing = ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1")
+    outcome = ingestor.ingest(
+        path,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.481.5",  # sent as an RT Plan
+        sop_instance_uid=uid,
+        transfer_syntax_uid=EXPLICIT_LE,
+        source=LINAC,
+        content=(sha, size),
+        flushing=flushing,
+    )
+    assert outcome.status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert ingestor.store.recent() == []
+    assert not ingestor.store.path(ingestor.store.key_for(sha)).exists()
+
+
+def test_a_periodic_round_leaves_an_object_in_flight_to_its_store(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    """A ``.recent`` name younger than ``settled_s`` without an index row may be a C-STORE
+    still reading its header: a periodic round neither links nor re-indexes it; the start-up
+    round (nothing in flight) does."""
+    path, sha, _, uid = _received(tmp_path, 1)
+    ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1").result()
+
+    assert reconcile.reconcile(ingestor, _sources, settled_s=reconcile.IN_FLIGHT_S) == 0
+    assert len(ingestor.store.recent()) == 1
+    assert not ingestor.store.path(ingestor.store.key_for(sha)).exists()
+    assert _rows(ingestor)[0] == []
+
+    assert reconcile.reconcile(ingestor, _sources) == 1
+    assert ingestor.store.recent() == [] and len(_rows(ingestor)[0]) == 1
