@@ -15,7 +15,6 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp_listener import extract, sop
 from services.scp_listener.extract import MalformedObject, Undecodable, read_header
-from services.scp_listener.objectstore import ObjectStore, Recent, crash_point, sha256_of
+from services.scp_listener.objectstore import (
+    Flushing,
+    ObjectStore,
+    Recent,
+    crash_point,
+    sha256_of,
+)
 from services.scp_listener.store import (
     DicomObject,
     DurabilityMark,
@@ -223,7 +228,7 @@ class Ingestor:
         source: SourceDevice,
         content: tuple[str, int] | None = None,
         received_at: datetime | None = None,
-        flushing: Future[Path | None] | None = None,
+        flushing: Flushing | None = None,
     ) -> Outcome:
         """``content``: the file's SHA-256 and size when hashed as it arrived (else read).
         ``received_at``: when it arrived, if not now (an object the reconciliation restores).
@@ -255,7 +260,7 @@ class Ingestor:
         source: SourceDevice,
         content: tuple[str, int] | None,
         received_at: datetime | None,
-        flushing: Future[Path | None] | None,
+        flushing: Flushing | None,
     ) -> Outcome:
         crash_point("received")
         try:
@@ -305,7 +310,7 @@ class Ingestor:
         transfer_syntax_uid: str,
         source: SourceDevice,
         received_at: datetime | None,
-        flushing: Future[Path | None] | None,
+        flushing: Flushing | None,
     ) -> Outcome:
         """Store and index one decoded object; the caller holds the lock of its content."""
         placed: str | None = None  # the key of a file this call put into the store
@@ -498,6 +503,16 @@ class Ingestor:
         """Index a stored file the index lacks, through the C-STORE path (same checks, same
         revision rule, same event and event id), as if it arrived when its file was written.
         Already indexed meanwhile: the C-STORE path's duplicate answer."""
+        content = sha256_of(recent.path)
+        if content[0] != recent.sha256:
+            # Named before its bytes were flushed (``ObjectStore.flush_ahead``) and cut by a
+            # power cut before both flushes ended: never answered success.
+            return Outcome(
+                Status.CANNOT_UNDERSTAND,
+                "its content does not hash to its name: a store a power cut ended before "
+                "it was answered",
+                sop_instance_uid=recent.sop_instance_uid,
+            )
         meta = read_file_meta_info(recent.path)
         return self.ingest(
             recent.path,
@@ -505,6 +520,7 @@ class Ingestor:
             sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
             transfer_syntax_uid=str(meta.TransferSyntaxUID),
             source=source,
+            content=content,
             received_at=recent.modified,
         )
 

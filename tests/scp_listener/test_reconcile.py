@@ -4,9 +4,11 @@ key link leave, and what one round makes of each (docs/scp_durability.md)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -313,7 +315,7 @@ def test_a_flush_started_ahead_stands_for_the_files_own(
     sha, _ = objectstore.sha256_of(path)
     store = ingestor.store
     flushing = store.flush_ahead(path)
-    flushing.result()
+    flushing.wait()
     assert len(calls) == 1  # the file
     key, created = store.put(
         path, sha, sop_instance_uid="1.2", calling_ae="TRUEBEAM1", flushing=flushing
@@ -322,9 +324,16 @@ def test_a_flush_started_ahead_stands_for_the_files_own(
     assert len(calls) == 2  # and the .recent directory only
     other = f.write(f.treatment_record(plan_uid="1.2.3", fraction_number=2), tmp_path / "b.dcm")
     sha, _ = objectstore.sha256_of(other)
-    failed = store.flush_ahead(tmp_path / "gone.dcm")
-    with pytest.raises(FileNotFoundError):
-        store.put(other, sha, sop_instance_uid="1.3", calling_ae="TRUEBEAM1", flushing=failed)
+    failed: Future[None] = Future()
+    failed.set_exception(OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(OSError, match="Input/output"):
+        store.put(
+            other,
+            sha,
+            sop_instance_uid="1.3",
+            calling_ae="TRUEBEAM1",
+            flushing=objectstore.Flushing(failed),
+        )
     assert not store.path(store.key_for(sha)).exists()
     assert other.exists()  # not moved: the caller's failure path removes it
 
@@ -340,15 +349,15 @@ def _received(tmp_path: Path, fraction: int, **kw: Any) -> tuple[Path, str, int,
 def test_a_flush_ahead_with_the_content_address_names_the_file_in_recent(
     ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Given the SHA-256 and the command's UID, the flush thread also links the file into
-    ``.recent/`` and flushes that directory, both before ``put``; ``put`` then only links the
-    key. The received name stays (the handler reads the file meanwhile)."""
+    """Given the SHA-256 and the command's UID, ``flush_ahead`` also links the file into
+    ``.recent/`` and starts that directory's flush, both before ``put``; ``put`` then only
+    links the key. The received name stays (the handler reads the file meanwhile)."""
     calls: list[int] = []
     real = os.fsync
     monkeypatch.setattr(objectstore.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
     path, sha, size, uid = _received(tmp_path, 1)
     flushing = ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1")
-    moved = flushing.result()
+    moved = flushing.wait()
     assert moved is not None and moved.parent == ingestor.store.recent_dir
     assert len(calls) == 2 and path.exists()  # the file and .recent/, nothing renamed away
     outcome = ingestor.ingest(
@@ -373,7 +382,7 @@ def test_a_uid_not_fit_for_a_file_name_is_only_flushed_ahead(
     dots go into a name (the data set's UID names the file in ``put``)."""
     path, sha, _, _ = _received(tmp_path, 1)
     for uid in ("../../x", "1.2_3", "", "1" * 65):
-        assert ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid).result() is None
+        assert ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid).wait() is None
     assert ingestor.store.recent() == []
 
 
@@ -405,7 +414,7 @@ def test_a_periodic_round_leaves_an_object_in_flight_to_its_store(
     still reading its header: a periodic round neither links nor re-indexes it; the start-up
     round (nothing in flight) does."""
     path, sha, _, uid = _received(tmp_path, 1)
-    ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1").result()
+    ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1").wait()
 
     assert reconcile.reconcile(ingestor, _sources, settled_s=reconcile.IN_FLIGHT_S) == 0
     assert len(ingestor.store.recent()) == 1
@@ -414,3 +423,25 @@ def test_a_periodic_round_leaves_an_object_in_flight_to_its_store(
 
     assert reconcile.reconcile(ingestor, _sources) == 1
     assert ingestor.store.recent() == [] and len(_rows(ingestor)[0]) == 1
+
+
+def test_a_recent_file_torn_by_a_power_cut_is_dropped_not_indexed(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    """``flush_ahead`` names the file before its bytes are flushed: a power cut in between
+    can keep a name whose bytes are not the ones it was named for. Nothing was answered, so
+    the round drops it instead of indexing what is there."""
+    path, sha, _, uid = _received(tmp_path, 1)
+    moved = ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1")
+    recent = moved.wait()
+    assert recent is not None
+    data = bytearray(recent.read_bytes())
+    data[-64:] = bytes(64)  # the last bytes never reached the disk
+    path.unlink()
+    recent.unlink()
+    recent.write_bytes(bytes(data))
+
+    assert reconcile.reconcile(ingestor, _sources) == 0
+
+    assert ingestor.store.recent() == [] and _rows(ingestor)[0] == []
+    assert not ingestor.store.path(ingestor.store.key_for(sha)).exists()
