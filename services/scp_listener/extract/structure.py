@@ -2,8 +2,8 @@
 
 pydicom decodes an undefined-length sequence whole as it reads the file, and ``read_header``
 then decodes every other sequence: 64 MB of small sequence items became 2.7 GB of Python
-objects (and a minute of CPU). This walk reads element headers only, never a value, in
-constant memory, and refuses before anything is decoded:
+objects (and a minute of CPU). This walk reads element headers only, never a value inside a
+sequence, in constant memory, and refuses before anything is decoded:
 
 * sequences whose items and elements together pass ``MAX_SEQUENCE_ELEMENTS`` (the decoding
   budget), or that nest deeper than the SCP's depth bound;
@@ -16,6 +16,10 @@ constant memory, and refuses before anything is decoded:
   place, a data set that ends inside an undefined-length sequence.
 
 Every refusal is a ``ValueError`` (or ``EOFError``) whose message ``read_header`` passes on.
+
+Asked to (``top``), it also keeps the top-level elements with their plain values, from which
+``read_header`` builds the data set instead of having pydicom read the file a second time
+(that second read was half of the header's cost: 0.6 of 1.5 ms for a CBCT slice here).
 """
 
 from __future__ import annotations
