@@ -445,3 +445,38 @@ def test_a_recent_file_torn_by_a_power_cut_is_dropped_not_indexed(
 
     assert ingestor.store.recent() == [] and _rows(ingestor)[0] == []
     assert not ingestor.store.path(ingestor.store.key_for(sha)).exists()
+
+
+def test_a_spool_on_another_filesystem_is_copied_into_the_store(
+    ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither a link nor a rename crosses filesystems (EXDEV): ``flush_ahead`` only flushes,
+    and ``put`` copies the file into the store, flushed, before naming it."""
+    path, sha, size, uid = _received(tmp_path, 1)
+    real_link, real_rename = os.link, os.rename
+
+    def cross(real: Callable[..., None]) -> Callable[..., None]:
+        def call(src: Any, dst: Any, *args: Any, **kw: Any) -> None:
+            if Path(src) == path:
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            real(src, dst, *args, **kw)
+
+        return call
+
+    monkeypatch.setattr(objectstore.os, "link", cross(real_link))
+    monkeypatch.setattr(objectstore.os, "rename", cross(real_rename))
+    flushing = ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1")
+    assert flushing.recent is None
+    outcome = ingestor.ingest(
+        path,
+        sop_class_uid=RECORD,
+        sop_instance_uid=uid,
+        transfer_syntax_uid=EXPLICIT_LE,
+        source=LINAC,
+        content=(sha, size),
+        flushing=flushing,
+    )
+    assert outcome.status == Status.SUCCESS and outcome.created
+    stored = ingestor.store.path(ingestor.store.key_for(sha))
+    assert stored.read_bytes() == path.read_bytes() and not stored.samefile(path)
+    assert len(ingestor.store.recent()) == 1
