@@ -634,6 +634,8 @@ def _ingest(
         content=content,
         flushing=flushing,
     )
+    if content is not None and outcome.status != Status.SUCCESS:
+        ingestor.withdraw(flushing, content[0])  # refused or failed: no .recent name for it
     name = sop.NAMES.get(sop_class, sop_class)
     if outcome.status == Status.SUCCESS and outcome.series_instance_uid and touched is not None:
         touched.add(event.assoc, outcome.series_instance_uid)

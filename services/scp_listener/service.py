@@ -233,35 +233,8 @@ class Ingestor:
         """``content``: the file's SHA-256 and size when hashed as it arrived (else read).
         ``received_at``: when it arrived, if not now (an object the reconciliation restores).
         ``flushing``: ``store.flush_ahead(path, ...)``, if the caller started the file's
-        flush (and, given the content's SHA-256, its move into ``.recent/``)."""
-        outcome = self._ingest(
-            path,
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=sop_instance_uid,
-            transfer_syntax_uid=transfer_syntax_uid,
-            source=source,
-            content=content,
-            received_at=received_at,
-            flushing=flushing,
-        )
-        if flushing is not None and content is not None and outcome.status != Status.SUCCESS:
-            # Refused or failed before its file was stored: no .recent name for it.
-            with self._locks[int(content[0][:8], 16) % len(self._locks)]:
-                self._store.withdraw(flushing, content[0])
-        return outcome
-
-    def _ingest(
-        self,
-        path: Path,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        transfer_syntax_uid: str,
-        source: SourceDevice,
-        content: tuple[str, int] | None,
-        received_at: datetime | None,
-        flushing: Flushing | None,
-    ) -> Outcome:
+        flush (and, given the content's SHA-256, its name in ``.recent/``); a caller whose
+        object is not stored then hands it to ``withdraw``."""
         crash_point("received")
         try:
             ds = read_header(path, self._max_depth)
@@ -442,6 +415,12 @@ class Ingestor:
             created=True,
             series_instance_uid=series_uid,
         )
+
+    def withdraw(self, flushing: Flushing, sha256: str) -> None:
+        """After an ingest that did not store its object: no ``.recent`` name for it (under
+        the content's lock, as a store of the same bytes takes it)."""
+        with self._locks[int(sha256[:8], 16) % len(self._locks)]:
+            self._store.withdraw(flushing, sha256)
 
     def _discard(self, key: str, uid: str, calling_ae: str) -> None:
         try:

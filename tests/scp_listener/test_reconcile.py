@@ -346,6 +346,27 @@ def _received(tmp_path: Path, fraction: int, **kw: Any) -> tuple[Path, str, int,
     return path, sha, size, str(ds.SOPInstanceUID)
 
 
+def _ingest_received(
+    ingestor: Ingestor,
+    path: Path,
+    sha: str,
+    size: int,
+    uid: str,
+    flushing: objectstore.Flushing,
+    sop_class_uid: str = RECORD,
+) -> Outcome:
+    """``Ingestor.ingest`` as the C-STORE handler calls it, with the file's flush ahead."""
+    return ingestor.ingest(
+        path,
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=uid,
+        transfer_syntax_uid=EXPLICIT_LE,
+        source=LINAC,
+        content=(sha, size),
+        flushing=flushing,
+    )
+
+
 def test_a_flush_ahead_with_the_content_address_names_the_file_in_recent(
     ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -360,15 +381,7 @@ def test_a_flush_ahead_with_the_content_address_names_the_file_in_recent(
     moved = flushing.wait()
     assert moved is not None and moved.parent == ingestor.store.recent_dir
     assert len(calls) == 2 and path.exists()  # the file and .recent/, nothing renamed away
-    outcome = ingestor.ingest(
-        path,
-        sop_class_uid=RECORD,
-        sop_instance_uid=uid,
-        transfer_syntax_uid=EXPLICIT_LE,
-        source=LINAC,
-        content=(sha, size),
-        flushing=flushing,
-    )
+    outcome = _ingest_received(ingestor, path, sha, size, uid, flushing)
     assert outcome.status == Status.SUCCESS and outcome.created
     assert len(calls) == 2  # put flushed nothing more
     [recent] = ingestor.store.recent()
@@ -389,20 +402,16 @@ def test_a_uid_not_fit_for_a_file_name_is_only_flushed_ahead(
 def test_a_store_refused_after_its_flush_ahead_leaves_no_name(
     ingestor: Ingestor, tmp_path: Path
 ) -> None:
-    """The flush named the file in ``.recent/`` before the header was read; a refusal takes
-    the name away again (else a round would re-index what the sender was refused)."""
+    """The flush named the file in ``.recent/`` before the header was read; the handler's
+    ``withdraw`` after a refusal takes the name away again (else a round would re-index what
+    the sender was refused)."""
     path, sha, size, uid = _received(tmp_path, 1)
     flushing = ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1")
-    outcome = ingestor.ingest(
-        path,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.481.5",  # sent as an RT Plan
-        sop_instance_uid=uid,
-        transfer_syntax_uid=EXPLICIT_LE,
-        source=LINAC,
-        content=(sha, size),
-        flushing=flushing,
-    )
+    plan = "1.2.840.10008.5.1.4.1.1.481.5"  # sent as an RT Plan
+    outcome = _ingest_received(ingestor, path, sha, size, uid, flushing, sop_class_uid=plan)
     assert outcome.status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert len(ingestor.store.recent()) == 1  # until the handler withdraws it
+    ingestor.withdraw(flushing, sha)
     assert ingestor.store.recent() == []
     assert not ingestor.store.path(ingestor.store.key_for(sha)).exists()
 
@@ -467,15 +476,7 @@ def test_a_spool_on_another_filesystem_is_copied_into_the_store(
     monkeypatch.setattr(objectstore.os, "rename", cross(real_rename))
     flushing = ingestor.store.flush_ahead(path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1")
     assert flushing.recent is None
-    outcome = ingestor.ingest(
-        path,
-        sop_class_uid=RECORD,
-        sop_instance_uid=uid,
-        transfer_syntax_uid=EXPLICIT_LE,
-        source=LINAC,
-        content=(sha, size),
-        flushing=flushing,
-    )
+    outcome = _ingest_received(ingestor, path, sha, size, uid, flushing)
     assert outcome.status == Status.SUCCESS and outcome.created
     stored = ingestor.store.path(ingestor.store.key_for(sha))
     assert stored.read_bytes() == path.read_bytes() and not stored.samefile(path)

@@ -332,6 +332,8 @@ def test_reader_failures_are_malformed_data_or_internal_errors(
     path = f.write(f.treatment_record(plan_uid="1.2.3"), tmp_path / "rec.dcm")
     assert pynetdicom_store(scp.dicom_port, [path]) == [status]
     assert counts(scp) == (0, 0, 0)
+    # Named in .recent/ before its header was read, withdrawn when it was not stored.
+    assert list((scp.settings.object_store() / ".recent").iterdir()) == []
     metrics = httpx.get(f"{scp.http}/metrics").text
     assert f'rtops_scp_rejections_total{{reason="{reason}"}} 1.0' in metrics
     internal = 1.0 if status == 0x0110 else 0.0
