@@ -1,8 +1,9 @@
 """Content-addressed object store: one file per stored revision, named by its SHA-256.
 
 The object file is the durable record of a C-STORE (docs/scp_durability.md). Before the index
-row that names it commits, a new file is fsynced, renamed into ``.recent/`` and that directory
-fsynced: two flushes, after which a power cut cannot lose it. It is then hard-linked under its
+row that names it commits, a new file is named in ``.recent/`` and both the file and that
+directory are fsynced (side by side, started as the handler begins: ``flush_ahead``): two
+flushes, after which a power cut cannot lose it. It is then hard-linked under its
 key (``<sha[:2]>/<sha>.dcm``, what the index names and readers open) without a flush of its
 own. The index commit does not wait for a flush either, so ``.recent/`` is the list of objects
 whose index row may not be durable yet: the reconciliation (reconcile.py) re-indexes any of
