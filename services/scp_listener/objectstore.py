@@ -268,9 +268,8 @@ class ObjectStore:
                 crash_point("file_fsynced")
             self._move(source, sha256, recent)
         elif moved != recent:
-            # Moved under the command's SOP Instance UID; the data set's is another.
-            os.rename(moved, recent)
-            fsync_dir(self.recent_dir)
+            # Named after the command's SOP Instance UID; the data set's is another.
+            self._move(moved, sha256, recent)
         if not self._link(recent, target):
             # Linked meanwhile (another process's store of the same bytes, or a round of the
             # reconciliation). The .recent name stays: it is what finds this object again if

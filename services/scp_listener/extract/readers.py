@@ -366,10 +366,7 @@ def check_complete(ds: Dataset, size: int) -> None:
             )
         end = max(end, elem.value_tell + elem.length)
     if end and end != size and open_sequence <= end:
-        raise EOFError(
-            f"the dataset ends at byte {end} of {size}: the object is truncated or "
-            "has trailing bytes"
-        )
+        raise EOFError(structure.ends_early_or_late(end, size))
 
 
 def decode_sequences(ds: Dataset, max_depth: int = MAX_SEQUENCE_DEPTH, depth: int = 1) -> None:

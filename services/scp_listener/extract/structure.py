@@ -270,10 +270,7 @@ def walk(
                 raise EOFError(f"the data set ends inside {_where(frame)}: it is truncated")
             if top is None:
                 return nested  # check_complete tells a cut element from trailing bytes
-            raise EOFError(
-                f"the dataset ends at byte {fp.tell() - len(head)} of {reader.size}: the "
-                "object is truncated or has trailing bytes"
-            )
+            raise EOFError(ends_early_or_late(fp.tell() - len(head), reader.size))
         group, element, length = struct.unpack(order + "HHL", head)
         tag = group << 16 | element
         if pos == 0:
@@ -360,6 +357,13 @@ def walk(
         if reader.skip(length) != length:
             raise EOFError(_cut_short(tag, length))
         pos += length
+
+
+def ends_early_or_late(end: int, size: int) -> str:
+    """The refusal of a data set whose last element does not end where the file does."""
+    return (
+        f"the dataset ends at byte {end} of {size}: the object is truncated or has trailing bytes"
+    )
 
 
 def _cut_short(tag: int, length: int) -> str:
