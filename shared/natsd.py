@@ -127,16 +127,36 @@ class EmbeddedNats:
         self.config = config
         # A taken port (another NATS) is not an error: take a free one and tell the services
         # the URL; never one of the ports in ``avoid`` (the services' own, not bound yet).
+        self.avoid = avoid
         self.port = port if port and port not in avoid and port_free(port, host) else 0
-        while not self.port or self.port in avoid:
-            self.port = free_port(host)
+        # A port of our choosing may be taken before the server binds it (another program's
+        # connection or listener): then start again on another (``start``).
+        self.port_chosen = not self.port
+        if self.port_chosen:
+            self.port = self._choose_port()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _choose_port(self) -> int:
+        port = 0
+        while not port or port in self.avoid:
+            port = free_port(self.host)
+        return port
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedNats:
+        for _attempt in range(2):
+            try:
+                return self._start(timeout)
+            except NatsDidNotStart:
+                if not (self.port_chosen and self._port_was_taken()):
+                    raise
+                self.port = self._choose_port()
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log_file = (self.store_dir / "nats-server.log").open("ab")
         self.proc = subprocess.Popen(
@@ -178,13 +198,23 @@ class EmbeddedNats:
             f"{self.store_dir / 'nats-server.log'}"
         )
 
-    def _exit_words(self) -> str:
-        log_path = self.store_dir / "nats-server.log"
+    def _last_error(self) -> str:
         try:
-            lines = log_path.read_text(errors="replace").strip().splitlines()
+            lines = (self.store_dir / "nats-server.log").read_text(errors="replace").splitlines()
         except OSError:
             lines = []
-        last = next((line for line in reversed(lines) if "[FTL]" in line or "[ERR]" in line), "")
+        return next((line for line in reversed(lines) if "[FTL]" in line or "[ERR]" in line), "")
+
+    def _port_was_taken(self) -> bool:
+        return (
+            self.proc is not None
+            and self.proc.poll() is not None
+            and "address already in use" in self._last_error()
+        )
+
+    def _exit_words(self) -> str:
+        log_path = self.store_dir / "nats-server.log"
+        last = self._last_error()
         if "address already in use" in last:
             return (
                 f"port {self.port} is in use: the embedded NATS could not listen on it; free it, "

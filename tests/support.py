@@ -4,6 +4,8 @@ stream, and send DICOM with pynetdicom or DCMTK."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import subprocess
 import threading
 import time
@@ -26,12 +28,40 @@ from services.scp_listener.receive import RESERVE
 from services.scp_listener.settings import ScpSettings
 from shared.db import make_engine, migrate, session_factory
 from shared.events import CloudEvent, parse_event
+from shared.natsd import port_free
 from tests.databases import drop_service_schema
 
 REPO = Path(__file__).resolve().parents[1]
 # Real vendor samples (sources and licences in tests/data/README.md).
 TEST_DATA = REPO / "tests" / "data"
 MIGRATIONS = REPO / "services" / "scp_listener" / "migrations"
+
+
+def _ports_of_this_worker() -> Iterator[int]:
+    """Ports below the kernel's ephemeral range, a slice of their own per xdist worker.
+
+    A port from ``bind(0)`` is an ephemeral one: between the test choosing it and a service
+    binding it seconds later, any outgoing connection on the machine may take it (a CI run
+    lost a suite start to that). Below the range only listeners choose ports, and each
+    worker's slice keeps two workers from choosing the same one."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    size = 1000
+    start = max(1024, low - 16 * size) + (index % 16) * size
+    offset = os.getpid() % size  # a rerun of the same worker starts elsewhere in its slice
+    return itertools.cycle(start + (offset + k) % size for k in range(size))
+
+
+_PORTS = _ports_of_this_worker()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port a test's service can listen on a while later (see ``_ports_of_this_worker``)."""
+    for port in _PORTS:
+        if port_free(port, host):
+            return port
+    raise AssertionError("no free port")  # pragma: no cover - cycle never ends
 
 
 def wait_for(

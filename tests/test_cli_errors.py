@@ -17,9 +17,9 @@ import pytest
 
 from services.scp_listener.settings import ScpSettings
 from shared.auth import Authenticator, dev_signing_key
-from shared.natsd import EmbeddedNats, NatsDidNotStart, free_port
+from shared.natsd import EmbeddedNats, NatsDidNotStart
 from shared.settings import RtopsSettings, SettingError
-from tests.support import REPO
+from tests.support import REPO, free_port
 from tests.test_suite_run import _ready, running_suite
 
 
@@ -115,6 +115,27 @@ def test_embedded_nats_on_a_taken_port_says_so(tmp_path: Path) -> None:
         sock.listen()
         with pytest.raises(NatsDidNotStart, match=rf"^port {port} is in use: the embedded NATS"):
             nats.start()
+
+
+def test_embedded_nats_on_a_port_of_its_own_choosing_taken_meanwhile_takes_another(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        # The configured port is taken, so it chooses one ... which is taken before it starts.
+        nats = EmbeddedNats(tmp_path / "nats", port=busy.getsockname()[1])
+        assert nats.port_chosen
+        chosen = nats.port
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", chosen))
+            sock.listen()
+            nats.start()
+        try:
+            assert nats.port != chosen
+            assert (tmp_path / "nats" / "url").read_text().strip() == nats.url
+        finally:
+            nats.stop()
 
 
 def test_a_second_supervisor_on_the_same_var_dir_is_refused_at_once(

@@ -13,9 +13,8 @@ import httpx
 import pytest
 
 from shared.calendar import CalendarSpec, build_calendar
-from shared.natsd import free_port
 from tests import demo
-from tests.support import REPO, wait_for
+from tests.support import REPO, free_port, wait_for
 from tests.test_suite_run import running_suite
 
 ZONE = "America/New_York"

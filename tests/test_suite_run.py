@@ -23,9 +23,8 @@ from sqlalchemy.exc import OperationalError
 from services.cli import existing_services
 from services.scp_listener.settings import ScpSettings
 from shared.db import drop_schema, make_engine
-from shared.natsd import free_port
 from tests import dicom_factories as f
-from tests.support import REPO, pynetdicom_echo, pynetdicom_store, storescu, wait_for
+from tests.support import REPO, free_port, pynetdicom_echo, pynetdicom_store, storescu, wait_for
 
 
 @dataclass
@@ -36,6 +35,7 @@ class Suite:
     scp_http: str
     qa_http: str
     log: Path
+    log_from: int = 0  # where this start's lines begin in a log a retried start shares
 
     def token(self, role: str, user: str) -> dict[str, str]:
         """A token printed by `rtops token`, as staff would get one."""
@@ -80,48 +80,99 @@ def suite_env(
 
 @contextmanager
 def running_suite(tmp_path: Path, isolation: dict[str, str], **extra: str) -> Iterator[Suite]:
+    # A port taken between the test choosing it and a service binding it ends the suite at
+    # start ("port ... is in use"): start it again on other ports over the same var dir and
+    # schemas, as an operator would.
+    for _attempt in range(3):
+        suite = _start_suite(tmp_path, isolation, extra)
+        try:
+            _wait_until_ready(suite)
+        except _PortTaken:
+            _stop_suite(suite)
+            continue
+        except BaseException:
+            _stop_suite(suite)
+            drop_suite_schemas(tmp_path, isolation)
+            raise
+        try:
+            yield suite
+        finally:
+            _stop_suite(suite)
+            drop_suite_schemas(tmp_path, isolation)
+        return
+    drop_suite_schemas(tmp_path, isolation)
+    raise AssertionError(f"rtops run found a port taken three times; see {suite.log}")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _start_suite(tmp_path: Path, isolation: dict[str, str], extra: dict[str, str]) -> Suite:
     env, dicom_port, scp_port, qa_port = suite_env(tmp_path, isolation, **extra)
     # A file, not a pipe: nobody reads a pipe while the test runs, and a full one would block
     # every service writing its logs to it.
     log_path = tmp_path / "suite.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    suite = Suite(
+    with log_path.open("a") as log:
+        log_from = log.tell()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    return Suite(
         proc,
         env,
         dicom_port,
         f"http://127.0.0.1:{scp_port}",
         f"http://127.0.0.1:{qa_port}",
         log_path,
+        log_from,
     )
-    try:
-        for url in (suite.scp_http, suite.qa_http):
-            wait_for(
-                lambda url=url: _ready(url), timeout=120, interval=0.2, message=f"{url}/readyz"
-            )
-        yield suite
-    finally:
-        if proc.poll() is None:  # a failed test: the services die with the supervisor
-            try:
-                services = psutil.Process(proc.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                services = []
-            proc.kill()
-            proc.wait()
-            # ... but only after their own shutdown, which still uses their schemas: dropping
-            # those meanwhile deadlocks on PostgreSQL.
-            _gone, alive = psutil.wait_procs(services, timeout=30)
-            for straggler in alive:
-                straggler.kill()
-        log.close()
-        drop_suite_schemas(tmp_path, isolation)
+
+
+def _wait_until_ready(suite: Suite) -> None:
+    """Both HTTP sides answer /readyz; a supervisor that exits first fails at once, with the
+    end of its log in the message (pytest's tmp dir, where the log is, goes with the run)."""
+
+    def tail() -> str:
+        with suite.log.open("rb") as log:
+            log.seek(suite.log_from)
+            return log.read().decode(errors="replace")[-4000:]
+
+    for url in (suite.scp_http, suite.qa_http):
+        deadline = time.monotonic() + 120
+        while not _ready(url):
+            if suite.proc.poll() is not None:
+                words = tail()
+                if "is in use" in words or "address already in use" in words.lower():
+                    raise _PortTaken(words)
+                raise AssertionError(
+                    f"rtops run exited with {suite.proc.returncode} before {url} was ready; "
+                    f"its log ends:\n{words}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url}/readyz not ready after 120 s; the log ends:\n{tail()}")
+            time.sleep(0.2)
+
+
+def _stop_suite(suite: Suite) -> None:
+    proc = suite.proc
+    if proc.poll() is None:  # a failed test: the services die with the supervisor
+        try:
+            services = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            services = []
+        proc.kill()
+        proc.wait()
+        # ... but only after their own shutdown, which still uses their schemas: dropping
+        # those meanwhile deadlocks on PostgreSQL.
+        _gone, alive = psutil.wait_procs(services, timeout=30)
+        for straggler in alive:
+            straggler.kill()
 
 
 def drop_suite_schemas(tmp_path: Path, isolation: dict[str, str]) -> None:

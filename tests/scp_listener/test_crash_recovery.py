@@ -35,13 +35,13 @@ from services.scp_listener.store import ArrivalHour, DicomObject, Outbox
 from shared.db import make_engine, migrate, session_factory
 from shared.events import TreatmentRecorded
 from shared.events.base import event_id
-from shared.natsd import free_port
 from tests import dicom_factories as f
 from tests.support import (
     MIGRATIONS,
     REPO,
     _stream_events,
     drop_test_schema,
+    free_port,
     read_for_sending,
     wait_for,
 )

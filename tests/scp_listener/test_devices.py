@@ -14,8 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from services.scp_listener.devices import DeviceRegistry, RegistryError, load_registry
-from shared.natsd import free_port
-from tests.support import REPO, RunningScp, pynetdicom_echo, wait_for
+from tests.support import REPO, RunningScp, free_port, pynetdicom_echo, wait_for
 
 GOOD = """devices:
   - ae_title: TRUEBEAM1

@@ -26,11 +26,10 @@ from services.scp_listener import lean
 from services.scp_listener.app import SERVICE
 from services.scp_listener.settings import ScpSettings
 from shared.db import make_engine, migrate
-from shared.natsd import free_port
 from tests import dicom_factories as f
 from tests.scp_listener.test_hash_on_receive import indexed
 from tests.scp_listener.test_pdu_reader import _dataset_sha, _element, _pdu, p_data_header
-from tests.support import MIGRATIONS, REPO, drop_test_schema, spooled, wait_for
+from tests.support import MIGRATIONS, REPO, drop_test_schema, free_port, spooled, wait_for
 
 LIMIT = 150_000_000  # bytes of resident memory, per SCP process
 ELEMENT = 64 << 20

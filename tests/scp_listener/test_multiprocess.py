@@ -33,13 +33,13 @@ from services.scp_listener.processes import (
 from services.scp_listener.settings import DEV_DEVICES
 from services.scp_listener.store import DicomObject
 from shared.db import make_engine, migrate, session_factory
-from shared.natsd import free_port
 from tests import dicom_factories as f
 from tests.conftest import dcmtk_tool
 from tests.support import (
     MIGRATIONS,
     REPO,
     drop_test_schema,
+    free_port,
     pynetdicom_echo,
     pynetdicom_store,
     scp_settings,
