@@ -82,6 +82,14 @@ class ParentLink:
         # A full socket means wakes are queued already: the relay runs anyway.
         self._send(b"w")
 
+    def ready(self, index: int) -> None:
+        """Worker ``index`` takes connections now. Blocking: the parent gives it none before
+        this arrives, and reads its inbox at once."""
+        try:
+            self._sock.send(b"r%d" % index)
+        except OSError as exc:
+            log.error("the worker could not tell the parent it is ready", error=str(exc))
+
     def ended(self, index: int) -> None:
         """One connection of worker ``index`` closed (the parent's balancer counts them)."""
         if not self._send(b"e%d" % index):
@@ -132,6 +140,9 @@ class WorkerInbox:
             elif message[:1] == b"e" and self._balancer is not None:
                 with contextlib.suppress(ValueError):
                     self._balancer.ended(int(message[1:]))
+            elif message[:1] == b"r" and self._balancer is not None:
+                with contextlib.suppress(ValueError):
+                    self._balancer.ready(int(message[1:]))
             elif message[:1] == b"p":
                 try:
                     self._problems.record(Problem.from_json(message[1:]))
@@ -154,7 +165,10 @@ class Balancer:
     """The parent's choice of process for each connection it accepted: the one with the
     fewest connections open (a worker on a tie). Counts rise when a connection is given and
     fall when it closes (the parent's own ``EVT_CONN_CLOSE``, a worker's
-    ``ParentLink.ended``); a worker's count starts again at zero when the worker does."""
+    ``ParentLink.ended``). A worker gets connections only once it has said it is ready
+    (``ParentLink.ready``), and again only after it says so when it is started again: one
+    passed to a worker still starting waited for its imports, and was lost with it if it
+    failed to start (the peer saw its association aborted)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -168,10 +182,17 @@ class Balancer:
         with self._lock:
             old = self._channels.pop(index, None)
             self._channels[index] = own
-            self._open[index] = 0
+            self._open.pop(index, None)  # until it is ready
         if old is not None:
             old.close()
         return theirs
+
+    def ready(self, index: int) -> None:
+        """Worker ``index`` (started on ``channel(index)``) takes connections from now on."""
+        with self._lock:
+            if index in self._channels and index not in self._open:
+                self._open[index] = 0
+        log.info("SCP worker ready", worker=index)
 
     def dispatch(self, sock: socket.socket, address: Any, tls: bool) -> bool:
         """Pass ``sock`` to the least busy worker and return True, or return False for the

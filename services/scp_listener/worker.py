@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         server.process_request(sock, peer)
 
     receive_connections(args.connections_fd, serve)
+    link.ready(args.index)
     signal.signal(
         signal.SIGHUP,
         lambda *_: threading.Thread(target=registry.reload, args=("SIGHUP",)).start(),

@@ -301,12 +301,43 @@ def test_worker_link_reports_the_end_of_a_connection_to_the_balancer() -> None:
         balancer.close()
 
 
+def test_a_worker_gets_connections_only_once_it_says_it_is_ready() -> None:
+    """A connection passed to a worker still starting waited for it, and was lost with it
+    if it failed to start: until its ``ready`` reaches the parent, the parent serves."""
+    balancer = Balancer()
+    end = balancer.channel(1)
+    inbox = WorkerInbox(lambda: None, RecentProblems(), balancer)
+    link = ParentLink(os.dup(inbox.worker_end.fileno()))
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        assert balancer.dispatch(pairs[0][0], ("10.0.0.7", 1000), False) is False
+        end.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            socket.recv_fds(end, 4096, 1)  # nothing was passed to the worker
+        link.ready(1)
+        inbox.read()
+        assert balancer.open_connections == {0: 1, 1: 0}
+        assert balancer.dispatch(pairs[1][0], ("10.0.0.7", 1001), False) is True
+        _note, fds, _flags, _addr = socket.recv_fds(end, 4096, 1)
+        assert len(fds) == 1
+        os.close(fds[0])
+    finally:
+        inbox.close()
+        balancer.close()
+        end.close()
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
 def test_balancer_gives_each_connection_to_the_least_busy_process() -> None:
     """Ties go to a worker (the parent's GIL also serves HTTP and the relay); a worker's
     connections count until it reports their end; a passed connection arrives in the worker
     with its peer and kind; a worker that is gone is skipped."""
     balancer = Balancer()
     ends = {index: balancer.channel(index) for index in (1, 2)}
+    for index in ends:
+        balancer.ready(index)
     received: dict[int, list[tuple[socket.socket, tuple[str, int], bool]]] = {1: [], 2: []}
     for index, end in ends.items():
         receive_connections(
@@ -331,12 +362,13 @@ def test_balancer_gives_each_connection_to_the_least_busy_process() -> None:
         balancer.ended(2)
         balancer.ended(2)  # never below zero
         assert balancer.open_connections == {0: 1, 1: 2, 2: 0}
-        # worker 2 gone: the connection goes to the next least busy, the parent
+        # worker 2 gone and started again, not ready yet: the connection goes to the next
+        # least busy, the parent
         balancer.channel(2).close()
         extra = socket.socketpair()
         pairs.append(extra)
         assert balancer.dispatch(extra[0], ("10.0.0.7", 2000), False) is False
-        assert balancer.open_connections == {0: 2, 1: 2, 2: 0}
+        assert balancer.open_connections == {0: 2, 1: 2}
     finally:
         balancer.close()
         for ours, theirs in pairs:
