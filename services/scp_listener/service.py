@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.filereader import read_file_meta_info
 from sqlalchemy import JSON, Boolean, bindparam, func, insert, select, text, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -93,7 +94,12 @@ class WrongSopClass(Exception):
 # conversions raise ValueError / TypeError, pydantic's ValidationError is a ValueError, and a
 # reader may raise MalformedObject itself. Anything else (AttributeError, KeyError, NameError,
 # ...) is a bug in rtops, which the device must not be told is its object's fault.
-MALFORMED_DATA: tuple[type[Exception], ...] = (ValueError, TypeError, MalformedObject)
+MALFORMED_DATA: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    BytesLengthException,
+    MalformedObject,
+)
 
 # Same content serialises (from the revision lookup to the commit), so that a failed
 # transaction can remove the file it placed without racing another ingest of that file.

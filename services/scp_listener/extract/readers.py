@@ -28,7 +28,7 @@ from pydicom.dataelem import (
     empty_value_for_VR,
 )
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import data_element_generator
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -250,6 +250,9 @@ def read_header(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> Dataset:
         ) from exc
     except (
         InvalidDicomError,
+        # A fixed-width value of a length no whole number of values has: pydicom raises it
+        # when it decodes one, as it does the File Meta's first element.
+        BytesLengthException,
         EOFError,
         OSError,
         ValueError,
