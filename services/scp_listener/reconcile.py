@@ -8,7 +8,8 @@ has a name in the store's ``.recent/`` directory. One round of the reconciliatio
    revision rule, event and deterministic event id, so its event is queued once);
 2. flushes the index (``Ingestor.confirm``: a commit that waits for its flush, after which
    every earlier commit is durable) and the key links (``ObjectStore.sync``);
-3. removes the ``.recent`` names of the objects the flushed index names.
+3. removes the ``.recent`` names of the objects whose rows it saw (step 1's lookup) or wrote
+   (re-indexed) before that flush.
 
 It runs once before the DICOM port opens (``run_at_start``) and then every
 ``RTOPS_SCP_CONFIRM_INTERVAL_S`` seconds in a thread, which keeps ``.recent`` short: the
@@ -56,6 +57,7 @@ def reconcile(ingestor: Ingestor, sources: Sources, settled_s: float = 0.0) -> i
     if not recent:
         return 0
     present = ingestor.indexed(recent)
+    confirmed = set(present)  # committed before the flush below: durable after it
     restored = 0
     refused = set()
     settled = datetime.now(UTC) - timedelta(seconds=settled_s)
@@ -88,7 +90,9 @@ def reconcile(ingestor: Ingestor, sources: Sources, settled_s: float = 0.0) -> i
                 reason=outcome.reason,
             )
             refused.add(entry.key)
-        elif outcome.created:
+        else:
+            confirmed.add(entry.key)
+        if outcome.status == Status.SUCCESS and outcome.created:
             restored += 1
             log.warning(
                 "re-indexed a stored object the index lacked (lost index commit, or a store "
@@ -98,7 +102,7 @@ def reconcile(ingestor: Ingestor, sources: Sources, settled_s: float = 0.0) -> i
                 calling_ae=entry.calling_ae,
             )
     crash_point("reconciled")
-    confirmed = ingestor.confirm(recent)
+    ingestor.confirm(len(confirmed))
     store.sync()
     crash_point("confirmed")
     for entry in recent:

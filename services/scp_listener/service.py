@@ -438,25 +438,10 @@ class Ingestor:
 
     def indexed(self, recent: Collection[Recent]) -> set[str]:
         """The storage keys of these ``.recent`` objects that the index names."""
-        return self._present(recent, durable=False)
-
-    def confirm(self, recent: Collection[Recent]) -> set[str]:
-        """Flush the index (a commit that waits for its flush, after which every earlier
-        commit is durable too) and return the storage keys of these objects it names: their
-        rows were committed before that commit, so they are durable now."""
-        return self._present(recent, durable=True)
-
-    def _present(self, recent: Collection[Recent], *, durable: bool) -> set[str]:
         pairs = sorted({(r.sop_instance_uid, r.sha256) for r in recent})
         present: set[str] = set()
-        with self._factory() as session, session.begin():
+        with self._factory() as session:
             conn = session.connection()
-            if durable:
-                # Write first: on SQLite a transaction that read before it writes cannot wait
-                # for the write lock (SQLITE_BUSY at once when an ingest committed meanwhile);
-                # holding it, the reads below see every row committed before this commit.
-                durable_commit(conn)
-                self._mark(conn, 0)
             for start in range(0, len(pairs), 400):  # bound the statement's parameters
                 chunk = pairs[start : start + 400]
                 rows = conn.execute(
@@ -466,9 +451,17 @@ class Ingestor:
                     )
                 )
                 present.update(ObjectStore.key_for(sha) for (sha,) in rows)
-            if durable:
-                self._mark(conn, len(present))
         return present
+
+    def confirm(self, objects: int) -> None:
+        """Flush the index: a commit that waits for its flush, after which every earlier
+        commit is durable too (the rows ``indexed`` saw, the ``objects`` a round confirms).
+        It only writes the durability mark: the index is not read again while this holds
+        the write lock (on SQLite every store's commit waits for it)."""
+        with self._factory() as session, session.begin():
+            conn = session.connection()
+            durable_commit(conn)
+            self._mark(conn, objects)
 
     @staticmethod
     def _mark(conn: Any, confirmed: int) -> None:
