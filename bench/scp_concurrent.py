@@ -124,6 +124,18 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def each_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of the SCP parent and each worker, parent first."""
+    seconds: dict[int, float] = {}
+    with contextlib.suppress(psutil.Error):
+        parent = psutil.Process(pid)
+        for p in (parent, *parent.children()):
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                seconds[p.pid] = t.user + t.system
+    return seconds
+
+
 def metrics(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
@@ -177,6 +189,9 @@ class Result:
     stored: int
     p99: str
     cpu_s: float
+    # Each sender's end, first to last: two groups mean one process finished behind the other.
+    finished_s: list[float]
+    cpu_per_process_s: list[float]  # while the senders ran, parent first
     peaks_mb: list[float]
     expected_events: int
     events: int
@@ -210,6 +225,7 @@ def run_once(
         wait_listening(scp.proc.pid, scp.dicom_port, processes)
         rss = PeakRssPerProcess(scp.proc.pid).start()
         cpu0 = cpu_seconds(scp.proc.pid)
+        processes_cpu0 = each_cpu_seconds(scp.proc.pid)
         cmd = [tool, "-R", "-aet", CALLING_AE, "-aec", "RTOPS", "127.0.0.1", str(scp.dicom_port)]
         start = time.perf_counter()
         senders = [
@@ -221,6 +237,13 @@ def run_once(
             )
             for batch in batches
         ]
+        finished: dict[int, float] = {}
+        while len(finished) < len(senders):
+            for i, proc in enumerate(senders):
+                if i not in finished and proc.poll() is not None:
+                    finished[i] = time.perf_counter() - start
+            time.sleep(0.01)
+        processes_cpu = each_cpu_seconds(scp.proc.pid)
         for proc in senders:
             _, err = proc.communicate(timeout=1800)
             if proc.returncode != 0:
@@ -251,6 +274,10 @@ def run_once(
             stored=stored,
             p99=p99_bound(seen),
             cpu_s=cpu,
+            finished_s=sorted(finished.values()),
+            cpu_per_process_s=[
+                processes_cpu[pid] - processes_cpu0.get(pid, 0.0) for pid in processes_cpu
+            ],
             peaks_mb=[peaks[pid] / 1e6 for pid in sorted(peaks)],
             expected_events=expected,
             events=len(ids),
@@ -289,6 +316,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.stored:>7} {r.p99:>10} {r.cpu_s:>9.1f} {r.events:>6} "
             f"{r.expected_events - r.distinct:>4} {r.events - r.distinct:>4}  "
             + ", ".join(f"{mb:.0f}" for mb in r.peaks_mb)
+        )
+    for r in results:
+        print(
+            f"with {r.processes} process(es): senders finished at "
+            + " ".join(f"{t:.2f}" for t in r.finished_s)
+            + " s; CPU while they ran, per process: "
+            + ", ".join(f"{c:.2f}" for c in r.cpu_per_process_s)
+            + " s"
         )
     one, many = results
     ratio = many.mb_s / one.mb_s

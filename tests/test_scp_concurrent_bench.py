@@ -26,3 +26,7 @@ def test_scp_concurrent_bench_runs(dcmtk: dict[str, str]) -> None:
     rows = [line.split() for line in table if line.split()[:1] in (["1"], ["2"])]
     assert [(row[0], row[8], row[9]) for row in rows] == [("1", "0", "0"), ("2", "0", "0")]
     assert [len(" ".join(row[10:]).split(",")) for row in rows] == [1, 2]
+    # When each sender finished, and each process's CPU while they ran.
+    spread = [line for line in table if line.startswith("with ")]
+    assert [len(line.split("per process: ")[1].split(",")) for line in spread] == [1, 2]
+    assert [len(line.split("finished at ")[1].split(" s;")[0].split()) for line in spread] == [2, 2]
