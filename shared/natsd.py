@@ -158,26 +158,28 @@ class EmbeddedNats:
 
     def _start(self, timeout: float) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        log_file = (self.store_dir / "nats-server.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                server_binary(),
-                "-a",
-                self.host,
-                "-p",
-                str(self.port),
-                "-js",
-                "-sd",
-                str(self.store_dir),
-                "--no_advertise",
-                *(["-c", str(self.config)] if self.config else []),
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            # Own session: a Ctrl-C reaches the supervisor, which stops NATS after the services.
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        # The server writes to its own copy of the descriptor: ours closes at once (a retried
+        # start would otherwise leave one open per try).
+        with (self.store_dir / "nats-server.log").open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [
+                    server_binary(),
+                    "-a",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-js",
+                    "-sd",
+                    str(self.store_dir),
+                    "--no_advertise",
+                    *(["-c", str(self.config)] if self.config else []),
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                # Own session: a Ctrl-C reaches the supervisor, which stops NATS after the services.
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -97,16 +97,16 @@ def reconcile(
             )
             refused.add(entry.key)
         else:
-            confirmed.add(entry.key)
-        if outcome.status == Status.SUCCESS and outcome.created:
-            restored += 1
-            log.warning(
-                "re-indexed a stored object the index lacked (lost index commit, or a store "
-                "ended between its file and its commit); its event is queued",
-                key=entry.key,
-                sop_instance_uid=outcome.sop_instance_uid,
-                calling_ae=entry.calling_ae,
-            )
+            confirmed.add(entry.key)  # its row is there now: re-indexed, or stored meanwhile
+            if outcome.created:
+                restored += 1
+                log.warning(
+                    "re-indexed a stored object the index lacked (lost index commit, or a "
+                    "store ended between its file and its commit); its event is queued",
+                    key=entry.key,
+                    sop_instance_uid=outcome.sop_instance_uid,
+                    calling_ae=entry.calling_ae,
+                )
     crash_point("reconciled")
     ingestor.confirm(len(confirmed))
     store.sync()
