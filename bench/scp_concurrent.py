@@ -114,14 +114,7 @@ class PeakRssPerProcess:
 
 
 def cpu_seconds(pid: int) -> float:
-    total = 0.0
-    with contextlib.suppress(psutil.Error):
-        parent = psutil.Process(pid)
-        for p in (parent, *parent.children()):
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-    return total
+    return sum(each_cpu_seconds(pid).values())
 
 
 def each_cpu_seconds(pid: int) -> dict[int, float]:
@@ -224,8 +217,8 @@ def run_once(
         wait_http_ok(scp.url("/readyz"), scp.proc, timeout=120)
         wait_listening(scp.proc.pid, scp.dicom_port, processes)
         rss = PeakRssPerProcess(scp.proc.pid).start()
-        cpu0 = cpu_seconds(scp.proc.pid)
         processes_cpu0 = each_cpu_seconds(scp.proc.pid)
+        cpu0 = sum(processes_cpu0.values())
         cmd = [tool, "-R", "-aet", CALLING_AE, "-aec", "RTOPS", "127.0.0.1", str(scp.dicom_port)]
         start = time.perf_counter()
         senders = [

@@ -83,25 +83,25 @@ def running_suite(tmp_path: Path, isolation: dict[str, str], **extra: str) -> It
     # A port taken between the test choosing it and a service binding it ends the suite at
     # start ("port ... is in use"): start it again on other ports over the same var dir and
     # schemas, as an operator would.
-    for _attempt in range(3):
-        suite = _start_suite(tmp_path, isolation, extra)
-        try:
-            _wait_until_ready(suite)
-        except _PortTaken:
-            _stop_suite(suite)
-            continue
-        except BaseException:
-            _stop_suite(suite)
-            drop_suite_schemas(tmp_path, isolation)
-            raise
-        try:
-            yield suite
-        finally:
-            _stop_suite(suite)
-            drop_suite_schemas(tmp_path, isolation)
-        return
-    drop_suite_schemas(tmp_path, isolation)
-    raise AssertionError(f"rtops run found a port taken three times; see {suite.log}")
+    try:
+        for _attempt in range(3):
+            suite = _start_suite(tmp_path, isolation, extra)
+            try:
+                _wait_until_ready(suite)
+            except _PortTaken:
+                _stop_suite(suite)
+                continue
+            except BaseException:
+                _stop_suite(suite)
+                raise
+            try:
+                yield suite
+            finally:
+                _stop_suite(suite)
+            return
+        raise AssertionError(f"rtops run found a port taken three times; see {suite.log}")
+    finally:
+        drop_suite_schemas(tmp_path, isolation)
 
 
 class _PortTaken(Exception):

@@ -253,7 +253,7 @@ class Ingestor:
             )
         try:
             sha, size = content or sha256_of(path)
-            with self._locks[int(sha[:8], 16) % len(self._locks)]:
+            with self._lock_of(sha):
                 return self._index(
                     ds,
                     path,
@@ -425,8 +425,12 @@ class Ingestor:
     def withdraw(self, flushing: Flushing, sha256: str) -> None:
         """After an ingest that did not store its object: no ``.recent`` name for it (under
         the content's lock, as a store of the same bytes takes it)."""
-        with self._locks[int(sha256[:8], 16) % len(self._locks)]:
+        with self._lock_of(sha256):
             self._store.withdraw(flushing, sha256)
+
+    def _lock_of(self, sha256: str) -> AbstractContextManager[Any]:
+        """The lock of the content stripe these bytes fall in."""
+        return self._locks[int(sha256[:8], 16) % len(self._locks)]
 
     def _discard(self, key: str, uid: str, calling_ae: str) -> None:
         try:
