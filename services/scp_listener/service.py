@@ -10,7 +10,7 @@ not wait for its own flush, and ``restore`` / ``confirm`` are what the reconcili
 
 from __future__ import annotations
 
-import functools
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -26,7 +26,7 @@ import structlog
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.filereader import read_file_meta_info
-from sqlalchemy import JSON, Boolean, bindparam, func, insert, select, text, tuple_, update
+from sqlalchemy import JSON, Connection, bindparam, func, insert, select, text, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,7 +43,6 @@ from services.scp_listener.store import (
     DicomObject,
     DurabilityMark,
     ImageSeries,
-    hour_of,
 )
 from shared.db import UtcDateTime, durable_commit, relaxed_commit
 from shared.events import (
@@ -117,54 +116,49 @@ __all__ = [
 
 
 _objects = DicomObject.__table__
-# Built once: composing a statement per object costs more than executing it.
-_INSERT_OBJECT = insert(_objects)
 _SELECT_REVISIONS = select(
     _objects.c.revision, _objects.c.sha256, _objects.c.sop_class_uid, _objects.c.patient_id
 ).where(_objects.c.sop_instance_uid == bindparam("uid"))
 
-
-# The two upserts are text: SQLAlchemy cannot cache an ``on_conflict_do_update`` construct
-# ("no key"), and compiling each of them again cost about 0.3 ms per object. SQLite (3.24+) and
-# PostgreSQL share the syntax; only the larger of two times is spelled differently.
-@functools.cache
-def _count_arrival(dialect: str) -> Any:
-    """One more object in its device's, class's and hour's count."""
-    latest = "max" if dialect == "sqlite" else "greatest"
-    return text(
-        "INSERT INTO arrival_hour (calling_ae, sop_class_uid, hour, objects, last_received_at) "
-        "VALUES (:calling_ae, :sop_class_uid, :hour, :objects, :last_received_at) "
-        "ON CONFLICT (calling_ae, sop_class_uid, hour) DO UPDATE SET "
-        "objects = arrival_hour.objects + 1, "
-        f"last_received_at = {latest}(arrival_hour.last_received_at, "
-        "excluded.last_received_at)"
-    ).bindparams(
-        bindparam("hour", type_=UtcDateTime), bindparam("last_received_at", type_=UtcDateTime)
-    )
-
-
-# A new series row, or mark the existing one changed (first instance's facts stay).
-_UPSERT_SERIES = text(
-    "INSERT INTO image_series (series_instance_uid, sop_class_uid, facts, last_received_at, "
-    "dirty, published_count) VALUES (:series_instance_uid, :sop_class_uid, :facts, "
-    ":last_received_at, :dirty, :published_count) "
-    "ON CONFLICT (series_instance_uid) DO UPDATE SET "
-    "last_received_at = excluded.last_received_at, dirty = excluded.dirty"
-).bindparams(
-    bindparam("facts", type_=JSON),
-    bindparam("last_received_at", type_=UtcDateTime),
-    bindparam("dirty", type_=Boolean),
+# One statement writes an object's index row, counts it in its device's, class's and hour's
+# arrivals and marks its image series changed (a new series row takes the facts given; an
+# existing one keeps its first instance's): the view's INSTEAD OF trigger (migration 0007).
+# On SQLite an image's write is then one statement in its own transaction, and SQLite's write
+# lock is never held while the thread waits for the GIL between statements: with ten
+# associations, those waits made the write lock the queue every store stood in
+# (docs/scp_performance.md). Text, built once: composing a statement per object costs more
+# than executing it.
+_ARRIVAL_COLUMNS = (
+    "sop_instance_uid",
+    "revision",
+    "sop_class_uid",
+    "sha256",
+    "storage_key",
+    "size",
+    "transfer_syntax_uid",
+    "study_instance_uid",
+    "series_instance_uid",
+    "patient_id",
+    "calling_ae",
+    "received_at",
+    "acquired_at",
+    "approval",
+    "image_series_uid",
+    "image_series_facts",
 )
-
-
-_MARK_SERIES_CHANGED = text(
-    "UPDATE image_series SET last_received_at = :last_received_at, dirty = :dirty "
-    "WHERE series_instance_uid = :series_instance_uid"
+_INSERT_ARRIVAL = text(
+    f"INSERT INTO object_arrival ({', '.join(_ARRIVAL_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _ARRIVAL_COLUMNS)})"
 ).bindparams(
-    bindparam("last_received_at", type_=UtcDateTime),
-    bindparam("dirty", type_=Boolean, value=True),
+    bindparam("received_at", type_=UtcDateTime),
+    bindparam("acquired_at", type_=UtcDateTime),
+    bindparam("approval", type_=JSON),
 )
-_SERIES_SEEN = 4096  # a department's series of the last hours, in this process
+# SQLite: a statement outside BEGIN is its own transaction. Only for the routes that queue no
+# event: an event is queued in the same transaction as its object's row.
+_OWN_TRANSACTIONS = {"isolation_level": "AUTOCOMMIT"}
+_NO_EVENT = frozenset({"image", "store_only"})
+_SERIES_SEEN = 1024  # a department's series of the last hours, in this process
 
 
 # PS3.5 9.1: a UID is numeric components separated by dots, no component with a leading zero
@@ -216,8 +210,8 @@ class Ingestor:
         self._tz = clinic_tz
         self._on_commit = on_commit
         self._locks = list(locks) if locks else [threading.Lock() for _ in range(LOCK_STRIPES)]
-        # Series whose row this process wrote (a row, once there, stays: it is never deleted).
-        self._series_seen: OrderedDict[str, None] = OrderedDict()
+        # Series this process stored instances of, and the facts their row was given.
+        self._series_seen: OrderedDict[str, str] = OrderedDict()
         self._series_lock = threading.Lock()
 
     @property
@@ -302,10 +296,9 @@ class Ingestor:
             with self._factory() as session, session.begin():
                 # Core statements on the connection: the ORM's unit of work costs more per
                 # object than the fsyncs do.
-                conn = session.connection()
-                # The file is the durable record (ObjectStore.put flushes it before this
-                # commits): the commit need not wait for its own flush.
-                relaxed_commit(conn)
+                conn = session.connection(
+                    execution_options=self._write_options(session, sop_class_uid)
+                )
                 revisions = conn.execute(_SELECT_REVISIONS, {"uid": uid}).all()
                 if any(row.sha256 == sha for row in revisions):
                     # Still the release's to publish if its series has not been yet (a
@@ -367,39 +360,30 @@ class Ingestor:
                 placed = key if created else None
                 now = received_at or datetime.now(UTC)
                 approval = facts.pop("approval", None) if facts else None
-                conn.execute(
-                    _INSERT_OBJECT,
-                    {
-                        "sop_instance_uid": uid,
-                        "revision": revision,
-                        "sop_class_uid": sop_class_uid,
-                        "sha256": sha,
-                        "storage_key": key,
-                        "size": size,
-                        "transfer_syntax_uid": transfer_syntax_uid,
-                        "study_instance_uid": extract.text(ds, "StudyInstanceUID"),
-                        "series_instance_uid": extract.text(ds, "SeriesInstanceUID"),
-                        "patient_id": patient_id,
-                        "calling_ae": source.ae_title,
-                        "received_at": now,
-                        "acquired_at": facts.get("acquired_at") if facts else None,
-                        "approval": approval.model_dump(mode="json") if approval else None,
-                    },
-                )
-                conn.execute(
-                    _count_arrival(conn.dialect.name),
-                    {
-                        "calling_ae": source.ae_title,
-                        "sop_class_uid": sop_class_uid,
-                        "hour": hour_of(now),
-                        "objects": 1,
-                        "last_received_at": now,
-                    },
-                )
-                if event is not None:
-                    emit(session, event, subject=uid)
-                if facts is not None:
-                    self._touch_series(session, ds, sop_class_uid, facts, source, now, series_uid)
+                image_series = series_uid or (uid if facts is not None else None)
+                row = {
+                    "sop_instance_uid": uid,
+                    "revision": revision,
+                    "sop_class_uid": sop_class_uid,
+                    "sha256": sha,
+                    "storage_key": key,
+                    "size": size,
+                    "transfer_syntax_uid": transfer_syntax_uid,
+                    "study_instance_uid": extract.text(ds, "StudyInstanceUID"),
+                    "series_instance_uid": extract.text(ds, "SeriesInstanceUID"),
+                    "patient_id": patient_id,
+                    "calling_ae": source.ae_title,
+                    "received_at": now,
+                    "acquired_at": facts.get("acquired_at") if facts else None,
+                    "approval": approval.model_dump(mode="json") if approval else None,
+                    "image_series_uid": image_series,
+                    "image_series_facts": (
+                        self._series_facts(image_series, ds, facts, source)
+                        if image_series is not None and facts is not None
+                        else None
+                    ),
+                }
+                self._write(session, conn, row, event)
         except BaseException:
             # Nothing committed names the file this call placed: take it away again, so a
             # failure leaves nothing behind. A file that was already there stays (an earlier
@@ -421,6 +405,25 @@ class Ingestor:
             created=True,
             series_instance_uid=series_uid,
         )
+
+    @staticmethod
+    def _write_options(session: Session, sop_class_uid: str) -> dict[str, Any] | None:
+        """On SQLite, an object that queues no event (its class's route: sop.STORAGE) writes
+        with one statement in its own transaction."""
+        if sop.STORAGE[sop_class_uid] in _NO_EVENT and session.get_bind().dialect.name == "sqlite":
+            return _OWN_TRANSACTIONS
+        return None
+
+    @staticmethod
+    def _write(session: Session, conn: Connection, row: dict[str, Any], event: Any) -> None:
+        """The object's rows and its event (if any), committed together (by the caller's
+        transaction, or as one statement: ``_write_options``). The file is the durable
+        record (``ObjectStore.put`` flushed it before this): the commit need not wait for its
+        own flush."""
+        relaxed_commit(conn)
+        conn.execute(_INSERT_ARRIVAL, row)
+        if event is not None:
+            emit(session, event, subject=row["sop_instance_uid"])
 
     def withdraw(self, flushing: Flushing, sha256: str) -> None:
         """After an ingest that did not store its object: no ``.recent`` name for it (under
@@ -506,43 +509,26 @@ class Ingestor:
             received_at=recent.modified,
         )
 
-    def _touch_series(
-        self,
-        session: Session,
-        ds: Dataset,
-        sop_class_uid: str,
-        facts: dict[str, Any],
-        source: SourceDevice,
-        now: datetime,
-        series_uid: str | None,
-    ) -> None:
-        series_uid = series_uid or extract.text(ds, "SOPInstanceUID")
-        if series_uid in self._series_seen:
-            # Its row holds the first instance's facts already (the upsert keeps them): only
-            # mark it changed, without building facts that would be thrown away.
-            touched = session.connection().execute(
-                _MARK_SERIES_CHANGED, {"series_instance_uid": series_uid, "last_received_at": now}
-            )
-            if touched.rowcount:
-                return
-        first_facts = {k: v for k, v in facts.items() if k not in ("acquired_at",)}
-        first_facts["patient"] = extract.patient(ds).model_dump(mode="json")
-        first_facts["source"] = source.model_dump(mode="json")
-        session.connection().execute(
-            _UPSERT_SERIES,
-            {
-                "series_instance_uid": series_uid,
-                "sop_class_uid": sop_class_uid,
-                "facts": _jsonable(first_facts),
-                "last_received_at": now,
-                "dirty": True,
-                "published_count": 0,
-            },
-        )
+    def _series_facts(
+        self, series_uid: str, ds: Dataset, facts: dict[str, Any], source: SourceDevice
+    ) -> str:
+        """The facts a new row of this series takes: its first instance's in this process,
+        kept serialized (a series' 200 slices would otherwise build and encode them 200 times
+        for the one row that keeps them)."""
         with self._series_lock:
-            self._series_seen[series_uid] = None
+            known = self._series_seen.get(series_uid)
+            if known is not None:
+                self._series_seen.move_to_end(series_uid)
+                return known
+        first = {k: v for k, v in facts.items() if k != "acquired_at"}
+        first["patient"] = extract.patient(ds).model_dump(mode="json")
+        first["source"] = source.model_dump(mode="json")
+        encoded = json.dumps(_jsonable(first))
+        with self._series_lock:
+            self._series_seen[series_uid] = encoded
             if len(self._series_seen) > _SERIES_SEEN:
                 self._series_seen.popitem(last=False)
+        return encoded
 
     # ------------------------------------------------------------ image series
 

@@ -229,7 +229,7 @@ def test_an_ingest_flushes_twice_and_its_commit_does_not_wait(
         if engine.dialect.name == "sqlite"
         else "SET LOCAL synchronous_commit = off"
     )
-    assert statements.index(relax) < statements.index("INSERT INTO dicom_object")
+    assert statements.index(relax) < statements.index("INSERT INTO object_arrival")
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:  # the next transaction's connection waits again (FULL)
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2

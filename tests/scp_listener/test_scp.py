@@ -15,7 +15,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
 from services.scp_listener.app import SERVICE
-from services.scp_listener.store import DicomObject, Outbox
+from services.scp_listener.store import ArrivalHour, DicomObject, Outbox
 from shared.db import make_engine, session_factory
 from shared.events import SourceDevice
 from tests import dicom_factories as f
@@ -378,12 +378,12 @@ def test_internal_error_outcome_names_the_bug(
 
 @contextlib.contextmanager
 def failing_object_commits(scp: RunningScp) -> Iterator[None]:
-    """Make the commit of every transaction that inserted a dicom_object row fail, as a full
-    disk or a lost database would; other transactions (relay, sweep) are left alone."""
+    """Make the commit of every transaction that indexed an object fail, as a full disk or a
+    lost database would; other transactions (relay, sweep) are left alone."""
     engine = scp.app.state.session_factory.kw["bind"]
 
     def mark(conn: Any, cursor: Any, statement: str, *args: object) -> None:
-        if statement.lstrip().upper().startswith("INSERT") and "dicom_object" in statement:
+        if statement.lstrip().upper().startswith("INSERT") and "object_arrival" in statement:
             conn.info["fail_commit"] = True
 
     def commit(conn: Any) -> None:
@@ -421,6 +421,47 @@ def test_failed_commit_of_a_revision_keeps_the_earlier_file(
     with failing_object_commits(scp):
         assert pynetdicom_store(scp.dicom_port, [second]) == [0xA700]
     assert counts(scp) == (1, 1, 1)
+
+
+_FAILING_SERIES_ROW = {
+    "sqlite": [
+        "CREATE TRIGGER rtops_test_fail BEFORE INSERT ON image_series "
+        "BEGIN SELECT RAISE(ABORT, 'injected'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION rtops_test_fail() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'injected'; END $$",
+        "CREATE TRIGGER rtops_test_fail BEFORE INSERT ON image_series "
+        "FOR EACH ROW EXECUTE FUNCTION rtops_test_fail()",
+    ],
+}
+
+
+def test_an_image_whose_series_row_fails_leaves_no_row_count_or_file(
+    scp: RunningScp, tmp_path: Path
+) -> None:
+    """An image's row, its arrival count and its series mark are one statement: the last of
+    them failing undoes the first two, and the file goes."""
+    paths = f.write_series(f.cbct_series(n_slices=1), tmp_path)
+    engine = make_engine(scp.settings, SERVICE)
+    try:
+        with engine.begin() as conn:
+            for statement in _FAILING_SERIES_ROW[engine.dialect.name]:
+                conn.exec_driver_sql(statement)
+        assert pynetdicom_store(scp.dicom_port, paths) == [0xA700]
+        assert counts(scp) == (0, 0, 0)
+        with session_factory(engine)() as session:
+            assert session.scalar(select(func.count()).select_from(ArrivalHour)) == 0
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "DROP TRIGGER rtops_test_fail"
+                + (" ON image_series" if engine.dialect.name == "postgresql" else "")
+            )
+    finally:
+        engine.dispose()
+    assert pynetdicom_store(scp.dicom_port, paths) == [0]
+    objects, _, files = counts(scp)  # the outbox may hold the series' event or not yet
+    assert (objects, files) == (1, 1)
 
 
 def test_failed_commit_keeps_a_file_that_was_already_there(scp: RunningScp, tmp_path: Path) -> None:
