@@ -46,6 +46,7 @@ from services.scp_listener.store import (
 )
 from shared.db import UtcDateTime, durable_commit, relaxed_commit
 from shared.events import (
+    DicomEvent,
     ImageApproval,
     ImagingAcquired,
     Patient,
@@ -210,7 +211,8 @@ class Ingestor:
         self._tz = clinic_tz
         self._on_commit = on_commit
         self._locks = list(locks) if locks else [threading.Lock() for _ in range(LOCK_STRIPES)]
-        # Series this process stored instances of, and the facts their row was given.
+        # Series this process stored instances of, each with the facts a new row of it takes
+        # (its first instance's here).
         self._series_seen: OrderedDict[str, str] = OrderedDict()
         self._series_lock = threading.Lock()
 
@@ -415,7 +417,9 @@ class Ingestor:
         return None
 
     @staticmethod
-    def _write(session: Session, conn: Connection, row: dict[str, Any], event: Any) -> None:
+    def _write(
+        session: Session, conn: Connection, row: dict[str, Any], event: DicomEvent | None
+    ) -> None:
         """The object's rows and its event (if any), committed together (by the caller's
         transaction, or as one statement: ``_write_options``). The file is the durable
         record (``ObjectStore.put`` flushed it before this): the commit need not wait for its
