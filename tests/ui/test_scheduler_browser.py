@@ -15,12 +15,16 @@ import json
 import os
 import shutil
 import time
+from datetime import datetime
+from datetime import time as dt_time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
+from shared.calendar import clinic_calendar
+from shared.settings import RtopsSettings
 from tests.support import REPO, wait_for
 from tests.test_suite_run import _ready, running_suite
 from tests.ui.test_accessibility import describe, launch, serious_violations, sign_in
@@ -33,6 +37,17 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}"),
 ]
+
+
+def later_noon(booked: datetime) -> str:
+    """Noon after ``booked``, the earliest free slot, itself after now: its own day's noon
+    if that is later, else the next business day's (a run after noon, clinic time, would
+    otherwise move it into the past), as the page's datetime-local input takes it."""
+    calendar = clinic_calendar(RtopsSettings())
+    day = calendar.local_date(booked)
+    if datetime.combine(day, dt_time(12), calendar.zone) <= booked:
+        day = calendar.next_business_day(day)
+    return f"{day.isoformat()}T12:00"
 
 
 def test_a_scheduler_books_moves_and_cancels(tmp_path: Path, isolation: dict[str, str]) -> None:
@@ -130,12 +145,12 @@ def test_a_scheduler_books_moves_and_cancels(tmp_path: Path, isolation: dict[str
                 ).json()
                 assert request["status"] == "booked" and request["devices"] == ["breast_board"]
 
-                # Move it to the earliest slot after it is freed (a reason is asked), then cancel.
+                # Move it to noon (a reason is asked), then cancel.
                 booked.locator("summary").click()
                 move = booked.locator("form").first
                 move.locator("input[name=reason]").fill("patient asked for later")
                 move.locator("input[name=start]").fill(
-                    request["simulation"]["start"][:10] + "T12:00"
+                    later_noon(datetime.fromisoformat(request["simulation"]["start"]))
                 )
                 move.locator("button[type=submit]").click()
                 moved = page.locator("article.booking.just-booked")
