@@ -21,6 +21,7 @@ from shared.settings import ROLES
 from tests.service_apps import SERVICES, service_app
 
 EXAMPLES = int(os.environ.get("RTOPS_SCHEMATHESIS_EXAMPLES", "25"))
+REQUEST_TIMEOUT_S = 60
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
 
 
@@ -53,7 +54,10 @@ def _fuzz(operation: Any, headers: dict[str, str], failures: list[str]) -> None:
     )
     @given(case=operation.as_strategy())
     def run(case: Any) -> None:
-        response = case.call(headers=headers)
+        # Conformance, not speed (the benchmarks time the services): schemathesis' default 10 s
+        # cut a scheduler batch over the requests earlier examples made, once, on a slow
+        # 2-core CI machine running the suite with two workers.
+        response = case.call(headers=headers, timeout=REQUEST_TIMEOUT_S)
         try:
             case.validate_response(response, checks=checks)
         except Exception as exc:  # every failing operation is reported, not the first only
