@@ -362,7 +362,6 @@ class Ingestor:
                 placed = key if created else None
                 now = received_at or datetime.now(UTC)
                 approval = facts.pop("approval", None) if facts else None
-                image_series = series_uid or (uid if facts is not None else None)
                 row = {
                     "sop_instance_uid": uid,
                     "revision": revision,
@@ -378,10 +377,10 @@ class Ingestor:
                     "received_at": now,
                     "acquired_at": facts.get("acquired_at") if facts else None,
                     "approval": approval.model_dump(mode="json") if approval else None,
-                    "image_series_uid": image_series,
+                    "image_series_uid": series_uid,  # an image's (else None)
                     "image_series_facts": (
-                        self._series_facts(image_series, ds, facts, source)
-                        if image_series is not None and facts is not None
+                        self._series_facts(series_uid, ds, facts, source)
+                        if series_uid is not None and facts is not None
                         else None
                     ),
                 }
