@@ -151,7 +151,10 @@ def test_a_second_supervisor_on_the_same_var_dir_is_refused_at_once(
         }
         started = time.monotonic()
         out = run(["-m", "services.cli", "run"], second_env)
-        assert time.monotonic() - started < 10
+        # "At once": before it starts anything (the output below), not waiting on the lock
+        # (which would end in run's timeout). The bound only catches a wait: the interpreter's
+        # start alone took 15 s once in CI on a loaded 2-core machine.
+        assert time.monotonic() - started < 30
         assert out.returncode == 1
         var = (tmp_path / "var").resolve()
         assert out.stderr == (
