@@ -20,11 +20,15 @@ $(BIN)/.synced: pyproject.toml uv.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "rtops needs Python 3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	@# --inexact keeps uv itself, which the lock file does not list
-	$(BIN)/uv sync --frozen --inexact --quiet
+	@# --inexact keeps uv itself, which the lock file does not list. Byte code compiled now:
+	@# where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile pydicom & co.
+	@# at each start (2-3x slower, and the SCP's RSS 40-50 MB higher while it starts).
+	$(BIN)/uv sync --frozen --inexact --quiet --compile-bytecode
 	@touch $@
 
 install: $(BIN)/.synced ## create .venv and install the locked dependencies
+	@# our own modules' byte code as well (0.2 s when nothing changed; see .synced above)
+	@$(BIN)/python -m compileall -q -j 0 services shared bench tests > /dev/null
 
 run: install ## start NATS (embedded unless RTOPS_NATS_URL), migrate, run every service
 	$(BIN)/rtops run
