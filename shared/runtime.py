@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.consumer import ConsumerMetrics
-from shared.db import make_engine, session_factory
+from shared.db import make_engine, make_relaxed_engine, session_factory
 from shared.jetstream import NatsLink
 from shared.outbox import OutboxRelay, outbox_info, prune_inbox
 from shared.periodic import every
@@ -80,7 +80,7 @@ class Runtime:
         if tasks is not None:
             lifespan = background_lifespan(
                 link=self.link,
-                engine=self.engine,
+                close=self.close,
                 tasks=lambda: (self.relay.run(), *tasks()),
                 on_start=on_start,
                 on_stop=on_stop,
@@ -111,5 +111,14 @@ class Runtime:
         """The consumers' metrics in this service's registry (created once)."""
         return ConsumerMetrics(self.registry)
 
+    @functools.cached_property
+    def relaxed_engine(self) -> Engine:
+        """``make_relaxed_engine`` of this service's database (made on first use, closed with
+        the runtime): one-statement writes of facts that can be rebuilt."""
+        return make_relaxed_engine(self.settings, self.service)
+
     def close(self) -> None:
+        """The database pools (the lifespan's end; tests that build an app without it)."""
         self.engine.dispose()
+        if "relaxed_engine" in self.__dict__:
+            self.relaxed_engine.dispose()

@@ -222,13 +222,14 @@ def _reason(status: int) -> str:
 def background_lifespan(
     *,
     link: NatsLink,
-    engine: Engine,
+    close: Callable[[], None],
     tasks: Callable[[], Sequence[Coroutine[Any, Any, None]]],
     on_start: Callable[[FastAPI], None] | None = None,
     on_stop: Callable[[], None] | None = None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The lifespan every service shares: keep the NATS link and the service's background
-    tasks running while the app serves; on shutdown stop them, drain NATS, close the pool."""
+    tasks running while the app serves; on shutdown stop them, drain NATS, then ``close``
+    (the database pools)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -244,7 +245,7 @@ def background_lifespan(
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             await link.close()
-            engine.dispose()
+            close()
 
     return lifespan
 

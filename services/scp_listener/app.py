@@ -63,6 +63,7 @@ def create_app(
     metrics.track_outbox(lambda: outbox_depth(runtime.factory, Outbox))
     ingestor = Ingestor(
         factory=runtime.factory,
+        image_engine=runtime.relaxed_engine,
         store=ObjectStore(settings.object_store()),
         clinic_tz=settings.clinic_timezone,
         on_commit=runtime.relay.wake,

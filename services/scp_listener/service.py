@@ -14,8 +14,8 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
@@ -26,7 +26,18 @@ import structlog
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.filereader import read_file_meta_info
-from sqlalchemy import JSON, Connection, bindparam, func, insert, select, text, tuple_, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -124,8 +135,9 @@ _SELECT_REVISIONS = select(
 # One statement writes an object's index row, counts it in its device's, class's and hour's
 # arrivals and marks its image series changed (a new series row takes the facts given; an
 # existing one keeps its first instance's): the view's INSTEAD OF trigger (migration 0007).
-# On SQLite an image's write is then one statement in its own transaction, and SQLite's write
-# lock is never held while the thread waits for the GIL between statements: with ten
+# An image's write is then one statement in its own transaction (``Ingestor`` gets an engine
+# for them), and SQLite's write lock is never held while the thread waits for the GIL between
+# statements: with ten
 # associations, those waits made the write lock the queue every store stood in
 # (docs/scp_performance.md). Text, built once: composing a statement per object costs more
 # than executing it.
@@ -155,9 +167,8 @@ _INSERT_ARRIVAL = text(
     bindparam("acquired_at", type_=UtcDateTime),
     bindparam("approval", type_=JSON),
 )
-# SQLite: a statement outside BEGIN is its own transaction. Only for the routes that queue no
-# event: an event is queued in the same transaction as its object's row.
-_OWN_TRANSACTIONS = {"isolation_level": "AUTOCOMMIT"}
+# The routes whose objects queue no event: they write through the images' engine. An event is
+# queued in the same transaction as its object's row.
 _NO_EVENT = frozenset({"image", "store_only"})
 _SERIES_SEEN = 1024  # a department's series of the last hours, in this process
 
@@ -197,16 +208,20 @@ class Ingestor:
         self,
         *,
         factory: sessionmaker[Session],
+        image_engine: Engine,
         store: ObjectStore,
         clinic_tz: str,
         on_commit: Callable[[], None] = lambda: None,
         max_sequence_depth: int = extract.MAX_SEQUENCE_DEPTH,
         locks: Sequence[AbstractContextManager[Any]] | None = None,
     ) -> None:
-        """``locks``: one lock per content stripe (``LOCK_STRIPES`` of them); threading locks
+        """``image_engine``: ``shared.db.make_relaxed_engine`` of the same database, for the
+        objects that queue no event (images): one statement each, committing on its own.
+        ``locks``: one lock per content stripe (``LOCK_STRIPES`` of them); threading locks
         by default, enough for one process (content_locks.py has ones shared by processes)."""
         self._max_depth = max_sequence_depth
         self._factory = factory
+        self._image_engine = image_engine
         self._store = store
         self._tz = clinic_tz
         self._on_commit = on_commit
@@ -295,12 +310,7 @@ class Ingestor:
             else None
         )
         try:
-            with self._factory() as session, session.begin():
-                # Core statements on the connection: the ORM's unit of work costs more per
-                # object than the fsyncs do.
-                conn = session.connection(
-                    execution_options=self._write_options(session, sop_class_uid)
-                )
+            with self._connection(sop_class_uid) as (session, conn):
                 revisions = conn.execute(_SELECT_REVISIONS, {"uid": uid}).all()
                 if any(row.sha256 == sha for row in revisions):
                     # Still the release's to publish if its series has not been yet (a
@@ -407,25 +417,32 @@ class Ingestor:
             series_instance_uid=series_uid,
         )
 
-    @staticmethod
-    def _write_options(session: Session, sop_class_uid: str) -> dict[str, Any] | None:
-        """On SQLite, an object that queues no event (its class's route: sop.STORAGE) writes
-        with one statement in its own transaction."""
-        if sop.STORAGE[sop_class_uid] in _NO_EVENT and session.get_bind().dialect.name == "sqlite":
-            return _OWN_TRANSACTIONS
-        return None
+    @contextmanager
+    def _connection(self, sop_class_uid: str) -> Iterator[tuple[Session | None, Connection]]:
+        """Where an object's index is written. The file is the durable record
+        (``ObjectStore.put`` flushed it before the write), so no commit waits for its own
+        flush. An object that queues no event (its class's route: sop.STORAGE) is written by
+        one statement, its own transaction, on the images' engine; any other object's row and
+        its event commit together, in a session's transaction. Core statements either way:
+        the ORM's unit of work costs more per object than the fsyncs do."""
+        if sop.STORAGE[sop_class_uid] in _NO_EVENT:
+            with self._image_engine.connect() as conn:
+                yield None, conn
+            return
+        with self._factory() as session, session.begin():
+            conn = session.connection()
+            relaxed_commit(conn)
+            yield session, conn
 
     @staticmethod
     def _write(
-        session: Session, conn: Connection, row: dict[str, Any], event: DicomEvent | None
+        session: Session | None, conn: Connection, row: dict[str, Any], event: DicomEvent | None
     ) -> None:
-        """The object's rows and its event (if any), committed together (by the caller's
-        transaction, or as one statement: ``_write_options``). The file is the durable
-        record (``ObjectStore.put`` flushed it before this): the commit need not wait for its
-        own flush."""
-        relaxed_commit(conn)
+        """The object's rows, and its event in the same transaction (a session's, which an
+        object with an event always has: ``_connection``)."""
         conn.execute(_INSERT_ARRIVAL, row)
         if event is not None:
+            assert session is not None
             emit(session, event, subject=row["sop_instance_uid"])
 
     def withdraw(self, flushing: Flushing, sha256: str) -> None:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from services.scp_listener.service import LOCK_STRIPES, Ingestor
     from services.scp_listener.store import Outbox
     from shared.collector import tune_collector
-    from shared.db import make_engine, session_factory
+    from shared.db import make_engine, make_relaxed_engine, session_factory
     from shared.logging import configure_logging
     from shared.outbox import outbox_info
     from shared.settings import SettingError
@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> None:
 
     link = ParentLink(args.link_fd)
     engine = make_engine(settings, SERVICE)
+    image_engine = make_relaxed_engine(settings, SERVICE)
     ingestor = Ingestor(
         factory=session_factory(engine, **outbox_info(Outbox, SERVICE)),
+        image_engine=image_engine,
         store=ObjectStore(settings.object_store()),
         clinic_tz=settings.clinic_timezone,
         on_commit=link.wake,
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     listeners.shutdown()
     wait_for_associations(listeners)
     engine.dispose()
+    image_engine.dispose()
     log.info("SCP worker stopped")
 
 

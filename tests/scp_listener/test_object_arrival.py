@@ -1,6 +1,7 @@
 """An object's index row, its arrival count and its image series' mark are written by one
-INSERT into ``object_arrival`` (migration 0007); on SQLite an image's is its own transaction,
-so SQLite's write lock is never held between two Python statements."""
+INSERT into ``object_arrival`` (migration 0007); an image's is its own transaction, on an
+engine whose commits do not wait for their flush, so SQLite's write lock is never held between
+two Python statements and nothing is switched per object."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import event, inspect, select
+from sqlalchemy import Engine, event, inspect, select
 
 from services.scp_listener import sop
 from services.scp_listener.app import SERVICE
@@ -41,9 +42,8 @@ def _store(ingestor: Ingestor, ds: Any, path: Path) -> None:
     assert outcome.status == Status.SUCCESS, outcome
 
 
-def _statements(ingestor: Ingestor) -> tuple[list[str], list[Any]]:
-    """Record every statement of the ingest's engine, and SQLite's autocommit flag at each."""
-    engine = ingestor._factory.kw["bind"]
+def _statements(engine: Engine) -> tuple[list[str], list[Any]]:
+    """Record every statement of this engine, and SQLite's autocommit flag at each."""
     statements: list[str] = []
     autocommit: list[Any] = []
 
@@ -60,17 +60,25 @@ def test_an_image_is_indexed_by_one_statement_in_its_own_transaction(
 ) -> None:
     first, second = f.cbct_series(n_slices=2)
     _store(ingestor, first, tmp_path / "1.dcm")
-    statements, autocommit = _statements(ingestor)
+    images = ingestor._image_engine
+    statements, autocommit = _statements(images)
+    others, _ = _statements(ingestor._factory.kw["bind"])
     _store(ingestor, second, tmp_path / "2.dcm")
-    writes = [s for s in statements if not s.startswith(("SELECT", "PRAGMA", "SET LOCAL"))]
-    assert writes == ["INSERT INTO object_arrival"]
-    if ingestor._factory.kw["bind"].dialect.name == "sqlite":
-        # None: the sqlite3 module issues no BEGIN, the statement commits itself.
-        assert autocommit[statements.index("INSERT INTO object_arrival")] is None
+    # The revisions' lookup and the write: nothing else, no switch of the commit's flush.
+    assert [s.split()[0] for s in statements] == ["SELECT", "INSERT"]
+    assert statements[1] == "INSERT INTO object_arrival"
+    assert others == []
+    with images.connect() as conn:
+        if images.dialect.name == "sqlite":
+            # None: the sqlite3 module issues no BEGIN, the statement commits itself.
+            assert autocommit[1] is None
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        else:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
 
 
 def test_a_record_and_its_event_commit_together(ingestor: Ingestor, tmp_path: Path) -> None:
-    statements, autocommit = _statements(ingestor)
+    statements, autocommit = _statements(ingestor._factory.kw["bind"])
     _store(ingestor, f.treatment_record(plan_uid="1.2.3"), tmp_path / "r.dcm")
     writes = [s for s in statements if not s.startswith(("SELECT", "PRAGMA", "SET LOCAL"))]
     assert writes[0] == "INSERT INTO object_arrival"
