@@ -42,7 +42,8 @@ class DicomObject(Base):
         Index("ix_dicom_object_class_received", "sop_class_uid", "received_at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    # Looked up through the unique constraint above, which starts with it.
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
     revision: Mapped[int] = mapped_column(Integer)
     sop_class_uid: Mapped[str] = mapped_column(String(64), index=True)
     sha256: Mapped[str] = mapped_column(String(64))
@@ -65,7 +66,9 @@ class ImageSeries(Base):
     series_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     facts: Mapped[dict[str, Any]] = mapped_column(JSON)
-    last_received_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    # No index: the quiet sweep finds the few dirty rows by ``dirty``, and an index here
+    # would be written for every instance (migration 0008).
+    last_received_at: Mapped[datetime] = mapped_column(UtcDateTime)
     dirty: Mapped[bool] = mapped_column(Boolean, index=True)
     published_count: Mapped[int] = mapped_column(Integer, default=0)
 
