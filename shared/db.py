@@ -80,7 +80,8 @@ def make_engine(
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             # WAL lets readers run during a write; FULL makes every commit durable (the SCP's
-            # ingest relaxes it per transaction: relaxed_commit).
+            # ingest relaxes it per transaction, relaxed_commit, or for a relaxed engine's
+            # connections).
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={'NORMAL' if relaxed else 'FULL'}")
             cur.execute("PRAGMA foreign_keys=ON")
@@ -137,9 +138,10 @@ def relaxed_commit(conn: Connection) -> None:
 def make_relaxed_engine(settings: RtopsSettings, service: str) -> Engine:
     """An engine for one-statement writes whose facts can be rebuilt from something already
     durable (``relaxed_commit``'s rule, for every statement): each statement commits on its
-    own, and no commit waits for its flush. On SQLite that is ``synchronous=NORMAL`` for the
-    connection's life, so nothing is switched per transaction (two statements each, plus the
-    isolation level's reset: twice the time of the write itself, measured in the SCP). A
+    own, and no commit waits for its flush: ``synchronous=NORMAL`` (SQLite) or
+    ``synchronous_commit=off`` (PostgreSQL) for the connection's life. Nothing is switched
+    per transaction: with ``relaxed_commit`` on a shared pool, the switch there and back and
+    the isolation level's reset took about as long as the SCP's image write itself. A
     ``durable_commit`` on any connection of the same database flushes these commits too."""
     return make_engine(settings, service, relaxed=True, isolation_level="AUTOCOMMIT")
 

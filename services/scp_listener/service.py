@@ -137,9 +137,8 @@ _SELECT_REVISIONS = select(
 # existing one keeps its first instance's): the view's INSTEAD OF trigger (migration 0007).
 # An image's write is then one statement in its own transaction (``Ingestor`` gets an engine
 # for them), and SQLite's write lock is never held while the thread waits for the GIL between
-# statements: with ten
-# associations, those waits made the write lock the queue every store stood in
-# (docs/scp_performance.md). Text, built once: composing a statement per object costs more
+# statements: with ten associations, those waits made the write lock the queue every store
+# stood in (docs/scp_performance.md). Text, built once: composing a statement per object costs more
 # than executing it.
 _ARRIVAL_COLUMNS = (
     "sop_instance_uid",
