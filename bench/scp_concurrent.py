@@ -200,7 +200,13 @@ class Result:
 
 
 def run_once(
-    tool: str, batches: list[list[Path]], processes: int, records: int, work: Path
+    tool: str,
+    batches: list[list[Path]],
+    processes: int,
+    records: int,
+    work: Path,
+    *,
+    fsync: bool = True,
 ) -> Result:
     var = work / f"var{processes}"
     nats_server = EmbeddedNats(work / f"nats{processes}", port=0).start()
@@ -209,6 +215,7 @@ def run_once(
         var,
         nats_server.url,
         work / f"scp{processes}.log",
+        fsync=fsync,
         RTOPS_SCP_PROCESSES=str(processes),
         RTOPS_SCP_MAX_ASSOCIATIONS_PER_PEER="16",
         RTOPS_STREAM_NAME=stream,
@@ -288,9 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=5)
     parser.add_argument("--rows", type=int, default=512, help="CBCT slice rows and columns")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="the SCP through bench/scp_nofsync.py: what the disk's flushes cost (benchmark only)",
+    )
     args = parser.parse_args(argv)
     tool = dcmtk_tool("storescu")
-    print(f"load average at start: {loadavg()} ({os.cpu_count()} cores)")
+    print(
+        f"load average at start: {loadavg()} ({os.cpu_count()} cores)"
+        + ("; the SCP WITHOUT fsync (--no-fsync)" if args.no_fsync else "")
+    )
     with tempfile.TemporaryDirectory(prefix="rtops-concurrent-") as tmp:
         work = Path(tmp)
         log(f"building {args.senders} x ({args.slices} slices + {args.records} records)")
@@ -298,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for processes in (1, args.processes):
             log(f"{args.senders} senders -> {processes} SCP process(es)")
-            results.append(run_once(tool, batches, processes, args.records, work))
+            results.append(
+                run_once(tool, batches, processes, args.records, work, fsync=not args.no_fsync)
+            )
     print(
         f"{'procs':>5} {'wall s':>7} {'MB/s':>7} {'obj/s':>7} {'stored':>7} {'p99 store':>10} "
         f"{'SCP CPU s':>9} {'events':>6} {'lost':>4} {'dup':>4}  peak RSS per process (MB)"

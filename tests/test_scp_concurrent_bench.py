@@ -5,11 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import REPO
 
 
-def test_scp_concurrent_bench_runs(dcmtk: dict[str, str]) -> None:
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "no-fsync"])
+def test_scp_concurrent_bench_runs(dcmtk: dict[str, str], fsync: bool) -> None:
     args = ["--senders", "2", "--slices", "2", "--records", "1", "--rows", "16", "--processes", "2"]
+    args += [] if fsync else ["--no-fsync"]
     done = subprocess.run(
         [sys.executable, "-m", "bench.scp_concurrent", *args],
         cwd=REPO,
@@ -20,6 +24,7 @@ def test_scp_concurrent_bench_runs(dcmtk: dict[str, str]) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "aggregate throughput 2 processes / 1" in done.stdout
+    assert ("WITHOUT fsync" in done.stdout) is not fsync
     table = done.stdout.splitlines()
     # Two rows (1 and 2 processes), each with nothing lost or duplicated and one peak RSS
     # per SCP process.
