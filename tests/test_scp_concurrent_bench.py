@@ -13,6 +13,7 @@ from tests.support import REPO
 @pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "no-fsync"])
 def test_scp_concurrent_bench_runs(dcmtk: dict[str, str], fsync: bool) -> None:
     args = ["--senders", "2", "--slices", "2", "--records", "1", "--rows", "16", "--processes", "2"]
+    args += ["--rounds", "2"]
     args += [] if fsync else ["--no-fsync"]
     done = subprocess.run(
         [sys.executable, "-m", "bench.scp_concurrent", *args],
@@ -24,14 +25,23 @@ def test_scp_concurrent_bench_runs(dcmtk: dict[str, str], fsync: bool) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "aggregate throughput 2 processes / 1" in done.stdout
+    assert "median of 2 round(s)" in done.stdout
     assert ("WITHOUT fsync" in done.stdout) is not fsync
     table = done.stdout.splitlines()
-    # Two rows (1 and 2 processes), each with nothing lost or duplicated and one peak RSS
-    # per SCP process.
+    # A row per run, the order turned in the second round, each with nothing lost or
+    # duplicated and one peak RSS per SCP process.
     rows = [line.split() for line in table if line.split()[:1] in (["1"], ["2"])]
-    assert [(row[0], row[8], row[9]) for row in rows] == [("1", "0", "0"), ("2", "0", "0")]
-    assert [len(" ".join(row[10:]).split(",")) for row in rows] == [1, 2]
+    assert [(row[0], row[1], row[9], row[10]) for row in rows] == [
+        ("1", "1", "0", "0"),
+        ("1", "2", "0", "0"),
+        ("2", "2", "0", "0"),
+        ("2", "1", "0", "0"),
+    ]
+    assert [len(" ".join(row[11:]).split(",")) for row in rows] == [1, 2, 2, 1]
+    assert all(float(mb) > 20 for row in rows for mb in " ".join(row[11:]).split(","))
     # When each sender finished, and each process's CPU while they ran.
-    spread = [line for line in table if line.startswith("with ")]
-    assert [len(line.split("per process: ")[1].split(",")) for line in spread] == [1, 2]
-    assert [len(line.split("finished at ")[1].split(" s;")[0].split()) for line in spread] == [2, 2]
+    spread = [line for line in table if line.startswith("round ") and "finished at" in line]
+    assert [len(line.split("per process: ")[1].split(",")) for line in spread] == [1, 2, 2, 1]
+    ends = [line.split("finished at ")[1].split(" s;")[0].split() for line in spread]
+    assert [len(each) for each in ends] == [2] * 4
+    assert len(next(x for x in table if x.startswith("ratio ")).split("x")) == 3

@@ -23,7 +23,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from services.scp_listener import pdu_reader, receive, sop, store_assembly
+from services.scp_listener import early_close, pdu_reader, receive, sop, store_assembly
 from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import Problem, ScpMetrics
 from services.scp_listener.service import Ingestor, Status
@@ -41,6 +41,7 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 _config.LOG_HANDLER_LEVEL = "none"
 # ... and hashed as it arrives, instead of being read back for its content address.
 receive.install()
+early_close.install()
 
 
 # Metric label of a failed C-STORE, where the status name is not the word operators look for.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -97,6 +98,43 @@ def test_the_per_peer_limit_frees_its_slots_when_connections_end(
         assert not refused.is_established  # this peer already holds its slots
     time.sleep(0.5)
     assert pynetdicom_echo(scp.dicom_port).Status == 0x0000
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP reset instead of a FIN, as many load balancers' health checks do."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def echo_within(port: int, seconds: float) -> float | None:
+    """Seconds until a C-ECHO from the device succeeds, or None if none does within ``seconds``."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        outcome = pynetdicom_echo(port)
+        if getattr(outcome, "Status", None) == 0x0000:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    return None
+
+
+@pytest.mark.parametrize("close", [socket.socket.close, reset], ids=["fin", "reset"])
+def test_connections_closed_before_their_request_free_their_slots_at_once(
+    start_scp: Callable[..., RunningScp], close: Callable[[socket.socket], None]
+) -> None:
+    # Both limits at two, the request timeout far above the bound: a slot held until the
+    # timeout (pynetdicom's acceptor waiting for an A-ASSOCIATE-RQ that will not come, and a
+    # reset socket never closed meanwhile) would refuse the device for 10 s.
+    scp = start_scp(
+        scp_max_associations=2,
+        scp_max_associations_per_peer=2,
+        scp_association_request_timeout_s=10.0,
+    )
+    with silent_connections(scp.dicom_port, 2, source="127.0.0.1") as socks:
+        time.sleep(0.3)  # both accepted, each waiting for its request
+        for sock in socks:
+            close(sock)
+        waited = echo_within(scp.dicom_port, 5.0)
+    assert waited is not None, "the closed connections still held the slots"
 
 
 def test_peer_connections_count_open_sockets_only(monkeypatch: pytest.MonkeyPatch) -> None:
