@@ -14,6 +14,15 @@ removes itself when pynetdicom drops it without handing it to the handler (a con
 mid-data set): its name is unlinked when the object is collected. A file the handler moved
 into the object store is gone from the spool already, so that unlink finds nothing.
 
+Hashing took a sixth of the receiving thread's time, in the way of reading the peer's next
+PDU. A fragment of ``HASH_BEHIND_MIN`` bytes or more is hashed by a thread of a small pool
+while that thread goes on reading (hashlib releases the GIL on such a buffer); a file's
+fragments are hashed in order, by one pool thread at a time, and ``content`` waits for the
+last. Smaller objects (a treatment record is one fragment of a few KiB) are hashed as before,
+where handing them over would cost more than it saves. The bytes handed over are never
+changed afterwards: every caller passes ``bytes`` or a view of the buffer one PDU was read
+into, which nothing reuses (pdu_reader).
+
 Creating a file waits for the filesystem's journal, busy with the previous object's flushes:
 0.3-0.5 ms per object here, on the thread that reads the peer's data. ``SpoolReserve`` creates
 a few ahead, in a thread of its own, so the spool holds up to ``RESERVE`` empty files besides
@@ -30,6 +39,7 @@ import tempfile
 import threading
 import weakref
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +55,11 @@ from services.scp_listener import inline_store, pdu_reader
 log = structlog.get_logger(__name__)
 
 RESERVE = 4  # empty spool files kept ready: an object in flight per association, and more
+HASH_BEHIND_MIN = 64 * 1024  # a fragment this long is hashed while the next one is read
+_HASHERS = 2  # threads hashing behind, shared by every association of the process
+# Fragments waiting to be hashed, per file, before its writer waits: with PDUs of at most
+# 256 KiB (RTOPS_SCP_MAX_PDU), 2 MiB per association.
+_MAX_BEHIND = 8
 
 # None: the system's temporary directory (pynetdicom's default).
 _spool_dir: Path | None = None
@@ -129,6 +144,65 @@ def _remove(name: str) -> None:
         os.unlink(name)
 
 
+class _HashBehind:
+    """A file's fragments hashed in order, by a thread of the pool, behind the thread that
+    writes them. ``done`` is clear while fragments wait or one is being hashed."""
+
+    def __init__(self, digest: Any) -> None:
+        self._digest = digest
+        self._waiting: deque[Any] = deque()
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        self.done.set()
+        self.failed = False
+
+    def add(self, data: Any) -> None:
+        with self._lock:
+            if self.failed:
+                return
+            self._waiting.append(data)
+            running = not self.done.is_set()
+            self.done.clear()
+            backlog = len(self._waiting)
+        if not running:
+            _hashers().submit(self._drain)
+        elif backlog > _MAX_BEHIND:
+            # A drain starved of CPU would let a large object's PDUs pile up in memory.
+            self.done.wait()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    self.done.set()
+                    return
+                data = self._waiting.popleft()
+            try:
+                self._digest.update(data)
+            except BaseException:
+                # The digest no longer names the bytes: the handler hashes the file instead.
+                log.exception("could not hash a received fragment")
+                with self._lock:
+                    self.failed = True
+                    self._waiting.clear()
+                    self.done.set()
+                return
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_pool_pid = 0
+
+
+def _hashers() -> ThreadPoolExecutor:
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():  # a forked child has no threads
+            _pool = ThreadPoolExecutor(max_workers=_HASHERS, thread_name_prefix="hash")
+            _pool_pid = os.getpid()
+        return _pool
+
+
 class SpoolFile:
     """A ``NamedTemporaryFile`` that hashes what is written to it (pynetdicom writes the File
     Meta Information and each data set fragment through ``write``)."""
@@ -145,11 +219,18 @@ class SpoolFile:
         weakref.finalize(self, _remove, self.name)
         self.file = open(fd, "wb")  # noqa: SIM115 - pynetdicom closes it; it flushes through it
         self._digest = hashlib.sha256()
+        self._behind: _HashBehind | None = None
         self._size = 0
 
     def write(self, data: bytes) -> int:
-        self._digest.update(data)
         self._size += len(data)
+        if self._behind is not None:
+            self._behind.add(data)
+        elif len(data) >= HASH_BEHIND_MIN:
+            self._behind = _HashBehind(self._digest)
+            self._behind.add(data)
+        else:
+            self._digest.update(data)
         return self.file.write(data)
 
     def close(self) -> None:
@@ -160,8 +241,12 @@ class SpoolFile:
         self.file.close()
         _remove(self.name)
 
-    def content(self) -> tuple[str, int]:
-        """SHA-256 (hex) and size of everything written so far."""
+    def content(self) -> tuple[str, int] | None:
+        """SHA-256 (hex) and size of everything written so far (None: not hashed)."""
+        if self._behind is not None:
+            self._behind.done.wait()
+            if self._behind.failed:
+                return None
         return self._digest.hexdigest(), self._size
 
     def __getattr__(self, name: str) -> Any:

@@ -1,12 +1,17 @@
 """Content addresses computed while the bytes arrive (issue 14): what the index says of every
 stored file (SHA-256, size) is what reading the file gives, from DCMTK and pynetdicom senders,
 in the transfer syntaxes pynetdicom proposes by default, with data sets split over many
-16 KiB PDUs."""
+16 KiB PDUs (hashed on the receiving thread) and over 256 KiB PDUs (hashed behind it)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.filebase import DicomBytesIO
@@ -53,15 +58,18 @@ def assert_index_matches_files(scp: RunningScp, expected: int) -> None:
         assert sha256_of(scp.settings.object_store() / key) == (sha, size), key
 
 
+@pytest.mark.parametrize("pdu", [16384, 262144], ids=["16KiB", "256KiB"])
 @pytest.mark.parametrize("sender", ["pynetdicom", "dcmtk"])
 def test_hash_on_arrival_is_the_file_hash(
     start_scp: Callable[..., RunningScp],
     dcmtk: dict[str, str],
     tmp_path: Path,
     sender: str,
+    pdu: int,
 ) -> None:
-    # A 16 KiB PDU limit: every 512 x 512 slice arrives in some 32 fragments.
-    scp = start_scp(scp_max_pdu=16384)
+    # 16 KiB: every 512 x 512 slice arrives in some 32 fragments, each hashed where it is
+    # read; 256 KiB (the default; DCMTK sends at most 128 KiB): fragments hashed behind.
+    scp = start_scp(scp_max_pdu=pdu)
     assert dimse_messages.NamedTemporaryFile is SpoolFile  # type: ignore[attr-defined]
     paths: list[Path] = []
     for n, syntax in enumerate(SYNTAXES):
@@ -71,7 +79,9 @@ def test_hash_on_arrival_is_the_file_hash(
     if sender == "pynetdicom":
         assert pynetdicom_store(scp.dicom_port, paths) == [0] * len(paths)
     else:
-        sent = storescu(dcmtk["storescu"], scp.dicom_port, paths, extra=["-pdu", "16384"])
+        sent = storescu(
+            dcmtk["storescu"], scp.dicom_port, paths, extra=["-pdu", str(min(pdu, 131072))]
+        )
         assert sent.returncode == 0, sent.stdout + sent.stderr
     assert_index_matches_files(scp, len(paths))
 
@@ -134,3 +144,102 @@ def test_spool_files_are_created_ahead_and_taken_without_waiting(tmp_path: Path)
         assert spooled(spool) == []
     finally:
         receive.configure(tmp_path / "other")  # no reserve left filling this test's folder
+
+
+def spool_in(tmp_path: Path) -> SpoolFile:
+    receive.configure(tmp_path / "spool")
+    return SpoolFile(delete=False, mode="wb", suffix=".dcm")
+
+
+def test_fragments_hashed_behind_are_hashed_in_order(tmp_path: Path) -> None:
+    big = receive.HASH_BEHIND_MIN
+    # Small ones first (hashed at once), then large and small mixed (all behind, in order),
+    # more of them than may wait: the writer then waits for the hashing.
+    fragments = [b"\x00" * 128 + b"DICM", os.urandom(200)]
+    fragments += [os.urandom(big + n) if n % 3 else os.urandom(n + 1) for n in range(40)]
+
+    class Unhurried:
+        """SHA-256 taking its time: the hashing stays behind the writes."""
+
+        def __init__(self) -> None:
+            self.digest = hashlib.sha256()
+
+        def update(self, data: Any) -> None:
+            time.sleep(0.002)
+            self.digest.update(data)
+
+        def hexdigest(self) -> str:
+            return self.digest.hexdigest()
+
+    try:
+        spool = spool_in(tmp_path)
+        spool._digest = Unhurried()
+        for fragment in fragments:
+            spool.write(memoryview(fragment))
+        spool.close()
+        whole = b"".join(fragments)
+        assert spool.content() == (hashlib.sha256(whole).hexdigest(), len(whole))
+        assert Path(spool.name).read_bytes() == whole
+    finally:
+        receive.configure(tmp_path / "other")
+
+
+def test_a_fragment_that_cannot_be_hashed_leaves_the_file_to_be_hashed_whole(
+    tmp_path: Path,
+) -> None:
+    class Failing:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def update(self, data: Any) -> None:
+            self.calls += 1
+            if self.calls == 2:
+                raise MemoryError
+
+    try:
+        spool = spool_in(tmp_path)
+        spool._digest = Failing()
+        for _ in range(4):
+            spool.write(b"\x01" * receive.HASH_BEHIND_MIN)
+        # None: the handler hashes the file itself (content_of's contract), not a digest
+        # that misses a fragment.
+        assert spool.content() is None
+        spool.close()
+    finally:
+        receive.configure(tmp_path / "other")
+
+
+def test_a_writer_far_ahead_of_the_hashing_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+
+    class Slow:
+        def __init__(self) -> None:
+            self.digest = hashlib.sha256()
+
+        def update(self, data: Any) -> None:
+            gate.wait(10)
+            self.digest.update(data)
+
+        def hexdigest(self) -> str:
+            return self.digest.hexdigest()
+
+    try:
+        spool = spool_in(tmp_path)
+        spool._digest = Slow()
+        writes = threading.Thread(
+            target=lambda: [spool.write(b"\x02" * receive.HASH_BEHIND_MIN) for _ in range(20)]
+        )
+        writes.start()
+        time.sleep(0.3)
+        # The first fragment is being hashed; at most _MAX_BEHIND more wait, then the writer.
+        assert writes.is_alive()
+        assert spool._size <= (receive._MAX_BEHIND + 2) * receive.HASH_BEHIND_MIN
+        gate.set()
+        writes.join(10)
+        assert not writes.is_alive()
+        assert spool.content() is not None
+        spool.close()
+    finally:
+        receive.configure(tmp_path / "other")
