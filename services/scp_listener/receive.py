@@ -58,8 +58,8 @@ RESERVE = 4  # empty spool files kept ready: an object in flight per association
 HASH_BEHIND_MIN = 64 * 1024  # a fragment this long is hashed while the next one is read
 _HASHERS = 2  # threads hashing behind, shared by every association of the process
 # Fragments waiting to be hashed, per file, before its writer waits: with PDUs of at most
-# 256 KiB (RTOPS_SCP_MAX_PDU), 2 MiB per association.
-_MAX_BEHIND = 8
+# 256 KiB (RTOPS_SCP_MAX_PDU), 1 MiB per association (16 MiB for a process's sixteen).
+_MAX_BEHIND = 4
 
 # None: the system's temporary directory (pynetdicom's default).
 _spool_dir: Path | None = None
