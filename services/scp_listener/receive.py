@@ -57,8 +57,9 @@ log = structlog.get_logger(__name__)
 RESERVE = 4  # empty spool files kept ready: an object in flight per association, and more
 HASH_BEHIND_MIN = 64 * 1024  # a fragment this long is hashed while the next one is read
 _HASHERS = 2  # threads hashing behind, shared by every association of the process
-# Fragments waiting to be hashed, per file, before its writer waits: with PDUs of at most
-# 256 KiB (RTOPS_SCP_MAX_PDU), 1 MiB per association (16 MiB for a process's sixteen).
+# Fragments waiting to be hashed, per file, beyond which its writer waits: with the one being
+# hashed and PDUs of at most 256 KiB (RTOPS_SCP_MAX_PDU), at most 1.5 MiB per association
+# (24 MiB for a process's sixteen).
 _MAX_BEHIND = 4
 
 # None: the system's temporary directory (pynetdicom's default).
