@@ -9,7 +9,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,100 +146,79 @@ def test_spool_files_are_created_ahead_and_taken_without_waiting(tmp_path: Path)
         receive.configure(tmp_path / "other")  # no reserve left filling this test's folder
 
 
-def spool_in(tmp_path: Path) -> SpoolFile:
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[SpoolFile]:
     receive.configure(tmp_path / "spool")
-    return SpoolFile(delete=False, mode="wb", suffix=".dcm")
+    try:
+        yield SpoolFile(delete=False, mode="wb", suffix=".dcm")
+    finally:
+        receive.configure(tmp_path / "other")  # no reserve left filling this test's folder
 
 
-def test_fragments_hashed_behind_are_hashed_in_order(tmp_path: Path) -> None:
+class HeldSha256:
+    """SHA-256 whose every update first waits (a sleep, or a gate opening): the hashing then
+    falls behind the writes. ``fail_at``: the update of that number raises."""
+
+    def __init__(
+        self, *, sleep: float = 0.0, gate: threading.Event | None = None, fail_at: int = 0
+    ) -> None:
+        self.digest = hashlib.sha256()
+        self.sleep, self.gate, self.fail_at = sleep, gate, fail_at
+        self.calls = 0
+
+    def update(self, data: Any) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise MemoryError
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.sleep)
+        self.digest.update(data)
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+def test_fragments_hashed_behind_are_hashed_in_order(spool: SpoolFile) -> None:
     big = receive.HASH_BEHIND_MIN
     # Small ones first (hashed at once), then large and small mixed (all behind, in order),
     # more of them than may wait: the writer then waits for the hashing.
     fragments = [b"\x00" * 128 + b"DICM", os.urandom(200)]
     fragments += [os.urandom(big + n) if n % 3 else os.urandom(n + 1) for n in range(40)]
-
-    class Unhurried:
-        """SHA-256 taking its time: the hashing stays behind the writes."""
-
-        def __init__(self) -> None:
-            self.digest = hashlib.sha256()
-
-        def update(self, data: Any) -> None:
-            time.sleep(0.002)
-            self.digest.update(data)
-
-        def hexdigest(self) -> str:
-            return self.digest.hexdigest()
-
-    try:
-        spool = spool_in(tmp_path)
-        spool._digest = Unhurried()
-        for fragment in fragments:
-            spool.write(memoryview(fragment))
-        spool.close()
-        whole = b"".join(fragments)
-        assert spool.content() == (hashlib.sha256(whole).hexdigest(), len(whole))
-        assert Path(spool.name).read_bytes() == whole
-    finally:
-        receive.configure(tmp_path / "other")
+    spool._digest = HeldSha256(sleep=0.002)
+    for fragment in fragments:
+        spool.write(memoryview(fragment))
+    spool.close()
+    whole = b"".join(fragments)
+    assert spool.content() == (hashlib.sha256(whole).hexdigest(), len(whole))
+    assert Path(spool.name).read_bytes() == whole
 
 
 def test_a_fragment_that_cannot_be_hashed_leaves_the_file_to_be_hashed_whole(
-    tmp_path: Path,
+    spool: SpoolFile,
 ) -> None:
-    class Failing:
-        def __init__(self) -> None:
-            self.calls = 0
-
-        def update(self, data: Any) -> None:
-            self.calls += 1
-            if self.calls == 2:
-                raise MemoryError
-
-    try:
-        spool = spool_in(tmp_path)
-        spool._digest = Failing()
-        for _ in range(4):
-            spool.write(b"\x01" * receive.HASH_BEHIND_MIN)
-        # None: the handler hashes the file itself (content_of's contract), not a digest
-        # that misses a fragment.
-        assert spool.content() is None
-        spool.close()
-    finally:
-        receive.configure(tmp_path / "other")
+    spool._digest = HeldSha256(fail_at=2)
+    for _ in range(4):
+        spool.write(b"\x01" * receive.HASH_BEHIND_MIN)
+    # None: the handler hashes the file itself (content_of's contract), not a digest that
+    # misses a fragment.
+    assert spool.content() is None
+    spool.close()
 
 
-def test_a_writer_far_ahead_of_the_hashing_waits_for_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_writer_far_ahead_of_the_hashing_waits_for_it(spool: SpoolFile) -> None:
     gate = threading.Event()
-
-    class Slow:
-        def __init__(self) -> None:
-            self.digest = hashlib.sha256()
-
-        def update(self, data: Any) -> None:
-            gate.wait(10)
-            self.digest.update(data)
-
-        def hexdigest(self) -> str:
-            return self.digest.hexdigest()
-
-    try:
-        spool = spool_in(tmp_path)
-        spool._digest = Slow()
-        writes = threading.Thread(
-            target=lambda: [spool.write(b"\x02" * receive.HASH_BEHIND_MIN) for _ in range(20)]
-        )
-        writes.start()
-        time.sleep(0.3)
-        # The first fragment is being hashed; at most _MAX_BEHIND more wait, then the writer.
-        assert writes.is_alive()
-        assert spool._size <= (receive._MAX_BEHIND + 2) * receive.HASH_BEHIND_MIN
-        gate.set()
-        writes.join(10)
-        assert not writes.is_alive()
-        assert spool.content() is not None
-        spool.close()
-    finally:
-        receive.configure(tmp_path / "other")
+    spool._digest = HeldSha256(gate=gate)
+    writes = threading.Thread(
+        target=lambda: [spool.write(b"\x02" * receive.HASH_BEHIND_MIN) for _ in range(20)]
+    )
+    writes.start()
+    time.sleep(0.3)
+    # The first fragment is being hashed; at most _MAX_BEHIND + 1 wait, then the writer.
+    assert writes.is_alive()
+    assert spool._size <= (receive._MAX_BEHIND + 2) * receive.HASH_BEHIND_MIN
+    gate.set()
+    writes.join(10)
+    assert not writes.is_alive()
+    assert spool.content() is not None
+    spool.close()
