@@ -225,10 +225,9 @@ class SpoolFile:
 
     def write(self, data: bytes) -> int:
         self._size += len(data)
+        if self._behind is None and len(data) >= HASH_BEHIND_MIN:
+            self._behind = _HashBehind(self._digest)  # and every later fragment, in order
         if self._behind is not None:
-            self._behind.add(data)
-        elif len(data) >= HASH_BEHIND_MIN:
-            self._behind = _HashBehind(self._digest)
             self._behind.add(data)
         else:
             self._digest.update(data)

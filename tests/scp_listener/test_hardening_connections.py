@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support import RunningScp, pynetdicom_echo
+from tests.support import RunningScp, pynetdicom_echo, wait_for
 
 # Another loopback address: the silent peer is not the device (Linux routes all of 127/8).
 HOSTILE = "127.0.0.2"
@@ -106,17 +106,6 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def echo_within(port: int, seconds: float) -> float | None:
-    """Seconds until a C-ECHO from the device succeeds, or None if none does within ``seconds``."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        outcome = pynetdicom_echo(port)
-        if getattr(outcome, "Status", None) == 0x0000:
-            return time.monotonic() - started
-        time.sleep(0.1)
-    return None
-
-
 @pytest.mark.parametrize("close", [socket.socket.close, reset], ids=["fin", "reset"])
 def test_connections_closed_before_their_request_free_their_slots_at_once(
     start_scp: Callable[..., RunningScp], close: Callable[[socket.socket], None]
@@ -133,8 +122,12 @@ def test_connections_closed_before_their_request_free_their_slots_at_once(
         time.sleep(0.3)  # both accepted, each waiting for its request
         for sock in socks:
             close(sock)
-        waited = echo_within(scp.dicom_port, 5.0)
-    assert waited is not None, "the closed connections still held the slots"
+        wait_for(
+            lambda: getattr(pynetdicom_echo(scp.dicom_port), "Status", None) == 0x0000,
+            5.0,
+            0.1,
+            "the device's C-ECHO (the closed connections still held the slots)",
+        )
 
 
 def test_peer_connections_count_open_sockets_only(monkeypatch: pytest.MonkeyPatch) -> None:
