@@ -16,7 +16,11 @@ Printed per run:
 * p99 store time: the bucket bound of the SCP's own ``rtops_scp_store_seconds`` histogram
   (received -> answered, every process) that holds the 99th percentile;
 * CPU seconds of the SCP's processes (user + system) while they received, which, unlike the
-  wall time, a loaded machine does not inflate much;
+  wall time, a loaded machine does not inflate much, and the senders' own;
+* how busy the machine was while the senders ran (every core, from ``/proc/stat``), and the
+  round's ratio divided by that share of the N-process run: the ratio had that run kept every
+  core busy with the same work. The senders run on the same cores, so their CPU is in it: when
+  that figure stays under the target, the machine, not the SCP, is what is short;
 * peak RSS of each SCP process over its life (the kernel's VmHWM, read at the end);
 * events on the stream once the outbox is empty: expected, found, distinct ``Nats-Msg-Id``
   (lost = expected - distinct, duplicated = found - distinct; both must be 0).
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -125,6 +130,21 @@ def each_cpu_seconds(pid: int) -> dict[int, float]:
     return seconds
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """The machine's (busy, total) CPU time since boot, every core, in clock ticks: idle and
+    waiting for I/O are not busy (proc(5), /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    total = sum(fields[:8])  # guest time is counted in user time already
+    return total - idle, total
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def metrics(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
@@ -181,6 +201,8 @@ class Result:
     # Each sender's end, first to last: two groups mean one process finished behind the other.
     finished_s: list[float]
     cpu_per_process_s: list[float]  # while the senders ran, parent first
+    senders_cpu_s: float
+    busy: float  # share of the machine's CPU time busy while the senders ran, every core
     peaks_mb: list[float]
     expected_events: int
     events: int
@@ -224,6 +246,8 @@ def run_once(
         processes_cpu0 = each_cpu_seconds(scp.proc.pid)
         cpu0 = sum(processes_cpu0.values())
         cmd = [tool, "-R", "-aet", CALLING_AE, "-aec", "RTOPS", "127.0.0.1", str(scp.dicom_port)]
+        senders_cpu0 = children_cpu_seconds()  # the SCP, a child too, is reaped only later
+        ticks0 = cpu_ticks()
         start = time.perf_counter()
         senders = [
             subprocess.Popen(
@@ -250,7 +274,9 @@ def run_once(
             waiter.start()
         for waiter in waiters:
             waiter.join()
+        ticks = cpu_ticks()
         processes_cpu = each_cpu_seconds(scp.proc.pid)
+        senders_cpu = children_cpu_seconds() - senders_cpu0
         for proc in senders:
             _, err = proc.communicate(timeout=1800)
             if proc.returncode != 0:
@@ -286,6 +312,8 @@ def run_once(
                 processes_cpu[pid] - processes_cpu0.get(pid, 0.0) for pid in processes_cpu
             ],
             peaks_mb=[peaks[pid] / 1e6 for pid in sorted(peaks)],
+            senders_cpu_s=senders_cpu,
+            busy=(ticks[0] - ticks0[0]) / max(1, ticks[1] - ticks0[1]),
             expected_events=expected,
             events=len(ids),
             distinct=len(set(ids) - {""}),
@@ -324,14 +352,20 @@ def print_results(results: list[Result], rounds: int) -> float:
             + " ".join(f"{t:.2f}" for t in r.finished_s)
             + " s; CPU while they ran, per process: "
             + ", ".join(f"{c:.2f}" for c in r.cpu_per_process_s)
-            + " s"
+            + f" s; the senders' CPU {r.senders_cpu_s:.2f} s; machine busy {r.busy:.0%}"
         )
-    ratios = []
+    ratios, at_full_use = [], []
     for number in range(rounds):
         pair = sorted(results[2 * number : 2 * number + 2], key=lambda r: r.processes)
         ratios.append(pair[1].mb_s / pair[0].mb_s)
+        at_full_use.append(ratios[-1] / pair[1].busy)
     many = max(r.processes for r in results)
     print(f"ratio {many} processes / 1 per round: " + ", ".join(f"{x:.2f}x" for x in ratios))
+    print(
+        f"the same, had the {many}-process run kept every core busy: "
+        + ", ".join(f"{x:.2f}x" for x in at_full_use)
+        + f" (median {statistics.median(at_full_use):.2f}x)"
+    )
     return statistics.median(ratios)
 
 

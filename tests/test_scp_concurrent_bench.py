@@ -44,4 +44,10 @@ def test_scp_concurrent_bench_runs(dcmtk: dict[str, str], fsync: bool) -> None:
     assert [len(line.split("per process: ")[1].split(",")) for line in spread] == [1, 2, 2, 1]
     ends = [line.split("finished at ")[1].split(" s;")[0].split() for line in spread]
     assert [len(each) for each in ends] == [2] * 4
+    # The senders' CPU, how busy the machine was, and the ratio at full use of the cores.
+    assert all(float(line.split("senders' CPU ")[1].split()[0]) > 0 for line in spread)
+    busy = [int(line.split("machine busy ")[1].rstrip("%")) for line in spread]
+    assert all(0 < b <= 100 for b in busy)
     assert len(next(x for x in table if x.startswith("ratio ")).split("x")) == 3
+    full = next(x for x in table if "kept every core busy" in x)
+    assert len(full.split(": ")[1].split("(median")[0].split("x")) == 3

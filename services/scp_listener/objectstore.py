@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,6 +111,18 @@ def _flush_fd(fd: int, step: str) -> None:
     crash_point(step)
 
 
+def _done_now(flush: Callable[[int, str], None], fd: int, step: str) -> Future[None]:
+    """``flush(fd, step)`` done on this thread, as a future that is done already."""
+    done: Future[None] = Future()
+    try:
+        flush(fd, step)
+    except OSError as exc:
+        done.set_exception(exc)
+    else:
+        done.set_result(None)
+    return done
+
+
 @dataclass(frozen=True)
 class Flushing:
     """A received file's flushes, started ahead (``ObjectStore.flush_ahead``)."""
@@ -189,6 +202,7 @@ class ObjectStore:
         *,
         sop_instance_uid: str = "",
         calling_ae: str = "",
+        background: bool = True,
     ) -> Flushing:
         """Start making ``source`` durable now; ``put`` given the result waits for it instead
         of doing it itself. With its content address, ``source`` is also linked into
@@ -199,16 +213,16 @@ class ObjectStore:
 
         The name may reach the disk before the bytes do: until both flushes are done nothing
         was answered, and the reconciliation drops a ``.recent`` file whose content does not
-        hash to its name (``Ingestor.restore``)."""
-        with self._flusher_lock:
-            if self._flusher is None:
-                # Two flushes per store, several associations per process: with four
-                # threads the ten-sender benchmark queued flushes (5.2-5.5 s; 4.4-4.8 s).
-                self._flusher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="flush")
+        hash to its name (``Ingestor.restore``).
+
+        ``background=False``: the flushes are done here, before this returns (the process
+        serves other associations, which keep its cores busy: services/scp_listener/
+        connections.py)."""
+        run = self._flusher_pool().submit if background else _done_now
         # Opened here, flushed there: the flush threads then need the GIL only to report.
         # A failure is put's to report (0xA700), not the handler's.
         try:
-            file = self._flusher.submit(_flush_fd, os.open(source, os.O_RDONLY), "file_fsynced")
+            file = run(_flush_fd, os.open(source, os.O_RDONLY), "file_fsynced")
         except OSError as exc:
             failed: Future[None] = Future()
             failed.set_exception(exc)
@@ -220,7 +234,15 @@ class ObjectStore:
             folder = os.open(self.recent_dir, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             return Flushing(file)  # put names it, and fails there if it must
-        return Flushing(file, recent, self._flusher.submit(_flush_fd, folder, "recent_fsynced"))
+        return Flushing(file, recent, run(_flush_fd, folder, "recent_fsynced"))
+
+    def _flusher_pool(self) -> ThreadPoolExecutor:
+        with self._flusher_lock:
+            if self._flusher is None:
+                # Two flushes per store, several associations per process: with four
+                # threads the ten-sender benchmark queued flushes (5.2-5.5 s; 4.4-4.8 s).
+                self._flusher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="flush")
+            return self._flusher
 
     def _name_ahead(
         self, source: Path, sha256: str | None, uid: str, calling_ae: str

@@ -27,6 +27,9 @@ Creating a file waits for the filesystem's journal, busy with the previous objec
 0.3-0.5 ms per object here, on the thread that reads the peer's data. ``SpoolReserve`` creates
 a few ahead, in a thread of its own, so the spool holds up to ``RESERVE`` empty files besides
 the ones arriving; a file pynetdicom writes holds at least its 132-byte preamble.
+
+Both are done only while the process serves one connection (``connections.alone``): with
+several, the handovers cost more than they save.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from pynetdicom import (
     dimse_messages,
 )
 
-from services.scp_listener import inline_store, pdu_reader
+from services.scp_listener import connections, inline_store, pdu_reader
 
 log = structlog.get_logger(__name__)
 
@@ -210,7 +213,7 @@ class SpoolFile:
 
     def __init__(self, *args: Any, suffix: str = ".dcm", **kwargs: Any) -> None:
         # pynetdicom asks for NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm").
-        ready = _reserve.take() if _reserve is not None else None
+        ready = _reserve.take() if _reserve is not None and connections.alone() else None
         if ready is None:
             fd, self.name = tempfile.mkstemp(suffix=suffix, dir=_spool_dir)
         else:
@@ -225,7 +228,7 @@ class SpoolFile:
 
     def write(self, data: bytes) -> int:
         self._size += len(data)
-        if self._behind is None and len(data) >= HASH_BEHIND_MIN:
+        if self._behind is None and len(data) >= HASH_BEHIND_MIN and connections.alone():
             self._behind = _HashBehind(self._digest)  # and every later fragment, in order
         if self._behind is not None:
             self._behind.add(data)

@@ -23,7 +23,14 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from services.scp_listener import early_close, pdu_reader, receive, sop, store_assembly
+from services.scp_listener import (
+    connections,
+    early_close,
+    pdu_reader,
+    receive,
+    sop,
+    store_assembly,
+)
 from services.scp_listener.devices import DeviceRegistry
 from services.scp_listener.metrics import Problem, ScpMetrics
 from services.scp_listener.service import Ingestor, Status
@@ -187,6 +194,8 @@ def listen(
     touched = TouchedSeries()
     handlers = [
         (evt.EVT_CONN_OPEN, _no_delay),
+        (evt.EVT_CONN_OPEN, connections.opened),
+        (evt.EVT_CONN_CLOSE, connections.closed),
         (evt.EVT_REJECTED, _log_rejection, [settings, registry, metrics]),
         (evt.EVT_ACCEPTED, _log_acceptance, [registry, metrics]),
         (evt.EVT_C_ECHO, handle_echo, [registry]),
@@ -625,6 +634,7 @@ def _ingest(
         content[0] if content else None,
         sop_instance_uid=uid,
         calling_ae=source.ae_title,
+        background=connections.alone(),
     )
     outcome = ingestor.ingest(
         path,

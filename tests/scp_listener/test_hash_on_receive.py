@@ -23,7 +23,7 @@ from pydicom.uid import (
 from pynetdicom import dimse_messages
 from sqlalchemy import select
 
-from services.scp_listener import receive
+from services.scp_listener import connections, receive
 from services.scp_listener.app import SERVICE
 from services.scp_listener.objectstore import sha256_of
 from services.scp_listener.receive import SpoolFile
@@ -147,7 +147,10 @@ def test_spool_files_are_created_ahead_and_taken_without_waiting(tmp_path: Path)
 
 
 @pytest.fixture
-def spool(tmp_path: Path) -> Iterator[SpoolFile]:
+def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SpoolFile]:
+    """A spool file of a process serving no other connection: its large fragments are
+    hashed behind (services/scp_listener/connections.py)."""
+    monkeypatch.setattr(connections, "_open", 1)
     receive.configure(tmp_path / "spool")
     try:
         yield SpoolFile(delete=False, mode="wb", suffix=".dcm")

@@ -388,6 +388,48 @@ def test_a_flush_ahead_with_the_content_address_names_the_file_in_recent(
     assert recent.path == moved and ingestor.store.path(recent.key).exists()
 
 
+def test_flushes_not_in_the_background_are_done_before_flush_ahead_returns(
+    ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``background=False`` (the process serves other associations: connections.py): the
+    file and ``.recent/`` are flushed on the calling thread, and the store is the same."""
+    threads: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(
+        objectstore.os, "fsync", lambda fd: (threads.append(threading.get_ident()), real(fd))[1]
+    )
+    path, sha, size, uid = _received(tmp_path, 1)
+    flushing = ingestor.store.flush_ahead(
+        path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1", background=False
+    )
+    assert threads == [threading.get_ident()] * 2  # the file and .recent/, here
+    assert flushing.file.done() and flushing.directory is not None and flushing.directory.done()
+    assert flushing.recent is not None and flushing.recent.exists()
+    outcome = _ingest_received(ingestor, path, sha, size, uid, flushing)
+    assert outcome.status == Status.SUCCESS and outcome.created
+    assert len(threads) == 2  # put flushed nothing more
+    [recent] = ingestor.store.recent()
+    assert recent.path == flushing.recent and ingestor.store.path(recent.key).exists()
+
+
+def test_a_flush_that_fails_not_in_the_background_fails_the_store(
+    ingestor: Ingestor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(objectstore.os, "fsync", failing)
+    path, sha, size, uid = _received(tmp_path, 1)
+    flushing = ingestor.store.flush_ahead(
+        path, sha, sop_instance_uid=uid, calling_ae="TRUEBEAM1", background=False
+    )
+    assert isinstance(flushing.file.exception(), OSError)
+    outcome = _ingest_received(ingestor, path, sha, size, uid, flushing)
+    assert outcome.status == Status.OUT_OF_RESOURCES
+    assert _rows(ingestor)[0] == []
+    assert not ingestor.store.path(ingestor.store.key_for(sha)).exists()
+
+
 def test_a_uid_not_fit_for_a_file_name_is_only_flushed_ahead(
     ingestor: Ingestor, tmp_path: Path
 ) -> None:
