@@ -27,6 +27,7 @@ import httpx
 import pydicom
 import pytest
 from pynetdicom import AE, StoragePresentationContexts
+from pynetdicom.sop_class import Verification
 from sqlalchemy import delete, select
 
 from services.scp_listener.app import SERVICE
@@ -260,6 +261,28 @@ def test_crash_at_a_step_of_a_store(scp: Scp, tmp_path: Path, step: str, repeat:
     scp.start()
     # The sender retries what was not answered success: stored now (or a duplicate).
     assert _send(scp.dicom_port, paths[nth - 1 :]) == [0] * (OBJECTS - nth + 1)
+    _settle_and_check(scp, paths, answered=set(range(OBJECTS)))
+
+
+@pytest.mark.parametrize("step", ["file_fsynced", "renamed", "recent_fsynced"])
+def test_crash_at_a_flush_step_while_another_connection_is_open(
+    scp: Scp, tmp_path: Path, step: str
+) -> None:
+    """With a second connection open, the process flushes on the receiving thread, one step
+    after the other (services/scp_listener/connections.py): the same recovery holds."""
+    paths = _records(tmp_path)
+    scp.start(RTOPS_SCP_CRASH_AT=f"{step}:2")
+    ae = AE(ae_title="TRUEBEAM1")
+    ae.add_requested_context(Verification)
+    idle = ae.associate("127.0.0.1", scp.dicom_port, ae_title="RTOPS")
+    assert idle.is_established
+    try:
+        assert _send(scp.dicom_port, paths) == [0, -1, -1]
+        assert scp.wait_exit() == 70
+    finally:
+        idle.abort()
+    scp.start()
+    assert _send(scp.dicom_port, paths[1:]) == [0, 0]
     _settle_and_check(scp, paths, answered=set(range(OBJECTS)))
 
 
