@@ -7,10 +7,11 @@ goes on: hashing large fragments (``receive``), creating spool files ahead
 handing them over took about 5% (hashing) and 0.3-0.5 ms per object (creating) off a CBCT's
 wall time, and the flushes' 1.5 ms wait overlaps the reading of the header. With several,
 each handover wakes a thread on a machine whose cores the other associations keep busy.
-Ten senders on two processes of a 2-core machine (five associations each) took 11-14% longer
-with hashing behind than with it inline, 11% longer with flushing ahead, and 6% longer with
-the spool files created ahead (medians of 5-6 paired runs; docs/scp_scale.md). So the work is
-handed over only while the process serves at most one connection (``alone``).
+Ten senders on two processes of a 2-core machine (five associations each) took 13-15% longer
+with hashing behind than with it inline, 12% longer with flushing ahead, and 7% longer with
+the spool files created ahead (medians of 5-6 paired runs; docs/scp_performance.md, "The
+tenth session"). So the work is handed over only while the process serves at most one
+connection (``alone``).
 
 scp.py counts the connections through pynetdicom's EVT_CONN_OPEN and EVT_CONN_CLOSE. A count
 that drifted would only change which thread does the work, never its result.
