@@ -27,6 +27,7 @@ from sqlalchemy import (
     make_url,
     text,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import RtopsSettings
@@ -182,6 +183,19 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit once at the end, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+# PostgreSQL ends one of two transactions that wait on each other (SQLSTATE 40P01, deadlock
+# detected) or that cannot both be serialized (40001); the other goes on, and the one ended
+# may simply run again (PostgreSQL docs, Appendix A, class 40 "Transaction Rollback").
+_ROLLED_BACK_FOR_ANOTHER = frozenset({"40001", "40P01"})
+
+
+def lost_to_a_concurrent_transaction(exc: DBAPIError) -> bool:
+    """Whether the database rolled this transaction back so that a concurrent one could go
+    on: running it again is safe (a deadlock between two bookings inserting claims that
+    conflict with each other's, for example)."""
+    return getattr(exc.orig, "sqlstate", None) in _ROLLED_BACK_FOR_ANOTHER
 
 
 def ping(engine: Engine) -> None:

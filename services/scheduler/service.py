@@ -17,12 +17,13 @@ from typing import Any
 
 import structlog
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.audit import record_access
 from shared.auth import Principal
 from shared.calendar import ClinicCalendar, local_midnight
+from shared.db import lost_to_a_concurrent_transaction
 from shared.errors import Conflict, NotFound, RuleViolation
 from shared.events import BookingChanged, CloudEvent, ImagingAcquired, Patient, SimCompleted
 from shared.outbox import claim_events, emit
@@ -68,6 +69,15 @@ SOURCE = "rtops/scheduler"
 # A lost race (another booking took the slot between our search and our write) searches again;
 # each round has a winner, so n bookings racing for one slot need at most n rounds.
 BOOKING_ATTEMPTS = 12
+
+
+def _race_lost(exc: DBAPIError) -> bool:
+    """A concurrent booking took a claimed time first (the exclusion constraint or SQLite's
+    trigger), or PostgreSQL ended this transaction for one whose claims conflict with it
+    (a deadlock: each inserted a claim the other then waited on): search again."""
+    return isinstance(exc, IntegrityError) or lost_to_a_concurrent_transaction(exc)
+
+
 SEARCH_WINDOWS_DAYS = (4, 21, 10_000)  # the last: the whole horizon
 
 
@@ -445,7 +455,9 @@ class SchedulerService:
                         [row.patient_id],
                     )
                 return booking
-            except IntegrityError as exc:
+            except DBAPIError as exc:
+                if not _race_lost(exc):
+                    raise
                 log.info(
                     "booking race lost; searching again",
                     request=request_id,
@@ -489,7 +501,9 @@ class SchedulerService:
                         [row.patient_id],
                     )
                 return booking
-            except IntegrityError:
+            except DBAPIError as exc:
+                if not _race_lost(exc):
+                    raise
                 log.info(
                     "reschedule race lost; searching again", booking=booking_id, attempt=attempt
                 )

@@ -13,11 +13,12 @@ from datetime import datetime
 import httpx
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scheduler.service import SchedulerService
 from services.scheduler.store import BookingRow, ClaimRow, ReservationRow
+from shared.db import lost_to_a_concurrent_transaction
 from tests.events import at
 from tests.scheduler.conftest import Auth
 from tests.scheduler.test_api import BASE
@@ -171,3 +172,67 @@ def test_the_database_refuses_an_overlapping_claim(
     with pytest.raises(IntegrityError), factory.begin() as session:
         claim = session.scalars(select(ClaimRow).where(~ClaimRow.active)).one()
         claim.active = True
+
+
+class _PgError(Exception):
+    """A driver error as psycopg raises it: its SQLSTATE in ``sqlstate``."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"SQLSTATE {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+async def test_a_booking_ended_by_a_deadlock_searches_again(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    factory: sessionmaker[Session],
+    service: SchedulerService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two bookings that each inserted a claim the other's insert then waits on: PostgreSQL
+    ends one of them (SQLSTATE 40P01, seen in CI). That one searches again and books, as when
+    the exclusion constraint refuses its claim; it is not a server error."""
+    (rid,) = await requests(client, auth, 1)
+    place = service._place
+    failures = [OperationalError("INSERT INTO booking_claim ...", {}, _PgError("40P01"))]
+
+    def deadlocked_once(*args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return place(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "_place", deadlocked_once)
+    r = await client.post(f"/v1/simulation-requests/{rid}/book", json={}, headers=auth())
+    assert r.status_code == 201, r.text
+    assert failures == []
+    no_overlaps(factory)
+
+
+async def test_a_database_failure_that_is_no_race_is_not_retried(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    service: SchedulerService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (rid,) = await requests(client, auth, 1)
+    calls: list[int] = []
+
+    def disk_full(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        raise OperationalError("INSERT ...", {}, _PgError("53100"))  # disk full
+
+    monkeypatch.setattr(service, "_place", disk_full)
+    # The test transport re-raises what the app did not handle (a server answers 500).
+    with pytest.raises(OperationalError, match="53100"):
+        await client.post(f"/v1/simulation-requests/{rid}/book", json={}, headers=auth())
+    assert calls == [1]  # tried once
+
+
+def test_only_transactions_ended_for_another_are_lost_races() -> None:
+    def error(orig: Exception) -> OperationalError:
+        return OperationalError("SELECT 1", {}, orig)
+
+    assert lost_to_a_concurrent_transaction(error(_PgError("40P01")))  # deadlock detected
+    assert lost_to_a_concurrent_transaction(error(_PgError("40001")))  # serialization failure
+    assert not lost_to_a_concurrent_transaction(error(_PgError("53100")))
+    assert not lost_to_a_concurrent_transaction(error(RuntimeError("database is locked")))
