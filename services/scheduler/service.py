@@ -69,6 +69,7 @@ SOURCE = "rtops/scheduler"
 # A lost race (another booking took the slot between our search and our write) searches again;
 # each round has a winner, so n bookings racing for one slot need at most n rounds.
 BOOKING_ATTEMPTS = 12
+SEARCH_WINDOWS_DAYS = (4, 21, 10_000)  # the last: the whole horizon
 
 
 def _race_lost(exc: DBAPIError) -> bool:
@@ -76,9 +77,6 @@ def _race_lost(exc: DBAPIError) -> bool:
     trigger), or PostgreSQL ended this transaction for one whose claims conflict with it
     (a deadlock: each inserted a claim the other then waited on): search again."""
     return isinstance(exc, IntegrityError) or lost_to_a_concurrent_transaction(exc)
-
-
-SEARCH_WINDOWS_DAYS = (4, 21, 10_000)  # the last: the whole horizon
 
 
 class SlotConflict(Conflict):
