@@ -189,6 +189,7 @@ def check_input(data: bytes) -> str:
 # ---------------------------------------------------------------- atheris entry point
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
+ADDRESS_SPACE_BYTES = 1 << 30  # as -rss_limit_mb; a 9-minute run's process held 126 MB
 
 
 def _fuzz_one(data: bytes) -> None:
@@ -211,6 +212,7 @@ def _fuzz_one_keep_going(data: bytes) -> None:
 
 def main(argv: list[str]) -> None:
     import logging
+    import resource
 
     import atheris
     import structlog
@@ -231,6 +233,12 @@ def main(argv: list[str]) -> None:
         args.append("-max_len=262144")
     if not any(a.startswith("-rss_limit_mb=") for a in args):
         args.append("-rss_limit_mb=1024")
+    # An allocation sized by a length field rather than the bytes there raises MemoryError at
+    # once, with its input and traceback, instead of passing unnoticed (the kernel hands out
+    # untouched pages lazily) or ending the run as an out-of-memory with no input saved.
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY or soft > ADDRESS_SPACE_BYTES:
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_BYTES, hard))
     target = _fuzz_one_keep_going if os.environ.get("RTOPS_FUZZ_CRASH_DIR") else _fuzz_one
     atheris.Setup([argv[0], *args, *dirs], target, custom_mutator=mutate)
     atheris.Fuzz()

@@ -14,7 +14,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from services.scp_listener import extract, sop
 from services.scp_listener.extract.structure import MAX_INFLATED_BYTES
@@ -48,6 +52,19 @@ FOUND: dict[str, tuple[str, str]] = {
         "a data set holding (0002,0000), a UL of 2 bytes: pydicom reads group 0002 of the data "
         "set as File Meta, and decoding its first element raised BytesLengthException out of "
         "read_header (a 20-minute fuzz run, 0x0110)",
+        CANNOT_UNDERSTAND,
+    ),
+    "charset-un-of-1-4-gb-cut-short.bin": (
+        "a Specific Character Set (VR UN) whose length field says 1.4 GB in a 351-byte data "
+        "set: the header walk reads that element whatever its length, and read(n) asked for "
+        "n bytes before finding the file short (CI's fuzz run, out of memory)",
+        CANNOT_UNDERSTAND,
+    ),
+    "meta-element-without-a-vr-of-4-gb.bin": (
+        "a data set opening with a group 0002 element whose VR bytes are no VR code: pydicom "
+        "reads it as more File Meta, implicit VR, so its length is 4 bytes (4 GB here) where "
+        "the File Meta check read 2, and pydicom's read(length) asked for 4 GB (a 5-minute "
+        "run under a 1.2 GB address-space limit)",
         CANNOT_UNDERSTAND,
     ),
 }
@@ -197,6 +214,41 @@ def test_64_mb_of_sequence_items_is_refused_within_a_small_memory_bound(tmp_path
     status, before, after = run.stdout.split()[-3:]
     assert status == CANNOT_UNDERSTAND
     assert int(after) - int(before) < 20 * 1024, (before, after)  # KiB: under 20 MB more
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+def test_a_length_near_4_gb_on_a_short_file_allocates_nothing(syntax: str) -> None:
+    """Every saved input, and a Specific Character Set whose length field says 4 GB, checked
+    in a process that may not reserve 1 GB of address space: a read sized by the length field
+    instead of the file raises MemoryError there (on a machine that overcommits, it passes
+    unnoticed until the pages are touched)."""
+    body = encode(f.rt_plan(), syntax)
+    first = parse(body, implicit=syntax == ImplicitVRLittleEndian, little=True)[0]
+    assert first.tag == 0x00080005  # the factory's Specific Character Set, replaced
+    if syntax == ImplicitVRLittleEndian:
+        charset = struct.pack("<HHL", 0x0008, 0x0005, 0xFFFFFFF0) + b"ISO_IR 100"
+    else:
+        charset = struct.pack("<HH2s2xL", 0x0008, 0x0005, b"UN", 0xFFFFFFF0) + b"ISO_IR 100"
+    inputs = [(charset + body[first.end :]).hex()]
+    inputs += [p.read_bytes().hex() for p in sorted(REGRESSIONS.iterdir())]
+    script = (
+        "import resource, sys, warnings; warnings.simplefilter('ignore');"
+        "from services.scp_listener.lean import keep_lean; keep_lean();"
+        "from tests.fuzz.harness import check_one, check_input;"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
+        f"inputs = {inputs!r};"
+        f"print('=', check_one(bytes.fromhex(inputs[0]), {sop.RT_PLAN!r}, {syntax!r}));"
+        "print('=', *(check_input(bytes.fromhex(i)) for i in inputs[1:]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    # the ingest logs to stdout too
+    first, rest = (line.split()[1:] for line in run.stdout.splitlines() if line.startswith("= "))
+    assert first == [CANNOT_UNDERSTAND]
+    assert rest == [FOUND[p.name][1] for p in sorted(REGRESSIONS.iterdir())]
 
 
 def _write_plan_with_items(path: Path, size: int) -> None:

@@ -9,6 +9,7 @@ touches a file; everything else is pure.
 from __future__ import annotations
 
 import math
+import os
 import re
 import struct
 import warnings
@@ -416,6 +417,7 @@ def _walk_data_set(fp: BinaryIO, max_depth: int) -> _Layout | None:
     head = fp.read(132)
     if len(head) < 132 or head[128:] != b"DICM":
         return None
+    size = os.fstat(fp.fileno()).st_size
     syntax = ""
     meta: dict[BaseTag, RawDataElement] = {}
     plain = True  # a File Meta pydicom reads as the walk does
@@ -428,8 +430,19 @@ def _walk_data_set(fp: BinaryIO, max_depth: int) -> _Layout | None:
         vr = header[4:6].decode("latin-1")
         if vr in _LONG_HEADER_VRS:
             (length,) = struct.unpack("<L", fp.read(4))
+        elif vr not in _VR_CODES and not b"AA" <= header[4:6] <= b"ZZ":
+            # as pydicom reads it: no VR code there, so implicit VR, a 4-byte length
+            (length,) = struct.unpack("<L", header[4:8])
         else:
             (length,) = struct.unpack("<H", header[6:8])
+        if fp.tell() + length > size:
+            # pydicom would read(length) first and find the file short after: a length
+            # field near 4 GB asked for 4 GB (the fuzzer, under a 1 GB address-space limit)
+            element = struct.unpack("<H", header[2:4])[0]
+            raise _Refused(
+                f"File Meta element (0002,{element:04X}) of {length:,} bytes runs past the "
+                "end of the file"
+            )
         if length > 1024:  # no meta element of use is this long: pydicom judges it
             plain = False
             fp.seek(length, 1)

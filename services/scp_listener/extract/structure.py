@@ -160,6 +160,9 @@ class TooDeep(ValueError):
 # ---------------------------------------------------------------- the walk
 
 
+_SMALL_READ = 64 * 1024
+
+
 class _Reader:
     """Forward-only bytes of the data set: the file, or its inflated stream (PS3.5 A.5)."""
 
@@ -172,6 +175,10 @@ class _Reader:
 
     def read(self, n: int) -> bytes:
         if self._inflater is None:
+            if n > _SMALL_READ:
+                # a length field near 4 GB on a short file: read(n) would ask for n bytes
+                # before it finds the file short (the fuzzer's OOM, a Specific Character Set)
+                n = min(n, self.size - self._fp.tell())
             return self._fp.read(n)
         while len(self._buffer) < n:
             chunk = self._inflater.unconsumed_tail or self._fp.read(65536)
