@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,6 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from services.scp_listener import (
+    after_answer,
     connections,
     early_close,
     pdu_reader,
@@ -49,6 +51,8 @@ _config.LOG_HANDLER_LEVEL = "none"
 # ... and hashed as it arrives, instead of being read back for its content address.
 receive.install()
 early_close.install()
+# An image's index row is written after its response is sent (after_answer).
+after_answer.install()
 
 
 # Metric label of a failed C-STORE, where the status name is not the word operators look for.
@@ -195,6 +199,8 @@ def listen(
     handlers = [
         (evt.EVT_CONN_OPEN, _no_delay),
         (evt.EVT_CONN_OPEN, connections.opened),
+        # First of the close handlers: a row kept for after an answer never sent is written.
+        (evt.EVT_CONN_CLOSE, after_answer.forget),
         (evt.EVT_CONN_CLOSE, connections.closed),
         (evt.EVT_REJECTED, _log_rejection, [settings, registry, metrics]),
         (evt.EVT_ACCEPTED, _log_acceptance, [registry, metrics]),
@@ -541,6 +547,7 @@ def publish_on_release(event: Event, ingestor: Ingestor, touched: TouchedSeries)
     """Publish the series this association delivered, as soon as it is released (pynetdicom
     has sent the A-RELEASE-RP by now, so the sender is not kept waiting). Consoles send a
     whole CBCT over one association: its release is the end of the series."""
+    after_answer.done(event.assoc)  # done already, after the last response was sent
     series = touched.pop(event.assoc)
     if not series:
         return
@@ -604,6 +611,9 @@ def handle_store(
             calling_ae=calling,
         )
         return NOT_AUTHORIZED
+    # The previous object's row, if its response was never sent (after_answer): a re-send of
+    # that object must find it.
+    after_answer.done(event.assoc)
     path = Path(event.dataset_path)
     try:
         return _ingest(event, path, sop_class, calling, device, ingestor, metrics, touched)
@@ -644,6 +654,7 @@ def _ingest(
         source=source,
         content=content,
         flushing=flushing,
+        later=partial(after_answer.later, event.assoc),
     )
     if content is not None and outcome.status != Status.SUCCESS:
         ingestor.withdraw(flushing, content[0])  # refused or failed: no .recent name for it

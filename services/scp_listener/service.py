@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scp_listener import extract, sop
@@ -169,6 +170,9 @@ _INSERT_ARRIVAL = text(
 # The routes whose objects queue no event: they write through the images' engine. An event is
 # queued in the same transaction as its object's row.
 _NO_EVENT = frozenset({"image", "store_only"})
+# Keeps an index write for after the C-STORE's answer (after_answer.later, bound to its
+# association).
+Later = Callable[[Callable[[], None]], None]
 _SERIES_SEEN = 1024  # a department's series of the last hours, in this process
 
 
@@ -245,12 +249,15 @@ class Ingestor:
         content: tuple[str, int] | None = None,
         received_at: datetime | None = None,
         flushing: Flushing | None = None,
+        later: Later | None = None,
     ) -> Outcome:
         """``content``: the file's SHA-256 and size when hashed as it arrived (else read).
         ``received_at``: when it arrived, if not now (an object the reconciliation restores).
         ``flushing``: ``store.flush_ahead(path, ...)``, if the caller started the file's
         flush (and, given the content's SHA-256, its name in ``.recent/``); a caller whose
-        object is not stored then hands it to ``withdraw``."""
+        object is not stored then hands it to ``withdraw``. ``later``: where an object that
+        queues no event (an image) may leave its index row, to be written after its answer
+        (``after_answer``); without it the row is written before this returns."""
         crash_point("received")
         try:
             ds = read_header(path, self._max_depth)
@@ -275,6 +282,7 @@ class Ingestor:
                     source,
                     received_at,
                     flushing,
+                    later,
                 )
         except (SQLAlchemyError, OSError) as exc:
             log.error(
@@ -300,9 +308,11 @@ class Ingestor:
         source: SourceDevice,
         received_at: datetime | None,
         flushing: Flushing | None,
+        later: Later | None = None,
     ) -> Outcome:
         """Store and index one decoded object; the caller holds the lock of its content."""
         placed: str | None = None  # the key of a file this call put into the store
+        answered_first = False  # its row is written after the answer (``later``)
         series_uid = (
             (extract.text(ds, "SeriesInstanceUID") or uid)
             if sop.STORAGE[sop_class_uid] == "image"
@@ -393,7 +403,11 @@ class Ingestor:
                         else None
                     ),
                 }
-                self._write(session, conn, row, event)
+                if later is not None and session is None:  # no event: _connection
+                    later(partial(self._write_answered, row))
+                    answered_first = True
+                else:
+                    self._write(session, conn, row, event)
         except BaseException:
             # Nothing committed names the file this call placed: take it away again, so a
             # failure leaves nothing behind. A file that was already there stays (an earlier
@@ -401,7 +415,8 @@ class Ingestor:
             if placed is not None:
                 self._discard(placed, uid, source.ae_title)
             raise
-        crash_point("committed")
+        if not answered_first:
+            crash_point("committed")
         if event is not None:
             # Images queue no event of their own (their series' event comes at release or
             # after the quiet window): waking the relay for each slice cost a query per slice.
@@ -443,6 +458,22 @@ class Ingestor:
         if event is not None:
             assert session is not None
             emit(session, event, subject=row["sop_instance_uid"])
+
+    def _write_answered(self, row: dict[str, Any]) -> None:
+        """An image's row, after its success was answered (its ``.recent`` name keeps it
+        until a reconciliation round has seen the row)."""
+        crash_point("answered")
+        try:
+            with self._image_engine.connect() as conn:
+                conn.execute(_INSERT_ARRIVAL, row)
+        except IntegrityError as exc:
+            # A store of the same UID on another association wrote its row in between.
+            log.warning(
+                "index row not written: another store of this UID wrote one meanwhile; the "
+                "reconciliation checks the object",
+                sop_instance_uid=row["sop_instance_uid"],
+                error=str(exc.orig),
+            )
 
     def withdraw(self, flushing: Flushing, sha256: str) -> None:
         """After an ingest that did not store its object: no ``.recent`` name for it (under

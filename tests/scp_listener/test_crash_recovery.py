@@ -286,6 +286,26 @@ def test_crash_at_a_flush_step_while_another_connection_is_open(
     _settle_and_check(scp, paths, answered=set(range(OBJECTS)))
 
 
+def test_crash_after_an_image_is_answered_before_its_row(scp: Scp, tmp_path: Path) -> None:
+    """An image's row is written after its answer (services/scp_listener/after_answer.py):
+    the SCP ends between the two, at the second slice. Every slice answered success is
+    indexed once after the restart, the second by the start-up round from its .recent name,
+    without the sender sending it again."""
+    slices = f.cbct_series(n_slices=OBJECTS, rows=16, columns=16)
+    paths = [f.write(ds, tmp_path / f"s{i}.dcm") for i, ds in enumerate(slices)]
+    scp.start(RTOPS_SCP_CRASH_AT="answered:2")
+    statuses = _send(scp.dicom_port, paths)
+    assert scp.wait_exit() == 70
+    # The answer went out before the crash; the connection's end may reach the sender
+    # before the bytes do.
+    assert statuses[0] == 0 and statuses[1] in (0, -1) and statuses[2] == -1, statuses
+    scp.start()
+    unanswered = [p for p, status in zip(paths, statuses, strict=True) if status != 0]
+    assert _send(scp.dicom_port, unanswered) == [0] * len(unanswered)
+    uids, _, _ = _index(scp.settings)
+    assert {_uid(p): 1 for p in paths} == dict(uids)
+
+
 @pytest.mark.parametrize("when", ["answered", "published"])
 def test_killed_after_the_answer(scp: Scp, tmp_path: Path, when: str) -> None:
     paths = _records(tmp_path)

@@ -437,21 +437,27 @@ _FAILING_SERIES_ROW = {
 }
 
 
-def test_an_image_whose_series_row_fails_leaves_no_row_count_or_file(
+def test_an_image_whose_series_row_fails_is_indexed_by_a_later_round(
     scp: RunningScp, tmp_path: Path
 ) -> None:
     """An image's row, its arrival count and its series mark are one statement: the last of
-    them failing undoes the first two, and the file goes."""
+    them failing undoes the first two. The row is written after the answer (after_answer.py),
+    so the image was answered success, durable and named in .recent/: a reconciliation round
+    indexes it once the database takes the row."""
+    from services.scp_listener import reconcile
+
     paths = f.write_series(f.cbct_series(n_slices=1), tmp_path)
     engine = make_engine(scp.settings, SERVICE)
+    ingestor = scp.app.state.ingestor
     try:
         with engine.begin() as conn:
             for statement in _FAILING_SERIES_ROW[engine.dialect.name]:
                 conn.exec_driver_sql(statement)
-        assert pynetdicom_store(scp.dicom_port, paths) == [0xA700]
-        assert counts(scp) == (0, 0, 0)
+        assert pynetdicom_store(scp.dicom_port, paths) == [0]
+        assert counts(scp) == (0, 0, 1)
         with session_factory(engine)() as session:
             assert session.scalar(select(func.count()).select_from(ArrivalHour)) == 0
+        assert len(ingestor.store.recent()) == 1
         with engine.begin() as conn:
             conn.exec_driver_sql(
                 "DROP TRIGGER rtops_test_fail"
@@ -459,9 +465,12 @@ def test_an_image_whose_series_row_fails_leaves_no_row_count_or_file(
             )
     finally:
         engine.dispose()
-    assert pynetdicom_store(scp.dicom_port, paths) == [0]
+    linac = SourceDevice(ae_title="TRUEBEAM1", role="linac", machine="TrueBeam1")
+    assert reconcile.reconcile(ingestor, lambda ae: linac) == 1
     objects, _, files = counts(scp)  # the outbox may hold the series' event or not yet
     assert (objects, files) == (1, 1)
+    assert pynetdicom_store(scp.dicom_port, paths) == [0]  # a duplicate now
+    assert counts(scp)[0] == 1
 
 
 def test_failed_commit_keeps_a_file_that_was_already_there(scp: RunningScp, tmp_path: Path) -> None:
