@@ -267,9 +267,9 @@ def _mutate_structure(body: bytes, rng: random.Random, implicit: bool, order: st
         if span.tag != _ITEM and span.length != _UNDEFINED:
             value = body[span.value_start : span.value_start + span.length]
             most = 0xFFFF if span.length_size == 2 else 200_000
-            value = value or b"1"
+            unit = value or b"1"
             # no more copies than the cut keeps: 1025 of a 256 KB value were 262 MB
-            new = (value * min(rng.choice((2, 17, 65, 1025)), most // len(value) + 1))[:most]
+            new = (unit * min(rng.choice((2, 17, 65, 1025)), most // len(unit) + 1))[:most]
             _resize(buf, span.value_start, len(value), new, span, order)
             _set_length(buf, span, len(new), order)
     return bytes(buf)

@@ -246,8 +246,8 @@ def test_a_length_near_4_gb_on_a_short_file_allocates_nothing(syntax: str) -> No
     )
     assert run.returncode == 0, run.stderr[-2000:]
     # the ingest logs to stdout too
-    first, rest = (line.split()[1:] for line in run.stdout.splitlines() if line.startswith("= "))
-    assert first == [CANNOT_UNDERSTAND]
+    built, rest = (line.split()[1:] for line in run.stdout.splitlines() if line.startswith("= "))
+    assert built == [CANNOT_UNDERSTAND]
     assert rest == [FOUND[p.name][1] for p in sorted(REGRESSIONS.iterdir())]
 
 
