@@ -160,9 +160,13 @@ async def test_devices_show_last_sent_and_today(client: httpx.AsyncClient) -> No
     assert "ct_simulator" in rows["CTSIM1"] and "Main" in rows["CTSIM1"]
 
 
+class _Assoc(SimpleNamespace):
+    __hash__ = object.__hash__  # as an Association is: the C-STORE handler keys on it
+
+
 def _event(calling: str, **extra: Any) -> Any:
     requestor = SimpleNamespace(ae_title=calling, address="10.0.0.9", port=40000, **extra)
-    return SimpleNamespace(assoc=SimpleNamespace(requestor=requestor))
+    return SimpleNamespace(assoc=_Assoc(requestor=requestor))
 
 
 async def test_problems_show_failed_stores_and_refusals(
