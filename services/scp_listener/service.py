@@ -465,7 +465,7 @@ class Ingestor:
         crash_point("answered")
         try:
             with self._image_engine.connect() as conn:
-                conn.execute(_INSERT_ARRIVAL, row)
+                self._write(None, conn, row, None)
         except IntegrityError as exc:
             # A store of the same UID on another association wrote its row in between.
             log.warning(

@@ -435,22 +435,20 @@ def _walk_data_set(fp: BinaryIO, max_depth: int) -> _Layout | None:
             (length,) = struct.unpack("<L", header[4:8])
         else:
             (length,) = struct.unpack("<H", header[6:8])
+        tag = BaseTag(0x00020000 | struct.unpack("<H", header[2:4])[0])
         if fp.tell() + length > size:
             # pydicom would read(length) first and find the file short after: a length
             # field near 4 GB asked for 4 GB (the fuzzer, under a 1 GB address-space limit)
-            element = struct.unpack("<H", header[2:4])[0]
             raise _Refused(
-                f"File Meta element (0002,{element:04X}) of {length:,} bytes runs past the "
-                "end of the file"
+                f"File Meta element {tag} of {length:,} bytes runs past the end of the file"
             )
         if length > 1024:  # no meta element of use is this long: pydicom judges it
             plain = False
             fp.seek(length, 1)
             continue
         value_at = fp.tell()
-        value = fp.read(length)
-        tag = BaseTag(0x00020000 | struct.unpack("<H", header[2:4])[0])
-        plain = plain and vr in _VR_CODES and len(value) == length
+        value = fp.read(length)  # whole: the check above
+        plain = plain and vr in _VR_CODES
         meta[tag] = RawDataElement(
             tag, vr, length, value or empty_value_for_VR(vr, raw=True), value_at, False, True
         )
