@@ -166,3 +166,22 @@ def test_the_data_set_built_from_the_walk_is_the_one_pydicom_reads(
     assert not differ, differ[:10]
     stored = sum(1 for outcome in built.values() if outcome != "refused")
     assert stored > 100 and len(paths) - stored > 100  # both kinds well represented
+
+
+@pytest.mark.parametrize("private_bytes", [0, 1000, 1026, 4000])
+def test_a_file_meta_element_longer_than_the_walk_reads_is_skipped_to_the_right_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_bytes: int
+) -> None:
+    """The File Meta walk counts its own position (a tell() per element was an lseek each):
+    a meta element it skips (over 1024 bytes) or reads must leave it where pydicom is, or the
+    data set would be read from the wrong byte."""
+    ds = f.cbct_series(n_slices=1, rows=64, columns=64)[0]
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.826.0.1.3680043.8.498.1"
+    if private_bytes:
+        ds.file_meta.PrivateInformation = b"\x01" * private_bytes
+    path = f.write(ds, tmp_path / "private-meta.dcm")
+    built = _outcome(path)
+    assert built != "refused"
+    assert read_header(path).SOPInstanceUID == ds.SOPInstanceUID
+    monkeypatch.setattr(readers, "_build", lambda fp, layout: None)
+    assert _outcome(path) == built

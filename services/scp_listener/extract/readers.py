@@ -421,22 +421,27 @@ def _walk_data_set(fp: BinaryIO, max_depth: int) -> _Layout | None:
     syntax = ""
     meta: dict[BaseTag, RawDataElement] = {}
     plain = True  # a File Meta pydicom reads as the walk does
+    # The position is counted here, not asked of the file: each tell() of a buffered file is
+    # an lseek that lets go of the GIL, twenty-odd per object, each a thread switch when
+    # other associations wait for it.
+    at = len(head)
     while True:  # the File Meta group is explicit VR little endian (PS3.10 7.1)
-        at = fp.tell()
         header = fp.read(8)
         if len(header) < 8 or header[:2] != b"\x02\x00":
             fp.seek(at)
             break
+        at += 8
         vr = header[4:6].decode("latin-1")
         if vr in _LONG_HEADER_VRS:
             (length,) = struct.unpack("<L", fp.read(4))
+            at += 4
         elif vr not in _VR_CODES and not b"AA" <= header[4:6] <= b"ZZ":
             # as pydicom reads it: no VR code there, so implicit VR, a 4-byte length
             (length,) = struct.unpack("<L", header[4:8])
         else:
             (length,) = struct.unpack("<H", header[6:8])
         tag = BaseTag(0x00020000 | struct.unpack("<H", header[2:4])[0])
-        if fp.tell() + length > size:
+        if at + length > size:
             # pydicom would read(length) first and find the file short after: a length
             # field near 4 GB asked for 4 GB (the fuzzer, under a 1 GB address-space limit)
             raise _Refused(
@@ -445,9 +450,11 @@ def _walk_data_set(fp: BinaryIO, max_depth: int) -> _Layout | None:
         if length > 1024:  # no meta element of use is this long: pydicom judges it
             plain = False
             fp.seek(length, 1)
+            at += length
             continue
-        value_at = fp.tell()
+        value_at = at
         value = fp.read(length)  # whole: the check above
+        at += length
         plain = plain and vr in _VR_CODES
         meta[tag] = RawDataElement(
             tag, vr, length, value or empty_value_for_VR(vr, raw=True), value_at, False, True
@@ -458,7 +465,7 @@ def _walk_data_set(fp: BinaryIO, max_depth: int) -> _Layout | None:
     layout = _Layout(
         preamble=head[:128],
         meta=meta,
-        start=fp.tell(),
+        start=at,
         implicit=syntax == ImplicitVRLittleEndian,
         little=syntax != ExplicitVRBigEndian,
         top=[] if plain and syntax and not deflated and syntax not in _PRIVATE_SYNTAXES else None,
