@@ -621,6 +621,9 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
     warmup, rounds = build_data(
         tmp / "data", rounds=args.rounds, slices=args.slices, records=args.records
     )
+    # Written back now, not during the first rounds: an fsync of rtops' waited behind the
+    # disk's write-back of the bench's own hundreds of MB of test data.
+    os.sync()
     log(f"test data ready in {time.perf_counter() - started:.1f}s")
 
     nats = EmbeddedNats(tmp / "nats", port=0).start()
