@@ -185,3 +185,40 @@ def test_a_file_meta_element_longer_than_the_walk_reads_is_skipped_to_the_right_
     assert read_header(path).SOPInstanceUID == ds.SOPInstanceUID
     monkeypatch.setattr(readers, "_build", lambda fp, layout: None)
     assert _outcome(path) == built
+
+
+def test_get_value_reads_what_pydicom_s_get_reads(samples: dict[str, Path]) -> None:
+    """readers.get_value reads through the tag (not Dataset.get's attribute lookup): the same
+    value for every element of real and synthetic objects, nested items included, and None
+    for a keyword the object lacks or that is no keyword at all."""
+    from pydicom.datadict import keyword_for_tag
+
+    paths = [*samples.values(), *sorted(TEST_DATA.rglob("*.dcm"))[:40]]
+    checked = 0
+    for path in paths:
+        try:
+            ours, theirs = read_header(path), read_header(path)
+        except Undecodable:
+            continue
+        pending = [(ours, theirs)]
+        while pending:
+            a, b = pending.pop()
+            for tag in list(b._dict):
+                keyword = keyword_for_tag(tag)
+                if not keyword or tag == 0x7FE00010:  # Pixel Data: a deferred read
+                    continue
+                try:
+                    expected = b.get(keyword)
+                except Exception as exc:  # then ours fails too
+                    with pytest.raises((readers.MalformedObject, type(exc))):
+                        readers.get_value(a, keyword)
+                    continue
+                value = readers.get_value(a, keyword)
+                assert value == expected, (path.name, keyword)
+                checked += 1
+                if b[tag].VR == "SQ":
+                    pending += list(zip(value, expected, strict=True))
+        absent = next(k for k in ("PatientSize", "PatientWeight", "Occupation") if k not in ours)
+        assert readers.get_value(ours, absent) is None
+        assert readers.get_value(ours, "NotAKeywordAtAll") is None
+    assert checked > 1000

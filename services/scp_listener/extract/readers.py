@@ -8,6 +8,7 @@ touches a file; everything else is pure.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -66,7 +67,10 @@ def get_value(ds: Dataset, keyword: str) -> Any:
     """The value of ``keyword`` as pydicom converts it (``None`` when absent). A value too
     long to read, or one pydicom's conversion fails on in a way its callers do not expect
     (an IS of ``1e400`` overflows), is a ``MalformedObject``."""
-    elem = ds._dict.get(tag_for_keyword(keyword))  # type: ignore[arg-type]
+    tag = _tag_of(keyword)
+    elem = ds._dict.get(tag) if tag is not None else None
+    if elem is None:
+        return None
     if (
         isinstance(elem, RawDataElement)
         and elem.length != _UNDEFINED_LENGTH
@@ -77,9 +81,19 @@ def get_value(ds: Dataset, keyword: str) -> Any:
             f"{MAX_READ_BYTES:,} bytes of one value"
         )
     try:
-        return ds.get(keyword)
+        # What ds.get(keyword) returns, without its way through __getattr__ and a second
+        # keyword lookup (30-odd reads per CBCT slice); an AttributeError is None there too.
+        return ds[tag].value
+    except AttributeError:
+        return None
     except (OverflowError, struct.error, LookupError) as exc:
         raise MalformedObject(f"{keyword} cannot be read: {type(exc).__name__}: {exc}") from exc
+
+
+@functools.cache
+def _tag_of(keyword: str) -> BaseTag | None:
+    tag = tag_for_keyword(keyword)
+    return BaseTag(tag) if tag is not None else None
 
 
 def text(ds: Dataset | None, keyword: str) -> str | None:
