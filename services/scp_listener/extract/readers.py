@@ -93,7 +93,15 @@ def get_value(ds: Dataset, keyword: str) -> Any:
 @functools.cache
 def _tag_of(keyword: str) -> BaseTag | None:
     tag = tag_for_keyword(keyword)
-    return BaseTag(tag) if tag is not None else None
+    return _interned(tag) if tag is not None else None
+
+
+@functools.lru_cache(maxsize=4096)  # bounded: a sender chooses its private tags
+def _interned(tag: int) -> BaseTag:
+    """One BaseTag object per tag, the data set's keys and the readers' lookups alike: a dict
+    finds a key by identity first, and comparing two distinct BaseTags calls a Python
+    ``__eq__`` (some 270 of them per CBCT slice)."""
+    return BaseTag(tag)
 
 
 def text(ds: Dataset | None, keyword: str) -> str | None:
@@ -518,7 +526,7 @@ def _build(fp: BinaryIO, layout: _Layout) -> FileDataset | None:
     encoding: str | list[str] = default_encoding
     raw: dict[BaseTag, RawDataElement | DataElement] = {}
     for found in top:
-        tag = BaseTag(found.tag)
+        tag = _interned(found.tag)
         if found.value is None:  # deferred, a sequence or an undefined length
             fp.seek(start + found.header_at)
             raw[tag] = next(
