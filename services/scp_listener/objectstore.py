@@ -123,9 +123,8 @@ def drop_cached_pages(path: Path) -> None:
     except OSError:
         return
     try:
-        _fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            _fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
