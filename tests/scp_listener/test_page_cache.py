@@ -78,6 +78,7 @@ def test_a_placed_object_leaves_no_pages_cached(
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == sha  # read back from the disk
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
 def test_the_pages_are_dropped_after_the_file_is_flushed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
