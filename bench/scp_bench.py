@@ -59,8 +59,6 @@ CALLED_AE = "RTOPS"
 HOST = "127.0.0.1"
 
 TARGETS = ("rtops", "dcmtk", "pynetdicom")
-# The receivers that write what they get to an output directory, where the bench counts it.
-FILE_TARGETS = ("dcmtk", "pynetdicom")
 POSITIONS = ("first", "second", "third")
 DISPLAY = {"rtops": "rtops", "dcmtk": "DCMTK", "pynetdicom": "pynetdicom"}
 CODES = {"rtops": "r", "dcmtk": "d", "pynetdicom": "p"}  # the send order in the table
@@ -572,12 +570,21 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def clear_dir(folder: Path) -> None:
-    for entry in folder.iterdir():
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+def file_creation_us(folder: Path, files: int = 200) -> float:
+    """Median microseconds to create an empty file in ``folder`` (the files are kept: deleting
+    them would slow the next ones). Every receiver creates a file per object. On ext4 without
+    a journal the kernel skips inodes deleted in the last minutes by scanning past them
+    (``recently_deleted`` in perf): after an earlier run's clean-up this rose from 0.02 ms to
+    0.3-1 ms here, and creating spool files took 11 % of the SCP's CPU in the ten-sender run
+    (docs/scp_performance.md, "The thirteenth session"). Reported, so that a run on a
+    filesystem in that state can be told apart."""
+    folder.mkdir(parents=True)
+    times = []
+    for number in range(files):
+        start = time.perf_counter()
+        os.close(os.open(folder / str(number), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
 
 
 def count_files(folder: Path) -> int:
@@ -609,6 +616,7 @@ class Raw:
     timed_s: float
     host_cpu_s: float
     foreign_cpu_s: float
+    file_creation_us: float
 
 
 def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> Raw:
@@ -625,6 +633,7 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
     # disk's write-back of the bench's own hundreds of MB of test data.
     os.sync()
     log(f"test data ready in {time.perf_counter() - started:.1f}s")
+    create_us = file_creation_us(tmp / "creation-probe")
 
     nats = EmbeddedNats(tmp / "nats", port=0).start()
     stack.callback(nats.stop)
@@ -667,13 +676,13 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
     probe_failures: dict[str, list[str]] = {t: [] for t in TARGETS}
     for number, files in enumerate(rounds):
         order = send_order(number)
-        expected_received = dict.fromkeys(FILE_TARGETS, 0)
-        for folder in received.values():
-            clear_dir(folder)
+        # The reference receivers' files stay until the end: deleted between rounds, they
+        # would slow the next round's file creation (``file_creation_us``).
         for workload in WORKLOADS:
             paths = files.of(workload)
             for target in order:
                 before = scrape(scp.url("/metrics")) if target == "rtops" else {}
+                had = count_files(received[target]) if target in received else 0
                 prime_memory(max(2 * size_of(paths), PRIME_MIN_BYTES))
                 cpu_before = tree_cpu(pids[target])
                 walls[target][workload].append(storescu(storescu_bin, ports[target], paths))
@@ -681,12 +690,10 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
                     1000 * (tree_cpu(pids[target]) - cpu_before) / len(paths)
                 )
                 if target in received:
-                    expected_received[target] += len(paths)
-                    got = count_files(received[target])
-                    if got != expected_received[target]:
+                    got = count_files(received[target]) - had
+                    if got != len(paths):
                         raise RuntimeError(
-                            f"{target}'s storescp holds {got} files, "
-                            f"expected {expected_received[target]}"
+                            f"{target}'s storescp wrote {got} new files, expected {len(paths)}"
                         )
                     continue
                 after = scrape(scp.url("/metrics"))
@@ -741,6 +748,7 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
         timed_s=timed_s,
         host_cpu_s=host_cpu,
         foreign_cpu_s=foreign_cpu,
+        file_creation_us=create_us,
     )
 
 
@@ -874,6 +882,7 @@ def summarize(args: argparse.Namespace, raw: Raw) -> dict[str, Any]:
             "pydicom": pydicom.__version__,
             "pynetdicom": pynetdicom.__version__,
             "dcmtk": raw.dcmtk,
+            "file_creation_us": raw.file_creation_us,
         },
         "workloads": workloads,
         "cpu_ms_per_object": {
@@ -916,6 +925,8 @@ def render(summary: dict[str, Any]) -> str:
         + ("; rtops WITHOUT fsync (--no-fsync)" if cfg.get("no_fsync") else ""),
         f"host: {host['cpus']} CPUs, Python {host['python']}, pydicom {host['pydicom']}, "
         f"pynetdicom {host['pynetdicom']}, {host['dcmtk']}",
+        f"a new file in the scratch folder: {host['file_creation_us']:.0f} us (median of 200; "
+        "tens of us is usual, hundreds slow every receiver)",
         "",
         f"{'workload':<10}{'target':<12}{'median s':>10}{'min s':>9}{'max s':>9}{'MB/s':>9}"
         f"{'obj/s':>9}",
