@@ -9,9 +9,11 @@ wall time, and the flushes' 1.5 ms wait overlaps the reading of the header. With
 each handover wakes a thread on a machine whose cores the other associations keep busy.
 Ten senders on two processes of a 2-core machine (five associations each) took 13-15% longer
 with hashing behind than with it inline, 12% longer with flushing ahead, and 7% longer with
-the spool files created ahead (medians of 5-6 paired runs; docs/scp_performance.md, "The
-tenth session"). So the work is handed over only while the process serves at most one
-connection (``alone``).
+the spool files created ahead, one wake-up of their thread per file (medians of 5-6 paired
+runs; docs/scp_performance.md, "The tenth session"). So hashing and flushing are handed over
+only while the process serves at most one connection (``alone``). Spool files are taken from
+the reserve by every connection since its thread is woken once per sixteen files (``receive``,
+"The thirteenth session").
 
 scp.py counts the connections through pynetdicom's EVT_CONN_OPEN and EVT_CONN_CLOSE. A count
 that drifted would only change which thread does the work, never its result.

@@ -23,13 +23,18 @@ where handing them over would cost more than it saves. The bytes handed over are
 changed afterwards: every caller passes ``bytes`` or a view of the buffer one PDU was read
 into, which nothing reuses (pdu_reader).
 
-Creating a file waits for the filesystem's journal, busy with the previous object's flushes:
-0.3-0.5 ms per object here, on the thread that reads the peer's data. ``SpoolReserve`` creates
-a few ahead, in a thread of its own, so the spool holds up to ``RESERVE`` empty files besides
-the ones arriving; a file pynetdicom writes holds at least its 132-byte preamble.
+Creating a file waits for the filesystem: for its journal, busy with the previous object's
+flushes (0.3-0.5 ms per object on one machine), or, on ext4 without a journal, for a scan past
+the inodes freed in the last minutes (up to 1 ms after a mass deletion). ``SpoolReserve``
+creates files ahead, in a thread of its own, so the spool holds up to ``RESERVE`` empty files
+besides the ones arriving; a file pynetdicom writes holds at least its 132-byte preamble. The
+thread tops the reserve up once half of it is taken, one wake-up per sixteen files: waking it
+for every file cost the ten-sender run more than it saved (the tenth session), sixteen at a
+time took 0.973 of its time (docs/scp_performance.md, "The thirteenth session"), so every
+connection takes its files from the reserve.
 
-Both are done only while the process serves one connection (``connections.alone``): with
-several, the handovers cost more than they save.
+Hashing behind is done only while the process serves one connection (``connections.alone``):
+with several, its handovers cost more than they save.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from services.scp_listener import connections, inline_store, pdu_reader
 
 log = structlog.get_logger(__name__)
 
-RESERVE = 4  # empty spool files kept ready: an object in flight per association, and more
+RESERVE = 32  # empty spool files kept ready (each an open descriptor), for every association
 HASH_BEHIND_MIN = 64 * 1024  # a fragment this long is hashed while the next one is read
 _HASHERS = 2  # threads hashing behind, shared by every association of the process
 # Fragments waiting to be hashed, per file, beyond which its writer waits: with the one being
@@ -71,7 +76,8 @@ _reserve: SpoolReserve | None = None
 
 
 class SpoolReserve:
-    """Empty spool files created ahead by a thread of their own; ``take`` never waits."""
+    """Empty spool files created ahead by a thread of their own; ``take`` never waits. The
+    thread is woken once fewer than half of ``depth`` are ready, and fills up to ``depth``."""
 
     def __init__(self, folder: Path, depth: int = RESERVE) -> None:
         self._folder = folder
@@ -90,7 +96,8 @@ class SpoolReserve:
             ready = self._ready.popleft()
         except IndexError:
             ready = None
-        self._wanted.set()
+        if len(self._ready) < self._depth // 2:
+            self._wanted.set()
         return ready
 
     def _fill(self) -> None:
@@ -213,7 +220,7 @@ class SpoolFile:
 
     def __init__(self, *args: Any, suffix: str = ".dcm", **kwargs: Any) -> None:
         # pynetdicom asks for NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm").
-        ready = _reserve.take() if _reserve is not None and connections.alone() else None
+        ready = _reserve.take() if _reserve is not None else None
         if ready is None:
             fd, self.name = tempfile.mkstemp(suffix=suffix, dir=_spool_dir)
         else:
