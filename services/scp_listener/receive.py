@@ -30,8 +30,8 @@ creates files ahead, in a thread of its own, so the spool holds up to ``RESERVE`
 besides the ones arriving; a file pynetdicom writes holds at least its 132-byte preamble. The
 thread tops the reserve up once half of it is taken, one wake-up per sixteen files: waking it
 for every file cost the ten-sender run more than it saved (the tenth session), sixteen at a
-time took 0.973 of its time (docs/scp_performance.md, "The thirteenth session"), so every
-connection takes its files from the reserve.
+time took 2-3 % off its two-process runs (docs/scp_performance.md, "The thirteenth
+session"), so every connection takes its files from the reserve.
 
 Hashing behind is done only while the process serves one connection (``connections.alone``):
 with several, its handovers cost more than they save.
