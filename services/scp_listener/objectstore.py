@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,20 +68,24 @@ def sha256_of(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+@contextlib.contextmanager
+def _opened(path: Path, flags: int = os.O_RDONLY) -> Iterator[int]:
+    """A descriptor of ``path``, closed however the block ends."""
+    fd = os.open(path, flags)
     try:
-        os.fsync(fd)
+        yield fd
     finally:
         os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with _opened(path) as fd:
+        os.fsync(fd)
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    with _opened(path, os.O_RDONLY | os.O_DIRECTORY) as fd:
         os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -94,13 +98,10 @@ def sync_filesystem(path: Path) -> None:
     if _syncfs is None:
         os.sync()
         return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    with _opened(path, os.O_RDONLY | os.O_DIRECTORY) as fd:
         if _syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), str(path))
-    finally:
-        os.close(fd)
 
 
 # posix_fadvise(2) is Linux's (and most Unixes'); macOS has none, and there this does nothing.
@@ -118,15 +119,8 @@ def drop_cached_pages(path: Path) -> None:
     only: a failure changes nothing."""
     if _fadvise is None:
         return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            _fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError), _opened(path) as fd:
+        _fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _flush_fd(fd: int, step: str) -> None:
