@@ -26,6 +26,7 @@ from shared.calendar import ClinicCalendar, local_midnight
 from shared.db import lost_to_a_concurrent_transaction
 from shared.errors import Conflict, NotFound, RuleViolation
 from shared.events import BookingChanged, CloudEvent, ImagingAcquired, Patient, SimCompleted
+from shared.locks import lock_keys
 from shared.outbox import claim_events, emit
 
 from . import domain, slots
@@ -69,6 +70,7 @@ SOURCE = "rtops/scheduler"
 # A lost race (another booking took the slot between our search and our write) searches again;
 # each round has a winner, so n bookings racing for one slot need at most n rounds.
 BOOKING_ATTEMPTS = 12
+CLAIM_LOCKS = "scheduler.resource"
 SEARCH_WINDOWS_DAYS = (4, 21, 10_000)  # the last: the whole horizon
 
 
@@ -673,6 +675,12 @@ class SchedulerService:
         if slot.procedure:
             p = slot.procedure
             claims.append((f"proceduralist:{p.proceduralist}", p.start, p.end))
+        # Two bookings inserting overlapping claims at once would each wait on the other's
+        # uncommitted row in the exclusion constraint's index, a deadlock PostgreSQL breaks only
+        # after deadlock_timeout (1 s): holding each resource's lock, in sorted order, first makes
+        # the later one meet the committed claim and search again at once.
+        devices_taken = [] if previous is not None else [f"device:{d}" for d in req.immobilization]
+        lock_keys(session, CLAIM_LOCKS, [r for r, _, _ in claims] + devices_taken)
         add_claims(session, booking.id, claims)
         if previous is not None:
             for r in session.scalars(
