@@ -587,6 +587,13 @@ def file_creation_us(folder: Path, files: int = 200) -> float:
     return statistics.median(times) * 1e6
 
 
+def file_creation_line(us: float, slowed: str) -> str:
+    return (
+        f"a new file in the scratch folder: {us:.0f} us (median of 200; tens of us is usual, "
+        f"hundreds slow {slowed})"
+    )
+
+
 def count_files(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file())
 
@@ -682,6 +689,7 @@ def measure(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) ->
             paths = files.of(workload)
             for target in order:
                 before = scrape(scp.url("/metrics")) if target == "rtops" else {}
+                # Counted before each send: the latency probe writes here between sends too.
                 had = count_files(received[target]) if target in received else 0
                 prime_memory(max(2 * size_of(paths), PRIME_MIN_BYTES))
                 cpu_before = tree_cpu(pids[target])
@@ -925,8 +933,7 @@ def render(summary: dict[str, Any]) -> str:
         + ("; rtops WITHOUT fsync (--no-fsync)" if cfg.get("no_fsync") else ""),
         f"host: {host['cpus']} CPUs, Python {host['python']}, pydicom {host['pydicom']}, "
         f"pynetdicom {host['pynetdicom']}, {host['dcmtk']}",
-        f"a new file in the scratch folder: {host['file_creation_us']:.0f} us (median of 200; "
-        "tens of us is usual, hundreds slow every receiver)",
+        file_creation_line(host["file_creation_us"], "every receiver"),
         "",
         f"{'workload':<10}{'target':<12}{'median s':>10}{'min s':>9}{'max s':>9}{'MB/s':>9}"
         f"{'obj/s':>9}",

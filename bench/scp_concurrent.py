@@ -55,6 +55,7 @@ from sqlalchemy import func, select
 from bench.scp_bench import (
     clean_env,
     dcmtk_tool,
+    file_creation_line,
     file_creation_us,
     fresh_copies,
     start_scp,
@@ -401,10 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         # Written back before the first run, not during it: its fsyncs waited behind the
         # write-back of these 0.5 GB, the machine 80 % idle for a third of a second.
         os.sync()
-        print(
-            f"a new file in the scratch folder: {file_creation_us(work / 'creation-probe'):.0f} us "
-            "(median of 200; tens of us is usual, hundreds slow every SCP process)"
-        )
+        print(file_creation_line(file_creation_us(work / "creation-probe"), "every SCP process"))
         results = []
         for number, processes in enumerate(pairs_order(args.rounds, args.processes)):
             log(f"run {number + 1}: {args.senders} senders -> {processes} SCP process(es)")
