@@ -28,7 +28,12 @@ Printed per run:
 The load average is printed first and last: the machine may be shared. Run from the root::
 
     python -m bench.scp_concurrent [--senders 10] [--slices 100] [--records 5] [--processes 2]
-        [--rounds 5] [--no-fsync]
+        [--rounds 5] [--no-fsync] [--one-process-on-one-cpu]
+
+With N processes covering the cores (the default), each SCP process runs on a CPU of its own
+(``RTOPS_SCP_CPU_PINNING=auto``); one process on several cores is not pinned.
+``--one-process-on-one-cpu`` pins it too (``RTOPS_SCP_CPU_PINNING=on``), to show what pinning
+alone gives.
 """
 
 from __future__ import annotations
@@ -227,6 +232,7 @@ def run_once(
     work: Path,
     *,
     fsync: bool = True,
+    one_on_one_cpu: bool = False,
 ) -> Result:
     """One configuration once, on a database, object store and NATS of its own (under ``work``,
     which must be new)."""
@@ -241,6 +247,8 @@ def run_once(
         RTOPS_SCP_PROCESSES=str(processes),
         RTOPS_SCP_MAX_ASSOCIATIONS_PER_PEER="16",
         RTOPS_STREAM_NAME=stream,
+        # ``auto`` pins N processes covering the cores, not one process on several.
+        RTOPS_SCP_CPU_PINNING="on" if one_on_one_cpu else "auto",
     )
     try:
         wait_http_ok(scp.url("/readyz"), scp.proc, timeout=120)
@@ -389,11 +397,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the SCP through bench/scp_nofsync.py: what the disk's flushes cost (benchmark only)",
     )
+    parser.add_argument(
+        "--one-process-on-one-cpu",
+        action="store_true",
+        help="RTOPS_SCP_CPU_PINNING=on: the one-process runs pinned to one CPU too, as each "
+        "of N processes is by default: what pinning alone gives one process",
+    )
     args = parser.parse_args(argv)
     tool = dcmtk_tool("storescu")
     print(
         f"load average at start: {loadavg()} ({os.cpu_count()} cores)"
         + ("; the SCP WITHOUT fsync (--no-fsync)" if args.no_fsync else "")
+        + ("; the one process pinned to one CPU" if args.one_process_on_one_cpu else "")
     )
     with tempfile.TemporaryDirectory(prefix="rtops-concurrent-") as tmp:
         work = Path(tmp)
@@ -414,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.records,
                     work / f"run{number + 1}",
                     fsync=not args.no_fsync,
+                    one_on_one_cpu=args.one_process_on_one_cpu,
                 )
             )
     ratio = print_results(results, args.rounds)

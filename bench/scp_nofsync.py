@@ -62,13 +62,13 @@ def parent() -> None:
 
     # First, as the service's own main does: with several processes the metrics' shared
     # directory must be set before prometheus_client is imported (shared.runtime imports it).
-    settings, processes = prepare()
+    settings, processes, cpus = prepare()
     import shared.runtime  # noqa: F401  (patched by name below)
     from services.scp_listener import processes as scp_processes
 
     switch_off_fsync("parent")
     scp_processes.WORKER_MODULE = "bench.scp_nofsync"  # the workers: this module, worker()
-    run(settings, processes)
+    run(settings, processes, cpus)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import structlog
 from fastapi import FastAPI
 
 from services.scp_listener import reconcile, scp, tls
@@ -34,6 +36,8 @@ from shared.periodic import every
 from shared.runtime import Runtime
 from shared.tables import KitTables
 
+log = structlog.get_logger(__name__)
+
 SERVICE = "scp_listener"
 TABLES = KitTables(Outbox, ProcessedEvent, AuditLog)
 
@@ -44,12 +48,14 @@ def create_app(
     runtime: Runtime | None = None,
     background: bool = True,
     processes: int = 1,
+    cpus: Sequence[int] = (),
 ) -> FastAPI:
     """The SCP's app. ``background=False`` serves the HTTP API only: no DICOM listener, NATS
     link, sweep or relay (what REST tests build). ``processes``: SCP processes serving the
     DICOM port(s), this one included (``python -m services.scp_listener`` passes
     ``RTOPS_SCP_PROCESSES``); set ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client is
-    imported for /metrics to count every process's stores."""
+    imported for /metrics to count every process's stores. ``cpus``: each process's CPU, this
+    one's (already pinned) first; empty: not pinned (cpu_pinning.py)."""
     settings = settings or ScpSettings()
     # Checked now, so a bad certificate or key is one line and exit status 2 at start.
     ssl_context = tls.server_context(settings)
@@ -109,8 +115,11 @@ def create_app(
                 tls=listeners.tls is not None,
                 inbox=inbox,
                 balancer=balancer,
+                cpus=cpus[1:],
             )
             pool.start()
+            if cpus:
+                log.info("SCP processes pinned, one per CPU", cpus=list(cpus))
         app.state.scp_workers = pool
         scp.reload_on_sighup(registry, also=pool.forward if pool else None)
 

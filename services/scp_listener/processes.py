@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -281,8 +281,11 @@ class WorkerPool:
         tls: bool,
         inbox: WorkerInbox,
         balancer: Balancer,
+        cpus: Sequence[int] = (),
     ) -> None:
+        """``cpus``: worker i's CPU at ``cpus[i - 1]``; empty: not pinned (cpu_pinning.py)."""
         self._settings = settings
+        self._cpus = list(cpus)
         self._count = count
         self._tls = tls
         self._inbox = inbox
@@ -316,6 +319,8 @@ class WorkerPool:
         args += ["--parent", str(os.getpid())]
         if self._tls:
             args += ["--tls"]
+        if self._cpus:
+            args += ["--cpu", str(self._cpus[index - 1])]
         # No preexec_fn (unsafe in a process with threads, which this one has): the worker
         # asks for its death signal itself, first thing (``die_with_parent`` in worker.py).
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -74,6 +75,12 @@ class ScpSettings(RtopsSettings):
         ge=0,
         description="SCP processes serving the DICOM port(s) together (the parent accepts and "
         "gives each connection to the least busy); 0 = the number of CPU cores",
+    )
+    scp_cpu_pinning: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="auto: each SCP process on a CPU of its own when the processes cover "
+        "every CPU they may run on (the default number of processes does); on: whatever "
+        "their number (a machine of its own); off: never (docs/scp_scale.md)",
     )
     scp_confirm_interval_s: float = Field(
         default=1.0,

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from services.scp_listener import scp, tls
     from services.scp_listener.content_locks import shared_locks
+    from services.scp_listener.cpu_pinning import pin_to
     from services.scp_listener.devices import DeviceRegistry
     from services.scp_listener.metrics import ScpMetrics
     from services.scp_listener.objectstore import ObjectStore
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--link-fd", type=int, required=True)
     parser.add_argument("--connections-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True, help="the parent's pid")
+    parser.add_argument("--cpu", type=int, help="the CPU to run on (cpu_pinning.py)")
     args = parser.parse_args(argv)
     if os.getppid() != args.parent:  # it died before the death signal was asked for
         raise SystemExit(1)
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_json(sys.stdin.buffer.read())
     configure_logging(settings.log_level, settings.log_format, service=SERVICE)
     log = structlog.get_logger("services.scp_listener.worker").bind(worker=args.index)
+    # Before this process starts a thread: the threads it starts keep its CPU.
+    if args.cpu is not None and (refused := pin_to(args.cpu)):
+        log.warning(refused)
     # The parent stops its workers with SIGTERM; a Ctrl-C in a terminal reaches the parent,
     # which then stops them after its own ports closed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

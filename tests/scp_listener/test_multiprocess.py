@@ -118,7 +118,7 @@ def scp_processes(tmp_path: Path, base_settings: dict[str, object]) -> Iterator[
     log = tmp_path / "scp.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.scp_listener"],
+            _on_two_cpus([sys.executable, "-m", "services.scp_listener"]),
             cwd=REPO,
             env=env,
             stdout=out,
@@ -138,6 +138,21 @@ def scp_processes(tmp_path: Path, base_settings: dict[str, object]) -> Iterator[
             proc.kill()
             proc.wait()
         drop_test_schema(settings)
+
+
+TWO_CPUS = sorted(os.sched_getaffinity(0))[:2]
+
+
+def _on_two_cpus(command: list[str]) -> list[str]:
+    """``command`` on two CPUs (where the machine has them): two processes then cover them,
+    as the default number does, and each runs on a CPU of its own (cpu_pinning.py)."""
+    return [
+        sys.executable,
+        "-c",
+        f"import os, sys; os.sched_setaffinity(0, {set(TWO_CPUS)!r}); "
+        "os.execv(sys.executable, sys.argv[1:])",
+        *command,
+    ]
 
 
 def _ready(scp: Scp) -> bool:
@@ -409,3 +424,20 @@ def test_workers_die_with_the_parent(scp_processes: Scp) -> None:
     scp_processes.proc.wait()
     _gone, alive = psutil.wait_procs([worker], timeout=30)
     assert not alive
+
+
+@pytest.mark.skipif(len(TWO_CPUS) < 2, reason="one CPU: nothing to pin")
+def test_each_process_runs_on_a_cpu_of_its_own(scp_processes: Scp) -> None:
+    """Two processes on two CPUs: every thread of the parent on one, every thread of the worker
+    on the other, the worker's threads started after it pinned itself included."""
+    parent = psutil.Process(scp_processes.proc.pid)
+    (worker,) = parent.children()
+    cpus = {}
+    for process in (parent, worker):
+        threads = {frozenset(os.sched_getaffinity(t.id)) for t in process.threads()}
+        assert len(threads) == 1, f"{process.pid}: threads on {threads}"
+        (cpus[process.pid],) = threads
+    assert sorted(cpu for cpu_set in cpus.values() for cpu in cpu_set) == TWO_CPUS
+    assert any(
+        line.get("event") == "SCP processes pinned, one per CPU" for line in scp_processes.lines()
+    )
