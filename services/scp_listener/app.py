@@ -118,8 +118,9 @@ def create_app(
                 cpus=cpus[1:],
             )
             pool.start()
-            if cpus:
-                log.info("SCP processes pinned, one per CPU", cpus=list(cpus))
+        if cpus:
+            # process i on cpus[i]; more processes than CPUs share them in turn
+            log.info("SCP processes pinned to CPUs", cpus=list(cpus))
         app.state.scp_workers = pool
         scp.reload_on_sighup(registry, also=pool.forward if pool else None)
 

@@ -439,5 +439,5 @@ def test_each_process_runs_on_a_cpu_of_its_own(scp_processes: Scp) -> None:
         (cpus[process.pid],) = threads
     assert sorted(cpu for cpu_set in cpus.values() for cpu in cpu_set) == TWO_CPUS
     assert any(
-        line.get("event") == "SCP processes pinned, one per CPU" for line in scp_processes.lines()
+        line.get("event") == "SCP processes pinned to CPUs" for line in scp_processes.lines()
     )
