@@ -249,6 +249,7 @@ def test_ten_senders_two_processes(
     # A worker killed outright is started again, and serves.
     parent = psutil.Process(scp.proc.pid)
     (worker,) = parent.children()
+    worker_cpus = os.sched_getaffinity(worker.pid)
     worker.kill()
     wait_for(
         lambda: any(
@@ -266,6 +267,9 @@ def test_ten_senders_two_processes(
         timeout=30,
         message="the new worker listening",
     )
+    # on the CPU of the worker it replaces (a CPU of its own, the parent's being the other)
+    assert os.sched_getaffinity(restarted.pid) == worker_cpus
+    assert len(worker_cpus) == (1 if len(TWO_CPUS) == 2 else len(TWO_CPUS))
 
     # SIGTERM stops every process cleanly (uvicorn re-raises the signal once it has shut
     # down, hence -15).
