@@ -5,14 +5,14 @@ An SCP process is many threads under one GIL: a receiving thread that releases t
 system call wakes the next one, and when the two sit on different cores every such handoff is
 a wake-up across cores (an inter-processor interrupt; on a virtual machine, a halted vCPU woken
 by the hypervisor). With two processes on two cores and ten senders, pinning each process to a
-core of its own took 0.89 of the wall time and 0.85 of the CPU seconds (docs/scp_scale.md).
+core of its own took 0.89 of the wall time and 0.84 of the CPU seconds (docs/scp_scale.md).
 
 ``auto`` (the default) pins only when every allowed CPU gets a process
 (``RTOPS_SCP_PROCESSES`` at least the number of CPUs in this process's affinity, the
 default): fewer processes than CPUs pinned to "the first" CPUs would leave the others to
 nobody, and in a container limited by a CFS quota, whose affinity is the whole node, every
 pod would crowd onto the node's first CPUs. ``on`` pins whatever the number (a machine of
-its own for the SCP: one process on one of two cores took 0.7 of the wall time of one
+its own for the SCP: one process on one of two cores took 0.88-0.93 of the wall time of one
 process free to use both, the senders on the same machine); ``off`` never.
 """
 
