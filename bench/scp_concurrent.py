@@ -67,6 +67,7 @@ from bench.scp_bench import (
     stop_process,
     wait_http_ok,
 )
+from services.scp_listener.cpu_pinning import allowed_cpus
 from services.scp_listener.settings import ScpSettings
 from services.scp_listener.store import DicomObject
 from shared.db import make_engine, session_factory
@@ -385,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--records", type=int, default=5)
     parser.add_argument("--rows", type=int, default=512, help="CBCT slice rows and columns")
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
+    # The SCP's own default: the CPUs it may run on (its affinity), as RTOPS_SCP_PROCESSES=0.
+    parser.add_argument("--processes", type=int, default=len(allowed_cpus()) or os.cpu_count() or 2)
     parser.add_argument(
         "--rounds",
         type=int,

@@ -9,6 +9,7 @@ keep_lean()  # first: before anything imports pydicom
 
 import os  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from services.scp_listener.cpu_pinning import allowed_cpus, cpu_plan, pin_to  # noqa: E402
@@ -52,12 +53,12 @@ def main() -> None:
     run(*prepare())
 
 
-def run(settings: ScpSettings, processes: int, cpus: list[int] | None = None) -> None:
+def run(settings: ScpSettings, processes: int, cpus: Sequence[int] = ()) -> None:
     from services.scp_listener.app import create_app
     from shared.web import serve
 
     serve(
-        lambda: create_app(settings, processes=processes, cpus=cpus or []),
+        lambda: create_app(settings, processes=processes, cpus=cpus),
         settings,
         host=settings.scp_http_host,
         port=settings.scp_http_port,
